@@ -1,0 +1,271 @@
+"""Client of the Flux Schnell text-to-image API (see shared/reference/flux-schnell-api.md).
+
+One ``requests.Session`` per container (connection reuse across warm invocations), explicit connect/read
+timeouts, bounded retries with exponential backoff and full jitter that honour ``Retry-After`` and never run past
+the caller's deadline. Understands both the documented ``{"error": ...}`` bodies and Azure API Management's
+``{"statusCode", "message"}`` bodies. The subscription key travels only in the request header: it is never part
+of a log line or an exception message.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import math
+import random
+import re
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import requests
+
+from imagegen.adapters.http import (
+    BodyTooLargeError,
+    DeadlineExceededError,
+    IncompleteBodyError,
+    read_body,
+)
+from imagegen.budget import Deadline
+from imagegen.errors import (
+    UpstreamAuthError,
+    UpstreamBadResponseError,
+    UpstreamError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from imagegen.models import GenerationParameters
+
+MAX_JSON_BYTES = 64 * 1024
+MIN_ATTEMPT_S = 1.0  # no attempt starts with less time than this left: it could not finish
+_APIM_RETRY_IN = re.compile(r"try again in (\d+) seconds?", re.IGNORECASE)
+_QUOTA_REPLENISHED_IN = re.compile(r"replenished in (\d+):(\d{2}):(\d{2})")
+_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+KeyProvider = Callable[[bool], str]
+
+
+@dataclass(frozen=True)
+class UpstreamResult:
+    output_url: str
+    attempts: int
+    elapsed_ms: int
+    key_refreshed: bool
+
+
+class _Retry(Exception):
+    """An attempt failed in a way worth retrying."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date); None when absent or unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+
+
+def error_message(body: bytes) -> str:
+    """The human message of an upstream error body, in either documented shape; short and printable."""
+    text = body.decode("utf-8", errors="replace")
+    message = text
+    try:
+        document = json.loads(text)
+    except ValueError:
+        document = None
+    if isinstance(document, dict):
+        for field in ("error", "message", "msg"):
+            value = document.get(field)
+            if isinstance(value, str) and value.strip():
+                message = value
+                break
+            if isinstance(value, dict) and isinstance(value.get("message"), str):
+                message = value["message"]
+                break
+    elif isinstance(document, str):
+        message = document
+    printable = "".join(ch if ch.isprintable() else " " for ch in message).strip()
+    return printable[:300] or "no message"
+
+
+class FluxClient:
+    def __init__(
+        self,
+        url: str,
+        key_provider: KeyProvider,
+        *,
+        session: requests.Session | None = None,
+        connect_timeout_s: float = 3.05,
+        read_timeout_s: float = 60.0,
+        max_attempts: int = 4,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 8.0,
+        allow_http_output: bool = False,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.url = url
+        self._key_provider = key_provider
+        self._session = session or requests.Session()
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+        self._max_attempts = max_attempts
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._output_schemes = ("https", "http") if allow_http_output else ("https",)
+        self._sleep = sleep
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
+
+    def generate(self, params: GenerationParameters, deadline: Deadline) -> UpstreamResult:
+        """Ask for one image; return the upstream's (short-lived) output URL."""
+        started = time.monotonic()
+        payload = json.dumps(
+            {
+                "prompt": params.prompt,
+                "num_steps": params.num_steps,
+                "seed": params.seed,
+                "height": params.height,
+                "width": params.width,
+            }
+        ).encode("utf-8")
+        key = self._key_provider(False)
+        key_refreshed = False
+        attempt = 0
+        last: _Retry | None = None
+        while True:
+            attempt += 1
+            remaining = deadline.remaining()
+            if remaining < MIN_ATTEMPT_S:
+                if last is None:
+                    raise UpstreamTimeoutError(
+                        "no time left to call the Flux Schnell API within the request budget"
+                    )
+                raise self._unavailable(last)
+            try:
+                url = self._attempt(payload, key, deadline)
+                return UpstreamResult(url, attempt, int((time.monotonic() - started) * 1000), key_refreshed)
+            except UpstreamAuthError:
+                if key_refreshed:
+                    raise
+                # The key may have been rotated: re-read the secret once, bypassing the cache, and retry.
+                key = self._key_provider(True)
+                key_refreshed = True
+                attempt -= 1  # the retry with the fresh key is not a backoff attempt
+                continue
+            except _Retry as retry:
+                last = retry
+            if attempt >= self._max_attempts:
+                raise self._unavailable(last)
+            delay = self._delay(attempt, last.retry_after)
+            if delay > deadline.remaining() - MIN_ATTEMPT_S:
+                raise self._unavailable(last)
+            self._sleep(delay)
+
+    def _attempt(self, payload: bytes, key: str, deadline: Deadline) -> str:
+        read_timeout = min(self._read_timeout_s, deadline.remaining())
+        headers = {
+            "Content-Type": "application/json",
+            "Cache-Control": "no-cache",
+            "Ocp-Apim-Subscription-Key": key,
+        }
+        try:
+            response = self._session.post(
+                self.url,
+                data=payload,
+                headers=headers,
+                timeout=(min(self._connect_timeout_s, read_timeout), read_timeout),
+                stream=True,
+                allow_redirects=False,
+            )
+        except requests.exceptions.ConnectTimeout as exc:
+            raise _Retry("connect timeout") from exc
+        except requests.exceptions.ReadTimeout as exc:
+            raise UpstreamTimeoutError(
+                "the Flux Schnell API did not answer within the request budget"
+            ) from exc
+        except requests.exceptions.ConnectionError as exc:
+            raise _Retry("connection error") from exc
+        except requests.exceptions.RequestException as exc:
+            raise UpstreamError("could not call the Flux Schnell API") from exc
+        with response:
+            try:
+                body = read_body(response, deadline, MAX_JSON_BYTES)
+            except DeadlineExceededError as exc:
+                raise UpstreamTimeoutError(
+                    "the Flux Schnell API did not answer within the request budget"
+                ) from exc
+            except IncompleteBodyError as exc:
+                raise _Retry("connection broke while reading the answer") from exc
+            except BodyTooLargeError as exc:
+                raise UpstreamBadResponseError(
+                    "the Flux Schnell API answered with an oversized body"
+                ) from exc
+            return self._interpret(response, body)
+
+    def _interpret(self, response: requests.Response, body: bytes) -> str:
+        status = response.status_code
+        if status == 200:
+            return self._output_url(body)
+        message = error_message(body)
+        retry_after = parse_retry_after(response.headers.get("Retry-After"))
+        if status in _RETRYABLE_STATUS:
+            if retry_after is None and (match := _APIM_RETRY_IN.search(message)):
+                retry_after = float(match.group(1))
+            raise _Retry(f"HTTP {status}", retry_after)
+        if status == 400:
+            raise UpstreamRejectedError(f"the Flux Schnell API rejected the request: {message}")
+        if status == 403 and "quota" in message.lower():
+            match = _QUOTA_REPLENISHED_IN.search(message)
+            wait = (
+                int(match.group(1)) * 3600 + int(match.group(2)) * 60 + int(match.group(3)) if match else None
+            )
+            raise UpstreamUnavailableError(
+                "the Flux Schnell subscription is out of call volume quota",
+                code="upstream_quota_exhausted",
+                retry_after=wait if wait is not None else (math.ceil(retry_after) if retry_after else None),
+            )
+        if status in (401, 403):
+            raise UpstreamAuthError("the Flux Schnell API refused the subscription key")
+        raise UpstreamError(f"the Flux Schnell API answered HTTP {status}: {message}")
+
+    def _output_url(self, body: bytes) -> str:
+        try:
+            document = json.loads(body)
+        except ValueError:
+            document = None
+        output = document.get("output") if isinstance(document, dict) else None
+        if isinstance(output, str):
+            parts = urlsplit(output.strip())
+            if parts.scheme in self._output_schemes and parts.hostname:
+                return output.strip()
+        raise UpstreamBadResponseError(
+            f"the Flux Schnell API answered 200 without a valid {'/'.join(self._output_schemes)} output URL"
+        )
+
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after + self._rng.uniform(0, 0.25)
+        ceiling = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1))
+        return self._rng.uniform(0, ceiling)
+
+    def _unavailable(self, last: _Retry) -> UpstreamUnavailableError:
+        retry_after = last.retry_after if last.retry_after is not None else self._backoff_base_s
+        return UpstreamUnavailableError(
+            f"the Flux Schnell API is unavailable ({last.reason}); retry later",
+            retry_after=max(1, math.ceil(retry_after)),
+        )

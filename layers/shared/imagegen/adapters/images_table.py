@@ -1,0 +1,69 @@
+"""Image records in the service's DynamoDB table.
+
+Single-table design, keys ``pk``/``sk``: an image is ``IMAGE#<id>`` / ``IMAGE``. Jobs and their items (the
+asynchronous path) live in the same table as ``JOB#<id>`` / ``JOB`` and ``JOB#<id>`` / ``ITEM#<index>``, so one
+query reads a job with its items. ``expires_at`` (epoch seconds) is the table's TTL attribute and matches the
+bucket's retention, so a record never outlives its image.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from decimal import Decimal
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from imagegen.models import ImageRecord
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+
+
+def image_key(image_id: str) -> dict[str, dict[str, str]]:
+    return {"pk": {"S": f"IMAGE#{image_id}"}, "sk": {"S": "IMAGE"}}
+
+
+class ImageRepository:
+    def __init__(self, client: Any, table_name: str, retention_days: int) -> None:
+        self._client = client
+        self._table = table_name
+        self._retention = timedelta(days=retention_days)
+
+    def put(self, record: ImageRecord) -> None:
+        """Store a new record; never overwrites an existing image of the same id."""
+        document = record.model_dump(mode="json")
+        item = {
+            **image_key(record.id),
+            "entity": {"S": "image"},
+            "expires_at": {"N": str(int((record.created_at + self._retention).timestamp()))},
+            "record": _serializer.serialize(document),
+        }
+        try:
+            self._client.put_item(
+                TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)"
+            )
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+                raise ValueError(f"image {record.id} already exists") from exc
+            raise
+
+    def get(self, image_id: str) -> ImageRecord | None:
+        answer = self._client.get_item(TableName=self._table, Key=image_key(image_id), ConsistentRead=True)
+        item = answer.get("Item")
+        if not item or "record" not in item:
+            return None
+        document = _deserializer.deserialize(item["record"])
+        return ImageRecord.model_validate(_plain(document))
+
+
+def _plain(value: Any) -> Any:
+    """DynamoDB numbers come back as Decimal; the model wants ints."""
+    if isinstance(value, dict):
+        return {key: _plain(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_plain(inner) for inner in value]
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value

@@ -1,0 +1,355 @@
+"""Mirror the upstream's short-lived image into the private bucket, streaming, with a guard on what is fetched.
+
+The guard refuses, before any byte is fetched:
+- a URL that is not https (http only when the local stack allows it) or whose host is not on the allowlist;
+- a host that resolves to a non-public address (private, loopback, link-local, reserved...). The check runs
+  on the address the socket actually connects to, so DNS rebinding between check and connect is impossible;
+- a redirect that leaves the allowlist (redirects are followed by hand, each hop checked).
+While streaming it refuses a body that is not an image (PNG/JPEG/WebP magic bytes) or is larger than the limit.
+
+Memory stays bounded: the body is read in chunks of at most 1 MiB into one multipart part buffer (5 MiB, the S3
+minimum part size), so a 64 MB image needs ~6 MiB, not 64. Small images (one part) take a single PutObject.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import socket
+import struct
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import requests
+from requests.adapters import HTTPAdapter
+from urllib3.connection import HTTPConnection, HTTPSConnection
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.util import connection as urllib3_connection
+
+from imagegen.adapters.http import BodyTooLargeError, DeadlineExceededError, IncompleteBodyError, iter_body
+from imagegen.budget import Deadline
+from imagegen.errors import ImageRejectedError, UpstreamTimeoutError
+from imagegen.models import StoredImage
+
+S3_MIN_PART_BYTES = 5 * 1024 * 1024
+MAX_REDIRECTS = 3
+SNIFF_BYTES = 64 * 1024
+
+
+# ---------------------------------------------------------------------------------------------------- URL guard
+class AddressRefusedError(Exception):
+    """A host resolved only to non-public addresses. Deliberately not an OSError: urllib3 must not retry it."""
+
+
+def is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+class _PublicOnlyConnectionMixin:
+    """Connect only to public addresses: resolve, filter, and connect to the address that was checked."""
+
+    _dns_host: str
+    host: str
+    port: int
+    timeout: Any
+    source_address: Any
+    socket_options: Any
+
+    def _new_conn(self) -> socket.socket:
+        try:
+            infos = socket.getaddrinfo(self._dns_host, self.port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise AddressRefusedError(f"image host {self.host!r} does not resolve") from exc
+        addresses = [info[4][0] for info in infos]
+        public = [address for address in addresses if is_public_address(address)]
+        if not public:
+            raise AddressRefusedError(f"image host {self.host!r} resolves to a non-public address")
+        last_error: OSError | None = None
+        for address in public:
+            try:
+                return urllib3_connection.create_connection(
+                    (address, self.port), self.timeout, self.source_address, self.socket_options
+                )
+            except OSError as exc:
+                last_error = exc
+        assert last_error is not None
+        raise last_error
+
+
+class _PublicHTTPConnection(_PublicOnlyConnectionMixin, HTTPConnection):
+    pass
+
+
+class _PublicHTTPSConnection(_PublicOnlyConnectionMixin, HTTPSConnection):
+    pass
+
+
+class _PublicHTTPConnectionPool(HTTPConnectionPool):
+    ConnectionCls = _PublicHTTPConnection
+
+
+class _PublicHTTPSConnectionPool(HTTPSConnectionPool):
+    ConnectionCls = _PublicHTTPSConnection
+
+
+class PublicOnlyAdapter(HTTPAdapter):
+    """A requests adapter whose connections can only reach public IP addresses."""
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _PublicHTTPConnectionPool,
+            "https": _PublicHTTPSConnectionPool,
+        }
+
+
+def guarded_session(allow_private_addresses: bool = False) -> requests.Session:
+    session = requests.Session()
+    session.trust_env = False  # no proxies or .netrc from the environment for fetching upstream content
+    if not allow_private_addresses:
+        adapter = PublicOnlyAdapter()
+        session.mount("https://", adapter)
+        session.mount("http://", adapter)
+    return session
+
+
+@dataclass(frozen=True)
+class UrlGuard:
+    host_allowlist: tuple[str, ...]
+    allow_http: bool = False
+
+    def check(self, url: str) -> None:
+        parts = urlsplit(url)
+        schemes = ("https", "http") if self.allow_http else ("https",)
+        if parts.scheme not in schemes:
+            raise ImageRejectedError(
+                f"image URL scheme {parts.scheme or '(none)'!r} is not allowed (https only)"
+            )
+        host = (parts.hostname or "").lower().rstrip(".")
+        if not host:
+            raise ImageRejectedError("image URL has no host")
+        if parts.username or parts.password:
+            raise ImageRejectedError("image URL must not carry credentials")
+        if not any(fnmatchcase(host, pattern.lower()) for pattern in self.host_allowlist):
+            raise ImageRejectedError(f"image host {host!r} is not on the allowlist")
+
+
+# ---------------------------------------------------------------------------------------------------- sniffing
+@dataclass(frozen=True)
+class ImageKind:
+    content_type: str
+    extension: str
+    width: int | None
+    height: int | None
+
+
+def sniff_image(head: bytes) -> ImageKind | None:
+    """Identify PNG, JPEG or WebP from the first bytes, with the dimensions when the header holds them."""
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        width = height = None
+        if len(head) >= 24 and head[12:16] == b"IHDR":
+            width, height = struct.unpack(">II", head[16:24])
+        return ImageKind("image/png", "png", width, height)
+    if head.startswith(b"\xff\xd8\xff"):
+        width, height = _jpeg_size(head)
+        return ImageKind("image/jpeg", "jpg", width, height)
+    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        width, height = _webp_size(head)
+        return ImageKind("image/webp", "webp", width, height)
+    return None
+
+
+def _jpeg_size(data: bytes) -> tuple[int | None, int | None]:
+    i = 2
+    while i + 9 < len(data):
+        if data[i] != 0xFF:
+            i += 1
+            continue
+        marker = data[i + 1]
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+            i += 1 if marker == 0xFF else 2
+            continue
+        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
+        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
+            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
+            return width, height
+        i += 2 + length
+    return None, None
+
+
+def _webp_size(data: bytes) -> tuple[int | None, int | None]:
+    chunk = data[12:16]
+    if chunk == b"VP8 " and len(data) >= 30:
+        width, height = struct.unpack("<HH", data[26:30])
+        return width & 0x3FFF, height & 0x3FFF
+    if chunk == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8X" and len(data) >= 30:
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    return None, None
+
+
+# ---------------------------------------------------------------------------------------------------- mirror
+class ImageMirror:
+    def __init__(
+        self,
+        s3_client: Any,
+        bucket: str,
+        guard: UrlGuard,
+        *,
+        session: requests.Session | None = None,
+        max_bytes: int = 32 * 1024 * 1024,
+        part_bytes: int = S3_MIN_PART_BYTES,
+        connect_timeout_s: float = 3.05,
+        read_timeout_s: float = 10.0,
+    ) -> None:
+        self._s3 = s3_client
+        self._bucket = bucket
+        self._guard = guard
+        self._session = session or guarded_session()
+        self._max_bytes = max_bytes
+        self._part_bytes = max(part_bytes, S3_MIN_PART_BYTES)
+        self._connect_timeout_s = connect_timeout_s
+        self._read_timeout_s = read_timeout_s
+
+    def mirror(self, url: str, key_stem: str, metadata: Mapping[str, str], deadline: Deadline) -> StoredImage:
+        """Fetch ``url`` and store it at ``key_stem`` + ``.<ext>``; return what was stored."""
+        response = self._open(url, deadline)
+        with response:
+            try:
+                return self._store(iter_body(response, deadline, self._max_bytes), key_stem, metadata)
+            except BodyTooLargeError as exc:
+                raise ImageRejectedError(f"image is too large: {exc}") from exc
+            except DeadlineExceededError as exc:
+                raise UpstreamTimeoutError(
+                    "the image download did not finish within the request budget"
+                ) from exc
+            except IncompleteBodyError as exc:
+                raise ImageRejectedError("the image download was truncated") from exc
+
+    def _open(self, url: str, deadline: Deadline) -> requests.Response:
+        for _ in range(MAX_REDIRECTS + 1):
+            self._guard.check(url)
+            read_timeout = max(0.1, min(self._read_timeout_s, deadline.remaining()))
+            try:
+                response = self._session.get(
+                    url,
+                    stream=True,
+                    allow_redirects=False,
+                    timeout=(min(self._connect_timeout_s, read_timeout), read_timeout),
+                    headers={"Accept": "image/png, image/jpeg, image/webp"},
+                )
+            except AddressRefusedError as exc:
+                raise ImageRejectedError(str(exc)) from exc
+            except requests.exceptions.Timeout as exc:
+                raise UpstreamTimeoutError("the image host did not answer within the request budget") from exc
+            except requests.exceptions.RequestException as exc:
+                raise ImageRejectedError("could not download the image from the upstream's URL") from exc
+            if response.is_redirect:
+                location = response.headers.get("Location", "")
+                response.close()
+                url = urljoin(url, location)
+                continue
+            if response.status_code != 200:
+                response.close()
+                raise ImageRejectedError(f"the image host answered HTTP {response.status_code}")
+            return response
+        raise ImageRejectedError(f"more than {MAX_REDIRECTS} redirects while downloading the image")
+
+    def _store(self, chunks: Iterator[bytes], key_stem: str, metadata: Mapping[str, str]) -> StoredImage:
+        buffer = bytearray()
+        kind: ImageKind | None = None
+        digest = hashlib.sha256()
+        total = 0
+        key = ""
+        upload_id: str | None = None
+        parts: list[dict[str, Any]] = []
+        try:
+            for chunk in chunks:
+                digest.update(chunk)
+                total += len(chunk)
+                buffer += chunk
+                if kind is None:
+                    if len(buffer) < SNIFF_BYTES and total < self._max_bytes:
+                        continue  # keep reading until the header is in hand
+                    kind = self._identify(buffer)
+                    key = f"{key_stem}.{kind.extension}"
+                while len(buffer) >= self._part_bytes:
+                    if upload_id is None:
+                        upload_id = self._s3.create_multipart_upload(
+                            Bucket=self._bucket,
+                            Key=key,
+                            ContentType=kind.content_type,
+                            Metadata=dict(metadata),
+                        )["UploadId"]
+                    part = bytes(memoryview(buffer)[: self._part_bytes])  # one copy, not two
+                    del buffer[: self._part_bytes]
+                    etag = self._s3.upload_part(
+                        Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=part
+                    )["ETag"]
+                    parts.append({"PartNumber": len(parts) + 1, "ETag": etag})
+            if kind is None:
+                kind = self._identify(buffer)
+                key = f"{key_stem}.{kind.extension}"
+            sha256 = digest.hexdigest()
+            full_metadata = {**metadata, "sha256": sha256, "bytes": str(total)}
+            if upload_id is None:
+                self._s3.put_object(
+                    Bucket=self._bucket,
+                    Key=key,
+                    Body=bytes(buffer),
+                    ContentType=kind.content_type,
+                    Metadata=full_metadata,
+                )
+            else:
+                if buffer:
+                    etag = self._s3.upload_part(
+                        Bucket=self._bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=len(parts) + 1,
+                        Body=bytes(buffer),
+                    )["ETag"]
+                    parts.append({"PartNumber": len(parts) + 1, "ETag": etag})
+                self._s3.complete_multipart_upload(
+                    Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
+                )
+                upload_id = None
+                # Size and digest are known only now: record them with a server-side self-copy (no bytes move
+                # through the function). Only images over one part (5 MiB) pay for it.
+                self._s3.copy_object(
+                    Bucket=self._bucket,
+                    Key=key,
+                    CopySource={"Bucket": self._bucket, "Key": key},
+                    MetadataDirective="REPLACE",
+                    ContentType=kind.content_type,
+                    Metadata=full_metadata,
+                )
+        finally:
+            if upload_id is not None:
+                self._s3.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
+        return StoredImage(
+            bucket=self._bucket,
+            key=key,
+            content_type=kind.content_type,  # type: ignore[arg-type]
+            bytes=total,
+            sha256=sha256,
+            width=kind.width,
+            height=kind.height,
+        )
+
+    @staticmethod
+    def _identify(head: bytearray) -> ImageKind:
+        kind = sniff_image(bytes(head[:SNIFF_BYTES]))
+        if kind is None:
+            raise ImageRejectedError("the upstream's output is not an image (PNG, JPEG or WebP expected)")
+        return kind

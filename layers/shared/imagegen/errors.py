@@ -1,0 +1,97 @@
+"""Domain errors. Each carries its HTTP status and a stable machine-readable ``code``.
+
+Adapters translate library errors into these (``raise ... from exc``); the API maps them to responses in one
+place (``functions/api/api_handler.py``) by type, never by message text. Messages are safe to show to callers:
+they never contain the subscription key, request headers or internal details.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    """Base class: an error the caller can understand."""
+
+    status = 500
+    code = "internal_error"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        details: list[dict[str, Any]] | None = None,
+        retry_after: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details or []
+        self.retry_after = retry_after
+        if code is not None:
+            self.code = code
+
+
+class NotFoundError(ServiceError):
+    status = 404
+    code = "not_found"
+
+
+class ConfigurationError(ServiceError):
+    """The deployment is misconfigured (missing environment variable, unreadable secret)."""
+
+    status = 500
+    code = "configuration_error"
+
+
+class UpstreamError(ServiceError):
+    """Base for failures of the Flux Schnell API."""
+
+    status = 502
+    code = "upstream_error"
+
+
+class UpstreamRejectedError(UpstreamError):
+    """The upstream refused the parameters (its 400). Permanent: retrying the same request will fail again."""
+
+    status = 400
+    code = "upstream_rejected"
+
+
+class UpstreamUnavailableError(UpstreamError):
+    """Rate limited, 5xx or unreachable after the bounded retries. Retry later (see ``retry_after``)."""
+
+    status = 503
+    code = "upstream_unavailable"
+    retryable = True
+
+
+class UpstreamTimeoutError(UpstreamError):
+    """The upstream did not answer within the request's time budget."""
+
+    status = 504
+    code = "upstream_timeout"
+    retryable = True
+
+
+class UpstreamAuthError(UpstreamError):
+    """The subscription key was refused, even after re-reading the secret."""
+
+    status = 502
+    code = "upstream_auth"
+
+
+class UpstreamBadResponseError(UpstreamError):
+    """A 200 without a usable ``output`` URL, or an answer we cannot interpret."""
+
+    status = 502
+    code = "upstream_bad_response"
+    retryable = True
+
+
+class ImageRejectedError(UpstreamError):
+    """The image the upstream pointed at was refused by the mirror guard (URL, address, type or size)."""
+
+    status = 502
+    code = "image_rejected"

@@ -1,0 +1,157 @@
+"""Image generation, the one engine behind every entry point: validate → upstream → mirror → record."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import quote
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from imagegen.adapters.flux import FluxClient
+from imagegen.adapters.images_table import ImageRepository
+from imagegen.adapters.mirror import ImageMirror
+from imagegen.budget import Deadline
+from imagegen.errors import NotFoundError, UpstreamAuthError
+from imagegen.models import (
+    MAX_SEED,
+    GenerationParameters,
+    ImageDocument,
+    ImageInfo,
+    ImageRecord,
+    ImageRequest,
+    Timings,
+)
+
+logger = Logger(child=True)
+metrics = Metrics()
+
+PROMPT_METADATA_CHARS = 256
+
+
+def new_image_id() -> str:
+    return f"img_{uuid.uuid4().hex}"
+
+
+def resolve_parameters(request: ImageRequest) -> GenerationParameters:
+    """The effective parameters: a request without a seed gets a random one, returned so results reproduce."""
+    seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    return GenerationParameters(
+        prompt=request.prompt,
+        num_steps=request.num_steps,
+        seed=seed,
+        width=request.width,
+        height=request.height,
+    )
+
+
+def object_metadata(image_id: str, params: GenerationParameters) -> dict[str, str]:
+    """S3 user metadata (ASCII, 2 KB in all): the request parameters, with the prompt shortened and encoded."""
+    return {
+        "image-id": image_id,
+        "prompt": quote(params.prompt[:PROMPT_METADATA_CHARS], safe=" "),
+        "prompt-sha256": hashlib.sha256(params.prompt.encode("utf-8")).hexdigest(),
+        "num-steps": str(params.num_steps),
+        "seed": str(params.seed),
+        "width": str(params.width),
+        "height": str(params.height),
+    }
+
+
+class ImageService:
+    def __init__(
+        self,
+        flux: FluxClient,
+        mirror: ImageMirror,
+        repository: ImageRepository,
+        s3_client: Any,
+        *,
+        presigned_url_ttl_s: int = 3600,
+        mirror_reserve_s: float = 4.0,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._flux = flux
+        self._mirror = mirror
+        self._repository = repository
+        self._s3 = s3_client
+        self._ttl_s = presigned_url_ttl_s
+        self._mirror_reserve_s = mirror_reserve_s
+        self._now = now
+
+    def generate(self, request: ImageRequest, deadline: Deadline) -> ImageDocument:
+        started = time.monotonic()
+        image_id = new_image_id()
+        params = resolve_parameters(request)
+        created_at = self._now()
+        logger.info(
+            "generating image",
+            image_id=image_id,
+            prompt_chars=len(params.prompt),
+            num_steps=params.num_steps,
+            width=params.width,
+            height=params.height,
+        )
+        try:
+            upstream = self._flux.generate(params, deadline.shortened_by(self._mirror_reserve_s))
+        except UpstreamAuthError:
+            metrics.add_metric(name="UpstreamAuthFailures", unit=MetricUnit.Count, value=1)
+            raise
+        metrics.add_metric(name="UpstreamLatency", unit=MetricUnit.Milliseconds, value=upstream.elapsed_ms)
+        metrics.add_metric(name="UpstreamAttempts", unit=MetricUnit.Count, value=upstream.attempts)
+        if upstream.key_refreshed:
+            metrics.add_metric(name="SubscriptionKeyRefreshed", unit=MetricUnit.Count, value=1)
+
+        key_stem = f"images/{created_at:%Y/%m/%d}/{image_id}"
+        stored = self._mirror.mirror(
+            upstream.output_url, key_stem, object_metadata(image_id, params), deadline
+        )
+        record = ImageRecord(
+            id=image_id,
+            parameters=params,
+            stored=stored,
+            created_at=created_at,
+            timings=Timings(
+                upstream_ms=upstream.elapsed_ms, total_ms=int((time.monotonic() - started) * 1000)
+            ),
+        )
+        self._repository.put(record)
+        metrics.add_metric(name="ImagesGenerated", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="ImageBytes", unit=MetricUnit.Bytes, value=stored.bytes)
+        logger.info("image stored", image_id=image_id, bytes=stored.bytes, s3_key=stored.key)
+        return self.document(record)
+
+    def get(self, image_id: str) -> ImageDocument:
+        record = self._repository.get(image_id)
+        if record is None:
+            raise NotFoundError(f"image {image_id} not found")
+        return self.document(record)
+
+    def document(self, record: ImageRecord) -> ImageDocument:
+        """The API view of a record, with a freshly presigned URL."""
+        stored = record.stored
+        url = self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": stored.bucket, "Key": stored.key}, ExpiresIn=self._ttl_s
+        )
+        return ImageDocument(
+            id=record.id,
+            status=record.status,
+            parameters=record.parameters,
+            image=ImageInfo(
+                url=url,
+                url_expires_at=(self._now() + timedelta(seconds=self._ttl_s)).replace(microsecond=0),
+                s3_uri=stored.s3_uri,
+                content_type=stored.content_type,
+                bytes=stored.bytes,
+                sha256=stored.sha256,
+                width=stored.width,
+                height=stored.height,
+            ),
+            created_at=record.created_at,
+            timings=record.timings,
+        )

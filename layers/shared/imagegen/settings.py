@@ -1,0 +1,106 @@
+"""Configuration from the environment, parsed once per container into one typed model.
+
+``get_settings()`` fails fast with a message naming every missing or invalid variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+
+from imagegen.errors import ConfigurationError
+
+VENDOR_API_URL = "https://gateway.appypie.com/flux-1-schnell/v1/getData"
+MIB = 1024 * 1024
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], BeforeValidator(_split_csv)]
+
+
+class Settings(BaseModel):
+    """Every knob of the service. Field aliases are the environment variable names."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    # Upstream
+    flux_api_url: str = Field(VENDOR_API_URL, alias="FLUX_API_URL", pattern=r"^https?://")
+    flux_secret_id: str = Field(alias="FLUX_SECRET_ID", min_length=1)
+    secret_max_age_s: int = Field(300, alias="SECRET_MAX_AGE_SECONDS", ge=0, le=3600)
+    upstream_connect_timeout_s: float = Field(3.05, alias="UPSTREAM_CONNECT_TIMEOUT_SECONDS", gt=0, le=30)
+    upstream_read_timeout_s: float = Field(60.0, alias="UPSTREAM_READ_TIMEOUT_SECONDS", gt=0, le=900)
+    upstream_max_attempts: int = Field(4, alias="UPSTREAM_MAX_ATTEMPTS", ge=1, le=10)
+    upstream_backoff_base_s: float = Field(0.5, alias="UPSTREAM_BACKOFF_BASE_SECONDS", ge=0, le=30)
+    upstream_backoff_max_s: float = Field(8.0, alias="UPSTREAM_BACKOFF_MAX_SECONDS", ge=0, le=300)
+
+    # Storage
+    images_bucket: str = Field(alias="IMAGES_BUCKET", min_length=3)
+    images_table: str = Field(alias="IMAGES_TABLE", min_length=3)
+    retention_days: int = Field(30, alias="RETENTION_DAYS", ge=1, le=3650)
+    presigned_url_ttl_s: int = Field(3600, alias="PRESIGNED_URL_TTL_SECONDS", ge=60, le=7 * 24 * 3600)
+
+    # Mirror guard
+    image_host_allowlist: CsvList = Field(
+        default_factory=lambda: ["pub-*.r2.dev"], alias="IMAGE_HOST_ALLOWLIST"
+    )
+    max_image_bytes: int = Field(32 * MIB, alias="MAX_IMAGE_BYTES", ge=1024, le=1024 * MIB)
+    # Development only (the local stack serves images over http on loopback); never set in template.yaml.
+    image_allow_http: bool = Field(False, alias="IMAGE_ALLOW_HTTP")
+    image_allow_private_addresses: bool = Field(False, alias="IMAGE_ALLOW_PRIVATE_ADDRESSES")
+
+    # HTTP API
+    api_budget_s: float = Field(28.0, alias="API_BUDGET_SECONDS", gt=1, le=900)
+    response_reserve_s: float = Field(1.0, alias="RESPONSE_RESERVE_SECONDS", ge=0, le=10)
+    mirror_reserve_s: float = Field(4.0, alias="MIRROR_RESERVE_SECONDS", ge=0, le=60)
+
+    @property
+    def vendor_timeouts(self) -> tuple[float, float]:
+        return (self.upstream_connect_timeout_s, self.upstream_read_timeout_s)
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Parse settings from ``environ`` (default: ``os.environ``), naming every bad variable on failure."""
+    env = os.environ if environ is None else environ
+    try:
+        return Settings.model_validate(dict(env))
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            name = str(error["loc"][0]) if error["loc"] else "?"
+            reason = "is required" if error["type"] == "missing" else error["msg"]
+            problems.append(f"{name} {reason}")
+        raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings of this container, parsed once."""
+    return load_settings()
+
+
+class HttpSettings(BaseModel):
+    """The few settings the API needs while its routes are declared (CORS, docs). Cheap, and no AWS calls."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    cors_allowed_origins: CsvList = Field(default_factory=list, alias="CORS_ALLOWED_ORIGINS")
+    enable_docs: bool = Field(True, alias="ENABLE_DOCS")
+
+
+def load_http_settings(environ: Mapping[str, str] | None = None) -> HttpSettings:
+    env = os.environ if environ is None else environ
+    try:
+        return HttpSettings.model_validate(dict(env))
+    except ValidationError as exc:
+        raise ConfigurationError(
+            f"invalid configuration: {exc.errors()[0]['loc'][0]} {exc.errors()[0]['msg']}"
+        ) from None

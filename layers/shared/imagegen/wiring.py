@@ -1,0 +1,74 @@
+"""Builds the service from settings, once per container (clients and HTTP sessions are reused while warm).
+
+Clients are created on first use, never at import, so tests can start moto first and the cold start stays lean.
+``AWS_ENDPOINT_URL`` (honoured by boto3 itself) points every client at the local stack; no code changes.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+from imagegen.adapters.flux import FluxClient
+from imagegen.adapters.images_table import ImageRepository
+from imagegen.adapters.mirror import ImageMirror, UrlGuard, guarded_session
+from imagegen.adapters.secrets import SubscriptionKeyProvider
+from imagegen.service import ImageService
+from imagegen.settings import Settings, get_settings
+
+_BOTO_CONFIG = Config(
+    retries={"mode": "standard", "max_attempts": 3},
+    connect_timeout=3,
+    read_timeout=10,
+    signature_version="s3v4",
+)
+
+
+def aws_client(service: str) -> Any:
+    return boto3.client(service, config=_BOTO_CONFIG)  # type: ignore[call-overload]
+
+
+def build_image_service(settings: Settings) -> ImageService:
+    from aws_lambda_powertools.utilities.parameters import SecretsProvider
+
+    s3 = aws_client("s3")
+    keys = SubscriptionKeyProvider(
+        settings.flux_secret_id,
+        max_age_s=settings.secret_max_age_s,
+        provider=SecretsProvider(boto3_client=aws_client("secretsmanager")),
+    )
+    flux = FluxClient(
+        settings.flux_api_url,
+        keys,
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+        read_timeout_s=settings.upstream_read_timeout_s,
+        max_attempts=settings.upstream_max_attempts,
+        backoff_base_s=settings.upstream_backoff_base_s,
+        backoff_max_s=settings.upstream_backoff_max_s,
+        allow_http_output=settings.image_allow_http,
+    )
+    mirror = ImageMirror(
+        s3,
+        settings.images_bucket,
+        UrlGuard(tuple(settings.image_host_allowlist), allow_http=settings.image_allow_http),
+        session=guarded_session(settings.image_allow_private_addresses),
+        max_bytes=settings.max_image_bytes,
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+    )
+    repository = ImageRepository(aws_client("dynamodb"), settings.images_table, settings.retention_days)
+    return ImageService(
+        flux,
+        mirror,
+        repository,
+        s3,
+        presigned_url_ttl_s=settings.presigned_url_ttl_s,
+        mirror_reserve_s=settings.mirror_reserve_s,
+    )
+
+
+@lru_cache(maxsize=1)
+def image_service() -> ImageService:
+    return build_image_service(get_settings())
