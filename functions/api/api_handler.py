@@ -71,9 +71,7 @@ COMMON_ERRORS: dict[int, Any] = {
 GENERATION_ERRORS: dict[int, Any] = {
     400: _error_content("Malformed JSON, or the upstream refused the parameters."),
     422: _error_content("Validation failed: `details` lists every failing field."),
-    502: _error_content(
-        "The upstream answered something unusable, refused our key, or pointed at a bad image."
-    ),
+    502: _error_content("The upstream answered something unusable, refused our key, or pointed at a bad image."),
     503: _error_content("The upstream is rate limiting or unavailable; see Retry-After."),
     504: _error_content("The upstream did not answer within the request's time budget."),
 }
@@ -143,13 +141,9 @@ if http_settings.enable_docs:
 
 
 # ------------------------------------------------------------------------------------------- error mapping
-def _error(
-    status: int, code: str, message: str, details: list[ErrorDetail] | None = None, **headers: str
-) -> Response:
+def _error(status: int, code: str, message: str, details: list[ErrorDetail] | None = None, **headers: str) -> Response:
     request_id = app.current_event.request_context.request_id
-    body = ErrorResponse(
-        error=ErrorInfo(code=code, message=message, details=details or [], request_id=request_id)
-    )
+    body = ErrorResponse(error=ErrorInfo(code=code, message=message, details=details or [], request_id=request_id))
     return Response(
         status_code=status,
         content_type=content_types.APPLICATION_JSON,
@@ -169,9 +163,7 @@ def handle_validation_error(exc: RequestValidationError) -> Response:
     errors = exc.errors()
     if any(error.get("type") == "json_invalid" for error in errors):
         reason = next((error.get("ctx", {}).get("error") for error in errors if error.get("ctx")), None)
-        return _error(
-            400, "malformed_json", f"the request body is not valid JSON ({reason or 'decode error'})"
-        )
+        return _error(400, "malformed_json", f"the request body is not valid JSON ({reason or 'decode error'})")
     details = []
     for error in errors:
         location, field = _location(tuple(error.get("loc", ())))
@@ -204,9 +196,7 @@ def handle_not_found(_: Exception) -> Response:
 @app.exception_handler(Exception)
 def handle_unexpected(exc: Exception) -> Response:
     logger.exception("unexpected error")
-    return _error(
-        500, "internal_error", "an unexpected error occurred; quote the request_id when reporting it"
-    )
+    return _error(500, "internal_error", "an unexpected error occurred; quote the request_id when reporting it")
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)

@@ -19,9 +19,7 @@ def _not_blank(value: str) -> str:
 
 Dimension = Annotated[
     int,
-    Field(
-        ge=256, le=2048, multiple_of=16, description="Pixels: 256–2048, a multiple of 16.", examples=[1024]
-    ),
+    Field(ge=256, le=2048, multiple_of=16, description="Pixels: 256–2048, a multiple of 16.", examples=[1024]),
 ]
 
 
@@ -70,9 +68,7 @@ class StoredImage(BaseModel):
 
 
 class ImageInfo(BaseModel):
-    url: str = Field(
-        description="Presigned GET URL of the private S3 copy. GET the image again for a fresh one."
-    )
+    url: str = Field(description="Presigned GET URL of the private S3 copy. GET the image again for a fresh one.")
     url_expires_at: datetime
     s3_uri: str
     content_type: str

@@ -108,17 +108,13 @@ class ImageService:
             metrics.add_metric(name="SubscriptionKeyRefreshed", unit=MetricUnit.Count, value=1)
 
         key_stem = f"images/{created_at:%Y/%m/%d}/{image_id}"
-        stored = self._mirror.mirror(
-            upstream.output_url, key_stem, object_metadata(image_id, params), deadline
-        )
+        stored = self._mirror.mirror(upstream.output_url, key_stem, object_metadata(image_id, params), deadline)
         record = ImageRecord(
             id=image_id,
             parameters=params,
             stored=stored,
             created_at=created_at,
-            timings=Timings(
-                upstream_ms=upstream.elapsed_ms, total_ms=int((time.monotonic() - started) * 1000)
-            ),
+            timings=Timings(upstream_ms=upstream.elapsed_ms, total_ms=int((time.monotonic() - started) * 1000)),
         )
         self._repository.put(record)
         metrics.add_metric(name="ImagesGenerated", unit=MetricUnit.Count, value=1)

@@ -49,9 +49,7 @@ class Settings(BaseModel):
     presigned_url_ttl_s: int = Field(3600, alias="PRESIGNED_URL_TTL_SECONDS", ge=60, le=7 * 24 * 3600)
 
     # Mirror guard
-    image_host_allowlist: CsvList = Field(
-        default_factory=lambda: ["pub-*.r2.dev"], alias="IMAGE_HOST_ALLOWLIST"
-    )
+    image_host_allowlist: CsvList = Field(default_factory=lambda: ["pub-*.r2.dev"], alias="IMAGE_HOST_ALLOWLIST")
     max_image_bytes: int = Field(32 * MIB, alias="MAX_IMAGE_BYTES", ge=1024, le=1024 * MIB)
     # Development only (the local stack serves images over http on loopback); never set in template.yaml.
     image_allow_http: bool = Field(False, alias="IMAGE_ALLOW_HTTP")

@@ -152,9 +152,7 @@ class FluxClient:
             remaining = deadline.remaining()
             if remaining < MIN_ATTEMPT_S:
                 if last is None:
-                    raise UpstreamTimeoutError(
-                        "no time left to call the Flux Schnell API within the request budget"
-                    )
+                    raise UpstreamTimeoutError("no time left to call the Flux Schnell API within the request budget")
                 raise self._unavailable(last)
             try:
                 url = self._attempt(payload, key, deadline)
@@ -195,9 +193,7 @@ class FluxClient:
         except requests.exceptions.ConnectTimeout as exc:
             raise _Retry("connect timeout") from exc
         except requests.exceptions.ReadTimeout as exc:
-            raise UpstreamTimeoutError(
-                "the Flux Schnell API did not answer within the request budget"
-            ) from exc
+            raise UpstreamTimeoutError("the Flux Schnell API did not answer within the request budget") from exc
         except requests.exceptions.ConnectionError as exc:
             raise _Retry("connection error") from exc
         except requests.exceptions.RequestException as exc:
@@ -206,15 +202,11 @@ class FluxClient:
             try:
                 body = read_body(response, deadline, MAX_JSON_BYTES)
             except DeadlineExceededError as exc:
-                raise UpstreamTimeoutError(
-                    "the Flux Schnell API did not answer within the request budget"
-                ) from exc
+                raise UpstreamTimeoutError("the Flux Schnell API did not answer within the request budget") from exc
             except IncompleteBodyError as exc:
                 raise _Retry("connection broke while reading the answer") from exc
             except BodyTooLargeError as exc:
-                raise UpstreamBadResponseError(
-                    "the Flux Schnell API answered with an oversized body"
-                ) from exc
+                raise UpstreamBadResponseError("the Flux Schnell API answered with an oversized body") from exc
             return self._interpret(response, body)
 
     def _interpret(self, response: requests.Response, body: bytes) -> str:
@@ -231,9 +223,7 @@ class FluxClient:
             raise UpstreamRejectedError(f"the Flux Schnell API rejected the request: {message}")
         if status == 403 and "quota" in message.lower():
             match = _QUOTA_REPLENISHED_IN.search(message)
-            wait = (
-                int(match.group(1)) * 3600 + int(match.group(2)) * 60 + int(match.group(3)) if match else None
-            )
+            wait = int(match.group(1)) * 3600 + int(match.group(2)) * 60 + int(match.group(3)) if match else None
             raise UpstreamUnavailableError(
                 "the Flux Schnell subscription is out of call volume quota",
                 code="upstream_quota_exhausted",

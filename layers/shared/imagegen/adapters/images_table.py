@@ -41,9 +41,7 @@ class ImageRepository:
             "record": _serializer.serialize(document),
         }
         try:
-            self._client.put_item(
-                TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)"
-            )
+            self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 raise ValueError(f"image {record.id} already exists") from exc

@@ -101,9 +101,7 @@ class _PublicHTTPSConnectionPool(HTTPSConnectionPool):
 class PublicOnlyAdapter(HTTPAdapter):
     """A requests adapter whose connections can only reach public IP addresses."""
 
-    def init_poolmanager(
-        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
-    ) -> None:
+    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
         self.poolmanager.pool_classes_by_scheme = {
             "http": _PublicHTTPConnectionPool,
@@ -130,9 +128,7 @@ class UrlGuard:
         parts = urlsplit(url)
         schemes = ("https", "http") if self.allow_http else ("https",)
         if parts.scheme not in schemes:
-            raise ImageRejectedError(
-                f"image URL scheme {parts.scheme or '(none)'!r} is not allowed (https only)"
-            )
+            raise ImageRejectedError(f"image URL scheme {parts.scheme or '(none)'!r} is not allowed (https only)")
         host = (parts.hostname or "").lower().rstrip(".")
         if not host:
             raise ImageRejectedError("image URL has no host")
@@ -230,9 +226,7 @@ class ImageMirror:
             except BodyTooLargeError as exc:
                 raise ImageRejectedError(f"image is too large: {exc}") from exc
             except DeadlineExceededError as exc:
-                raise UpstreamTimeoutError(
-                    "the image download did not finish within the request budget"
-                ) from exc
+                raise UpstreamTimeoutError("the image download did not finish within the request budget") from exc
             except IncompleteBodyError as exc:
                 raise ImageRejectedError("the image download was truncated") from exc
 

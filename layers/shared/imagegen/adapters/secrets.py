@@ -25,14 +25,10 @@ def parse_subscription_key(raw: str | bytes) -> str:
         try:
             document = json.loads(text)
         except ValueError:
-            raise ConfigurationError(
-                "the subscription key secret is neither a plain string nor valid JSON"
-            ) from None
+            raise ConfigurationError("the subscription key secret is neither a plain string nor valid JSON") from None
         key = document.get(JSON_FIELD) if isinstance(document, dict) else None
         if not isinstance(key, str) or not key.strip():
-            raise ConfigurationError(
-                f"the subscription key secret is JSON without a non-empty {JSON_FIELD!r}"
-            )
+            raise ConfigurationError(f"the subscription key secret is JSON without a non-empty {JSON_FIELD!r}")
         return key.strip()
     if not text:
         raise ConfigurationError("the subscription key secret is empty")
@@ -42,9 +38,7 @@ def parse_subscription_key(raw: str | bytes) -> str:
 class SubscriptionKeyProvider:
     """Callable returning the current subscription key; ``force_refresh=True`` re-reads the secret."""
 
-    def __init__(
-        self, secret_id: str, *, max_age_s: int = 300, provider: SecretsProvider | None = None
-    ) -> None:
+    def __init__(self, secret_id: str, *, max_age_s: int = 300, provider: SecretsProvider | None = None) -> None:
         self._secret_id = secret_id
         self._max_age_s = max_age_s
         self._provider = provider or SecretsProvider()
