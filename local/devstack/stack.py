@@ -1,0 +1,205 @@
+"""The whole service on one laptop, without Docker or an AWS account: ``make run``.
+
+- a moto server (S3, DynamoDB, Secrets Manager) seeded like template.yaml;
+- the Flux Schnell emulator (or any upstream: ``FLUX_API_URL``, the real vendor included);
+- a local API Gateway that reads the routes from template.yaml, enforces ``x-api-key`` like a usage plan and
+  invokes the real ``lambda_handler`` with genuine REST API proxy events and a Lambda-like context.
+
+Development tooling only: nothing here is deployed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+import signal
+import sys
+import threading
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from devstack.aws import LocalAws, Resources, service_environment
+from devstack.flux_emulator import FluxEmulator
+from devstack.gateway import LocalApiGateway, load_routes
+
+ROOT = Path(__file__).resolve().parents[2]
+TEMPLATE = ROOT / "template.yaml"
+DEFAULT_API_KEY = "local-dev-key"  # a dummy: the local gateway's usage plan key
+HANDLER_MODULES = {"api_handler.lambda_handler": "api_handler"}
+
+
+class LocalStack:
+    def __init__(
+        self,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 3000,
+        api_key: str = DEFAULT_API_KEY,
+        flux_api_url: str | None = None,
+        flux_api_key: str = Resources.secret_value,
+        image_host_allowlist: str | None = None,
+        emulator_latency_s: float = 0.0,
+        emulator_concurrency_limit: int | None = None,
+        moto_port: int = 0,
+        emulator_port: int = 0,
+        template: Path = TEMPLATE,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.api_key = api_key
+        self.resources = Resources(secret_value=flux_api_key)
+        self.aws = LocalAws(host, moto_port)
+        self.emulator = (
+            None
+            if flux_api_url
+            else FluxEmulator(
+                host=host,
+                port=emulator_port,
+                api_key=flux_api_key,
+                latency_s=emulator_latency_s,
+                concurrency_limit=emulator_concurrency_limit,
+            )
+        )
+        self._flux_api_url = flux_api_url
+        self._allowlist = image_host_allowlist
+        self._template = template
+        self._extra_env = extra_env or {}
+        self.gateway: LocalApiGateway | None = None
+        self.handlers: dict[str, ModuleType] = {}
+
+    # ------------------------------------------------------------------------------------------ lifecycle
+    def start(self) -> LocalStack:
+        self.aws.start()
+        secret_arn = self.aws.seed(self.resources)
+        if self.emulator is not None:
+            self.emulator.start()
+            flux_url = self.emulator.url
+            allowlist = self._allowlist or self.host
+        else:
+            assert self._flux_api_url is not None
+            flux_url = self._flux_api_url
+            allowlist = self._allowlist or "pub-*.r2.dev"
+        local_images = self.emulator is not None
+        env = service_environment(
+            self.aws,
+            self.resources,
+            secret_arn,
+            flux_api_url=flux_url,
+            image_host_allowlist=allowlist,
+            allow_local_images=local_images,
+            extra=self._extra_env,
+        )
+        os.environ.update(env)  # the in-process "Lambda" reads its configuration like the real one does
+        routes = load_routes(self._template)
+        handlers: dict[str, Any] = {}
+        for route in routes:
+            module_name = HANDLER_MODULES.get(route.handler or "")
+            if module_name is None:
+                raise RuntimeError(f"{route}: no local module for handler {route.handler!r}")
+            module = self.handlers.get(module_name) or importlib.import_module(module_name)
+            self.handlers[module_name] = module
+            handlers[route.function_id] = module.lambda_handler
+        self.gateway = LocalApiGateway(routes, handlers, api_keys=[self.api_key], host=self.host, port=self.port)
+        self.gateway.start()
+        self.port = self.gateway.port
+        return self
+
+    def stop(self) -> None:
+        if self.gateway is not None:
+            self.gateway.stop()
+        if self.emulator is not None:
+            self.emulator.stop()
+        self.aws.stop()
+
+    def __enter__(self) -> LocalStack:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def banner(self) -> str:
+        upstream = self.emulator.url if self.emulator else self._flux_api_url
+        body = '{"prompt": "a cozy mountain cabin under a starry night sky", "width": 512, "height": 512}'
+        return "\n".join(
+            [
+                "",
+                "Flux image service — local stack",
+                f"  API            {self.url}      (x-api-key: {self.api_key})",
+                f"  Swagger UI     {self.url}/docs",
+                f"  OpenAPI        {self.url}/openapi.json",
+                f"  Flux upstream  {upstream}" + ("   (emulator)" if self.emulator else ""),
+                f"  AWS (moto)     {self.aws.endpoint_url}   (AWS_ENDPOINT_URL for the aws CLI)",
+                f"                 bucket={self.resources.bucket} table={self.resources.table}",
+                "",
+                "Try it:",
+                f"  curl -s -X POST {self.url}/v1/images -H 'x-api-key: {self.api_key}' \\",
+                f"       -H 'content-type: application/json' -d '{body}'",
+                "",
+                "Ctrl-C stops everything.",
+                "",
+            ]
+        )
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value else default
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="devstack", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
+    )
+    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")), help="API port (env PORT)")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("LOCAL_API_KEY", DEFAULT_API_KEY), help="x-api-key (env LOCAL_API_KEY)"
+    )
+    parser.add_argument(
+        "--flux-api-url",
+        default=os.environ.get("FLUX_API_URL") or None,
+        help="use this upstream instead of the emulator (env FLUX_API_URL), e.g. the real vendor",
+    )
+    parser.add_argument(
+        "--latency",
+        type=float,
+        default=_env_float("FLUX_EMULATOR_LATENCY", 0.5),
+        help="emulator latency in seconds (env FLUX_EMULATOR_LATENCY)",
+    )
+    parser.add_argument("--moto-port", type=int, default=int(os.environ.get("MOTO_PORT", "5001")))
+    parser.add_argument("--emulator-port", type=int, default=int(os.environ.get("FLUX_EMULATOR_PORT", "8081")))
+    args = parser.parse_args(argv)
+
+    stack = LocalStack(
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        flux_api_url=args.flux_api_url,
+        flux_api_key=os.environ.get("FLUX_API_KEY", Resources.secret_value),
+        image_host_allowlist=os.environ.get("IMAGE_HOST_ALLOWLIST") or None,
+        emulator_latency_s=args.latency,
+        moto_port=args.moto_port,
+        emulator_port=args.emulator_port,
+    )
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        stack.start()
+    except OSError as exc:
+        print(f"devstack: could not start: {exc} (is a port in use? set PORT / MOTO_PORT / FLUX_EMULATOR_PORT)")
+        stack.stop()
+        return 1
+    print(stack.banner(), flush=True)
+    with contextlib.suppress(KeyboardInterrupt):
+        stopping.wait()
+    print("\nstopping…", file=sys.stderr)
+    stack.stop()
+    return 0
