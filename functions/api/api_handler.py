@@ -5,13 +5,14 @@ The work lives in the shared layer (``imagegen``). No ``from __future__ import a
 Powertools reads the route signatures at run time to validate and to build the OpenAPI schema.
 """
 
-from typing import Annotated, Any
+import pathlib
+from functools import lru_cache
+from typing import TYPE_CHECKING, Annotated, Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError as RouteNotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
 from aws_lambda_powertools.event_handler.openapi.params import Body, Path
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
@@ -25,15 +26,25 @@ from imagegen.models import (
     ImageDocument,
     ImageRequest,
 )
+from imagegen.observability import tracer_from_env
 from imagegen.settings import get_settings, load_http_settings
-from imagegen.wiring import image_service
+
+if TYPE_CHECKING:
+    from imagegen.service import ImageService
 
 logger = Logger()
-tracer = Tracer()
+tracer = tracer_from_env()
 metrics = Metrics()
 
 ALLOWED_HEADERS = ["Content-Type", "X-Api-Key", "Idempotency-Key", "Prefer"]
 EXPOSED_HEADERS = ["Location", "Retry-After"]
+
+
+def image_service() -> "ImageService":
+    """The service, built on first use (the adapters load then, not at cold start)."""
+    from imagegen.wiring import image_service as build_once
+
+    return build_once()
 
 
 def _cors(origins: list[str]) -> CORSConfig | None:
@@ -51,12 +62,9 @@ def _cors(origins: list[str]) -> CORSConfig | None:
 http_settings = load_http_settings()
 app = APIGatewayRestResolver(enable_validation=True, cors=_cors(http_settings.cors_allowed_origins))
 API_KEY_SECURITY = [{"apiKey": []}]
-app.configure_openapi(
-    title="Flux image service",
-    version="1.0.0",
-    description="Text-to-image generation (Flux Schnell) with durable, private copies of every image.",
-    security_schemes={"apiKey": APIKey(name="x-api-key", in_=APIKeyIn.header)},
-)
+API_TITLE = "Flux image service"
+API_VERSION = "1.0.0"
+API_DESCRIPTION = "Text-to-image generation (Flux Schnell) with durable, private copies of every image."
 
 
 def _error_content(description: str) -> dict[str, Any]:
@@ -125,19 +133,44 @@ def get_image(image_id: Annotated[str, Path(pattern=IMAGE_ID_PATTERN)]) -> Image
     return image_service().get(image_id)
 
 
+# The OpenAPI models and the Swagger UI cost ~200 ms to import: they load when the docs are asked for, not at
+# cold start (so no app.configure_openapi/enable_swagger at import; these two routes do what enable_swagger does).
+@lru_cache(maxsize=1)
+def openapi_spec() -> str:
+    from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+
+    return app.get_openapi_json_schema(
+        title=API_TITLE,
+        version=API_VERSION,
+        description=API_DESCRIPTION,
+        security_schemes={"apiKey": APIKey(name="x-api-key", in_=APIKeyIn.header)},
+    )
+
+
 @app.get("/openapi.json", include_in_schema=False)
 def openapi_json():  # no return annotation: Powertools would try to model the bare Response
     if not http_settings.enable_docs:
         raise RouteNotFoundError()
-    return Response(
-        status_code=200,
-        content_type=content_types.APPLICATION_JSON,
-        body=app.get_openapi_json_schema(title="Flux image service", version="1.0.0"),
+    return Response(status_code=200, content_type=content_types.APPLICATION_JSON, body=openapi_spec())
+
+
+@app.get("/docs", include_in_schema=False)
+def swagger_ui():
+    if not http_settings.enable_docs:
+        raise RouteNotFoundError()
+    from aws_lambda_powertools.event_handler.openapi import swagger_ui as swagger_ui_assets
+    from aws_lambda_powertools.event_handler.openapi.swagger_ui import generate_swagger_html
+
+    assets = pathlib.Path(swagger_ui_assets.__file__).parent
+    spec = openapi_spec().replace("</", "<\\/")  # keep "</script>" inside the spec from closing the tag
+    body = generate_swagger_html(
+        spec,
+        (assets / "swagger-ui-bundle.min.js").read_text(encoding="utf-8"),
+        (assets / "swagger-ui.min.css").read_text(encoding="utf-8"),
+        "",
+        None,
     )
-
-
-if http_settings.enable_docs:
-    app.enable_swagger(path="/docs", title="Flux image service", version="1.0.0")
+    return Response(status_code=200, content_type="text/html", body=body)
 
 
 # ------------------------------------------------------------------------------------------- error mapping

@@ -11,6 +11,12 @@ MAX_SEED = 4_294_967_295
 IMAGE_ID_PATTERN = r"^img_[0-9a-f]{32}$"
 
 
+class Model(BaseModel):
+    """Base of the service's models: schemas are built on first use, not at import (cold start)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
 def _not_blank(value: str) -> str:
     if not value.strip():
         raise ValueError("must not be blank")
@@ -23,10 +29,10 @@ Dimension = Annotated[
 ]
 
 
-class ImageRequest(BaseModel):
+class ImageRequest(Model):
     """What a caller asks for. Unknown fields are rejected, so a typo never silently does nothing."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     prompt: Annotated[
         str,
@@ -41,7 +47,7 @@ class ImageRequest(BaseModel):
     height: Dimension = 1024
 
 
-class GenerationParameters(BaseModel):
+class GenerationParameters(Model):
     """The effective parameters of a generation: the request with the seed resolved."""
 
     prompt: str
@@ -51,7 +57,7 @@ class GenerationParameters(BaseModel):
     height: int
 
 
-class StoredImage(BaseModel):
+class StoredImage(Model):
     """The mirrored copy of an image in the private bucket."""
 
     bucket: str
@@ -67,7 +73,7 @@ class StoredImage(BaseModel):
         return f"s3://{self.bucket}/{self.key}"
 
 
-class ImageInfo(BaseModel):
+class ImageInfo(Model):
     url: str = Field(description="Presigned GET URL of the private S3 copy. GET the image again for a fresh one.")
     url_expires_at: datetime
     s3_uri: str
@@ -78,12 +84,12 @@ class ImageInfo(BaseModel):
     height: int | None
 
 
-class Timings(BaseModel):
+class Timings(Model):
     upstream_ms: int = Field(description="Time spent waiting for the Flux Schnell API, retries included.")
     total_ms: int
 
 
-class ImageDocument(BaseModel):
+class ImageDocument(Model):
     """A generated image, as the API answers it."""
 
     id: str = Field(pattern=IMAGE_ID_PATTERN)
@@ -94,27 +100,27 @@ class ImageDocument(BaseModel):
     timings: Timings
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(Model):
     location: str = Field(description="Where the problem is, e.g. `body.width`.")
     field: str | None = Field(None, description="The failing field, when there is one.")
     message: str
     type: str
 
 
-class ErrorInfo(BaseModel):
+class ErrorInfo(Model):
     code: str
     message: str
     details: list[ErrorDetail] = Field(default_factory=list)
     request_id: str | None = None
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(Model):
     """The one shape of every non-2xx answer of the service."""
 
     error: ErrorInfo
 
 
-class ImageRecord(BaseModel):
+class ImageRecord(Model):
     """What is persisted for an image; the API document is derived from it with a fresh presigned URL."""
 
     id: str = Field(pattern=IMAGE_ID_PATTERN)

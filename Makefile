@@ -1,0 +1,88 @@
+# One interface for people and CI. `make run` starts the service locally; `make test` runs every check.
+# Both bootstrap what they need on a fresh machine: uv (pinned, in .tools/), a Python 3.12 virtual
+# environment with the locked dependencies (uv.lock), and the isolated template tools (SAM CLI, cfn-lint, checkov).
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+UV_VERSION      := 0.13.9
+TOOLS           := .tools
+UV              := $(TOOLS)/bootstrap/bin/uv
+VENV            := .venv
+PY              := $(VENV)/bin/python
+PYTHON312        = $(shell scripts/find-python.sh)
+PYTHONPATH_DEV  := layers/shared:functions/api:local
+export UV_PYTHON_DOWNLOADS := never
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_COMPILE_BYTECODE := 1
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(UV):
+	@python3 -m venv $(TOOLS)/bootstrap
+	@$(TOOLS)/bootstrap/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml
+	@$(UV) sync --frozen --python "$(PYTHON312)" --quiet
+	@touch $@
+
+.PHONY: venv
+venv: $(VENV)/.synced ## Create/update the virtual environment from uv.lock
+
+.PHONY: tools
+tools: $(UV) ## Install the isolated template tools (SAM CLI, cfn-lint, checkov) into .tools/
+	@UV="$(UV)" bash scripts/tools.sh
+
+.PHONY: run
+run: venv ## Run the service locally: moto + Flux emulator + local API Gateway on http://127.0.0.1:$${PORT:-3000}
+	@PYTHONPATH=$(PYTHONPATH_DEV) $(PY) -m devstack
+
+.PHONY: test
+test: venv tools lint requirements-check ## Every check CI runs: lint, unit, integration, template, local-stack tests
+	@PYTHONPATH= $(PY) -m pytest
+
+.PHONY: lint
+lint: venv ## ruff (lint + format check)
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+
+.PHONY: format
+format: venv ## Format the code
+	@$(VENV)/bin/ruff check --fix .
+	@$(VENV)/bin/ruff format .
+
+.PHONY: requirements
+requirements: $(UV) ## Re-export the layer's pinned requirements from uv.lock
+	@$(UV) export --frozen --format requirements-txt --no-dev --no-emit-project --no-hashes --quiet \
+		-o layers/dependencies/requirements.txt
+
+.PHONY: requirements-check
+requirements-check: $(UV) ## Fail if layers/dependencies/requirements.txt is out of date with uv.lock
+	@$(UV) export --frozen --format requirements-txt --no-dev --no-emit-project --no-hashes --quiet \
+		-o $(TOOLS)/requirements.check.txt
+	@diff -u <(grep -v '^#' layers/dependencies/requirements.txt) <(grep -v '^#' $(TOOLS)/requirements.check.txt) \
+		|| { echo "layers/dependencies/requirements.txt is stale: run 'make requirements'"; exit 1; }
+
+.PHONY: build
+build: tools ## sam build (no container; uses the local Python 3.12)
+	@PATH="$$(dirname "$(PYTHON312)"):$$PATH" $(TOOLS)/bin/sam build
+
+.PHONY: validate
+validate: tools ## sam validate --lint, cfn-lint and checkov on template.yaml
+	@$(TOOLS)/bin/sam validate --lint
+	@$(TOOLS)/bin/cfn-lint template.yaml
+	@$(TOOLS)/bin/checkov -f template.yaml --framework cloudformation --quiet --compact
+
+.PHONY: deploy
+deploy: build ## sam deploy --guided (needs AWS credentials)
+	@$(TOOLS)/bin/sam deploy --guided
+
+.PHONY: bench
+bench: venv ## Run the benchmarks (cold start, mirror memory, local-stack overhead)
+	@PYTHONPATH=$(PYTHONPATH_DEV) $(PY) benchmarks/run_all.py
+
+.PHONY: clean
+clean: ## Remove build output and caches (keeps .venv and .tools)
+	rm -rf .aws-sam .pytest_cache .ruff_cache .mypy_cache
