@@ -111,6 +111,7 @@ FAULT_MODES = frozenset(
         "apim_unauthorized",
         "quota_exhausted",
         "forbidden",
+        "bad_request",
         "server_error",
         "bad_gateway",
         "unavailable",
@@ -790,6 +791,8 @@ class FluxEmulator:
             )
         elif mode == "forbidden":
             response = _json_response(403, ERROR_FORBIDDEN)
+        elif mode == "bad_request":
+            response = _json_response(400, {"error": str(p.get("message", "Invalid request parameters"))})
         elif mode == "server_error":
             response = _json_response(500, ERROR_SERVER)
         elif mode == "bad_gateway":

@@ -475,6 +475,7 @@ def test_all_documented_fault_modes_exist():
         "apim_unauthorized",
         "quota_exhausted",
         "forbidden",
+        "bad_request",
         "server_error",
         "bad_gateway",
         "unavailable",
@@ -792,3 +793,14 @@ def test_cli_serves_until_interrupted():
             # And Ctrl-C stops it cleanly
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=5) == 0
+
+
+def test_fault_bad_request_answers_the_documented_400_body(flux):
+    # Given an emulator told to refuse the next request's parameters
+    flux.inject("bad_request", message="Invalid prompt parameter")
+    # When a valid request arrives
+    response = post(flux)
+    # Then it answers 400 with the documented error shape, once
+    assert response.status_code == 400
+    assert json_of(response) == {"error": "Invalid prompt parameter"}
+    assert post(flux).status_code == 200
