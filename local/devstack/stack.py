@@ -23,7 +23,7 @@ from typing import Any
 
 from devstack.aws import LocalAws, Resources, service_environment
 from devstack.flux_emulator import FluxEmulator
-from devstack.gateway import LocalApiGateway, load_routes
+from devstack.gateway import LocalApiGateway, load_api_config, load_routes
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -103,7 +103,11 @@ class LocalStack:
             module = self.handlers.get(module_name) or importlib.import_module(module_name)
             self.handlers[module_name] = module
             handlers[route.function_id] = module.lambda_handler
-        self.gateway = LocalApiGateway(routes, handlers, api_keys=[self.api_key], host=self.host, port=self.port)
+        # The template's stage, usage-plan throttle and gateway responses, so local errors look like deployed ones.
+        api_config = load_api_config(self._template).gateway_kwargs()
+        self.gateway = LocalApiGateway(
+            routes, handlers, api_keys=[self.api_key], host=self.host, port=self.port, **api_config
+        )
         self.gateway.start()
         self.port = self.gateway.port
         return self

@@ -6,6 +6,7 @@ Clients are created on first use, never at import, so tests can start moto first
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Any
 
@@ -27,11 +28,21 @@ _BOTO_CONFIG = Config(
 )
 
 
+def quiet_sensitive_loggers() -> None:
+    """botocore logs request and response bodies at DEBUG: the secret's value, prompts in item writes. Lambda's
+    log-level setting (or a DEBUG root logger) would let them through, so botocore gets a level of its own:
+    WARNING, unless someone explicitly set it to INFO or above."""
+    botocore_logger = logging.getLogger("botocore")
+    if botocore_logger.level < logging.INFO:  # NOTSET (inherits the root's level) or DEBUG
+        botocore_logger.setLevel(logging.WARNING)
+
+
 def aws_client(service: str) -> Any:
     return boto3.client(service, config=_BOTO_CONFIG)  # type: ignore[call-overload]
 
 
 def build_image_service(settings: Settings) -> ImageService:
+    quiet_sensitive_loggers()
     from aws_lambda_powertools.utilities.parameters import SecretsProvider
 
     s3 = aws_client("s3")
