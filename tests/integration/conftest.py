@@ -13,10 +13,7 @@ from typing import Any
 import pytest
 from devstack.lambda_context import make_context
 from devstack.stack import LocalStack
-
-SUBSCRIPTION_KEY = "test-subscription-key-5f1c9e2a"  # noqa: S105 - the emulator's key in these tests
-API_KEY = "integration-api-key"
-ORIGIN = "http://localhost:3000"
+from support.secrets_under_test import API_KEY, ORIGIN, SUBSCRIPTION_KEY
 
 
 @pytest.fixture(scope="session")

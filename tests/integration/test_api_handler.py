@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import ORIGIN, SUBSCRIPTION_KEY
 from support.events import load_event
+from support.secrets_under_test import ORIGIN, SUBSCRIPTION_KEY
 
 PROMPT = "a cozy mountain cabin under a starry night sky"
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import requests
-from conftest import API_KEY, ORIGIN
+from support.secrets_under_test import API_KEY, ORIGIN
 
 ROOT = Path(__file__).resolve().parents[2]
 
