@@ -8,7 +8,8 @@ The guard refuses, before any byte is fetched:
 While streaming it refuses a body that is not an image (PNG/JPEG/WebP magic bytes) or is larger than the limit.
 
 Memory stays bounded: the body is read in chunks of at most 1 MiB into one multipart part buffer (5 MiB, the S3
-minimum part size), so a 64 MB image needs ~6 MiB, not 64. Small images (one part) take a single PutObject.
+minimum part size, plus at most one chunk), uploaded as is when full: a 64 MB image needs ~6 MiB, not 64.
+Small images (one part) take a single PutObject.
 """
 
 from __future__ import annotations
@@ -277,20 +278,14 @@ class ImageMirror:
                         continue  # keep reading until the header is in hand
                     kind = self._identify(buffer)
                     key = f"{key_stem}.{kind.extension}"
-                while len(buffer) >= self._part_bytes:
+                if len(buffer) >= self._part_bytes:
+                    # The whole buffer is the part (botocore takes a bytearray as is): no slice, no copy.
                     if upload_id is None:
                         upload_id = self._s3.create_multipart_upload(
-                            Bucket=self._bucket,
-                            Key=key,
-                            ContentType=kind.content_type,
-                            Metadata=dict(metadata),
+                            Bucket=self._bucket, Key=key, ContentType=kind.content_type, Metadata=dict(metadata)
                         )["UploadId"]
-                    part = bytes(memoryview(buffer)[: self._part_bytes])  # one copy, not two
-                    del buffer[: self._part_bytes]
-                    etag = self._s3.upload_part(
-                        Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=len(parts) + 1, Body=part
-                    )["ETag"]
-                    parts.append({"PartNumber": len(parts) + 1, "ETag": etag})
+                    parts.append(self._upload_part(key, upload_id, len(parts) + 1, buffer))
+                    buffer = bytearray()
             if kind is None:
                 kind = self._identify(buffer)
                 key = f"{key_stem}.{kind.extension}"
@@ -300,20 +295,13 @@ class ImageMirror:
                 self._s3.put_object(
                     Bucket=self._bucket,
                     Key=key,
-                    Body=bytes(buffer),
+                    Body=buffer,
                     ContentType=kind.content_type,
                     Metadata=full_metadata,
                 )
             else:
                 if buffer:
-                    etag = self._s3.upload_part(
-                        Bucket=self._bucket,
-                        Key=key,
-                        UploadId=upload_id,
-                        PartNumber=len(parts) + 1,
-                        Body=bytes(buffer),
-                    )["ETag"]
-                    parts.append({"PartNumber": len(parts) + 1, "ETag": etag})
+                    parts.append(self._upload_part(key, upload_id, len(parts) + 1, buffer))
                 self._s3.complete_multipart_upload(
                     Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
                 )
@@ -340,6 +328,10 @@ class ImageMirror:
             width=kind.width,
             height=kind.height,
         )
+
+    def _upload_part(self, key: str, upload_id: str, number: int, body: bytearray) -> dict[str, Any]:
+        etag = self._s3.upload_part(Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
+        return {"PartNumber": number, "ETag": etag["ETag"]}
 
     @staticmethod
     def _identify(head: bytearray) -> ImageKind:
