@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -94,6 +95,8 @@ class LocalStack:
             extra=self._extra_env,
         )
         os.environ.update(env)  # the in-process "Lambda" reads its configuration like the real one does
+        # Requests that publish no metric (a 422, the docs) make Powertools warn; in Lambda nobody sees it.
+        warnings.filterwarnings("ignore", "No application metrics to publish", UserWarning)
         routes = load_routes(self._template)
         handlers: dict[str, Any] = {}
         for route in routes:
