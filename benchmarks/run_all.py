@@ -1,0 +1,30 @@
+"""Run every benchmark of the sync path and print their figures (the README's table comes from this).
+
+    make bench
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = [
+    ("Cold start (import + init of the API module vs the dependency floor)", ["cold_start.py", "--runs", "15"]),
+    ("Memory (mirroring a 64 MB image)", ["mirror_memory.py", "--runs", "3"]),
+    ("Overhead on the local stack (emulator at 1 s)", ["local_overhead.py", "--requests", "20"]),
+]
+
+
+def main() -> int:
+    failed = 0
+    for title, command in BENCHMARKS:
+        print(f"\n== {title}", flush=True)
+        result = subprocess.run([sys.executable, str(HERE / command[0]), *command[1:]], check=False)
+        failed += result.returncode != 0
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
