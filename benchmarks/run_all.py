@@ -1,6 +1,6 @@
 """Run every benchmark of the sync path and print their figures (the README's table comes from this).
 
-    make bench
+make bench
 """
 
 from __future__ import annotations

@@ -29,33 +29,6 @@ export UV_TOOL_BIN_DIR="$root/.tools/bin"
 export UV_PYTHON_DOWNLOADS=never
 mkdir -p "$UV_TOOL_DIR" "$UV_TOOL_BIN_DIR"
 
-is_python312() {
-  [ -x "$1" ] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' >/dev/null 2>&1
-}
-
-find_python312() {
-  local candidate pyenv_root
-  # A pyenv shim on PATH may exist without a selected 3.12: check every candidate by running it.
-  candidate="$(command -v python3.12 2>/dev/null || true)"
-  if [ -n "$candidate" ] && is_python312 "$candidate"; then
-    echo "$candidate"
-    return 0
-  fi
-  if command -v pyenv >/dev/null 2>&1; then
-    pyenv_root="$(pyenv root)"
-  else
-    pyenv_root="${PYENV_ROOT:-$HOME/.pyenv}"
-  fi
-  # Newest 3.12.x first.
-  while IFS= read -r candidate; do
-    if is_python312 "$candidate/bin/python3.12"; then
-      echo "$candidate/bin/python3.12"
-      return 0
-    fi
-  done < <(ls -d "$pyenv_root"/versions/3.12* 2>/dev/null | sort -V -r)
-  return 1
-}
-
 # Installed tool versions, one "name vX.Y.Z" line each (uv prints the executables on indented lines).
 installed="$("$uv" tool list 2>/dev/null | grep -v '^[- ]' || true)"
 
@@ -67,10 +40,7 @@ for entry in "${TOOLS[@]}"; do
     continue
   fi
   if [ -z "$python" ]; then
-    python="$(find_python312)" || {
-      echo "error: Python 3.12 not found (python3.12 on PATH or a pyenv 3.12.x); e.g. 'pyenv install 3.12'" >&2
-      exit 1
-    }
+    python="$("$root/scripts/find-python.sh")"  # says what is missing when there is no 3.12
   fi
   echo "$package $version: installing with $python"
   "$uv" tool install --quiet --force --python "$python" "$package==$version"
