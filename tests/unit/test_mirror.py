@@ -1,0 +1,600 @@
+"""The image mirror: the URL and address guard, image sniffing, and streaming into S3 (moto) from a loopback host."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import random
+import socket
+import struct
+import tracemalloc
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+import requests
+import urllib3.util.connection
+from imagegen.adapters import mirror as mirror_module
+from imagegen.adapters.http import CHUNK_BYTES
+from imagegen.adapters.mirror import (
+    S3_MIN_PART_BYTES,
+    AddressRefusedError,
+    ImageKind,
+    ImageMirror,
+    UrlGuard,
+    guarded_session,
+    is_public_address,
+    sniff_image,
+)
+from imagegen.budget import Deadline
+from imagegen.errors import ImageRejectedError, UpstreamTimeoutError
+from moto import mock_aws
+
+MIB = 1024 * 1024
+BUCKET = "images-unit-test"
+STEM = "images/2024/08/15/img_0123456789abcdef0123456789abcdef"
+METADATA = {"image-id": "img_0123456789abcdef0123456789abcdef", "seed": "15"}
+R2_GUARD = UrlGuard(("pub-*.r2.dev",))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+# ---------------------------------------------------------------------------------------------------- image builders
+def _filler(size: int) -> bytes:
+    return random.Random(size).randbytes(max(0, size))
+
+
+def png(width: int = 640, height: int = 480, size: int = 0) -> bytes:
+    head = PNG_SIGNATURE + struct.pack(">I", 13) + b"IHDR" + struct.pack(">II", width, height) + b"\x08\x06\0\0\0"
+    head += b"\x12\x34\x56\x78"  # CRC (not checked by the sniffer)
+    return head + _filler(size - len(head))
+
+
+def jpeg(width: int = 800, height: int = 600, size: int = 0, sof: int = 0xC0) -> bytes:
+    soi = b"\xff\xd8"
+    app0 = b"\xff\xe0" + struct.pack(">H", 16) + b"JFIF\0\x01\x01\0\0\x01\0\x01\0\0"
+    dqt = b"\xff\xdb" + struct.pack(">H", 67) + b"\0" + bytes(range(64))
+    components = b"\x01\x22\x00\x02\x11\x01\x03\x11\x01"
+    sof_segment = bytes([0xFF, sof]) + struct.pack(">HBHHB", 17, 8, height, width, 3) + components
+    head = soi + app0 + dqt + sof_segment
+    return head + _filler(size - len(head))
+
+
+def webp_vp8(width: int = 320, height: int = 240, scale_bits: int = 0) -> bytes:
+    frame = b"\x9d\x01\x2a" + struct.pack("<HH", width | scale_bits << 14, height | scale_bits << 14)
+    chunk = b"VP8 " + struct.pack("<I", 10 + len(frame)) + b"\x50\x02\x00" + frame + _filler(16)
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+
+
+def webp_vp8l(width: int = 1024, height: int = 768) -> bytes:
+    bits = (width - 1) | (height - 1) << 14
+    chunk = b"VP8L" + struct.pack("<I", 5 + 16) + b"\x2f" + struct.pack("<I", bits) + _filler(16)
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+
+
+def webp_vp8x(width: int = 2048, height: int = 1536) -> bytes:
+    body = b"\x10\0\0\0" + (width - 1).to_bytes(3, "little") + (height - 1).to_bytes(3, "little")
+    chunk = b"VP8X" + struct.pack("<I", len(body)) + body + _filler(16)
+    return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
+
+
+# ---------------------------------------------------------------------------------------------------- UrlGuard
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://pub-582b7213209642b9b995c96c95a30381.r2.dev/flux-schnell-cf/prompt-1.png",
+        "HTTPS://PUB-ABC.R2.DEV/x.png",
+        "https://pub-abc.r2.dev./x.png",
+        "https://pub-abc.r2.dev:443/x.png?sig=1#frag",
+    ],
+    ids=["vendor", "upper-case", "trailing-dot", "port-query"],
+)
+def test_url_guard_allows_https_on_allowlisted_host(url: str) -> None:
+    R2_GUARD.check(url)  # Given an https URL on an allowlisted host, When checked, Then nothing is raised
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("http://pub-abc.r2.dev/x.png", "scheme"),
+        ("ftp://pub-abc.r2.dev/x.png", "scheme"),
+        ("file:///etc/passwd", "scheme"),
+        ("//pub-abc.r2.dev/x.png", "scheme"),
+        ("pub-abc.r2.dev/x.png", "scheme"),
+        ("https:///x.png", "no host"),
+        ("https://user:pw@pub-abc.r2.dev/x.png", "credentials"),
+        ("https://user@pub-abc.r2.dev/x.png", "credentials"),
+        ("https://evil.example\\@pub-abc.r2.dev/x.png", "credentials"),
+        ("https://evil.example/x.png", "allowlist"),
+        ("https://pub-abc.r2.dev.evil.example/x.png", "allowlist"),
+        ("https://x.pub-abc.r2.dev/x.png", "allowlist"),
+        ("https://r2.dev/x.png", "allowlist"),
+        ("https://169.254.169.254/latest/meta-data/", "allowlist"),
+        ("https://pub-abc.r2.dev@evil.example/x.png", "credentials"),
+    ],
+)
+def test_url_guard_refuses_bad_scheme_host_or_credentials(url: str, reason: str) -> None:
+    # Given a URL that must not be fetched, When checked, Then it is refused as an image_rejected error
+    with pytest.raises(ImageRejectedError, match=reason) as caught:
+        R2_GUARD.check(url)
+    assert caught.value.code == "image_rejected"
+
+
+def test_url_guard_allows_http_only_when_configured() -> None:
+    local = UrlGuard(("127.0.0.1", "localhost"), allow_http=True)
+    local.check("http://127.0.0.1:8080/x.png")
+    local.check("https://localhost/x.png")
+    with pytest.raises(ImageRejectedError, match="scheme"):
+        local.check("ftp://127.0.0.1/x.png")
+    with pytest.raises(ImageRejectedError, match="allowlist"):
+        local.check("http://127.0.0.2/x.png")
+
+
+# ---------------------------------------------------------------------------------------------------- addresses
+@pytest.mark.parametrize(
+    "address",
+    [
+        "10.0.0.1",
+        "10.255.255.255",
+        "172.16.0.1",
+        "172.31.255.254",
+        "192.168.1.1",
+        "127.0.0.1",
+        "127.8.9.10",
+        "169.254.169.254",
+        "100.64.0.1",
+        "100.127.255.254",
+        "0.0.0.0",
+        "255.255.255.255",
+        "224.0.0.251",
+        "::1",
+        "::",
+        "fe80::1",
+        "fe80::1%eth0",
+        "febf:ffff::1",
+        "fd00:ec2::254",
+        "::ffff:127.0.0.1",
+        "::ffff:10.0.0.1",
+        "::ffff:169.254.169.254",
+        "ff02::1",
+    ],
+)
+def test_is_public_address_refuses_private_loopback_link_local_and_shared(address: str) -> None:
+    assert is_public_address(address) is False
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["8.8.8.8", "1.1.1.1", "104.18.2.3", "172.32.0.1", "100.128.0.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"],
+)
+def test_is_public_address_accepts_public(address: str) -> None:
+    assert is_public_address(address) is True
+
+
+# ---------------------------------------------------------------------------------------------------- PublicOnlyAdapter
+def test_public_only_adapter_refuses_loopback_without_connecting(http_server: Any) -> None:
+    # Given a live server on 127.0.0.1 and the production (public-only) session
+    session = guarded_session()
+    # When the guarded session asks for it
+    with pytest.raises(AddressRefusedError, match="non-public"):
+        session.get(http_server.url("/image.png"), timeout=2)
+    # Then no connection was made: a later plain request is the first and only one the server ever accepted
+    http_server.reply(200, b"ok")
+    plain = requests.Session()
+    plain.trust_env = False
+    assert plain.get(http_server.url("/probe"), timeout=2).content == b"ok"
+    assert http_server.connections == 1
+    assert [request.path for request in http_server.received] == ["/probe"]
+
+
+def test_public_only_adapter_refuses_localhost_name(http_server: Any) -> None:
+    with pytest.raises(AddressRefusedError):
+        guarded_session().get(f"http://localhost:{http_server.port}/x.png", timeout=2)
+    assert http_server.received == []
+
+
+def test_guarded_session_allowing_private_addresses_reaches_loopback(http_server: Any) -> None:
+    http_server.reply(200, b"ok")
+    session = guarded_session(allow_private_addresses=True)
+    assert session.trust_env is False  # no proxy or .netrc from the environment
+    assert session.get(http_server.url("/x"), timeout=2).content == b"ok"
+
+
+class _ConnectRecorder:
+    """Replaces urllib3's create_connection: records the address and raises ``error``; never opens a socket."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+        self.addresses: list[tuple[str, int]] = []
+
+    def __call__(self, address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        self.addresses.append(address)
+        raise self.error
+
+
+def _resolve_to(monkeypatch: pytest.MonkeyPatch, *addresses: str, error: OSError | None = None) -> _ConnectRecorder:
+    """Make every host name resolve to ``addresses`` and record (instead of making) every connection."""
+
+    def fake_getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+        return [
+            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses
+        ]
+
+    recorder = _ConnectRecorder(error or ConnectionRefusedError("test: no real connection"))
+    monkeypatch.setattr(mirror_module.socket, "getaddrinfo", fake_getaddrinfo)
+    monkeypatch.setattr(urllib3.util.connection, "create_connection", recorder)
+    return recorder
+
+
+def test_public_only_adapter_refuses_host_resolving_to_metadata_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an allowlisted name that resolves to the instance metadata address (DNS rebinding)
+    recorder = _resolve_to(monkeypatch, "169.254.169.254")
+    mirror = ImageMirror(object(), BUCKET, R2_GUARD, session=guarded_session())
+    # When the mirror fetches it
+    with pytest.raises(ImageRejectedError, match="non-public"):
+        mirror.mirror("https://pub-rebind.r2.dev/x.png", STEM, METADATA, Deadline.after(5))
+    # Then no connection was even attempted
+    assert recorder.addresses == []
+
+
+def test_public_only_adapter_connects_only_to_the_checked_public_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a name resolving to private and public addresses
+    recorder = _resolve_to(monkeypatch, "10.0.0.5", "127.0.0.1", "93.184.216.34", "fd00::1")
+    # When the guarded session connects
+    with pytest.raises(requests.exceptions.ConnectionError):
+        guarded_session().get("https://pub-mixed.r2.dev/x.png", timeout=2)
+    # Then only the public address was tried
+    assert {address for address, _ in recorder.addresses} == {"93.184.216.34"}
+
+
+def test_public_only_adapter_connect_timeout_is_an_upstream_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a public image host that never completes the TCP handshake
+    recorder = _resolve_to(monkeypatch, "93.184.216.34", error=TimeoutError("timed out"))
+    mirror = ImageMirror(object(), BUCKET, R2_GUARD, session=guarded_session())
+    # When the mirror fetches from it, Then it is a (retryable) timeout, not a refused image
+    with pytest.raises(UpstreamTimeoutError):
+        mirror.mirror("https://pub-slow.r2.dev/x.png", STEM, METADATA, Deadline.after(5))
+    assert recorder.addresses == [("93.184.216.34", 443)]
+
+
+# ---------------------------------------------------------------------------------------------------- sniff_image
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (png(640, 480), ImageKind("image/png", "png", 640, 480)),
+        (png(1, 65535), ImageKind("image/png", "png", 1, 65535)),
+        (PNG_SIGNATURE, ImageKind("image/png", "png", None, None)),
+        (jpeg(800, 600), ImageKind("image/jpeg", "jpg", 800, 600)),
+        (jpeg(1024, 768, sof=0xC2), ImageKind("image/jpeg", "jpg", 1024, 768)),
+        (b"\xff\xd8\xff\xe0\x00\x10JFIF", ImageKind("image/jpeg", "jpg", None, None)),
+        (webp_vp8(320, 240), ImageKind("image/webp", "webp", 320, 240)),
+        (webp_vp8(800, 600, scale_bits=3), ImageKind("image/webp", "webp", 800, 600)),
+        (webp_vp8l(1024, 768), ImageKind("image/webp", "webp", 1024, 768)),
+        (webp_vp8x(2048, 1536), ImageKind("image/webp", "webp", 2048, 1536)),
+        (b"RIFF\0\0\0\0WEBP", ImageKind("image/webp", "webp", None, None)),
+    ],
+    ids=[
+        "png",
+        "png-extreme",
+        "png-signature-only",
+        "jpeg",
+        "jpeg-progressive",
+        "jpeg-no-sof",
+        "webp-vp8",
+        "webp-vp8-scaled",
+        "webp-vp8l",
+        "webp-vp8x",
+        "webp-bare",
+    ],
+)
+def test_sniff_image_identifies_png_jpeg_webp_with_dimensions(head: bytes, expected: ImageKind) -> None:
+    assert sniff_image(head) == expected
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"",
+        b"GIF89a\x01\x00\x01\x00",
+        b"<html><body>not found</body></html>",
+        b'<svg xmlns="http://www.w3.org/2000/svg"/>',
+        b"RIFF\x24\0\0\0WAVEfmt ",
+        b"\x89PNX\r\n\x1a\n",
+        b"\x89PNG\r\n",
+        b"\xff\xd8",
+        b"RIFF\0\0\0\0WEB",
+        b'{"output": "https://pub-1.r2.dev/x.png"}',
+    ],
+)
+def test_sniff_image_refuses_everything_else(head: bytes) -> None:
+    assert sniff_image(head) is None
+
+
+# ---------------------------------------------------------------------------------------------------- ImageMirror
+class S3Spy:
+    """Wraps a boto3 S3 client and records which calls the mirror made (and the size of uploaded parts)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.calls: list[str] = []
+        self.part_sizes: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._client, name)
+
+        def record(*args: Any, **kwargs: Any) -> Any:
+            self.calls.append(name)
+            if name == "upload_part":
+                self.part_sizes.append(len(kwargs["Body"]))
+            return method(*args, **kwargs)
+
+        return record
+
+
+@pytest.fixture
+def s3() -> Iterator[Any]:
+    with mock_aws():
+        client = boto3.client("s3", region_name="us-east-1")
+        client.create_bucket(Bucket=BUCKET)
+        yield client
+
+
+def _mirror(s3_client: Any, **options: Any) -> tuple[ImageMirror, S3Spy]:
+    spy = S3Spy(s3_client)
+    guard = UrlGuard(("127.0.0.1",), allow_http=True)
+    return ImageMirror(spy, BUCKET, guard, session=guarded_session(allow_private_addresses=True), **options), spy
+
+
+def _assert_multipart(spy: S3Spy, total: int) -> None:
+    """One multipart upload, completed then self-copied, whose parts S3 accepts and that kept memory bounded."""
+    assert spy.calls[0] == "create_multipart_upload"
+    assert spy.calls[-2:] == ["complete_multipart_upload", "copy_object"]
+    assert set(spy.calls[1:-2]) == {"upload_part"}
+    sizes = spy.part_sizes
+    assert len(sizes) >= 2
+    assert sum(sizes) == total
+    assert all(size > 0 for size in sizes), f"empty part in {sizes}"
+    assert all(size >= S3_MIN_PART_BYTES for size in sizes[:-1]), f"part below the S3 minimum in {sizes}"
+    assert all(size < S3_MIN_PART_BYTES + CHUNK_BYTES for size in sizes), f"part buffer grew unbounded: {sizes}"
+
+
+def _keys(s3_client: Any) -> list[str]:
+    return [item["Key"] for item in s3_client.list_objects_v2(Bucket=BUCKET).get("Contents", [])]
+
+
+def _pending_uploads(s3_client: Any) -> list[Any]:
+    return list(s3_client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []))
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type", "extension", "size"),
+    [
+        (png(640, 480, 20_000), "image/png", "png", (640, 480)),
+        (png(1024, 1024, 300_000), "image/png", "png", (1024, 1024)),
+        (jpeg(800, 600, 90_000), "image/jpeg", "jpg", (800, 600)),
+        (webp_vp8l(512, 512), "image/webp", "webp", (512, 512)),
+    ],
+    ids=["png-under-sniff-size", "png-300k", "jpeg", "webp"],
+)
+def test_image_mirror_small_image_is_one_put_with_metadata(
+    s3: Any, http_server: Any, body: bytes, content_type: str, extension: str, size: tuple[int, int]
+) -> None:
+    # Given an image host serving a small image (labelled as a generic binary: the bytes decide)
+    http_server.reply(200, body, {"Content-Type": "application/octet-stream"})
+    mirror, spy = _mirror(s3, part_bytes=1)  # a part size below the S3 minimum is raised to it
+    # When mirrored
+    stored = mirror.mirror(http_server.url("/out/prompt-1.png"), STEM, METADATA, Deadline.after(10))
+    # Then one PutObject stored exactly those bytes, under the sniffed extension, with digest and size metadata
+    digest = hashlib.sha256(body).hexdigest()
+    assert spy.calls == ["put_object"]
+    assert (stored.bucket, stored.key) == (BUCKET, f"{STEM}.{extension}")
+    assert (stored.content_type, stored.bytes, stored.sha256) == (content_type, len(body), digest)
+    assert (stored.width, stored.height) == size
+    assert _keys(s3) == [stored.key]
+    head = s3.head_object(Bucket=BUCKET, Key=stored.key)
+    assert head["ContentType"] == content_type
+    assert head["ContentLength"] == len(body)
+    assert head["Metadata"] == {**METADATA, "sha256": digest, "bytes": str(len(body))}
+    assert s3.get_object(Bucket=BUCKET, Key=stored.key)["Body"].read() == body
+    [request] = http_server.received
+    assert (request.method, request.path) == ("GET", "/out/prompt-1.png")
+    assert request.headers["Accept"] == "image/png, image/jpeg, image/webp"
+
+
+def test_image_mirror_large_image_is_multipart_then_self_copied_with_metadata(s3: Any, http_server: Any) -> None:
+    # Given a 12 MiB PNG
+    body = png(2048, 2048, 12 * MIB)
+    http_server.reply(200, body)
+    mirror, spy = _mirror(s3, part_bytes=S3_MIN_PART_BYTES)
+    # When mirrored
+    stored = mirror.mirror(http_server.url("/big.png"), STEM, METADATA, Deadline.after(20))
+    # Then it went up in parts of at least 5 MiB, was completed, and a self-copy recorded the digest and size
+    digest = hashlib.sha256(body).hexdigest()
+    _assert_multipart(spy, len(body))
+    assert (stored.key, stored.bytes, stored.sha256) == (f"{STEM}.png", len(body), digest)
+    assert (stored.width, stored.height) == (2048, 2048)
+    head = s3.head_object(Bucket=BUCKET, Key=stored.key)
+    assert head["ContentType"] == "image/png"
+    assert head["ContentLength"] == len(body)
+    assert head["Metadata"] == {**METADATA, "sha256": digest, "bytes": str(len(body))}
+    assert hashlib.sha256(s3.get_object(Bucket=BUCKET, Key=stored.key)["Body"].read()).hexdigest() == digest
+    assert _keys(s3) == [stored.key]
+    assert _pending_uploads(s3) == []
+
+
+def test_image_mirror_exact_part_multiple_leaves_no_empty_part(s3: Any, http_server: Any) -> None:
+    body = png(size=2 * S3_MIN_PART_BYTES)
+    http_server.reply(200, body)
+    mirror, spy = _mirror(s3)
+    stored = mirror.mirror(http_server.url("/two-parts.png"), STEM, METADATA, Deadline.after(20))
+    _assert_multipart(spy, len(body))
+    assert s3.head_object(Bucket=BUCKET, Key=stored.key)["ContentLength"] == len(body)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"<html><body>Access denied</body></html>", b'{"error": "expired"}', b"GIF89a" + _filler(100_000), b""],
+    ids=["html", "json", "gif-100k", "empty"],
+)
+def test_image_mirror_non_image_is_rejected_and_nothing_stored(s3: Any, http_server: Any, body: bytes) -> None:
+    # Given a host answering 200 with something that is not a PNG/JPEG/WebP, despite an image content type
+    http_server.reply(200, body, {"Content-Type": "image/png"})
+    mirror, spy = _mirror(s3)
+    # When mirrored, Then it is refused and the bucket stays empty
+    with pytest.raises(ImageRejectedError, match="not an image"):
+        mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(10))
+    assert spy.calls == []
+    assert _keys(s3) == []
+
+
+def test_image_mirror_declared_oversize_is_rejected_before_reading(s3: Any, http_server: Any) -> None:
+    # Given an image whose Content-Length exceeds the limit
+    http_server.reply(200, png(size=4096))
+    mirror, spy = _mirror(s3, max_bytes=2048)
+    # When mirrored, Then it is refused and nothing touched S3
+    with pytest.raises(ImageRejectedError, match="too large"):
+        mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(10))
+    assert spy.calls == []
+    assert _keys(s3) == []
+
+
+def test_image_mirror_small_undeclared_oversize_is_rejected(s3: Any, http_server: Any) -> None:
+    http_server.reply(200, png(size=4096), declared_length=-1)  # no Content-Length: the size shows while reading
+    mirror, _ = _mirror(s3, max_bytes=2048)
+    with pytest.raises(ImageRejectedError, match="too large"):
+        mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(10))
+    assert _keys(s3) == []
+
+
+def test_image_mirror_oversize_mid_multipart_aborts_the_upload(s3: Any, http_server: Any) -> None:
+    # Given an 8 MiB image without Content-Length and a 6 MiB limit: one 5 MiB part is uploaded before it shows
+    http_server.reply(200, png(size=8 * MIB), declared_length=-1)
+    mirror, spy = _mirror(s3, max_bytes=6 * MIB)
+    # When mirrored
+    with pytest.raises(ImageRejectedError, match="too large"):
+        mirror.mirror(http_server.url("/huge.png"), STEM, METADATA, Deadline.after(20))
+    # Then the multipart upload was aborted: no object and no pending upload is left behind
+    assert spy.calls == ["create_multipart_upload", "upload_part", "abort_multipart_upload"]
+    assert _keys(s3) == []
+    assert _pending_uploads(s3) == []
+
+
+def test_image_mirror_compressed_body_limit_applies_to_decoded_bytes_with_bounded_memory(
+    s3: Any, http_server: Any
+) -> None:
+    # Given a gzip-encoded "image" of 64 MiB that is only ~64 KiB on the wire (within the declared-size check)
+    bomb = gzip.compress(png(size=1_000) + bytes(64 * MIB), compresslevel=9)
+    http_server.reply(200, bomb, {"Content-Encoding": "gzip"})
+    mirror, spy = _mirror(s3, max_bytes=2 * MIB)
+    # When mirrored
+    tracemalloc.start()
+    try:
+        with pytest.raises(ImageRejectedError, match="too large"):
+            mirror.mirror(http_server.url("/bomb.png"), STEM, METADATA, Deadline.after(10))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Then the limit counts decoded bytes, nothing is stored, and memory never held the inflated body
+    assert len(bomb) < 2 * MIB
+    assert spy.calls == []
+    assert _keys(s3) == []
+    assert peak < 16 * MIB
+
+
+def test_image_mirror_truncated_body_is_rejected(s3: Any, http_server: Any) -> None:
+    # Given a host announcing 200,000 bytes and closing after 100,000
+    http_server.reply(200, png(size=100_000), declared_length=200_000)
+    mirror, _ = _mirror(s3)
+    # When mirrored, Then the partial image is refused and not stored
+    with pytest.raises(ImageRejectedError, match="truncated"):
+        mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(10))
+    assert _keys(s3) == []
+
+
+def test_image_mirror_truncated_multipart_body_aborts_the_upload(s3: Any, http_server: Any) -> None:
+    http_server.reply(200, png(size=6 * MIB), declared_length=8 * MIB)
+    mirror, spy = _mirror(s3)
+    with pytest.raises(ImageRejectedError, match="truncated"):
+        mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(20))
+    assert "abort_multipart_upload" in spy.calls
+    assert _keys(s3) == []
+    assert _pending_uploads(s3) == []
+
+
+@pytest.mark.parametrize("status", [403, 404, 500])
+def test_image_mirror_non_200_is_rejected(s3: Any, http_server: Any, status: int) -> None:
+    http_server.reply(status, b"<Error>AccessDenied</Error>")
+    mirror, _ = _mirror(s3)
+    with pytest.raises(ImageRejectedError, match=f"HTTP {status}"):
+        mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(10))
+    assert _keys(s3) == []
+
+
+def test_image_mirror_follows_allowed_redirect(s3: Any, http_server: Any) -> None:
+    # Given a redirect to another path of the same allowlisted host
+    body = png(256, 256, 5_000)
+    http_server.reply(302, b"", {"Location": "/real/image.png"}).reply(200, body)
+    mirror, _ = _mirror(s3)
+    # When mirrored, Then the redirect is followed and the final image stored
+    stored = mirror.mirror(http_server.url("/short"), STEM, METADATA, Deadline.after(10))
+    assert [request.path for request in http_server.received] == ["/short", "/real/image.png"]
+    assert stored.sha256 == hashlib.sha256(body).hexdigest()
+
+
+@pytest.mark.parametrize(
+    "location",
+    [
+        "http://169.254.169.254/latest/meta-data/iam/security-credentials/",
+        "http://evil.example/x.png",
+        "http://localhost:1/x.png",
+        "//evil.example/x.png",
+        "file:///etc/passwd",
+        "http://user:pw@127.0.0.1/x.png",
+    ],
+)
+def test_image_mirror_refuses_redirect_leaving_the_allowlist(s3: Any, http_server: Any, location: str) -> None:
+    # Given an allowlisted host redirecting somewhere that is not allowed
+    http_server.reply(301, b"", {"Location": location}).reply(200, png(size=1_000))
+    mirror, spy = _mirror(s3)
+    # When mirrored, Then the hop is refused before it is fetched and nothing is stored
+    with pytest.raises(ImageRejectedError):
+        mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(10))
+    assert len(http_server.received) == 1
+    assert spy.calls == []
+
+
+def test_image_mirror_refuses_endless_redirects(s3: Any, http_server: Any) -> None:
+    for index in range(6):
+        http_server.reply(302, b"", {"Location": f"/hop{index}"})
+    mirror, _ = _mirror(s3)
+    with pytest.raises(ImageRejectedError, match="redirects"):
+        mirror.mirror(http_server.url("/start"), STEM, METADATA, Deadline.after(10))
+    assert len(http_server.received) == 4  # the first request and three redirects
+
+
+def test_image_mirror_production_session_refuses_loopback_host(s3: Any, http_server: Any) -> None:
+    # Given the production session (public addresses only) with a guard that would allow the host
+    guard = UrlGuard(("127.0.0.1",), allow_http=True)
+    mirror = ImageMirror(s3, BUCKET, guard, session=guarded_session())
+    # When mirrored, Then the address is refused as an image_rejected error and the server saw nothing
+    with pytest.raises(ImageRejectedError, match="non-public"):
+        mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(10))
+    assert http_server.received == []
+
+
+def test_image_mirror_silent_host_times_out(s3: Any, http_server: Any) -> None:
+    http_server.reply(200, png(size=1_000), delay_s=3.0)
+    mirror, _ = _mirror(s3, read_timeout_s=0.5)
+    with pytest.raises(UpstreamTimeoutError):
+        mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(10))
+    assert _keys(s3) == []
+
+
+def test_image_mirror_dripping_host_is_cut_at_the_deadline(s3: Any, http_server: Any) -> None:
+    # Given a host sending one byte every 0.3 s (each read succeeds, so only the deadline can stop it)
+    http_server.reply(200, png(size=1_000), drip_s=0.3)
+    mirror, _ = _mirror(s3)
+    # When mirrored with 0.8 s of budget, Then it gives up with a timeout and stores nothing
+    with pytest.raises(UpstreamTimeoutError):
+        mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(0.8))
+    assert _keys(s3) == []
