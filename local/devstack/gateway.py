@@ -39,8 +39,8 @@ import json
 import math
 import re
 import secrets
-import sys
 import socket
+import sys
 import threading
 import time
 import traceback
