@@ -487,11 +487,6 @@ def test_flux_client_parse_retry_after_http_date_against_now() -> None:
     assert parse_retry_after("Wed, 21 Oct 2015 07:27:00 GMT", now=now) == 0.0  # past: no wait, never negative
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: parse_retry_after uses str.isdigit(), true for '²' (latin-1 0xB2), then float('²') raises "
-    "ValueError, which escapes FluxClient.generate as an untyped error instead of a retry",
-)
 def test_flux_client_malformed_retry_after_digit_is_ignored(http_server: Any, fake_clock: Any) -> None:
     # Given a 503 whose Retry-After is a superscript digit (a valid latin-1 header byte, but no number)
     http_server.reply_json(503, {"error": "busy"}, {"Retry-After": "\u00b2"}).reply_json(200, {"output": OUTPUT})

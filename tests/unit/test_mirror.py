@@ -598,3 +598,24 @@ def test_image_mirror_dripping_host_is_cut_at_the_deadline(s3: Any, http_server:
     with pytest.raises(UpstreamTimeoutError):
         mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(0.8))
     assert _keys(s3) == []
+
+
+@pytest.mark.parametrize(
+    "address",
+    ["64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1", "2002:a9fe:a9fe::1", "::127.0.0.1", "::a9fe:a9fe"],
+)
+def test_is_public_address_refuses_ipv6_forms_that_embed_ipv4(address: str) -> None:
+    # NAT64, 6to4 and IPv4-compatible addresses can reach private IPv4 space through a translator
+    assert is_public_address(address) is False
+
+
+def test_image_mirror_does_not_fetch_once_the_deadline_has_passed(s3: Any, http_server: Any) -> None:
+    # Given a budget already spent
+    mirror = ImageMirror(
+        s3, BUCKET, UrlGuard(("127.0.0.1",), allow_http=True), session=guarded_session(allow_private_addresses=True)
+    )
+    # When the mirror is asked to fetch, Then it answers with a timeout and sends nothing
+    with pytest.raises(UpstreamTimeoutError):
+        mirror.mirror(http_server.url("/x.png"), "images/x", {}, Deadline.after(-1))
+    assert http_server.received == []
+    assert http_server.connections == 0

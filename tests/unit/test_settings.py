@@ -23,7 +23,6 @@ def test_settings_required_only_gives_documented_defaults() -> None:
     assert settings.image_allow_private_addresses is False
     assert settings.max_image_bytes == 32 * 1024 * 1024
     assert settings.upstream_max_attempts == 4
-    assert settings.vendor_timeouts == (3.05, 60.0)
 
 
 def test_settings_missing_variables_are_all_named() -> None:
@@ -134,3 +133,11 @@ def test_http_settings_defaults_and_cors_list() -> None:
 def test_http_settings_invalid_value_names_the_variable() -> None:
     with pytest.raises(ConfigurationError, match="ENABLE_DOCS"):
         load_http_settings({"ENABLE_DOCS": "perhaps"})
+
+
+def test_settings_refuse_a_budget_that_leaves_no_time_for_the_upstream():
+    # Given reserves that eat the whole API budget
+    env = {"FLUX_SECRET_ID": "s", "IMAGES_BUCKET": "bkt", "IMAGES_TABLE": "tbl", "API_BUDGET_SECONDS": "5"}
+    # When the settings are loaded, Then the error says which variables clash
+    with pytest.raises(ConfigurationError, match="API_BUDGET_SECONDS must exceed"):
+        load_settings(env)

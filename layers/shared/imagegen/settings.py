@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from imagegen.errors import ConfigurationError
 
@@ -60,9 +60,14 @@ class Settings(BaseModel):
     response_reserve_s: float = Field(1.0, alias="RESPONSE_RESERVE_SECONDS", ge=0, le=10)
     mirror_reserve_s: float = Field(4.0, alias="MIRROR_RESERVE_SECONDS", ge=0, le=60)
 
-    @property
-    def vendor_timeouts(self) -> tuple[float, float]:
-        return (self.upstream_connect_timeout_s, self.upstream_read_timeout_s)
+    @model_validator(mode="after")
+    def _budget_leaves_time_for_the_upstream(self) -> Settings:
+        if self.api_budget_s <= self.response_reserve_s + self.mirror_reserve_s + 1:
+            raise ValueError(
+                "API_BUDGET_SECONDS must exceed RESPONSE_RESERVE_SECONDS + MIRROR_RESERVE_SECONDS + 1 "
+                "(otherwise no request could reach the upstream)"
+            )
+        return self
 
 
 def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
@@ -73,7 +78,7 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     except ValidationError as exc:
         problems = []
         for error in exc.errors():
-            name = str(error["loc"][0]) if error["loc"] else "?"
+            name = str(error["loc"][0]) if error["loc"] else "settings"
             reason = "is required" if error["type"] == "missing" else error["msg"]
             problems.append(f"{name} {reason}")
         raise ConfigurationError("invalid configuration: " + "; ".join(problems)) from None

@@ -69,7 +69,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit() alone accepts "²", which float() refuses
         return float(value)
     try:
         when = email.utils.parsedate_to_datetime(value)
@@ -207,13 +207,14 @@ class FluxClient:
                 raise _Retry("connection broke while reading the answer") from exc
             except BodyTooLargeError as exc:
                 raise UpstreamBadResponseError("the Flux Schnell API answered with an oversized body") from exc
-            return self._interpret(response, body)
+            return self._interpret(response, body, key)
 
-    def _interpret(self, response: requests.Response, body: bytes) -> str:
+    def _interpret(self, response: requests.Response, body: bytes, key: str) -> str:
         status = response.status_code
         if status == 200:
             return self._output_url(body)
-        message = error_message(body)
+        # Upstream text reaches our callers: never let it carry the key back (an echoing gateway, a debug page).
+        message = error_message(body).replace(key, "[redacted]") if key else error_message(body)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if status in _RETRYABLE_STATUS:
             if retry_after is None and (match := _APIM_RETRY_IN.search(message)):

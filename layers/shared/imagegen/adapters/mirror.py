@@ -45,10 +45,20 @@ class AddressRefusedError(Exception):
     """A host resolved only to non-public addresses. Deliberately not an OSError: urllib3 must not retry it."""
 
 
+# IPv6 ranges that embed an IPv4 address a translator or relay would reach: NAT64 (RFC 6052, RFC 8215),
+# 6to4 (RFC 3056) and the deprecated IPv4-compatible form. Refused outright: no image host needs them.
+_IPV4_EMBEDDING_NETWORKS = tuple(
+    ipaddress.ip_network(network) for network in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96")
+)
+
+
 def is_public_address(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        elif any(ip in network for network in _IPV4_EMBEDDING_NETWORKS):
+            return False
     return ip.is_global and not ip.is_multicast
 
 
@@ -234,6 +244,8 @@ class ImageMirror:
     def _open(self, url: str, deadline: Deadline) -> requests.Response:
         for _ in range(MAX_REDIRECTS + 1):
             self._guard.check(url)
+            if deadline.expired():
+                raise UpstreamTimeoutError("no time left to download the image within the request budget")
             read_timeout = max(0.1, min(self._read_timeout_s, deadline.remaining()))
             try:
                 response = self._session.get(
