@@ -24,8 +24,8 @@ $(UV):
 	@python3 -m venv $(TOOLS)/bootstrap
 	@$(TOOLS)/bootstrap/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
-$(VENV)/.synced: $(UV) uv.lock pyproject.toml
-	@$(UV) sync --frozen --python "$(PYTHON312)" --quiet
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml $(wildcard cli/flux_images_cli/*.py)
+	@$(UV) sync --frozen --all-extras --python "$(PYTHON312)" --quiet
 	@touch $@
 
 .PHONY: venv

@@ -1,0 +1,1 @@
+"""flux-images: the bulk command-line client of the Flux image service."""
