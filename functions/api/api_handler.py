@@ -6,6 +6,7 @@ Powertools reads the route signatures at run time to validate and to build the O
 """
 
 import pathlib
+from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -13,23 +14,27 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError as RouteNotFoundError
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.params import Body, Path
+from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagegen.budget import Deadline
 from imagegen.errors import ServiceError
 from imagegen.models import (
     IMAGE_ID_PATTERN,
+    JOB_ID_PATTERN,
     ErrorDetail,
     ErrorInfo,
     ErrorResponse,
     ImageDocument,
     ImageRequest,
+    JobDocument,
+    JobRequest,
 )
 from imagegen.observability import tracer_from_env
 from imagegen.settings import get_settings, load_http_settings
 
 if TYPE_CHECKING:
+    from imagegen.jobs import JobService
     from imagegen.service import ImageService
 
 logger = Logger()
@@ -43,6 +48,12 @@ EXPOSED_HEADERS = ["Location", "Retry-After"]
 def image_service() -> "ImageService":
     """The service, built on first use (the adapters load then, not at cold start)."""
     from imagegen.wiring import image_service as build_once
+
+    return build_once()
+
+
+def job_service() -> "JobService":
+    from imagegen.wiring import job_service as build_once
 
     return build_once()
 
@@ -85,15 +96,76 @@ GENERATION_ERRORS: dict[int, Any] = {
 }
 
 
+IDEMPOTENCY_KEY_DESCRIPTION = (
+    "Retrying with the same key (per API key) returns the original answer and creates nothing new; "
+    "the same key with a different body is refused (422 idempotency_key_reused)."
+)
+ACCEPTED: dict[int, Any] = {
+    202: {
+        "description": "The work was queued: follow Location (GET /v1/jobs/{id}).",
+        "content": {"application/json": {"model": JobDocument}},
+    },
+    409: _error_content("A request with the same Idempotency-Key is still being processed."),
+}
+
+
+def _answer(answer: dict[str, Any]) -> Response:
+    return Response(
+        status_code=answer["status"],
+        content_type=content_types.APPLICATION_JSON,
+        body=answer["body"],
+        headers=answer.get("headers"),
+    )
+
+
+def _keyed(operation: str, idempotency_key: str | None, body: Any, execute: Callable[[], dict[str, Any]]) -> Response:
+    """Run ``execute`` once per Idempotency-Key (scoped to the caller's API key), or plainly without one."""
+    if idempotency_key is None:
+        return _answer(execute())
+    from imagegen.wiring import idempotent_runner
+
+    identity = app.current_event.request_context.identity
+    scope = identity.api_key_id or identity.api_key or "anonymous"
+    return _answer(
+        idempotent_runner()(
+            scope=scope,
+            operation=operation,
+            key=idempotency_key,
+            body=body,
+            execute=execute,
+            lambda_context=app.lambda_context,
+        )
+    )
+
+
+def _accepted(document: JobDocument) -> dict[str, Any]:
+    return {
+        "status": 202,
+        "body": document.model_dump(mode="json"),
+        "headers": {"Location": f"/v1/jobs/{document.id}"},
+    }
+
+
+def _wants_async(prefer: str | None) -> bool:
+    """RFC 7240: ``Prefer: respond-async`` (possibly among other preferences)."""
+    return prefer is not None and any(
+        token.split("=", 1)[0].strip().lower() == "respond-async" for token in prefer.replace(";", ",").split(",")
+    )
+
+
 @app.post(
     "/v1/images",
     summary="Generate an image",
-    description="Generates one image synchronously and answers with its document and a presigned URL.",
+    description=(
+        "Generates one image synchronously and answers with its document and a presigned URL. "
+        "With `Prefer: respond-async` the image is queued as a one-item job instead (202)."
+    ),
     responses={
         201: {
             "description": "The image was generated and stored.",
             "content": {"application/json": {"model": ImageDocument}},
         },
+        **ACCEPTED,
         **GENERATION_ERRORS,
         **COMMON_ERRORS,
     },
@@ -101,18 +173,106 @@ GENERATION_ERRORS: dict[int, Any] = {
     tags=["images"],
 )
 @tracer.capture_method
-def create_image(request: Annotated[ImageRequest, Body()]) -> Response[ImageDocument]:
-    settings = get_settings()
-    deadline = Deadline.from_context(
-        app.lambda_context, cap_s=settings.api_budget_s, reserve_s=settings.response_reserve_s
+def create_image(
+    request: Annotated[ImageRequest, Body()],
+    prefer: Annotated[
+        str | None, Header(alias="Prefer", description="`respond-async` queues the image (202) instead of waiting.")
+    ] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", max_length=255, description=IDEMPOTENCY_KEY_DESCRIPTION)
+    ] = None,
+) -> Response[ImageDocument]:
+    if _wants_async(prefer):
+
+        def enqueue() -> dict[str, Any]:
+            answer = _accepted(job_service().submit(JobRequest(items=[request])))
+            answer["headers"]["Preference-Applied"] = "respond-async"
+            return answer
+
+        return _keyed("POST /v1/images async", idempotency_key, request.model_dump(mode="json"), enqueue)
+
+    def generate() -> dict[str, Any]:
+        settings = get_settings()
+        deadline = Deadline.from_context(
+            app.lambda_context, cap_s=settings.api_budget_s, reserve_s=settings.response_reserve_s
+        )
+        document = image_service().generate(request, deadline)
+        return {
+            "status": 201,
+            "body": document.model_dump(mode="json"),
+            "headers": {"Location": f"/v1/images/{document.id}"},
+        }
+
+    return _keyed("POST /v1/images", idempotency_key, request.model_dump(mode="json"), generate)
+
+
+@app.post(
+    "/v1/jobs",
+    summary="Submit a bulk job",
+    description="Queues 1-1,000 image requests; each is generated by the worker. Follow Location for progress.",
+    responses={
+        **ACCEPTED,
+        400: _error_content("Malformed JSON."),
+        422: _error_content("Validation failed: `details` lists every failing field (items.N.field)."),
+        503: _error_content("The jobs queue is unavailable; nothing was enqueued."),
+        **COMMON_ERRORS,
+    },
+    security=API_KEY_SECURITY,
+    tags=["jobs"],
+)
+@tracer.capture_method
+def create_job(
+    request: Annotated[JobRequest, Body()],
+    idempotency_key: Annotated[
+        str | None, Header(alias="Idempotency-Key", max_length=255, description=IDEMPOTENCY_KEY_DESCRIPTION)
+    ] = None,
+) -> Response[JobDocument]:
+    return _keyed(
+        "POST /v1/jobs",
+        idempotency_key,
+        request.model_dump(mode="json"),
+        lambda: _accepted(job_service().submit(request)),
     )
-    document = image_service().generate(request, deadline)
-    return Response(
-        status_code=201,
-        content_type=content_types.APPLICATION_JSON,
-        body=document.model_dump(mode="json"),
-        headers={"Location": f"/v1/images/{document.id}"},
-    )
+
+
+@app.get(
+    "/v1/jobs/<job_id>",
+    summary="Get a job",
+    description="Status, counts and a page of items (each with its image and a fresh URL, or its error).",
+    responses={
+        200: {"description": "The job.", "content": {"application/json": {"model": JobDocument}}},
+        404: _error_content("No job with this id."),
+        422: _error_content("The id, cursor or limit is invalid."),
+        **COMMON_ERRORS,
+    },
+    security=API_KEY_SECURITY,
+    tags=["jobs"],
+)
+@tracer.capture_method
+def get_job(
+    job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)],
+    cursor: Annotated[str | None, Query(max_length=200, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=100, description="Items per page")] = 100,
+) -> JobDocument:
+    return job_service().get(job_id, cursor=cursor, limit=limit)
+
+
+@app.delete(
+    "/v1/jobs/<job_id>",
+    summary="Cancel a job",
+    description="Items not yet started are never sent upstream and end `canceled`; running items finish.",
+    responses={
+        200: {"description": "The job after cancelation.", "content": {"application/json": {"model": JobDocument}}},
+        404: _error_content("No job with this id."),
+        422: _error_content("The id is invalid."),
+        **COMMON_ERRORS,
+    },
+    security=API_KEY_SECURITY,
+    tags=["jobs"],
+)
+@tracer.capture_method
+def cancel_job(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)]) -> JobDocument:
+    return job_service().cancel(job_id)
 
 
 @app.get(

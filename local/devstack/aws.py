@@ -7,6 +7,7 @@ meet in a real account.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Mapping
@@ -17,6 +18,7 @@ import boto3
 from moto.server import ThreadedMotoServer
 
 REGION = "us-east-1"
+EVENT_SOURCE = "flux-image-service"
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "local",
     "AWS_SECRET_ACCESS_KEY": "local",
@@ -32,6 +34,26 @@ class Resources:
     table: str = "flux-images-local"
     secret_name: str = "flux-image-service/subscription-key"  # noqa: S105 - a name, not a value
     secret_value: str = "FLUX_API_KEY"  # noqa: S105 - the documented dummy key of the local emulator
+    jobs_queue: str = "flux-images-jobs"
+    jobs_dlq: str = "flux-images-jobs-dlq"
+    max_receive_count: int = 5
+    visibility_timeout_s: int = 720  # 6 × the worker's 120 s timeout, as in template.yaml
+    event_bus: str = "flux-image-service"
+    events_capture_queue: str = "flux-images-events"  # every event of the bus, for developers and tests to read
+    webhook_secret_name: str = "flux-image-service/webhook-signing-secret"  # noqa: S105 - a name
+    webhook_secret_value: str = "local-webhook-signing-secret-0123456789"  # noqa: S105 - a local dummy
+    idempotency_table: str = "flux-images-local-idempotency"
+
+
+@dataclass(frozen=True)
+class Seeded:
+    """What seeding created, as the functions' environment needs it."""
+
+    secret_arn: str
+    webhook_secret_arn: str
+    jobs_queue_url: str
+    jobs_dlq_url: str
+    events_queue_url: str
 
 
 class LocalAws:
@@ -75,8 +97,8 @@ class LocalAws:
 
         requests.post(f"{self.endpoint_url}/moto-api/reset", timeout=10).raise_for_status()
 
-    def seed(self, resources: Resources | None = None) -> str:
-        """Create the bucket, the table and the secret; return the secret's ARN."""
+    def seed(self, resources: Resources | None = None) -> Seeded:
+        """Create what template.yaml creates (and the subscription key secret the deployer brings)."""
         resources = resources or Resources()
         s3 = self.client("s3")
         s3.create_bucket(Bucket=resources.bucket)
@@ -108,16 +130,54 @@ class LocalAws:
         dynamodb.update_time_to_live(
             TableName=resources.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
         )
-        secret = self.client("secretsmanager").create_secret(
-            Name=resources.secret_name, SecretString=resources.secret_value
+        secrets = self.client("secretsmanager")
+        secret = secrets.create_secret(Name=resources.secret_name, SecretString=resources.secret_value)
+        webhook_secret = secrets.create_secret(
+            Name=resources.webhook_secret_name, SecretString=resources.webhook_secret_value
         )
-        return str(secret["ARN"])
+        dynamodb.create_table(
+            TableName=resources.idempotency_table,
+            BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+        )
+        sqs = self.client("sqs")
+        dlq_url = sqs.create_queue(QueueName=resources.jobs_dlq)["QueueUrl"]
+        dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        queue_url = sqs.create_queue(
+            QueueName=resources.jobs_queue,
+            Attributes={
+                "VisibilityTimeout": str(resources.visibility_timeout_s),
+                "RedrivePolicy": json.dumps(
+                    {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": resources.max_receive_count}
+                ),
+            },
+        )["QueueUrl"]
+        events_queue_url = sqs.create_queue(QueueName=resources.events_capture_queue)["QueueUrl"]
+        events_queue_arn = sqs.get_queue_attributes(QueueUrl=events_queue_url, AttributeNames=["QueueArn"])[
+            "Attributes"
+        ]["QueueArn"]
+        events = self.client("events")
+        events.create_event_bus(Name=resources.event_bus)
+        events.put_rule(
+            Name="capture-all", EventBusName=resources.event_bus, EventPattern=json.dumps({"source": [EVENT_SOURCE]})
+        )
+        events.put_targets(
+            Rule="capture-all", EventBusName=resources.event_bus, Targets=[{"Id": "capture", "Arn": events_queue_arn}]
+        )
+        return Seeded(
+            secret_arn=str(secret["ARN"]),
+            webhook_secret_arn=str(webhook_secret["ARN"]),
+            jobs_queue_url=queue_url,
+            jobs_dlq_url=dlq_url,
+            events_queue_url=events_queue_url,
+        )
 
 
 def service_environment(
     aws: LocalAws,
     resources: Resources,
-    secret_id: str,
+    seeded: Seeded,
     *,
     flux_api_url: str,
     image_host_allowlist: str,
@@ -134,7 +194,14 @@ def service_environment(
         "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"),
         "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"),
         "FLUX_API_URL": flux_api_url,
-        "FLUX_SECRET_ID": secret_id,
+        "FLUX_SECRET_ID": seeded.secret_arn,
+        "JOBS_QUEUE_URL": seeded.jobs_queue_url,
+        "JOBS_DLQ_URL": seeded.jobs_dlq_url,
+        "EVENT_BUS_NAME": resources.event_bus,
+        "WEBHOOK_SECRET_ID": seeded.webhook_secret_arn,
+        "IDEMPOTENCY_TABLE": resources.idempotency_table,
+        "MAX_RECEIVE_COUNT": str(resources.max_receive_count),
+        "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true" if allow_local_images else "false",
         "IMAGES_BUCKET": resources.bucket,
         "IMAGES_TABLE": resources.table,
         "IMAGE_HOST_ALLOWLIST": image_host_allowlist,

@@ -1148,3 +1148,52 @@ class LocalApiGateway:
         if unknown := sorted(set(result) - _PROXY_RESPONSE_KEYS):
             self._log(f"{route.function_id}: proxy response keys ignored by API Gateway: {', '.join(unknown)}")
         return GatewayResponse(status, headers, payload)
+
+
+@dataclass(frozen=True)
+class SqsMapping:
+    """One ``Type: SQS`` event of a function: what the local event source mapping must emulate."""
+
+    function_id: str
+    handler: str | None
+    queue_id: str | None
+    batch_size: int
+    batching_window_s: float
+    maximum_concurrency: int
+    function_timeout_s: float
+    report_batch_item_failures: bool
+
+
+def load_sqs_mappings(template_path: str | Path, *, parameters: Mapping[str, Any] | None = None) -> list[SqsMapping]:
+    """Every ``Type: SQS`` event of every function, with the template's defaults (Lambda's when absent)."""
+    template = load_template(template_path)
+    intrinsics = _Intrinsics(template, parameters)
+    globals_function = (template.get("Globals") or {}).get("Function") or {}
+    mappings = []
+    for function_id, resource in _resources_of_type(template, "AWS::Serverless::Function"):
+        properties = resource.get("Properties") or {}
+        timeout = intrinsics.resolve(properties.get("Timeout", globals_function.get("Timeout", 3)))
+        for event in (properties.get("Events") or {}).values():
+            if not isinstance(event, dict) or event.get("Type") != "SQS":
+                continue
+            spec = event.get("Properties") or {}
+            scaling = {key: intrinsics.resolve(value) for key, value in (spec.get("ScalingConfig") or {}).items()}
+            queue = spec.get("Queue")
+            queue_id = None
+            if isinstance(queue, dict):
+                target = queue.get("Fn::GetAtt") or queue.get("GetAtt")
+                queue_id = (target[0] if isinstance(target, list) else str(target).split(".")[0]) if target else None
+            mappings.append(
+                SqsMapping(
+                    function_id=function_id,
+                    handler=properties.get("Handler", globals_function.get("Handler")),
+                    queue_id=queue_id,
+                    batch_size=int(intrinsics.resolve(spec.get("BatchSize", 10))),
+                    batching_window_s=float(intrinsics.resolve(spec.get("MaximumBatchingWindowInSeconds", 0))),
+                    maximum_concurrency=int(scaling.get("MaximumConcurrency", 1000)),
+                    function_timeout_s=float(timeout),
+                    report_batch_item_failures="ReportBatchItemFailures"
+                    in (intrinsics.resolve(spec.get("FunctionResponseTypes") or []) or []),
+                )
+            )
+    return mappings

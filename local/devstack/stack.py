@@ -24,12 +24,12 @@ from typing import Any
 
 from devstack.aws import LocalAws, Resources, service_environment
 from devstack.flux_emulator import FluxEmulator
-from devstack.gateway import LocalApiGateway, load_api_config, load_routes
+from devstack.gateway import LocalApiGateway, load_api_config, load_routes, load_sqs_mappings
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 DEFAULT_API_KEY = "local-dev-key"  # a dummy: the local gateway's usage plan key
-HANDLER_MODULES = {"api_handler.lambda_handler": "api_handler"}
+HANDLER_MODULES = {"api_handler.lambda_handler": "api_handler", "worker_handler.lambda_handler": "worker_handler"}
 
 
 class LocalStack:
@@ -48,6 +48,7 @@ class LocalStack:
         emulator_port: int = 0,
         template: Path = TEMPLATE,
         extra_env: dict[str, str] | None = None,
+        worker_parameters: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -71,11 +72,13 @@ class LocalStack:
         self._extra_env = extra_env or {}
         self.gateway: LocalApiGateway | None = None
         self.handlers: dict[str, ModuleType] = {}
+        self.pollers: list[Any] = []
+        self._worker_parameters = worker_parameters or {}
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def start(self) -> LocalStack:
         self.aws.start()
-        secret_arn = self.aws.seed(self.resources)
+        self.seeded = self.aws.seed(self.resources)
         if self.emulator is not None:
             self.emulator.start()
             flux_url = self.emulator.url
@@ -88,7 +91,7 @@ class LocalStack:
         env = service_environment(
             self.aws,
             self.resources,
-            secret_arn,
+            self.seeded,
             flux_api_url=flux_url,
             image_host_allowlist=allowlist,
             allow_local_images=local_images,
@@ -113,9 +116,35 @@ class LocalStack:
         )
         self.gateway.start()
         self.port = self.gateway.port
+        self._start_workers()
         return self
 
+    def _start_workers(self) -> None:
+        """The worker behind the jobs queue, through a local event source mapping configured like the template's."""
+        from devstack.sqs_poller import EventSourceMapping
+
+        for mapping in load_sqs_mappings(self._template, parameters=self._worker_parameters):
+            module_name = HANDLER_MODULES.get(mapping.handler or "")
+            if module_name is None:
+                raise RuntimeError(f"{mapping.function_id}: no local module for handler {mapping.handler!r}")
+            module = self.handlers.get(module_name) or importlib.import_module(module_name)
+            self.handlers[module_name] = module
+            poller = EventSourceMapping(
+                self.seeded.jobs_queue_url,
+                module.lambda_handler,
+                endpoint_url=self.aws.endpoint_url,
+                batch_size=mapping.batch_size,
+                batching_window_s=mapping.batching_window_s,
+                maximum_concurrency=mapping.maximum_concurrency,
+                function_timeout_s=mapping.function_timeout_s,
+                function_name=mapping.function_id,
+            )
+            poller.start()
+            self.pollers.append(poller)
+
     def stop(self) -> None:
+        for poller in self.pollers:
+            poller.stop()
         if self.gateway is not None:
             self.gateway.stop()
         if self.emulator is not None:

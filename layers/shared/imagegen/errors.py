@@ -95,3 +95,29 @@ class ImageRejectedError(UpstreamError):
 
     status = 502
     code = "image_rejected"
+
+
+class InvalidRequestError(ServiceError):
+    """A request the edge validation could not judge alone (a cursor, a header), named by field."""
+
+    status = 422
+    code = "validation_error"
+
+    def __init__(self, message: str, *, field: str, location: str = "query") -> None:
+        super().__init__(
+            f"the request is invalid: {field}: {message}",
+            details=[{"location": f"{location}.{field}", "field": field, "message": message, "type": "value_error"}],
+        )
+
+
+class ConflictError(ServiceError):
+    status = 409
+    code = "conflict"
+
+
+class EnqueueError(ServiceError):
+    """The queue refused messages even after retries."""
+
+    status = 503
+    code = "enqueue_failed"
+    retryable = True

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
@@ -129,3 +131,95 @@ class ImageRecord(Model):
     stored: StoredImage
     created_at: datetime
     timings: Timings
+
+
+# ------------------------------------------------------------------------------------------------ bulk jobs
+JOB_ID_PATTERN = r"^job_[0-9a-f]{32}$"
+MAX_JOB_ITEMS = 1000
+MAX_METADATA_BYTES = 2048
+
+JobStatus = Literal["queued", "running", "succeeded", "partially_failed", "failed", "canceled"]
+ItemStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
+TERMINAL_ITEM_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+
+
+def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    if value is not None and len(json.dumps(value, separators=(",", ":")).encode("utf-8")) > MAX_METADATA_BYTES:
+        raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes of JSON")
+    return value
+
+
+def _web_url(value: str | None) -> str | None:
+    """Shape only; the service insists on https (and a public address) unless configured for local use."""
+    if value is None:
+        return value
+    parts = urlsplit(value)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise ValueError("must be an https URL")
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials")
+    return value
+
+
+class JobRequest(Model):
+    """``POST /v1/jobs``: up to 1,000 image requests, an optional webhook and metadata echoed back."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    items: list[ImageRequest] = Field(min_length=1, max_length=MAX_JOB_ITEMS)
+    webhook_url: Annotated[str | None, Field(max_length=2048), AfterValidator(_web_url)] = None
+    metadata: Annotated[dict[str, Any] | None, AfterValidator(_small_metadata)] = None
+
+
+class ItemError(Model):
+    code: str
+    message: str
+
+
+class JobCounts(Model):
+    queued: int = 0
+    running: int = 0
+    succeeded: int = 0
+    failed: int = 0
+    canceled: int = 0
+
+
+class WebhookInfo(Model):
+    url: str
+    status: Literal["pending", "delivered", "failed"] = "pending"
+    attempts: int = 0
+
+
+class JobItemDocument(Model):
+    index: int
+    status: ItemStatus
+    request: ImageRequest
+    error: ItemError | None = None
+    image: ImageDocument | None = None
+
+
+class JobDocument(Model):
+    """A bulk job, as the API answers it (``items`` paged by ``next_cursor``)."""
+
+    id: str = Field(pattern=JOB_ID_PATTERN)
+    status: JobStatus
+    total: int
+    counts: JobCounts
+    created_at: datetime
+    completed_at: datetime | None = None
+    metadata: dict[str, Any] | None = None
+    webhook: WebhookInfo | None = None
+    items: list[JobItemDocument] = Field(default_factory=list)
+    next_cursor: str | None = None
+
+
+class JobMessage(Model):
+    """One queue message: one image. Producers other than the API send ``request`` (and a correlation id)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True, title="Flux image job message")
+
+    version: Literal[1] = 1
+    request: ImageRequest
+    job_id: str | None = Field(None, pattern=JOB_ID_PATTERN, description="Set by the API for its own jobs.")
+    index: int | None = Field(None, ge=0, lt=MAX_JOB_ITEMS, description="Item index within job_id.")
+    correlation_id: str | None = Field(None, max_length=128, description="Echoed in the events.")

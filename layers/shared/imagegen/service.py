@@ -39,6 +39,11 @@ def new_image_id() -> str:
     return f"img_{uuid.uuid4().hex}"
 
 
+def item_image_id(job_id: str, index: int) -> str:
+    """A job item's image id: derived from the job and the index, so every replay names the same image."""
+    return "img_" + hashlib.sha256(f"{job_id}#{index}".encode()).hexdigest()[:32]
+
+
 def resolve_parameters(request: ImageRequest) -> GenerationParameters:
     """The effective parameters: a request without a seed gets a random one, returned so results reproduce."""
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
@@ -85,10 +90,24 @@ class ImageService:
         self._now = now
 
     def generate(self, request: ImageRequest, deadline: Deadline) -> ImageDocument:
+        """The synchronous path: a new image, answered with its document."""
+        return self.document(self.generate_record(request, deadline))
+
+    def generate_record(
+        self,
+        request: ImageRequest,
+        deadline: Deadline,
+        *,
+        image_id: str | None = None,
+        created_at: datetime | None = None,
+    ) -> ImageRecord:
+        """Generate, mirror and record one image. A job item passes its own deterministic ``image_id`` and the
+        job's ``created_at``: a replay then writes the same S3 key and record again, never a second image."""
         started = time.monotonic()
-        image_id = new_image_id()
+        replayable = image_id is not None
+        image_id = image_id or new_image_id()
         params = resolve_parameters(request)
-        created_at = self._now()
+        created_at = created_at or self._now()
         logger.info(
             "generating image",
             image_id=image_id,
@@ -116,11 +135,11 @@ class ImageService:
             created_at=created_at,
             timings=Timings(upstream_ms=upstream.elapsed_ms, total_ms=int((time.monotonic() - started) * 1000)),
         )
-        self._repository.put(record)
+        self._repository.put(record, overwrite=replayable)
         metrics.add_metric(name="ImagesGenerated", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="ImageBytes", unit=MetricUnit.Bytes, value=stored.bytes)
         logger.info("image stored", image_id=image_id, bytes=stored.bytes, s3_key=stored.key)
-        return self.document(record)
+        return record
 
     def get(self, image_id: str) -> ImageDocument:
         record = self._repository.get(image_id)

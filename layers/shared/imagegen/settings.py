@@ -55,10 +55,29 @@ class Settings(BaseModel):
     image_allow_http: bool = Field(False, alias="IMAGE_ALLOW_HTTP")
     image_allow_private_addresses: bool = Field(False, alias="IMAGE_ALLOW_PRIVATE_ADDRESSES")
 
+    # Bulk jobs (both functions). Optional so the sync path runs without them; `require` names what is missing.
+    jobs_queue_url: str | None = Field(None, alias="JOBS_QUEUE_URL")
+    jobs_dlq_url: str | None = Field(None, alias="JOBS_DLQ_URL")
+    event_bus_name: str | None = Field(None, alias="EVENT_BUS_NAME")
+    webhook_secret_id: str | None = Field(None, alias="WEBHOOK_SECRET_ID")
+    idempotency_table: str | None = Field(None, alias="IDEMPOTENCY_TABLE")
+    idempotency_ttl_s: int = Field(24 * 3600, alias="IDEMPOTENCY_TTL_SECONDS", ge=60, le=30 * 24 * 3600)
+    max_receive_count: int = Field(5, alias="MAX_RECEIVE_COUNT", ge=1, le=1000)
+    worker_threads: int = Field(8, alias="WORKER_THREADS", ge=1, le=64)
+    worker_reserve_s: float = Field(5.0, alias="WORKER_RESERVE_SECONDS", ge=0, le=60)
+    # Development only: lets webhooks reach http://127.0.0.1 receivers on the local stack.
+    webhook_allow_private_addresses: bool = Field(False, alias="WEBHOOK_ALLOW_PRIVATE_ADDRESSES")
+
     # HTTP API
     api_budget_s: float = Field(28.0, alias="API_BUDGET_SECONDS", gt=1, le=900)
     response_reserve_s: float = Field(1.0, alias="RESPONSE_RESERVE_SECONDS", ge=0, le=10)
     mirror_reserve_s: float = Field(4.0, alias="MIRROR_RESERVE_SECONDS", ge=0, le=60)
+
+    def require(self, *fields: str) -> None:
+        """Fail clearly when a feature needs settings this deployment does not have."""
+        missing = [str(self.__class__.model_fields[name].alias) for name in fields if getattr(self, name) in (None, "")]
+        if missing:
+            raise ConfigurationError("invalid configuration: " + "; ".join(f"{name} is required" for name in missing))
 
     @model_validator(mode="after")
     def _budget_leaves_time_for_the_upstream(self) -> Settings:

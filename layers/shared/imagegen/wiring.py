@@ -11,12 +11,19 @@ from functools import lru_cache
 from typing import Any
 
 import boto3
+from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from botocore.config import Config
 
+from imagegen.adapters.events import EventPublisher
 from imagegen.adapters.flux import FluxClient
 from imagegen.adapters.images_table import ImageRepository
+from imagegen.adapters.jobs_table import JobRepository
 from imagegen.adapters.mirror import ImageMirror, UrlGuard, guarded_session
+from imagegen.adapters.queue import JobQueue
 from imagegen.adapters.secrets import SubscriptionKeyProvider
+from imagegen.adapters.webhooks import WebhookSender
+from imagegen.idempotency import IdempotentRunner
+from imagegen.jobs import ItemProcessor, JobService
 from imagegen.service import ImageService
 from imagegen.settings import Settings, get_settings
 
@@ -43,8 +50,6 @@ def aws_client(service: str) -> Any:
 
 def build_image_service(settings: Settings) -> ImageService:
     quiet_sensitive_loggers()
-    from aws_lambda_powertools.utilities.parameters import SecretsProvider
-
     s3 = aws_client("s3")
     keys = SubscriptionKeyProvider(
         settings.flux_secret_id,
@@ -83,3 +88,56 @@ def build_image_service(settings: Settings) -> ImageService:
 @lru_cache(maxsize=1)
 def image_service() -> ImageService:
     return build_image_service(get_settings())
+
+
+@lru_cache(maxsize=1)
+def job_repository() -> JobRepository:
+    settings = get_settings()
+    return JobRepository(aws_client("dynamodb"), settings.images_table, settings.retention_days)
+
+
+@lru_cache(maxsize=1)
+def job_queue() -> JobQueue:
+    settings = get_settings()
+    settings.require("jobs_queue_url")
+    assert settings.jobs_queue_url is not None
+    return JobQueue(aws_client("sqs"), settings.jobs_queue_url, settings.jobs_dlq_url)
+
+
+@lru_cache(maxsize=1)
+def idempotent_runner() -> IdempotentRunner:
+    settings = get_settings()
+    settings.require("idempotency_table")
+    assert settings.idempotency_table is not None
+    return IdempotentRunner(settings.idempotency_table, settings.idempotency_ttl_s, aws_client("dynamodb"))
+
+
+@lru_cache(maxsize=1)
+def job_service() -> JobService:
+    settings = get_settings()
+    return JobService(
+        job_repository(),
+        job_queue(),
+        image_service(),
+        allow_http_webhooks=settings.webhook_allow_private_addresses,
+    )
+
+
+@lru_cache(maxsize=1)
+def item_processor() -> ItemProcessor:
+    settings = get_settings()
+    settings.require("event_bus_name", "webhook_secret_id")
+    assert settings.event_bus_name is not None and settings.webhook_secret_id is not None
+    secrets = SecretsProvider(boto3_client=aws_client("secretsmanager"))
+    secret_id = settings.webhook_secret_id
+
+    def webhook_secret() -> str:
+        return str(secrets.get(secret_id, max_age=settings.secret_max_age_s))
+
+    return ItemProcessor(
+        job_repository(),
+        image_service(),
+        EventPublisher(aws_client("events"), settings.event_bus_name),
+        WebhookSender(webhook_secret, allow_private_addresses=settings.webhook_allow_private_addresses),
+        max_receive_count=settings.max_receive_count,
+    )

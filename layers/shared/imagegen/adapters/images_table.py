@@ -31,8 +31,9 @@ class ImageRepository:
         self._table = table_name
         self._retention = timedelta(days=retention_days)
 
-    def put(self, record: ImageRecord) -> None:
-        """Store a new record; never overwrites an existing image of the same id."""
+    def put(self, record: ImageRecord, *, overwrite: bool = False) -> None:
+        """Store a record. A new id must not exist, unless ``overwrite`` (a job item's replay rewrites its own
+        deterministic id)."""
         document = record.model_dump(mode="json")
         item = {
             **image_key(record.id),
@@ -41,7 +42,8 @@ class ImageRepository:
             "record": _serializer.serialize(document),
         }
         try:
-            self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+            condition = {} if overwrite else {"ConditionExpression": "attribute_not_exists(pk)"}
+            self._client.put_item(TableName=self._table, Item=item, **condition)
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
                 raise ValueError(f"image {record.id} already exists") from exc
@@ -53,15 +55,15 @@ class ImageRepository:
         if not item or "record" not in item:
             return None
         document = _deserializer.deserialize(item["record"])
-        return ImageRecord.model_validate(_plain(document))
+        return ImageRecord.model_validate(plain(document))
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """DynamoDB numbers come back as Decimal; the model wants ints."""
     if isinstance(value, dict):
-        return {key: _plain(inner) for key, inner in value.items()}
+        return {key: plain(inner) for key, inner in value.items()}
     if isinstance(value, list):
-        return [_plain(inner) for inner in value]
+        return [plain(inner) for inner in value]
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return value

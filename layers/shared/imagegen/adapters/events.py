@@ -1,0 +1,45 @@
+"""EventBridge: "Image Generated", "Image Failed" and "Job Completed", for workflows that react to results."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from botocore.exceptions import BotoCoreError, ClientError
+
+SOURCE = "flux-image-service"
+logger = Logger(child=True)
+metrics = Metrics()
+
+
+class EventPublisher:
+    def __init__(self, client: Any, bus_name: str) -> None:
+        self._client = client
+        self._bus = bus_name
+
+    def publish(self, detail_type: str, detail: dict[str, Any], attempts: int = 3) -> bool:
+        """Publish one event, retrying transient failures. A final failure is logged and counted, not raised:
+        the result itself is already recorded and readable through the API."""
+        entry = {"Source": SOURCE, "DetailType": detail_type, "Detail": json.dumps(detail), "EventBusName": self._bus}
+        for attempt in range(attempts):
+            try:
+                answer = self._client.put_events(Entries=[entry])
+            except (ClientError, BotoCoreError):
+                logger.warning("could not publish event", detail_type=detail_type, attempt=attempt + 1)
+            else:
+                if not answer.get("FailedEntryCount"):
+                    return True
+                failure = answer["Entries"][0]
+                logger.warning(
+                    "event rejected",
+                    detail_type=detail_type,
+                    code=failure.get("ErrorCode"),
+                    reason=failure.get("ErrorMessage"),
+                )
+            time.sleep(0.2 * 2**attempt)
+        metrics.add_metric(name="EventsLost", unit=MetricUnit.Count, value=1)
+        logger.error("event lost after retries", detail_type=detail_type)
+        return False

@@ -1,0 +1,456 @@
+"""Jobs and their items in the service's single DynamoDB table.
+
+``JOB#<id>`` / ``JOB`` holds the job with one counter per item status (``c_queued`` … ``c_canceled``) and
+``remaining`` (items not yet terminal). ``JOB#<id>`` / ``ITEM#<index>`` holds each item. Every status change of
+an item is a transaction: the item's conditional update (its status must still be the one read) together with
+the job's counters, so counts are exact under concurrency and redelivery. The transition that brings
+``remaining`` to 0 is followed by one conditional write of ``completed_at``: exactly one caller wins it and
+announces the completion.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
+from botocore.exceptions import ClientError
+
+from imagegen.adapters.images_table import plain
+from imagegen.errors import InvalidRequestError
+from imagegen.models import (
+    TERMINAL_ITEM_STATUSES,
+    ImageRecord,
+    ImageRequest,
+    ItemError,
+    ItemStatus,
+    JobCounts,
+    JobStatus,
+    WebhookInfo,
+)
+
+_serializer = TypeSerializer()
+_deserializer = TypeDeserializer()
+STATUSES: tuple[ItemStatus, ...] = ("queued", "running", "succeeded", "failed", "canceled")
+TRANSACTION_ITEMS = 100
+BATCH_WRITE_ITEMS = 25
+
+
+def job_key(job_id: str) -> dict[str, dict[str, str]]:
+    return {"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": "JOB"}}
+
+
+def item_key(job_id: str, index: int) -> dict[str, dict[str, str]]:
+    return {"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": f"ITEM#{index:04d}"}}
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class Job:
+    id: str
+    total: int
+    created_at: datetime
+    counts: JobCounts
+    remaining: int
+    canceled: bool = False
+    completed_at: datetime | None = None
+    metadata: dict[str, Any] | None = None
+    webhook: WebhookInfo | None = None
+    direct: bool = False  # created on the fly for a message a producer put on the queue itself
+
+    @property
+    def status(self) -> JobStatus:
+        counts = self.counts
+        if self.completed_at is not None:
+            if counts.succeeded == self.total:
+                return "succeeded"
+            if self.canceled and counts.canceled:
+                return "canceled"
+            return "failed" if counts.succeeded == 0 else "partially_failed"
+        if self.canceled:
+            return "canceled"
+        return "queued" if counts.queued == self.total else "running"
+
+
+@dataclass
+class Item:
+    job_id: str
+    index: int
+    status: ItemStatus
+    request: ImageRequest
+    attempts: int = 0
+    error: ItemError | None = None
+    record: ImageRecord | None = None
+    correlation_id: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class TransitionConflict(Exception):
+    """The item was no longer in the expected status (someone else moved it)."""
+
+
+class JobRepository:
+    def __init__(self, client: Any, table_name: str, retention_days: int) -> None:
+        self._client = client
+        self._table = table_name
+        self._retention = timedelta(days=retention_days)
+
+    # ------------------------------------------------------------------------------------------ create
+    def create(
+        self,
+        job: Job,
+        requests: list[ImageRequest],
+        correlation_ids: list[str | None] | None = None,
+    ) -> bool:
+        """Write the job, then its items. Returns False when the job already existed (a replay)."""
+        expires = str(int((job.created_at + self._retention).timestamp()))
+        item: dict[str, Any] = {
+            **job_key(job.id),
+            "entity": {"S": "job"},
+            "id": {"S": job.id},
+            "total": {"N": str(job.total)},
+            "remaining": {"N": str(job.total)},
+            "created_at": {"S": _iso(job.created_at)},
+            "canceled": {"BOOL": False},
+            "direct": {"BOOL": job.direct},
+            "expires_at": {"N": expires},
+            **{f"c_{status}": {"N": str(job.total if status == "queued" else 0)} for status in STATUSES},
+        }
+        if job.metadata is not None:
+            item["metadata"] = _serializer.serialize(job.metadata)
+        if job.webhook is not None:
+            item["webhook_url"] = {"S": job.webhook.url}
+            item["webhook_status"] = {"S": "pending"}
+            item["webhook_attempts"] = {"N": "0"}
+        try:
+            self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        ids = correlation_ids or [None] * len(requests)
+        writes = [
+            {"PutRequest": {"Item": self._new_item(job.id, index, request, correlation_id, expires)}}
+            for index, (request, correlation_id) in enumerate(zip(requests, ids, strict=True))
+        ]
+        for chunk in _chunks(writes, BATCH_WRITE_ITEMS):
+            self._batch_write(chunk)
+        return True
+
+    def ensure_item(self, job_id: str, index: int, request: ImageRequest, correlation_id: str | None) -> None:
+        """Write a queued item unless it exists (a direct job whose first delivery died between job and item)."""
+        job = self.get_job(job_id)
+        if job is None:
+            raise ValueError(f"job {job_id} does not exist")
+        expires = str(int((job.created_at + self._retention).timestamp()))
+        try:
+            self._client.put_item(
+                TableName=self._table,
+                Item=self._new_item(job_id, index, request, correlation_id, expires),
+                ConditionExpression="attribute_not_exists(pk)",
+            )
+        except ClientError as exc:
+            if _code(exc) != "ConditionalCheckFailedException":
+                raise
+
+    @staticmethod
+    def _new_item(
+        job_id: str, index: int, request: ImageRequest, correlation_id: str | None, expires: str
+    ) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            **item_key(job_id, index),
+            "entity": {"S": "item"},
+            "job_id": {"S": job_id},
+            "index": {"N": str(index)},
+            "status": {"S": "queued"},
+            "attempts": {"N": "0"},
+            "request": _serializer.serialize(request.model_dump(mode="json")),
+            "expires_at": {"N": expires},
+        }
+        if correlation_id is not None:
+            entry["correlation_id"] = {"S": correlation_id}
+        return entry
+
+    def _batch_write(self, requests: list[dict[str, Any]], attempts: int = 8) -> None:
+        pending = {self._table: requests}
+        for attempt in range(attempts):
+            answer = self._client.batch_write_item(RequestItems=pending)
+            pending = answer.get("UnprocessedItems") or {}
+            if not pending:
+                return
+            time.sleep(min(2.0, 0.05 * 2**attempt))
+        raise RuntimeError("DynamoDB kept throttling the job's item writes")
+
+    # ------------------------------------------------------------------------------------------ read
+    def get_job(self, job_id: str) -> Job | None:
+        answer = self._client.get_item(TableName=self._table, Key=job_key(job_id), ConsistentRead=True)
+        return _job(answer["Item"]) if "Item" in answer else None
+
+    def get_item(self, job_id: str, index: int) -> Item | None:
+        answer = self._client.get_item(TableName=self._table, Key=item_key(job_id, index), ConsistentRead=True)
+        return _item(answer["Item"]) if "Item" in answer else None
+
+    def items_page(self, job_id: str, limit: int, cursor: str | None) -> tuple[list[Item], str | None]:
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :items)",
+            "ExpressionAttributeValues": {":pk": {"S": f"JOB#{job_id}"}, ":items": {"S": "ITEM#"}},
+            "Limit": limit,
+            "ConsistentRead": True,
+        }
+        if cursor:
+            query["ExclusiveStartKey"] = {**item_key(job_id, decode_cursor(cursor))}
+        answer = self._client.query(**query)
+        items = [_item(raw) for raw in answer.get("Items", [])]
+        last = answer.get("LastEvaluatedKey")
+        next_cursor = encode_cursor(int(last["sk"]["S"].split("#", 1)[1])) if last else None
+        return items, next_cursor
+
+    def iter_items(self, job_id: str) -> Iterator[Item]:
+        cursor: str | None = None
+        while True:
+            items, cursor = self.items_page(job_id, 100, cursor)
+            yield from items
+            if cursor is None:
+                return
+
+    # ------------------------------------------------------------------------------------------ transitions
+    def transition(
+        self,
+        item: Item,
+        to: ItemStatus,
+        *,
+        error: ItemError | None = None,
+        record: ImageRecord | None = None,
+    ) -> None:
+        """Move ``item`` from its current status to ``to``, with the job's counters, atomically."""
+        if to == item.status:
+            raise ValueError("a transition changes the status")
+        sets = ["#status = :to", "updated_at = :now"]
+        values: dict[str, Any] = {":to": {"S": to}, ":from": {"S": item.status}, ":now": {"S": _iso(_now())}}
+        if error is not None:
+            sets.append("#error = :error")
+            values[":error"] = _serializer.serialize(error.model_dump(mode="json"))
+        if record is not None:
+            sets.append("#record = :record")
+            values[":record"] = _serializer.serialize(record.model_dump(mode="json"))
+        if to == "running":
+            sets.append("attempts = attempts + :one")
+            values[":one"] = {"N": "1"}
+        names = {"#status": "status"}
+        if error is not None:
+            names["#error"] = "error"
+        if record is not None:
+            names["#record"] = "record"
+        update_item = {
+            "Update": {
+                "TableName": self._table,
+                "Key": item_key(item.job_id, item.index),
+                "UpdateExpression": "SET " + ", ".join(sets),
+                "ConditionExpression": "#status = :from",
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+        }
+        self._transact([update_item, self._count_update(item.job_id, {item.status: -1, to: 1})])
+        item.status = to
+        if to == "running":
+            item.attempts += 1
+
+    def reclaim(self, item: Item) -> None:
+        """A redelivered message finds its item ``running`` (the previous attempt died): take it over."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=item_key(item.job_id, item.index),
+                UpdateExpression="SET attempts = attempts + :one, updated_at = :now",
+                ConditionExpression="#status = :running",
+                ExpressionAttributeNames={"#status": "status"},
+                ExpressionAttributeValues={
+                    ":one": {"N": "1"},
+                    ":running": {"S": "running"},
+                    ":now": {"S": _iso(_now())},
+                },
+            )
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                raise TransitionConflict(f"{item.job_id}#{item.index} is no longer running") from exc
+            raise
+        item.attempts += 1
+
+    def cancel(self, job_id: str) -> bool:
+        """Flag the job canceled (unless complete) and cancel its queued items; False when it had completed."""
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=job_key(job_id),
+                UpdateExpression="SET canceled = :true",
+                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(completed_at)",
+                ExpressionAttributeValues={":true": {"BOOL": True}},
+            )
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        queued = [item for item in self.iter_items(job_id) if item.status == "queued"]
+        for chunk in _chunks(queued, TRANSACTION_ITEMS - 1):
+            self._cancel_queued(job_id, chunk)
+        return True
+
+    def _cancel_queued(self, job_id: str, items: list[Item]) -> None:
+        """Cancel queued items in one transaction; on a conflict, retry with those still queued."""
+        for _ in range(5):
+            if not items:
+                return
+            updates: list[dict[str, Any]] = [
+                {
+                    "Update": {
+                        "TableName": self._table,
+                        "Key": item_key(job_id, item.index),
+                        "UpdateExpression": "SET #status = :canceled, updated_at = :now",
+                        "ConditionExpression": "#status = :queued",
+                        "ExpressionAttributeNames": {"#status": "status"},
+                        "ExpressionAttributeValues": {
+                            ":canceled": {"S": "canceled"},
+                            ":queued": {"S": "queued"},
+                            ":now": {"S": _iso(_now())},
+                        },
+                    }
+                }
+                for item in items
+            ]
+            updates.append(self._count_update(job_id, {"queued": -len(items), "canceled": len(items)}))
+            try:
+                self._transact(updates)
+                return
+            except TransitionConflict:
+                fresh = (self.get_item(job_id, item.index) for item in items)
+                items = [item for item in fresh if item is not None and item.status == "queued"]
+        raise RuntimeError(f"could not cancel the queued items of {job_id}")
+
+    def complete_if_done(self, job_id: str) -> Job | None:
+        """Mark the job complete when no item remains; return it to the one caller that did."""
+        try:
+            answer = self._client.update_item(
+                TableName=self._table,
+                Key=job_key(job_id),
+                UpdateExpression="SET completed_at = :now",
+                ConditionExpression="remaining = :zero AND attribute_not_exists(completed_at)",
+                ExpressionAttributeValues={":zero": {"N": "0"}, ":now": {"S": _iso(_now())}},
+                ReturnValues="ALL_NEW",
+            )
+        except ClientError as exc:
+            if _code(exc) == "ConditionalCheckFailedException":
+                return None
+            raise
+        return _job(answer["Attributes"])
+
+    def record_webhook(self, job_id: str, status: str, attempts: int) -> None:
+        self._client.update_item(
+            TableName=self._table,
+            Key=job_key(job_id),
+            UpdateExpression="SET webhook_status = :status, webhook_attempts = :attempts",
+            ExpressionAttributeValues={":status": {"S": status}, ":attempts": {"N": str(attempts)}},
+        )
+
+    # ------------------------------------------------------------------------------------------ internals
+    def _count_update(self, job_id: str, deltas: dict[str, int]) -> dict[str, Any]:
+        terminal = sum(delta for status, delta in deltas.items() if status in TERMINAL_ITEM_STATUSES)
+        adds = [f"c_{status} :d_{status}" for status in deltas]
+        values = {f":d_{status}": {"N": str(delta)} for status, delta in deltas.items()}
+        if terminal:
+            adds.append("remaining :d_remaining")
+            values[":d_remaining"] = {"N": str(-terminal)}
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": job_key(job_id),
+                "UpdateExpression": "ADD " + ", ".join(adds),
+                "ConditionExpression": "attribute_exists(pk)",
+                "ExpressionAttributeValues": values,
+            }
+        }
+
+    def _transact(self, items: list[dict[str, Any]]) -> None:
+        try:
+            self._client.transact_write_items(TransactItems=items)
+        except ClientError as exc:
+            if _code(exc) == "TransactionCanceledException":
+                reasons = exc.response.get("CancellationReasons") or []
+                if any(reason.get("Code") == "ConditionalCheckFailed" for reason in reasons) or not reasons:
+                    raise TransitionConflict("an item was no longer in the expected status") from exc
+            raise
+
+
+def encode_cursor(index: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"i": index}).encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> int:
+    try:
+        document = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        index = document["i"]
+    except (ValueError, TypeError, KeyError, binascii.Error):
+        raise InvalidRequestError("cursor is not one this API returned", field="cursor") from None
+    if not isinstance(index, int) or not 0 <= index < 10_000:
+        raise InvalidRequestError("cursor is not one this API returned", field="cursor")
+    return index
+
+
+def _chunks(values: list[Any], size: int) -> Iterable[list[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _job(raw: dict[str, Any]) -> Job:
+    data = plain({key: _deserializer.deserialize(value) for key, value in raw.items()})
+    webhook = None
+    if data.get("webhook_url"):
+        webhook = WebhookInfo(
+            url=data["webhook_url"],
+            status=data.get("webhook_status", "pending"),
+            attempts=data.get("webhook_attempts", 0),
+        )
+    return Job(
+        id=data["id"],
+        total=data["total"],
+        created_at=datetime.fromisoformat(data["created_at"]),
+        counts=JobCounts(**{status: max(0, data.get(f"c_{status}", 0)) for status in STATUSES}),
+        remaining=data["remaining"],
+        canceled=bool(data.get("canceled")),
+        completed_at=datetime.fromisoformat(data["completed_at"]) if data.get("completed_at") else None,
+        metadata=data.get("metadata"),
+        webhook=webhook,
+        direct=bool(data.get("direct")),
+    )
+
+
+def _item(raw: dict[str, Any]) -> Item:
+    data = plain({key: _deserializer.deserialize(value) for key, value in raw.items()})
+    return Item(
+        job_id=data["job_id"],
+        index=data["index"],
+        status=data["status"],
+        request=ImageRequest.model_validate(data["request"], strict=False),
+        attempts=data.get("attempts", 0),
+        error=ItemError.model_validate(data["error"]) if data.get("error") else None,
+        record=ImageRecord.model_validate(data["record"]) if data.get("record") else None,
+        correlation_id=data.get("correlation_id"),
+    )

@@ -1,0 +1,71 @@
+"""The jobs queue: batched sends (with the partial failures of SendMessageBatch retried), visibility changes for
+per-message backoff, and the dead-letter queue for messages that cannot be understood."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from imagegen.models import JobMessage
+
+SEND_BATCH = 10  # SendMessageBatch's limit
+MAX_VISIBILITY_S = 12 * 3600
+
+
+class JobQueue:
+    def __init__(self, client: Any, queue_url: str, dlq_url: str | None = None, *, attempts: int = 4) -> None:
+        self._client = client
+        self._url = queue_url
+        self._dlq_url = dlq_url
+        self._attempts = attempts
+
+    def send(self, messages: Sequence[JobMessage]) -> list[int]:
+        """Send every message; return the positions that could not be enqueued after the retries."""
+        failed: list[int] = []
+        for start in range(0, len(messages), SEND_BATCH):
+            positions = list(range(start, min(start + SEND_BATCH, len(messages))))
+            failed.extend(self._send_batch(messages, positions))
+        return failed
+
+    def _send_batch(self, messages: Sequence[JobMessage], positions: list[int]) -> list[int]:
+        pending = positions
+        for attempt in range(self._attempts):
+            entries = [
+                {"Id": str(position), "MessageBody": messages[position].model_dump_json(exclude_none=True)}
+                for position in pending
+            ]
+            try:
+                answer = self._client.send_message_batch(QueueUrl=self._url, Entries=entries)
+            except ClientError:
+                answer = {"Failed": [{"Id": entry["Id"], "SenderFault": False} for entry in entries]}
+            # Sender faults (a malformed entry) will fail again: only the others are worth another try.
+            retry = [int(f["Id"]) for f in answer.get("Failed", []) if not f.get("SenderFault")]
+            permanent = [int(f["Id"]) for f in answer.get("Failed", []) if f.get("SenderFault")]
+            if not retry:
+                return permanent
+            pending = retry
+            if attempt + 1 < self._attempts:
+                time.sleep(min(1.0, 0.1 * 2**attempt))
+        return pending + permanent
+
+    def delay(self, receipt_handle: str, seconds: int) -> None:
+        """Make a failed message reappear after ``seconds`` (its own backoff) instead of the queue default."""
+        self._client.change_message_visibility(
+            QueueUrl=self._url, ReceiptHandle=receipt_handle, VisibilityTimeout=max(0, min(seconds, MAX_VISIBILITY_S))
+        )
+
+    def dead_letter(self, body: str, reason: str, message_id: str) -> None:
+        """Move an unreadable message to the DLQ with the reason, so it is neither retried nor lost."""
+        if not self._dlq_url:
+            raise RuntimeError("no dead-letter queue configured")
+        self._client.send_message(
+            QueueUrl=self._dlq_url,
+            MessageBody=body,
+            MessageAttributes={
+                "reason": {"DataType": "String", "StringValue": reason[:1000]},
+                "original_message_id": {"DataType": "String", "StringValue": message_id},
+            },
+        )

@@ -1,0 +1,98 @@
+"""Signed webhooks (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature), signed with the
+``standardwebhooks`` library and delivered only to https URLs whose host resolves to a public address (the
+same public-only connections as the image mirror)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from aws_lambda_powertools import Logger
+from standardwebhooks.webhooks import Webhook
+
+from imagegen.adapters.mirror import AddressRefusedError, UrlGuard, guarded_session
+from imagegen.errors import ImageRejectedError
+
+logger = Logger(child=True)
+
+
+def signer(secret: str) -> Webhook:
+    """``whsec_<base64>`` secrets as Standard Webhooks defines them; any other string is the key's bytes."""
+    if secret.startswith("whsec_"):
+        return Webhook(secret)
+    return Webhook(base64.b64encode(secret.encode("utf-8")).decode("ascii"))
+
+
+@dataclass(frozen=True)
+class Delivery:
+    delivered: bool
+    attempts: int
+    status_code: int | None = None
+    reason: str = ""
+
+
+class WebhookSender:
+    def __init__(
+        self,
+        secret_provider: Callable[[], str],
+        *,
+        allow_private_addresses: bool = False,
+        attempts: int = 4,
+        backoff_base_s: float = 1.0,
+        timeout_s: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._secret_provider = secret_provider
+        self._guard = UrlGuard(("*",), allow_http=allow_private_addresses)
+        self._session = guarded_session(allow_private_addresses)
+        self._attempts = attempts
+        self._backoff_base_s = backoff_base_s
+        self._timeout_s = timeout_s
+        self._sleep = sleep
+
+    def headers(self, message_id: str, body: str, now: datetime | None = None) -> dict[str, str]:
+        timestamp = (now or datetime.now(UTC)).replace(microsecond=0)
+        signature = signer(self._secret_provider()).sign(msg_id=message_id, timestamp=timestamp, data=body)
+        return {
+            "Content-Type": "application/json",
+            "webhook-id": message_id,
+            "webhook-timestamp": str(int(timestamp.timestamp())),
+            "webhook-signature": signature,
+            "User-Agent": "flux-image-service-webhooks/1",
+        }
+
+    def deliver(self, url: str, message_id: str, payload: dict[str, Any]) -> Delivery:
+        """POST ``payload`` with retries (exponential backoff with jitter); never raises."""
+        try:
+            self._guard.check(url)
+        except ImageRejectedError as exc:
+            return Delivery(False, 0, reason=exc.message.replace("image", "webhook"))
+        body = json.dumps(payload, separators=(",", ":"))
+        last = Delivery(False, 0)
+        for attempt in range(1, self._attempts + 1):
+            try:
+                # Signed per attempt: a retry carries a fresh timestamp, so receivers' replay windows hold.
+                response = self._session.post(
+                    url, data=body.encode("utf-8"), headers=self.headers(message_id, body), timeout=self._timeout_s
+                )
+                response.close()
+                if 200 <= response.status_code < 300:
+                    return Delivery(True, attempt, response.status_code)
+                last = Delivery(False, attempt, response.status_code, f"HTTP {response.status_code}")
+                if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
+                    return last  # the receiver refuses this payload: retrying will not change its mind
+            except AddressRefusedError as exc:
+                return Delivery(False, attempt, reason=str(exc).replace("image", "webhook"))
+            except requests.exceptions.RequestException as exc:
+                last = Delivery(False, attempt, reason=type(exc).__name__)
+            if attempt < self._attempts:
+                self._sleep(self._backoff_base_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))  # noqa: S311
+        logger.warning("webhook not delivered", attempts=last.attempts, reason=last.reason)
+        return last

@@ -1,0 +1,314 @@
+"""Bulk jobs: submitted by the API, processed item by item by the worker, on the same engine as the sync path.
+
+Every item is idempotent under redelivery: its state moves only through conditional transitions
+(``JobRepository``), its image id (hence S3 key and record) derives from job id + index, and an item that
+already succeeded is acknowledged without another upstream call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from imagegen.adapters.events import EventPublisher
+from imagegen.adapters.jobs_table import Item, Job, JobRepository, TransitionConflict
+from imagegen.adapters.queue import JobQueue
+from imagegen.adapters.webhooks import WebhookSender
+from imagegen.budget import Deadline
+from imagegen.errors import EnqueueError, InvalidRequestError, NotFoundError, ServiceError
+from imagegen.models import (
+    MAX_SEED,
+    ImageRequest,
+    ItemError,
+    JobDocument,
+    JobItemDocument,
+    JobMessage,
+    JobRequest,
+    WebhookInfo,
+)
+from imagegen.service import ImageService, item_image_id
+
+logger = Logger(child=True)
+metrics = Metrics()
+
+MIN_ITEM_TIME_S = 15.0  # an item does not start with less time left in the invocation than this
+MAX_BACKOFF_S = 900
+
+
+def new_job_id() -> str:
+    return f"job_{uuid.uuid4().hex}"
+
+
+def direct_job_id(message_id: str) -> str:
+    """The job of a message a producer put on the queue itself: derived from the SQS message id."""
+    return "job_" + uuid.uuid5(uuid.NAMESPACE_URL, f"sqs-message:{message_id}").hex
+
+
+def with_seed(request: ImageRequest, entropy: str | None = None) -> ImageRequest:
+    """Resolve the seed once, when the item is recorded, so a replay generates the same image."""
+    if request.seed is not None:
+        return request
+    if entropy is None:
+        seed = random.SystemRandom().randrange(MAX_SEED + 1)
+    else:
+        seed = int(hashlib.sha256(entropy.encode()).hexdigest()[:8], 16)
+    return request.model_copy(update={"seed": seed})
+
+
+def job_document(job: Job, items: list[JobItemDocument] | None = None, next_cursor: str | None = None) -> JobDocument:
+    return JobDocument(
+        id=job.id,
+        status=job.status,
+        total=job.total,
+        counts=job.counts,
+        created_at=job.created_at,
+        completed_at=job.completed_at,
+        metadata=job.metadata,
+        webhook=job.webhook,
+        items=items or [],
+        next_cursor=next_cursor,
+    )
+
+
+class JobService:
+    """The API side: submit, read (paged), cancel."""
+
+    def __init__(
+        self, repository: JobRepository, queue: JobQueue, images: ImageService, *, allow_http_webhooks: bool = False
+    ) -> None:
+        self._repository = repository
+        self._queue = queue
+        self._images = images
+        self._allow_http_webhooks = allow_http_webhooks
+
+    def submit(self, request: JobRequest) -> JobDocument:
+        if request.webhook_url and not request.webhook_url.startswith("https://") and not self._allow_http_webhooks:
+            raise InvalidRequestError("must be an https URL", field="webhook_url", location="body")
+        job = Job(
+            id=new_job_id(),
+            total=len(request.items),
+            created_at=datetime.now(UTC),
+            counts=None,  # type: ignore[arg-type]  # set by the repository
+            remaining=len(request.items),
+            metadata=request.metadata,
+            webhook=WebhookInfo(url=request.webhook_url) if request.webhook_url else None,
+        )
+        items = [with_seed(item) for item in request.items]
+        self._repository.create(job, items)
+        messages = [JobMessage(request=item, job_id=job.id, index=index) for index, item in enumerate(items)]
+        not_sent = self._queue.send(messages)
+        if len(not_sent) == len(messages):
+            # Nothing reached the queue: say so rather than leave a job that will never move.
+            for index in not_sent:
+                self._fail_unsent(job.id, index)
+            self._repository.complete_if_done(job.id)
+            raise EnqueueError("the jobs queue refused the job's messages; nothing was enqueued, retry later")
+        for index in not_sent:  # recorded as failed: a job never claims items that were not enqueued
+            self._fail_unsent(job.id, index)
+        if not_sent:
+            metrics.add_metric(name="ItemsNotEnqueued", unit=MetricUnit.Count, value=len(not_sent))
+            self._repository.complete_if_done(job.id)
+        metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
+        metrics.add_metric(name="ItemsSubmitted", unit=MetricUnit.Count, value=len(messages) - len(not_sent))
+        logger.info("job submitted", job_id=job.id, items=len(messages), not_enqueued=len(not_sent))
+        return self.get(job.id, limit=0)
+
+    def _fail_unsent(self, job_id: str, index: int) -> None:
+        item = self._repository.get_item(job_id, index)
+        if item is not None and item.status == "queued":
+            error = ItemError(code="enqueue_failed", message="the item could not be put on the jobs queue")
+            self._repository.transition(item, "failed", error=error)
+
+    def get(self, job_id: str, *, cursor: str | None = None, limit: int = 100) -> JobDocument:
+        job = self._repository.get_job(job_id)
+        if job is None:
+            raise NotFoundError(f"job {job_id} not found")
+        if limit == 0:
+            return job_document(job)
+        items, next_cursor = self._repository.items_page(job_id, limit, cursor)
+        return job_document(job, [self.item_document(item) for item in items], next_cursor)
+
+    def cancel(self, job_id: str) -> JobDocument:
+        if self._repository.get_job(job_id) is None:
+            raise NotFoundError(f"job {job_id} not found")
+        if self._repository.cancel(job_id):
+            logger.info("job canceled", job_id=job_id)
+            self._repository.complete_if_done(job_id)
+        return self.get(job_id, limit=0)
+
+    def item_document(self, item: Item) -> JobItemDocument:
+        return JobItemDocument(
+            index=item.index,
+            status=item.status,
+            request=item.request,
+            error=item.error,
+            image=self._images.document(item.record) if item.record is not None else None,
+        )
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the worker tells the queue: acknowledge, or retry after ``delay_s``."""
+
+    ack: bool
+    delay_s: int = 0
+    reason: str = ""
+
+
+ACK = Outcome(True)
+
+
+class ItemProcessor:
+    """The worker side: one queue message, one item, exactly one terminal state."""
+
+    def __init__(
+        self,
+        repository: JobRepository,
+        images: ImageService,
+        events: EventPublisher,
+        webhooks: WebhookSender,
+        *,
+        max_receive_count: int = 5,
+    ) -> None:
+        self._repository = repository
+        self._images = images
+        self._events = events
+        self._webhooks = webhooks
+        self._max_receive_count = max_receive_count
+
+    def process(self, message: JobMessage, *, message_id: str, receive_count: int, deadline: Deadline) -> Outcome:
+        job_id, index = message.job_id, message.index if message.index is not None else 0
+        if job_id is None:
+            job_id = self._ensure_direct_job(message, message_id)
+        item = self._repository.get_item(job_id, index)
+        if item is None:
+            return Outcome(False, reason="unknown_item")  # the caller dead-letters it: nothing to record it on
+        if item.status in ("succeeded", "failed", "canceled"):
+            metrics.add_metric(name="DuplicateDeliveries", unit=MetricUnit.Count, value=1)
+            return ACK  # done already: a redelivery never calls the upstream again
+        job = self._repository.get_job(job_id)
+        if job is not None and job.canceled:
+            self._settle(item, "canceled")
+            return ACK
+        if deadline.remaining() < MIN_ITEM_TIME_S:
+            return Outcome(False, 0, "not enough time left in this invocation")
+        try:
+            if item.status == "queued":
+                self._repository.transition(item, "running")
+            else:
+                self._repository.reclaim(item)  # the previous attempt died with the item running
+        except TransitionConflict:
+            return Outcome(False, 1, "the item moved under us; look again")
+        return self._run(item, job, receive_count, deadline, message.correlation_id)
+
+    def _run(
+        self, item: Item, job: Job | None, receive_count: int, deadline: Deadline, correlation_id: str | None
+    ) -> Outcome:
+        try:
+            record = self._images.generate_record(
+                item.request,
+                deadline,
+                image_id=item_image_id(item.job_id, item.index),
+                created_at=job.created_at if job is not None else None,
+            )
+        except ServiceError as exc:
+            last_receive = receive_count >= self._max_receive_count
+            if exc.retryable and not last_receive:
+                delay = exc.retry_after if exc.retry_after is not None else self._backoff(receive_count)
+                logger.info("item will be retried", job_id=item.job_id, index=item.index, code=exc.code, delay_s=delay)
+                return Outcome(False, delay, exc.code)
+            message = (
+                exc.message
+                if not (exc.retryable and last_receive)
+                else f"{exc.message} (gave up after {receive_count} attempts)"
+            )
+            self._settle(item, "failed", ItemError(code=exc.code, message=message), correlation_id)
+            return ACK
+        except Exception:
+            logger.exception("unexpected error while generating an item", job_id=item.job_id, index=item.index)
+            if receive_count < self._max_receive_count:
+                return Outcome(False, self._backoff(receive_count), "internal_error")
+            error = ItemError(code="internal_error", message="an unexpected error occurred; the item was not generated")
+            self._settle(item, "failed", error, correlation_id)
+            return ACK
+        self._settle(item, "succeeded", record=record, correlation_id=correlation_id)
+        return ACK
+
+    def _settle(
+        self,
+        item: Item,
+        status: str,
+        error: ItemError | None = None,
+        correlation_id: str | None = None,
+        record: Any = None,
+    ) -> None:
+        """Record a terminal state, announce it, and complete the job when it was the last item."""
+        try:
+            self._repository.transition(item, status, error=error, record=record)  # type: ignore[arg-type]
+        except TransitionConflict:
+            logger.info("item already settled by another delivery", job_id=item.job_id, index=item.index)
+            return
+        metrics.add_metric(name=f"Items{status.capitalize()}", unit=MetricUnit.Count, value=1)
+        if status == "succeeded" and record is not None:
+            self._events.publish(
+                "Image Generated",
+                {
+                    "job_id": item.job_id,
+                    "index": item.index,
+                    "correlation_id": correlation_id,
+                    "image": self._images.document(record).model_dump(mode="json"),
+                },
+            )
+        elif status == "failed" and error is not None:
+            self._events.publish(
+                "Image Failed",
+                {
+                    "job_id": item.job_id,
+                    "index": item.index,
+                    "correlation_id": correlation_id,
+                    "error": error.model_dump(mode="json"),
+                },
+            )
+        self.finish(item.job_id)
+
+    def finish(self, job_id: str) -> None:
+        job = self._repository.complete_if_done(job_id)
+        if job is None:
+            return
+        document = job_document(job).model_dump(mode="json", exclude={"items", "next_cursor"})
+        self._events.publish("Job Completed", {"job": document})
+        logger.info("job completed", job_id=job_id, status=job.status)
+        if job.webhook is not None:
+            delivery = self._webhooks.deliver(job.webhook.url, job.id, document)
+            self._repository.record_webhook(job.id, "delivered" if delivery.delivered else "failed", delivery.attempts)
+            if not delivery.delivered:
+                metrics.add_metric(name="WebhooksFailed", unit=MetricUnit.Count, value=1)
+
+    def _ensure_direct_job(self, message: JobMessage, message_id: str) -> str:
+        job_id = direct_job_id(message_id)
+        job = Job(
+            id=job_id,
+            total=1,
+            created_at=datetime.now(UTC),
+            counts=None,  # type: ignore[arg-type]
+            remaining=1,
+            direct=True,
+        )
+        correlation = [message.correlation_id]
+        if not self._repository.create(job, [with_seed(message.request, entropy=message_id)], correlation):
+            self._repository.ensure_item(
+                job_id, 0, with_seed(message.request, entropy=message_id), message.correlation_id
+            )
+        return job_id
+
+    @staticmethod
+    def _backoff(receive_count: int) -> int:
+        ceiling = min(MAX_BACKOFF_S, 5 * 2 ** max(0, receive_count - 1))
+        return int(random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter
