@@ -121,9 +121,9 @@ class LocalStack:
 
     def _start_workers(self) -> None:
         """The worker behind the jobs queue, through a local event source mapping configured like the template's."""
-        from devstack.sqs_poller import EventSourceMapping
-
         for mapping in load_sqs_mappings(self._template, parameters=self._worker_parameters):
+            from devstack.sqs_poller import EventSourceMapping
+
             module_name = HANDLER_MODULES.get(mapping.handler or "")
             if module_name is None:
                 raise RuntimeError(f"{mapping.function_id}: no local module for handler {mapping.handler!r}")

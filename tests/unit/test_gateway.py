@@ -811,7 +811,9 @@ def test_gateway_responses_customise_the_gateway_answers(
 
 # ---------------------------------------------------------------------------------------------------- sample events
 # API Gateway proxy events only (events/ also holds the SQS event of the worker).
-EVENT_NAMES = sorted(path.stem for path in EVENTS_DIR.glob("*.json") if "httpMethod" in path.read_text(encoding="utf-8"))
+EVENT_NAMES = sorted(
+    path.stem for path in EVENTS_DIR.glob("*.json") if "httpMethod" in path.read_text(encoding="utf-8")
+)
 
 
 def test_all_sample_events_exist() -> None:

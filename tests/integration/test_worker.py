@@ -1,0 +1,189 @@
+"""The worker handler fed with SQS events (the shape in events/sqs_receive_message.json), under moto + emulator:
+redelivery, crashes mid-batch, malformed messages, cancellation."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from devstack.lambda_context import make_context
+from imagegen.adapters.jobs_table import Job
+from imagegen.jobs import new_job_id
+from imagegen.models import ImageRequest, JobMessage
+from imagegen.service import item_image_id
+from support.events import load_event
+
+
+@pytest.fixture
+def worker(stack):
+    module = stack.handlers.get("worker_handler")
+    if module is None:
+        import importlib
+
+        module = importlib.import_module("worker_handler")
+    return module
+
+
+@pytest.fixture
+def repository():
+    from imagegen.wiring import job_repository
+
+    return job_repository()
+
+
+def make_job(repository, prompts: list[str]) -> str:
+    """A job recorded as the API records one, but not enqueued: the test delivers its messages itself."""
+    job_id = new_job_id()
+    job = Job(id=job_id, total=len(prompts), created_at=datetime.now(UTC), counts=None, remaining=len(prompts))  # type: ignore[arg-type]
+    requests = [ImageRequest(prompt=prompt, seed=index, width=256, height=256) for index, prompt in enumerate(prompts)]
+    repository.create(job, requests)
+    return job_id
+
+
+def sqs_event(bodies: list[str], receive_count: int = 1) -> dict[str, Any]:
+    template = load_event("sqs_receive_message")["Records"][0]
+    records = []
+    for body in bodies:
+        record = copy.deepcopy(template)
+        record["messageId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, body))
+        record["receiptHandle"] = f"test-receipt-{uuid.uuid4().hex}"
+        record["body"] = body
+        record["md5OfBody"] = hashlib.md5(body.encode()).hexdigest()
+        record["attributes"]["ApproximateReceiveCount"] = str(receive_count)
+        records.append(record)
+    return {"Records": records}
+
+
+def messages(job_id: str, count: int) -> list[str]:
+    return [
+        JobMessage(
+            request=ImageRequest(prompt=f"p{i}", seed=i, width=256, height=256), job_id=job_id, index=i
+        ).model_dump_json(exclude_none=True)
+        for i in range(count)
+    ]
+
+
+def s3_keys(stack, image_id: str) -> list[str]:
+    s3 = stack.aws.client("s3")
+    found = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.resources.bucket, Prefix="images/"):
+        found += [obj["Key"] for obj in page.get("Contents", []) if image_id in obj["Key"]]
+    return found
+
+
+def test_worker_processes_a_batch_and_a_redelivery_calls_nobody_twice(worker, repository, stack, emulator):
+    # Given a job of four items and their messages
+    job_id = make_job(repository, [f"p{i}" for i in range(4)])
+    bodies = messages(job_id, 4)
+
+    # When the worker gets the batch, then (at-least-once delivery) the same batch again
+    first = worker.lambda_handler(sqs_event(bodies), make_context("WorkerFunction", 120))
+    second = worker.lambda_handler(sqs_event(bodies, receive_count=2), make_context("WorkerFunction", 120))
+
+    # Then every item succeeded once: four upstream calls, one S3 object per image, nothing reported failed
+    assert first == {"batchItemFailures": []} and second == {"batchItemFailures": []}
+    assert emulator.calls == 4
+    job = repository.get_job(job_id)
+    assert job.counts.succeeded == 4 and job.remaining == 0 and job.completed_at is not None
+    for index in range(4):
+        assert len(s3_keys(stack, item_image_id(job_id, index))) == 1
+
+
+def test_worker_killed_mid_batch_ends_with_every_item_terminal_and_no_duplicates(
+    worker, repository, stack, emulator, monkeypatch
+):
+    # Given a batch of four where the invocation dies (the runtime is killed) while items 2 and 3 are running
+    job_id = make_job(repository, [f"p{i}" for i in range(4)])
+    bodies = messages(job_id, 4)
+    service = worker.item_processor()._images
+    real = service.generate_record
+
+    class Killed(BaseException):
+        """Not an Exception: nothing in the handler may catch it, like a runtime kill."""
+
+    def dies_on_items_2_and_3(request, deadline, *, image_id=None, created_at=None):
+        if image_id in {item_image_id(job_id, 2), item_image_id(job_id, 3)}:
+            raise Killed()
+        return real(request, deadline, image_id=image_id, created_at=created_at)
+
+    monkeypatch.setattr(service, "generate_record", dies_on_items_2_and_3)
+    with pytest.raises(Killed):
+        worker.lambda_handler(sqs_event(bodies), make_context("WorkerFunction", 120))
+    assert {repository.get_item(job_id, i).status for i in (2, 3)} == {"running"}
+
+    # When the messages come back after their visibility timeout (the whole batch: the invocation failed)
+    monkeypatch.setattr(service, "generate_record", real)
+    answer = worker.lambda_handler(sqs_event(bodies, receive_count=2), make_context("WorkerFunction", 120))
+
+    # Then every item is succeeded, the two finished ones were not generated again, one object per image
+    assert answer == {"batchItemFailures": []}
+    assert [repository.get_item(job_id, i).status for i in range(4)] == ["succeeded"] * 4
+    assert emulator.calls == 4
+    assert all(len(s3_keys(stack, item_image_id(job_id, i))) == 1 for i in range(4))
+    assert repository.get_job(job_id).counts.succeeded == 4
+
+
+def test_worker_acknowledges_a_permanent_failure_and_records_it(worker, repository, emulator):
+    job_id = make_job(repository, ["refused"])
+    emulator.inject("bad_request", message="Invalid prompt parameter")
+    answer = worker.lambda_handler(sqs_event(messages(job_id, 1)), make_context("WorkerFunction", 120))
+    assert answer == {"batchItemFailures": []}
+    item = repository.get_item(job_id, 0)
+    assert item.status == "failed"
+    assert item.error.code == "upstream_rejected" and "Invalid prompt parameter" in item.error.message
+    job = repository.get_job(job_id)
+    assert job.status == "failed" and job.completed_at is not None
+
+
+def test_worker_gives_up_on_the_last_receive_instead_of_leaving_the_item_running(worker, repository, emulator):
+    # Given an upstream that is down, and the message on its last receive before the DLQ (maxReceiveCount 5)
+    job_id = make_job(repository, ["down"])
+    emulator.inject("server_error", count=None)
+    answer = worker.lambda_handler(sqs_event(messages(job_id, 1), receive_count=5), make_context("WorkerFunction", 120))
+    # Then the item is failed for good (no item stays running forever) and the message acknowledged
+    assert answer == {"batchItemFailures": []}
+    item = repository.get_item(job_id, 0)
+    assert item.status == "failed" and item.error.code == "upstream_unavailable"
+    assert "gave up after 5 attempts" in item.error.message
+
+
+def test_worker_never_sends_a_canceled_job_upstream(worker, repository, emulator):
+    job_id = make_job(repository, ["a", "b"])
+    repository.cancel(job_id)
+    answer = worker.lambda_handler(sqs_event(messages(job_id, 2)), make_context("WorkerFunction", 120))
+    assert answer == {"batchItemFailures": []}
+    assert emulator.calls == 0
+    job = repository.get_job(job_id)
+    assert job.counts.canceled == 2 and job.status == "canceled"
+
+
+def test_worker_records_an_invalid_message_that_names_its_item(worker, repository, emulator):
+    # Given a message for a real item whose request breaks the schema (unknown field)
+    job_id = make_job(repository, ["x"])
+    body = json.dumps({"request": {"prompt": "x", "stepz": 3}, "job_id": job_id, "index": 0})
+    good_job = make_job(repository, ["y"])
+    # When it arrives in a batch with a good message
+    answer = worker.lambda_handler(sqs_event([body, *messages(good_job, 1)]), make_context("WorkerFunction", 120))
+    # Then it is acknowledged, recorded as failed, and the good one still succeeds
+    assert answer == {"batchItemFailures": []}
+    item = repository.get_item(job_id, 0)
+    assert item.status == "failed" and item.error.code == "invalid_message"
+    assert "stepz" in item.error.message
+    assert repository.get_item(good_job, 0).status == "succeeded"
+
+
+def test_worker_moves_unreadable_messages_to_the_dlq(worker, stack, emulator):
+    sqs = stack.aws.client("sqs")
+    dlq = stack.seeded.jobs_dlq_url
+    sqs.purge_queue(QueueUrl=dlq)
+    answer = worker.lambda_handler(sqs_event(["not json at all"]), make_context("WorkerFunction", 120))
+    assert answer == {"batchItemFailures": []}
+    moved = sqs.receive_message(QueueUrl=dlq, MessageAttributeNames=["All"], WaitTimeSeconds=1).get("Messages", [])
+    assert [message["Body"] for message in moved] == ["not json at all"]
+    assert "job message schema" in moved[0]["MessageAttributes"]["reason"]["StringValue"]
+    assert emulator.calls == 0
