@@ -79,6 +79,10 @@ validate: tools ## sam validate --lint, cfn-lint and checkov on template.yaml
 deploy: build ## sam deploy --guided (needs AWS credentials)
 	@$(TOOLS)/bin/sam deploy --guided
 
+.PHONY: docs
+docs: venv ## Regenerate docs/job-message.schema.json and docs/openapi.json from the code
+	@PYTHONPATH=$(PYTHONPATH_DEV) $(PY) scripts/export_schemas.py
+
 .PHONY: bench
 bench: venv ## Run the benchmarks (cold start, mirror memory, local-stack overhead)
 	@PYTHONPATH=$(PYTHONPATH_DEV) $(PY) benchmarks/run_all.py

@@ -1,0 +1,51 @@
+"""Write docs/job-message.schema.json (the queue message, for direct producers) and docs/openapi.json from the
+code. `make docs` runs it; a test fails when the committed files are stale."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def job_message_schema() -> str:
+    from imagegen.models import JobMessage
+
+    schema = JobMessage.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def openapi_spec() -> str:
+    os.environ.setdefault("ENABLE_DOCS", "true")
+    import api_handler
+
+    return json.dumps(json.loads(api_handler.openapi_spec()), indent=2, sort_keys=True) + "\n"
+
+
+OUTPUTS = {"docs/job-message.schema.json": job_message_schema, "docs/openapi.json": openapi_spec}
+
+
+def main() -> int:
+    check = "--check" in sys.argv
+    stale = []
+    for relative, render in OUTPUTS.items():
+        path = ROOT / relative
+        text = render()
+        if check:
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                stale.append(relative)
+        else:
+            path.write_text(text, encoding="utf-8")
+            print(f"wrote {relative}")
+    if stale:
+        print("stale: " + ", ".join(stale) + " (run 'make docs')")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

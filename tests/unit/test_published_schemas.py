@@ -1,0 +1,33 @@
+"""The schemas published in docs/ are generated from the code and must not drift from it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from imagegen.models import JobMessage
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_published_schemas_match_the_code():
+    env_path = ":".join(str(ROOT / part) for part in ("layers/shared", "functions/api", "local"))
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts/export_schemas.py"), "--check"],
+        env={"PYTHONPATH": env_path, "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_producer_message_valid_under_the_published_schema_is_accepted_by_the_worker_model():
+    schema = json.loads((ROOT / "docs/job-message.schema.json").read_text())
+    example = {"request": {"prompt": "a red fox", "seed": 7}, "correlation_id": "order-1234"}
+    assert set(example) <= set(schema["properties"])
+    assert schema["required"] == ["request"]
+    assert schema["additionalProperties"] is False
+    assert JobMessage.model_validate_json(json.dumps(example)).request.prompt == "a red fox"
