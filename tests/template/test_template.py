@@ -29,8 +29,17 @@ TOOLS_BIN = ROOT / ".tools" / "bin"
 
 API_ID = "ImageApi"
 FUNCTION_ID = "ApiFunction"
+WORKER_ID = "WorkerFunction"
+FUNCTION_IDS = (FUNCTION_ID, WORKER_ID)
 BUCKET_ID = "ImagesBucket"
 TABLE_ID = "ImagesTable"
+IDEMPOTENCY_TABLE_ID = "IdempotencyTable"
+QUEUE_ID = "JobsQueue"
+DLQ_ID = "JobsDeadLetterQueue"
+BUS_ID = "EventBus"
+WEBHOOK_SECRET_ID = "WebhookSigningSecret"
+NO_VALUE = {"Ref": "AWS::NoValue"}
+OPTIONAL_TOPIC = {"Fn::If": ["HasAlarmTopic", [{"Ref": "AlarmTopicArn"}], NO_VALUE]}
 
 # Services holding the service's data (or keys to it): no wildcard action may touch them.
 DATA_SERVICES = {"s3", "dynamodb", "secretsmanager", "kms", "sqs", "sns", "ssm", "events", "lambda"}
@@ -49,6 +58,10 @@ BROAD_POLICIES = {
     "SecretsManagerReadWrite",
     "AdministratorAccess",
     "PowerUserAccess",
+    # What a SAM `SQS` event attaches: receive/delete on every queue of the account (Resource "*").
+    "AWSLambdaSQSQueueExecutionRole",
+    "AmazonSQSFullAccess",
+    "AmazonEventBridgeFullAccess",
 }
 
 
@@ -138,17 +151,70 @@ def _api_events(template: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {name: event.get("Properties") or {} for name, event in events.items() if event.get("Type") == "Api"}
 
 
-def _function_env(template: dict[str, Any]) -> dict[str, Any]:
+def _function_env(template: dict[str, Any], function_id: str = FUNCTION_ID) -> dict[str, Any]:
     global_env = (((template.get("Globals") or {}).get("Function") or {}).get("Environment") or {}).get("Variables")
-    own_env = (_props(template, FUNCTION_ID).get("Environment") or {}).get("Variables")
+    own_env = (_props(template, function_id).get("Environment") or {}).get("Variables")
     return {**(global_env or {}), **(own_env or {})}
 
 
-def _function_setting(template: dict[str, Any], key: str) -> Any:
-    own = _props(template, FUNCTION_ID)
+def _function_setting(template: dict[str, Any], key: str, function_id: str = FUNCTION_ID) -> Any:
+    own = _props(template, function_id)
     if key in own:
         return own[key]
     return ((template.get("Globals") or {}).get("Function") or {}).get(key)
+
+
+def _resolve(value: Any, conditions: dict[str, bool]) -> Any:
+    """``value`` as deployed when the named conditions have the given truth: their Fn::If resolved, NoValue dropped."""
+    if isinstance(value, dict):
+        if set(value) == {"Fn::If"} and value["Fn::If"][0] in conditions:
+            name, when_true, when_false = value["Fn::If"]
+            return _resolve(when_true if conditions[name] else when_false, conditions)
+        resolved = {key: _resolve(item, conditions) for key, item in value.items()}
+        return {key: item for key, item in resolved.items() if item != NO_VALUE}
+    if isinstance(value, list):
+        return [_resolve(item, conditions) for item in value if _resolve(item, conditions) != NO_VALUE]
+    return value
+
+
+def _number_bound(template: dict[str, Any], value: Any, bound: str) -> int:
+    """A literal number, or the MinValue/MaxValue (``bound``) of the Number parameter it references."""
+    if isinstance(value, int | str) and str(value).isdigit():
+        return int(value)
+    assert isinstance(value, dict) and set(value) == {"Ref"}, f"{value!r} is neither a number nor a parameter"
+    parameter = (template.get("Parameters") or {}).get(value["Ref"]) or {}
+    assert parameter.get("Type") == "Number", f"parameter {value['Ref']} must be a Number"
+    assert bound in parameter, f"parameter {value['Ref']} has no {bound}"
+    return int(parameter[bound])
+
+
+def _sqs_events(template: dict[str, Any], function_id: str) -> list[dict[str, Any]]:
+    events = (_props(template, function_id).get("Events") or {}).values()
+    return [event.get("Properties") or {} for event in events if event.get("Type") == "SQS"]
+
+
+def _own_role(template: dict[str, Any], function_id: str) -> str | None:
+    """The logical id of the AWS::IAM::Role the function names as its Role, if it names one of this template."""
+    role = _props(template, function_id).get("Role")
+    if isinstance(role, dict) and isinstance(role.get("Fn::GetAtt"), list) and role["Fn::GetAtt"][1] == "Arn":
+        role_id = role["Fn::GetAtt"][0]
+        if _resource(template, role_id).get("Type") == "AWS::IAM::Role":
+            return str(role_id)
+    return None
+
+
+def _permission_statements(template: dict[str, Any], function_id: str) -> list[dict[str, Any]]:
+    """What the function may do: its own role's policies, or the Policies SAM turns into a generated role."""
+    role_id = _own_role(template, function_id)
+    if role_id is None:
+        return list(_statements(_props(template, function_id).get("Policies")))
+    documents = [
+        branch.get("PolicyDocument")
+        for policy in _as_list(_props(template, role_id).get("Policies") or [])
+        for branch in _if_branches(policy)
+        if isinstance(branch, dict)
+    ]
+    return list(_statements(documents))
 
 
 # ------------------------------------------------------------------------------------- structural checks
@@ -237,7 +303,7 @@ def check_lifecycle_bound_to_retention(t: dict[str, Any]) -> None:
 
 
 def check_stateful_resources_retained(t: dict[str, Any]) -> None:
-    for logical_id in (BUCKET_ID, TABLE_ID):
+    for logical_id in (BUCKET_ID, TABLE_ID, IDEMPOTENCY_TABLE_ID):
         resource = _resource(t, logical_id)
         assert resource.get("DeletionPolicy") == "Retain", f"{logical_id}: DeletionPolicy must be Retain"
         assert resource.get("UpdateReplacePolicy") == "Retain", f"{logical_id}: UpdateReplacePolicy must be Retain"
@@ -254,6 +320,23 @@ def check_table(t: dict[str, Any]) -> None:
     assert (props.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled") is True
     for sse in _if_branches(props.get("SSESpecification")):
         assert isinstance(sse, dict) and sse.get("SSEEnabled") is True, f"{TABLE_ID}: SSE must be enabled"
+    assert props.get("DeletionProtectionEnabled") == {"Ref": "TableDeletionProtection"}
+
+
+def check_idempotency_table(t: dict[str, Any]) -> None:
+    """The layout Powertools' DynamoDBPersistenceLayer expects, with the same protections as the images table."""
+    props = _props(t, IDEMPOTENCY_TABLE_ID)
+    assert props.get("BillingMode") == "PAY_PER_REQUEST"
+    assert props.get("KeySchema") == [{"AttributeName": "id", "KeyType": "HASH"}], "Powertools keys records by id"
+    assert props.get("AttributeDefinitions") == [{"AttributeName": "id", "AttributeType": "S"}]
+    assert props.get("TimeToLiveSpecification") == {"AttributeName": "expiration", "Enabled": True}, (
+        "Powertools writes the record's expiry to `expiration`: without TTL on it, records pile up forever"
+    )
+    assert (props.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled") is True
+    branches = _if_branches(props.get("SSESpecification"))
+    for sse in branches:
+        assert isinstance(sse, dict) and sse.get("SSEEnabled") is True, f"{IDEMPOTENCY_TABLE_ID}: SSE must be enabled"
+    assert any(sse.get("KMSMasterKeyId") == {"Ref": "KmsKeyArn"} for sse in branches), "the customer key when given"
     assert props.get("DeletionProtectionEnabled") == {"Ref": "TableDeletionProtection"}
 
 
@@ -281,30 +364,94 @@ def check_no_wildcard_permissions(t: dict[str, Any]) -> None:
             assert not any(name in json.dumps(arn) for name in BROAD_POLICIES), f"{logical_id}: broad policy {arn}"
 
 
+_IMAGE_OBJECTS = json.dumps({"Fn::Sub": "${" + BUCKET_ID + ".Arn}/images/*"})
+_IMAGES_TABLE = json.dumps({"Fn::GetAtt": [TABLE_ID, "Arn"]})
+_IDEMPOTENCY_TABLE = json.dumps({"Fn::GetAtt": [IDEMPOTENCY_TABLE_ID, "Arn"]})
+_QUEUE = json.dumps({"Fn::GetAtt": [QUEUE_ID, "Arn"]})
+_DLQ = json.dumps({"Fn::GetAtt": [DLQ_ID, "Arn"]})
+_BUS = json.dumps({"Fn::GetAtt": [BUS_ID, "Arn"]})
+_KEY = json.dumps({"Ref": "KmsKeyArn"})
+
+
+def _grants(*pairs: tuple[str, str]) -> set[tuple[str, str]]:
+    return set(pairs)
+
+
+_SHARED_GRANTS = _grants(
+    ("s3:PutObject", _IMAGE_OBJECTS),
+    ("s3:GetObject", _IMAGE_OBJECTS),
+    ("s3:AbortMultipartUpload", _IMAGE_OBJECTS),
+    ("dynamodb:GetItem", _IMAGES_TABLE),
+    ("dynamodb:PutItem", _IMAGES_TABLE),
+    ("dynamodb:UpdateItem", _IMAGES_TABLE),
+    ("dynamodb:Query", _IMAGES_TABLE),
+    ("dynamodb:BatchWriteItem", _IMAGES_TABLE),
+    ("dynamodb:ConditionCheckItem", _IMAGES_TABLE),
+    ("secretsmanager:GetSecretValue", json.dumps({"Ref": "FluxSecretArn"})),
+    ("secretsmanager:GetSecretValue", json.dumps({"Ref": WEBHOOK_SECRET_ID})),
+    ("events:PutEvents", _BUS),
+    ("kms:Decrypt", _KEY),  # only when KmsKeyArn is set, and only through the data services (checked below)
+    ("kms:GenerateDataKey", _KEY),
+)
+# Exactly what each function may do: every (action, resource) pair, nothing more, nothing less.
+EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
+    FUNCTION_ID: _SHARED_GRANTS
+    | _grants(
+        ("sqs:SendMessage", _QUEUE),  # also authorises SendMessageBatch
+        ("dynamodb:GetItem", _IDEMPOTENCY_TABLE),
+        ("dynamodb:PutItem", _IDEMPOTENCY_TABLE),
+        ("dynamodb:UpdateItem", _IDEMPOTENCY_TABLE),
+        ("dynamodb:DeleteItem", _IDEMPOTENCY_TABLE),  # Powertools deletes the record when the work fails
+    ),
+    WORKER_ID: _SHARED_GRANTS
+    | _grants(
+        # The event source mapping polls with the worker's role; ChangeMessageVisibility is the worker's backoff.
+        ("sqs:ReceiveMessage", _QUEUE),
+        ("sqs:DeleteMessage", _QUEUE),
+        ("sqs:GetQueueAttributes", _QUEUE),
+        ("sqs:ChangeMessageVisibility", _QUEUE),
+        ("sqs:SendMessage", _DLQ),  # unparseable messages, moved by the worker itself
+        # Its own role replaces SAM's generated one: logs to its own group, traces (no resource-level permissions).
+        ("logs:CreateLogStream", json.dumps({"Fn::GetAtt": ["WorkerFunctionLogGroup", "Arn"]})),
+        ("logs:PutLogEvents", json.dumps({"Fn::GetAtt": ["WorkerFunctionLogGroup", "Arn"]})),
+        *(
+            (f"xray:{action}", json.dumps("*"))
+            for action in (
+                "PutTraceSegments",
+                "PutTelemetryRecords",
+                "GetSamplingRules",
+                "GetSamplingTargets",
+                "GetSamplingStatisticSummaries",
+            )
+        ),
+    ),
+}
+KMS_VIA_SERVICES = [
+    {"Fn::Sub": f"{service}.${{AWS::Region}}.amazonaws.com"} for service in ("s3", "secretsmanager", "dynamodb", "sqs")
+]
+
+
 def check_function_data_access_scoped(t: dict[str, Any]) -> None:
-    """The function reaches only its own objects, its table and the one secret."""
-    statements = list(_statements(_props(t, FUNCTION_ID).get("Policies")))
-    by_service: dict[str, list[dict[str, Any]]] = {}
-    for statement in statements:
-        for action in _as_list(statement.get("Action")):
-            by_service.setdefault(action.split(":", 1)[0], []).append(statement)
-    for statement in by_service.get("s3", []):
-        assert statement.get("Resource") == {"Fn::Sub": "${" + BUCKET_ID + ".Arn}/images/*"}, (
-            "S3 access must be limited to the images/ prefix of the images bucket"
-        )
-    for statement in by_service.get("dynamodb", []):
-        assert statement.get("Resource") == {"Fn::GetAtt": [TABLE_ID, "Arn"]}
-    for statement in by_service.get("secretsmanager", []):
-        assert statement.get("Resource") == {"Ref": "FluxSecretArn"}
-        assert _as_list(statement.get("Action")) == ["secretsmanager:GetSecretValue"]
-    assert {"s3", "dynamodb", "secretsmanager"} <= set(by_service), "the function lost a permission it needs"
-    assert not {a for s in statements for a in _as_list(s.get("Action"))} & {
-        "s3:DeleteObject",
-        "s3:PutObjectAcl",
-        "s3:PutBucketPolicy",
-        "dynamodb:DeleteItem",
-        "dynamodb:Scan",
-    }, "the API function must not delete, scan or change access"
+    """Each function reaches only its own objects, tables, queues, bus and secrets, with the actions it needs."""
+    for function_id, expected in EXPECTED_GRANTS.items():
+        statements = _permission_statements(t, function_id)
+        granted: set[tuple[str, str]] = set()
+        for statement in statements:
+            assert statement.get("Effect") == "Allow", f"{function_id}: unexpected statement {statement}"
+            for action in _as_list(statement.get("Action")):
+                for resource in _as_list(statement.get("Resource")):
+                    granted.add((action, json.dumps(resource)))
+            if any(str(a).startswith("kms:") for a in _as_list(statement.get("Action"))):
+                via = ((statement.get("Condition") or {}).get("StringEquals") or {}).get("kms:ViaService")
+                assert sorted(map(json.dumps, _as_list(via))) == sorted(map(json.dumps, KMS_VIA_SERVICES)), (
+                    f"{function_id}: the customer key must be usable only through S3, Secrets Manager, DynamoDB "
+                    f"and SQS (the encrypted queues need it), not directly: {via}"
+                )
+        assert not granted - expected, f"{function_id}: grants more than it needs: {sorted(granted - expected)}"
+        assert not expected - granted, f"{function_id}: lost a permission it needs: {sorted(expected - granted)}"
+        actions = {action for action, _ in granted}
+        assert not actions & {"s3:DeleteObject", "s3:PutObjectAcl", "s3:PutBucketPolicy", "dynamodb:Scan"}
+        assert ("dynamodb:DeleteItem", _IMAGES_TABLE) not in granted, f"{function_id} must not delete records"
 
 
 def check_api_keys_on_v1_routes_only(t: dict[str, Any]) -> None:
@@ -334,7 +481,7 @@ def check_api_keys_on_v1_routes_only(t: dict[str, Any]) -> None:
         elif path.startswith("/v1/"):
             assert requires_key, f"{name} ({method} {path}) must require an API key"
             keyed_paths.add(path)
-    assert {"/v1/images", "/v1/images/{id}"} <= keyed_paths, "the v1 routes are missing"
+    assert {"/v1/images", "/v1/images/{id}", "/v1/jobs", "/v1/jobs/{id}"} <= keyed_paths, "v1 routes are missing"
     # /{proxy+} does not match paths that have sibling resources: each keyed path needs its own preflight.
     preflight_paths = {p.get("Path") for p in events.values() if str(p.get("Method", "")).upper() == "OPTIONS"}
     assert keyed_paths <= preflight_paths, f"no OPTIONS route for {sorted(keyed_paths - preflight_paths)}"
@@ -379,8 +526,7 @@ def check_function_runtime(t: dict[str, Any]) -> None:
 
 
 def check_function_environment(t: dict[str, Any]) -> None:
-    env = _function_env(t)
-    expected = {
+    shared = {
         "POWERTOOLS_SERVICE_NAME": "image-api",
         "POWERTOOLS_METRICS_NAMESPACE": "FluxImageService",
         "POWERTOOLS_LOG_LEVEL": {"Ref": "LogLevel"},
@@ -392,25 +538,167 @@ def check_function_environment(t: dict[str, Any]) -> None:
         "MAX_IMAGE_BYTES": {"Ref": "MaxImageBytes"},
         "RETENTION_DAYS": {"Ref": "ImageRetentionDays"},
         "PRESIGNED_URL_TTL_SECONDS": {"Ref": "PresignedUrlTtlSeconds"},
-        "CORS_ALLOWED_ORIGINS": {"Ref": "CorsAllowedOrigins"},
-        "ENABLE_DOCS": {"Ref": "EnableDocs"},
+        "JOBS_QUEUE_URL": {"Ref": QUEUE_ID},
+        "JOBS_DLQ_URL": {"Ref": DLQ_ID},
+        "EVENT_BUS_NAME": {"Ref": BUS_ID},
+        "WEBHOOK_SECRET_ID": {"Ref": WEBHOOK_SECRET_ID},
+        "IDEMPOTENCY_TABLE": {"Ref": IDEMPOTENCY_TABLE_ID},
+        # The worker marks an item failed on its last delivery: it must count with the queue's own limit.
+        "MAX_RECEIVE_COUNT": (_props(t, QUEUE_ID).get("RedrivePolicy") or {}).get("maxReceiveCount"),
     }
-    for name, value in expected.items():
-        assert env.get(name) == value, f"environment variable {name} should be {value!r}, is {env.get(name)!r}"
-    # Development-only switches of the mirror guard never reach a deployment.
-    assert not {"IMAGE_ALLOW_HTTP", "IMAGE_ALLOW_PRIVATE_ADDRESSES"} & set(env)
-    assert "POWERTOOLS_TRACE_DISABLED" not in env, "tracing stays on"
+    own = {
+        FUNCTION_ID: {"CORS_ALLOWED_ORIGINS": {"Ref": "CorsAllowedOrigins"}, "ENABLE_DOCS": {"Ref": "EnableDocs"}},
+        WORKER_ID: {"WORKER_THREADS": {"Ref": "WorkerThreads"}},
+    }
+    for function_id in FUNCTION_IDS:
+        env = _function_env(t, function_id)
+        for name, value in {**shared, **own[function_id]}.items():
+            assert env.get(name) == value, f"{function_id}: {name} should be {value!r}, is {env.get(name)!r}"
+        # Development-only switches of the mirror and webhook guards never reach a deployment.
+        assert not {"IMAGE_ALLOW_HTTP", "IMAGE_ALLOW_PRIVATE_ADDRESSES", "WEBHOOK_ALLOW_PRIVATE_ADDRESSES"} & set(env)
+        assert "POWERTOOLS_TRACE_DISABLED" not in env, "tracing stays on"
 
 
-def check_queue_free(t: dict[str, Any]) -> None:
-    """No queue yet: update this check when the asynchronous job queue lands (with its DLQ in RedrivePolicy)."""
-    types = {resource.get("Type") for resource in t.get("Resources", {}).values()}
-    assert not types & {"AWS::SQS::Queue", "AWS::SQS::QueuePolicy"}, "a queue appeared: update these checks"
-    for logical_id in _resources_of_type(t, "AWS::Serverless::Function"):
-        props = _props(t, logical_id)
-        assert "DeadLetterQueue" not in props, f"{logical_id}: a function DLQ is for async invokes only"
-        events = props.get("Events") or {}
-        assert all(event.get("Type") != "SQS" for event in events.values()), f"{logical_id}: SQS event source"
+def _sqs_queues(t: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    queues = _resources_of_type(t, "AWS::SQS::Queue")
+    assert {QUEUE_ID, DLQ_ID} <= set(queues), "the jobs queue or its dead-letter queue is missing"
+    return queues
+
+
+def check_jobs_queue_redrive(t: dict[str, Any]) -> None:
+    """Failed messages end in the DLQ after >= 5 deliveries; the DLQ keeps them 14 days and takes only JobsQueue."""
+    props = _props(t, QUEUE_ID)
+    redrive = props.get("RedrivePolicy") or {}
+    assert redrive.get("deadLetterTargetArn") == {"Fn::GetAtt": [DLQ_ID, "Arn"]}, "JobsQueue must redrive to the DLQ"
+    assert _number_bound(t, redrive.get("maxReceiveCount"), "MinValue") >= 5, (
+        "maxReceiveCount below 5 dead-letters healthy messages after a few throttled or interrupted deliveries"
+    )
+    assert _number_bound(t, redrive.get("maxReceiveCount"), "MaxValue") <= 1000
+    dlq = _props(t, DLQ_ID)
+    assert "RedrivePolicy" not in dlq, "the dead-letter queue must not redrive further"
+    retention, dlq_retention = (
+        int(props.get("MessageRetentionPeriod", 345600)),
+        int(dlq.get("MessageRetentionPeriod", 0)),
+    )
+    assert dlq_retention == 14 * 24 * 3600, "the DLQ keeps messages the longest SQS allows (14 days)"
+    assert dlq_retention > retention, "a dead-lettered message keeps its enqueue time: the DLQ must outlast JobsQueue"
+    allow = dlq.get("RedriveAllowPolicy") or {}
+    name = props.get("QueueName")
+    assert isinstance(name, dict) and isinstance(name.get("Fn::Sub"), str), "JobsQueue needs a known name"
+    own_arn = {"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:" + name["Fn::Sub"]}
+    assert allow == {"redrivePermission": "byQueue", "sourceQueueArnList": [own_arn]}, (
+        f"the DLQ must accept dead letters from JobsQueue only: {allow}"
+    )
+
+
+def check_visibility_covers_worker_timeout(t: dict[str, Any]) -> None:
+    """Visibility >= 6 x the worker's timeout (AWS guidance), plus the batching window its messages wait in."""
+    timeout = _number_bound(t, _function_setting(t, "Timeout", WORKER_ID), "MaxValue")
+    mappings = _sqs_events(t, WORKER_ID)
+    assert len(mappings) == 1, "the worker needs exactly one SQS event"
+    window = _number_bound(t, mappings[0].get("MaximumBatchingWindowInSeconds", 0), "MaxValue")
+    visibility = _number_bound(t, _props(t, QUEUE_ID).get("VisibilityTimeout", 30), "MinValue")
+    assert visibility >= 6 * timeout + window, (
+        f"JobsQueue VisibilityTimeout {visibility} < 6 x worker Timeout {timeout} + batching window {window}"
+    )
+    assert visibility <= 43200, "SQS allows at most 12 hours"
+
+
+def check_queues_encrypted(t: dict[str, Any]) -> None:
+    """Every queue is encrypted whether or not KmsKeyArn is set, with the customer key when it is."""
+    for queue_id, queue in _sqs_queues(t).items():
+        for has_key in (True, False):
+            props = _resolve(queue.get("Properties") or {}, {"HasKmsKey": has_key})
+            managed = _is_true(props.get("SqsManagedSseEnabled"))
+            key = props.get("KmsMasterKeyId")
+            assert managed or key, f"{queue_id}: unencrypted when HasKmsKey is {has_key}"
+            assert not (managed and key), f"{queue_id}: SSE-SQS and a KMS key exclude each other"
+            if has_key:
+                assert key == {"Ref": "KmsKeyArn"}, f"{queue_id}: must use the customer key when one is given"
+
+
+def check_queues_deny_insecure_transport(t: dict[str, Any]) -> None:
+    policies = [r.get("Properties") or {} for r in _resources_of_type(t, "AWS::SQS::QueuePolicy").values()]
+    for queue_id in _sqs_queues(t):
+        statements = [
+            statement
+            for policy in policies
+            if {"Ref": queue_id} in _as_list(policy.get("Queues"))
+            for statement in _statements(policy.get("PolicyDocument"))
+        ]
+        found = [
+            s
+            for s in statements
+            if s.get("Effect") == "Deny"
+            and s.get("Principal") in ("*", {"AWS": "*"})
+            and set(_as_list(s.get("Action"))) & {"sqs:*", "*"}
+            and {"Fn::GetAtt": [queue_id, "Arn"]} in _as_list(s.get("Resource"))
+            and str(((s.get("Condition") or {}).get("Bool") or {}).get("aws:SecureTransport")).lower() == "false"
+        ]
+        assert found, f"{queue_id}: no queue policy denying every request without TLS (aws:SecureTransport false)"
+
+
+def check_worker_function(t: dict[str, Any]) -> None:
+    props = _props(t, WORKER_ID)
+    assert props.get("Handler") == "worker_handler.lambda_handler"
+    assert props.get("CodeUri") == "functions/worker/"
+    assert props.get("Layers") == _props(t, FUNCTION_ID).get("Layers"), "the worker runs on the same two layers"
+    assert _function_setting(t, "Runtime", WORKER_ID) == "python3.12"
+    assert _function_setting(t, "Architectures", WORKER_ID) == ["arm64"]
+    assert _function_setting(t, "Tracing", WORKER_ID) == "Active"
+    assert int(_function_setting(t, "MemorySize", WORKER_ID)) == 512
+    log_group = (props.get("LoggingConfig") or {}).get("LogGroup")
+    assert log_group == {"Ref": "WorkerFunctionLogGroup"}, "the worker must log to its own, retention-bound group"
+    assert _props(t, "WorkerFunctionLogGroup").get("RetentionInDays") == {"Ref": "LogRetentionDays"}
+    for function_id in _resources_of_type(t, "AWS::Serverless::Function"):
+        function = _props(t, function_id)
+        assert "DeadLetterQueue" not in function, f"{function_id}: a function DLQ is for async invokes only"
+        assert not {"DeadLetterConfig", "EventInvokeConfig"} & set(function), f"{function_id}: async-only settings"
+        if _sqs_events(t, function_id):
+            assert _own_role(t, function_id), (
+                f"{function_id}: for an SQS event SAM attaches AWSLambdaSQSQueueExecutionRole to the role it "
+                "generates (receive/delete on every queue, Resource '*'): give the function its own scoped Role"
+            )
+            assert "Policies" not in function, f"{function_id}: Policies are ignored when the function has a Role"
+    mappings = _sqs_events(t, WORKER_ID)
+    assert len(mappings) == 1, "the worker needs exactly one SQS event"
+    mapping = mappings[0]
+    assert mapping.get("Queue") == {"Fn::GetAtt": [QUEUE_ID, "Arn"]}, "the worker must consume JobsQueue"
+    assert mapping.get("Enabled", True) is True
+    assert "ReportBatchItemFailures" in _as_list(mapping.get("FunctionResponseTypes")), (
+        "without partial batch responses one failed item retries (and finally dead-letters) its whole batch"
+    )
+    concurrency = (mapping.get("ScalingConfig") or {}).get("MaximumConcurrency")
+    assert concurrency == {"Ref": "WorkerMaxConcurrency"}, "MaximumConcurrency protects the upstream's rate limit"
+    assert _number_bound(t, concurrency, "MinValue") >= 2, "SQS event sources accept 2-1000"
+    assert _number_bound(t, concurrency, "MaxValue") <= 1000, "SQS event sources accept 2-1000"
+    assert mapping.get("BatchSize") == {"Ref": "WorkerBatchSize"}
+    assert _number_bound(t, mapping["BatchSize"], "MaxValue") <= 10, "a batch must finish within the worker's timeout"
+    assert mapping.get("MaximumBatchingWindowInSeconds") == {"Ref": "WorkerMaxBatchingWindowSeconds"}
+
+
+def check_event_bus_and_webhook_secret(t: dict[str, Any]) -> None:
+    assert _props(t, BUS_ID).get("Name") == {"Ref": "EventBusName"}
+    assert _resource(t, BUS_ID).get("Type") == "AWS::Events::EventBus"
+    secret = _props(t, WEBHOOK_SECRET_ID)
+    assert _resource(t, WEBHOOK_SECRET_ID).get("Type") == "AWS::SecretsManager::Secret"
+    assert "SecretString" not in secret, "the template must never hold the signing key"
+    generate = secret.get("GenerateSecretString") or {}
+    assert int(generate.get("PasswordLength", 32)) >= 32, "a signing key needs at least 32 characters"
+    assert generate.get("ExcludePunctuation") is True
+    assert secret.get("KmsKeyId") == {"Fn::If": ["HasKmsKey", {"Ref": "KmsKeyArn"}, NO_VALUE]}, (
+        "the signing secret must use the customer key when one is given"
+    )
+
+
+def _alarms_on(t: dict[str, Any], namespace: str, metric: str, dimension: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        a["Properties"]
+        for a in _resources_of_type(t, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("Namespace") == namespace
+        and a["Properties"].get("MetricName") == metric
+        and a["Properties"].get("Dimensions") == [dimension]
+    ]
 
 
 def check_alarms(t: dict[str, Any]) -> None:
@@ -425,6 +713,9 @@ def check_alarms(t: dict[str, Any]) -> None:
     ]
     assert auth, "no alarm on UpstreamAuthFailures in the function's metrics namespace and service dimension"
     assert auth[0].get("ComparisonOperator") == "GreaterThanOrEqualToThreshold" and auth[0].get("Threshold") == 1
+    assert _function_env(t, WORKER_ID).get("POWERTOOLS_SERVICE_NAME") == env.get("POWERTOOLS_SERVICE_NAME"), (
+        "the auth alarm watches one service dimension: the worker's auth failures must land in it too"
+    )
     five_xx = [
         a["Properties"]
         for a in alarms.values()
@@ -439,15 +730,50 @@ def check_alarms(t: dict[str, Any]) -> None:
         dimensions = ((metric.get("MetricStat") or {}).get("Metric") or {}).get("Dimensions")
         if dimensions is not None:
             assert {"Name": "ApiName", "Value": api_name} in dimensions, "5XX alarm watches another API name"
-    errors = [a for a in alarms.values() if a["Properties"].get("MetricName") == "Errors"]
-    assert errors, "no alarm on the function's Errors"
-    for alarm in alarms.values():
+    for function_id in FUNCTION_IDS:
+        errors = _alarms_on(t, "AWS/Lambda", "Errors", {"Name": "FunctionName", "Value": {"Ref": function_id}})
+        assert errors, f"no alarm on {function_id}'s Errors"
+        assert errors[0].get("Threshold") == 1 and errors[0].get("Period") == 300
+        assert errors[0].get("ComparisonOperator") == "GreaterThanOrEqualToThreshold"
+    dlq = _alarms_on(
+        t,
+        "AWS/SQS",
+        "ApproximateNumberOfMessagesVisible",
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": [DLQ_ID, "QueueName"]}},
+    )
+    assert dlq, "no alarm on messages in the dead-letter queue"
+    assert dlq[0].get("Threshold") == 1 and dlq[0].get("ComparisonOperator") == "GreaterThanOrEqualToThreshold"
+    age = _alarms_on(
+        t,
+        "AWS/SQS",
+        "ApproximateAgeOfOldestMessage",
+        {"Name": "QueueName", "Value": {"Fn::GetAtt": [QUEUE_ID, "QueueName"]}},
+    )
+    assert age, "no alarm on the age of the oldest job message"
+    assert age[0].get("Threshold") == {"Ref": "JobsOldestMessageAgeThresholdSeconds"}, "threshold is a parameter"
+    assert age[0].get("ComparisonOperator") in ("GreaterThanThreshold", "GreaterThanOrEqualToThreshold")
+    for logical_id, alarm in alarms.items():
         assert alarm["Properties"].get("TreatMissingData") == "notBreaching"
+        for actions in ("AlarmActions", "OKActions"):
+            assert alarm["Properties"].get(actions) == OPTIONAL_TOPIC, (
+                f"{logical_id}: {actions} must notify AlarmTopicArn when it is set (and nothing otherwise)"
+            )
 
 
 def check_outputs(t: dict[str, Any]) -> None:
     outputs = t.get("Outputs") or {}
     assert {"ApiUrl", "ApiKeyId", "ImagesBucketName", "ImagesTableName", "ApiFunctionName"} <= set(outputs)
+    expected = {
+        "JobsQueueUrl": {"Ref": QUEUE_ID},
+        "JobsQueueArn": {"Fn::GetAtt": [QUEUE_ID, "Arn"]},
+        "JobsDeadLetterQueueUrl": {"Ref": DLQ_ID},
+        "EventBusName": {"Ref": BUS_ID},
+        "WebhookSecretArn": {"Ref": WEBHOOK_SECRET_ID},
+        "IdempotencyTableName": {"Ref": IDEMPOTENCY_TABLE_ID},
+        "WorkerFunctionName": {"Ref": WORKER_ID},
+    }
+    for name, value in expected.items():
+        assert (outputs.get(name) or {}).get("Value") == value, f"output {name} should be {value!r}"
     assert outputs["ApiKeyId"]["Value"] == {"Ref": f"{API_ID}ApiKey"}, "the usage plan's generated key"
     assert outputs["ApiUrl"]["Value"] == {
         "Fn::Sub": "https://${" + API_ID + "}.execute-api.${AWS::Region}.${AWS::URLSuffix}/prod"
@@ -481,13 +807,19 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_lifecycle_bound_to_retention,
     check_stateful_resources_retained,
     check_table,
+    check_idempotency_table,
     check_no_wildcard_permissions,
     check_function_data_access_scoped,
     check_api_keys_on_v1_routes_only,
     check_gateway_responses,
     check_function_runtime,
     check_function_environment,
-    check_queue_free,
+    check_jobs_queue_redrive,
+    check_visibility_covers_worker_timeout,
+    check_queues_encrypted,
+    check_queues_deny_insecure_transport,
+    check_worker_function,
+    check_event_bus_and_webhook_secret,
     check_alarms,
     check_outputs,
     check_parameters_constrained,
@@ -513,8 +845,20 @@ def _bucket_statement(t: dict[str, Any], sid: str) -> dict[str, Any]:
     return next(s for s in _p(t, "ImagesBucketPolicy")["PolicyDocument"]["Statement"] if s.get("Sid") == sid)
 
 
-def _function_statement(t: dict[str, Any], sid: str) -> dict[str, Any]:
-    return next(s for s in _statements(_p(t, FUNCTION_ID)["Policies"]) if s.get("Sid") == sid)
+def _function_statement(t: dict[str, Any], sid: str, function_id: str = FUNCTION_ID) -> dict[str, Any]:
+    return next(s for s in _statements(_p(t, function_id)["Policies"]) if s.get("Sid") == sid)
+
+
+def _worker_statement(t: dict[str, Any], sid: str) -> dict[str, Any]:
+    return next(s for s in _permission_statements(t, WORKER_ID) if s.get("Sid") == sid)
+
+
+def _mapping(t: dict[str, Any]) -> dict[str, Any]:
+    return _p(t, WORKER_ID)["Events"]["Jobs"]["Properties"]
+
+
+def _global_env(t: dict[str, Any]) -> dict[str, Any]:
+    return t["Globals"]["Function"]["Environment"]["Variables"]
 
 
 def _event(t: dict[str, Any], name: str) -> dict[str, Any]:
@@ -643,15 +987,195 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
     ),
     "timeout-over-29": (check_function_runtime, lambda t: _p(t, FUNCTION_ID).update(Timeout=60)),
     "tracing-off": (check_function_runtime, lambda t: t["Globals"]["Function"].update(Tracing="PassThrough")),
-    "env-var-missing": (
+    "env-var-missing": (check_function_environment, lambda t: _global_env(t).pop("FLUX_SECRET_ID")),
+    "worker-env-overrides-queue": (
         check_function_environment,
-        lambda t: _p(t, FUNCTION_ID)["Environment"]["Variables"].pop("FLUX_SECRET_ID"),
+        lambda t: _p(t, WORKER_ID)["Environment"]["Variables"].update(JOBS_QUEUE_URL="https://sqs.invalid/other"),
+    ),
+    "worker-threads-missing": (
+        check_function_environment,
+        lambda t: _p(t, WORKER_ID)["Environment"]["Variables"].pop("WORKER_THREADS"),
+    ),
+    "max-receive-count-diverges": (check_function_environment, lambda t: _global_env(t).update(MAX_RECEIVE_COUNT="3")),
+    "webhook-dev-switch-deployed": (
+        check_function_environment,
+        lambda t: _p(t, WORKER_ID)["Environment"]["Variables"].update(WEBHOOK_ALLOW_PRIVATE_ADDRESSES="true"),
     ),
     "dev-switch-deployed": (
         check_function_environment,
         lambda t: _p(t, FUNCTION_ID)["Environment"]["Variables"].update(IMAGE_ALLOW_PRIVATE_ADDRESSES="true"),
     ),
-    "queue-added": (check_queue_free, lambda t: t["Resources"].update(JobsQueue={"Type": "AWS::SQS::Queue"})),
+    # ---- the asynchronous path
+    "idempotency-table-deletable": (
+        check_stateful_resources_retained,
+        lambda t: _res(t, IDEMPOTENCY_TABLE_ID).pop("DeletionPolicy"),
+    ),
+    "idempotency-ttl-removed": (
+        check_idempotency_table,
+        lambda t: _p(t, IDEMPOTENCY_TABLE_ID).pop("TimeToLiveSpecification"),
+    ),
+    "idempotency-sse-off": (
+        check_idempotency_table,
+        lambda t: _p(t, IDEMPOTENCY_TABLE_ID).update(SSESpecification={"SSEEnabled": False}),
+    ),
+    "idempotency-pitr-off": (
+        check_idempotency_table,
+        lambda t: _p(t, IDEMPOTENCY_TABLE_ID).pop("PointInTimeRecoverySpecification"),
+    ),
+    "redrive-removed": (check_jobs_queue_redrive, lambda t: _p(t, QUEUE_ID).pop("RedrivePolicy")),
+    "redrive-count-param-allows-1": (
+        check_jobs_queue_redrive,
+        lambda t: t["Parameters"]["JobMaxReceiveCount"].update(MinValue=1),
+    ),
+    "redrive-count-literal-3": (
+        check_jobs_queue_redrive,
+        lambda t: _p(t, QUEUE_ID)["RedrivePolicy"].update(maxReceiveCount=3),
+    ),
+    "dlq-retention-default": (check_jobs_queue_redrive, lambda t: _p(t, DLQ_ID).pop("MessageRetentionPeriod")),
+    "dlq-accepts-any-source": (
+        check_jobs_queue_redrive,
+        lambda t: _p(t, DLQ_ID).update(RedriveAllowPolicy={"redrivePermission": "allowAll"}),
+    ),
+    "visibility-below-6x": (
+        check_visibility_covers_worker_timeout,
+        lambda t: _p(t, QUEUE_ID).update(VisibilityTimeout=720),
+    ),
+    "visibility-default": (check_visibility_covers_worker_timeout, lambda t: _p(t, QUEUE_ID).pop("VisibilityTimeout")),
+    "worker-timeout-raised": (check_visibility_covers_worker_timeout, lambda t: _p(t, WORKER_ID).update(Timeout=300)),
+    "batching-window-unbounded": (
+        check_visibility_covers_worker_timeout,
+        lambda t: t["Parameters"]["WorkerMaxBatchingWindowSeconds"].update(MaxValue=300),
+    ),
+    "queue-unencrypted": (check_queues_encrypted, lambda t: _p(t, QUEUE_ID).pop("SqsManagedSseEnabled")),
+    "dlq-ignores-customer-key": (check_queues_encrypted, lambda t: _p(t, DLQ_ID).pop("KmsMasterKeyId")),
+    "queue-sse-off-with-key": (
+        check_queues_encrypted,
+        lambda t: _p(t, QUEUE_ID).update(SqsManagedSseEnabled=False, KmsMasterKeyId=NO_VALUE),
+    ),
+    "queue-tls-deny-removed": (
+        check_queues_deny_insecure_transport,
+        lambda t: _p(t, "JobsQueuePolicy")["PolicyDocument"].update(Statement=[]),
+    ),
+    "dlq-policy-removed": (
+        check_queues_deny_insecure_transport,
+        lambda t: t["Resources"].pop("JobsDeadLetterQueuePolicy"),
+    ),
+    "queue-tls-deny-turned-allow": (
+        check_queues_deny_insecure_transport,
+        lambda t: _p(t, "JobsQueuePolicy")["PolicyDocument"]["Statement"][0].update(Effect="Allow"),
+    ),
+    "queue-tls-deny-on-other-queue": (
+        check_queues_deny_insecure_transport,
+        lambda t: _p(t, "JobsQueuePolicy")["PolicyDocument"]["Statement"][0].update(
+            Resource={"Fn::GetAtt": [DLQ_ID, "Arn"]}
+        ),
+    ),
+    "worker-function-dlq": (
+        check_worker_function,
+        lambda t: _p(t, WORKER_ID).update(
+            DeadLetterQueue={"Type": "SQS", "TargetArn": {"Fn::GetAtt": [DLQ_ID, "Arn"]}}
+        ),
+    ),
+    "worker-generated-role": (check_worker_function, lambda t: _p(t, WORKER_ID).pop("Role")),
+    "worker-sqs-event-removed": (check_worker_function, lambda t: _p(t, WORKER_ID).pop("Events")),
+    "partial-batch-responses-off": (check_worker_function, lambda t: _mapping(t).pop("FunctionResponseTypes")),
+    "max-concurrency-removed": (check_worker_function, lambda t: _mapping(t).pop("ScalingConfig")),
+    "max-concurrency-unbounded": (
+        check_worker_function,
+        lambda t: t["Parameters"]["WorkerMaxConcurrency"].pop("MaxValue"),
+    ),
+    "mapping-on-dlq": (check_worker_function, lambda t: _mapping(t).update(Queue={"Fn::GetAtt": [DLQ_ID, "Arn"]})),
+    "worker-default-log-group": (check_worker_function, lambda t: _p(t, WORKER_ID)["LoggingConfig"].pop("LogGroup")),
+    "webhook-secret-in-template": (
+        check_event_bus_and_webhook_secret,
+        lambda t: _p(t, WEBHOOK_SECRET_ID).update(SecretString="not-so-secret"),
+    ),
+    "webhook-secret-short": (
+        check_event_bus_and_webhook_secret,
+        lambda t: _p(t, WEBHOOK_SECRET_ID)["GenerateSecretString"].update(PasswordLength=16),
+    ),
+    "webhook-secret-ignores-customer-key": (
+        check_event_bus_and_webhook_secret,
+        lambda t: _p(t, WEBHOOK_SECRET_ID).pop("KmsKeyId"),
+    ),
+    "worker-sqs-star": (
+        check_no_wildcard_permissions,
+        lambda t: _worker_statement(t, "ConsumeJobs").update(Action="sqs:*"),
+    ),
+    "worker-events-on-any-bus": (
+        check_no_wildcard_permissions,
+        lambda t: _worker_statement(t, "PublishJobEvents").update(Resource="*"),
+    ),
+    "sqs-execution-role-attached": (
+        check_no_wildcard_permissions,
+        lambda t: _p(t, "WorkerFunctionRole").update(
+            ManagedPolicyArns=[
+                {"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaSQSQueueExecutionRole"}
+            ]
+        ),
+    ),
+    "worker-logs-anywhere": (
+        check_function_data_access_scoped,
+        lambda t: _worker_statement(t, "WriteOwnLogs").update(Resource="*"),
+    ),
+    "worker-receives-from-dlq": (
+        check_function_data_access_scoped,
+        lambda t: _worker_statement(t, "ConsumeJobs").update(
+            Resource=[{"Fn::GetAtt": [QUEUE_ID, "Arn"]}, {"Fn::GetAtt": [DLQ_ID, "Arn"]}]
+        ),
+    ),
+    "worker-lost-change-visibility": (
+        check_function_data_access_scoped,
+        lambda t: _worker_statement(t, "ConsumeJobs")["Action"].remove("sqs:ChangeMessageVisibility"),
+    ),
+    "worker-uses-idempotency-table": (
+        check_function_data_access_scoped,
+        lambda t: _worker_statement(t, "ImageRecords").update(
+            Resource=[{"Fn::GetAtt": [TABLE_ID, "Arn"]}, {"Fn::GetAtt": [IDEMPOTENCY_TABLE_ID, "Arn"]}]
+        ),
+    ),
+    "api-deletes-image-records": (
+        check_function_data_access_scoped,
+        lambda t: _function_statement(t, "ImageRecords")["Action"].append("dynamodb:DeleteItem"),
+    ),
+    "api-sends-to-dlq": (
+        check_function_data_access_scoped,
+        lambda t: _function_statement(t, "EnqueueJobs").update(Resource={"Fn::GetAtt": [DLQ_ID, "Arn"]}),
+    ),
+    "api-lost-enqueue": (
+        check_function_data_access_scoped,
+        lambda t: _p(t, FUNCTION_ID)["Policies"][0]["Statement"].remove(_function_statement(t, "EnqueueJobs")),
+    ),
+    "worker-kms-not-via-sqs": (
+        check_function_data_access_scoped,
+        lambda t: _worker_statement(t, "UseCustomerKeyThroughDataServices")["Condition"]["StringEquals"][
+            "kms:ViaService"
+        ].pop(),
+    ),
+    "key-dropped-on-cancel": (check_api_keys_on_v1_routes_only, lambda t: _event(t, "CancelJob").pop("Auth")),
+    "preflight-for-jobs-removed": (
+        check_api_keys_on_v1_routes_only,
+        lambda t: _p(t, FUNCTION_ID)["Events"].pop("PreflightJob"),
+    ),
+    "dlq-alarm-watches-jobs-queue": (
+        check_alarms,
+        lambda t: _p(t, "JobsDlqDepthAlarm").update(
+            Dimensions=[{"Name": "QueueName", "Value": {"Fn::GetAtt": [QUEUE_ID, "QueueName"]}}]
+        ),
+    ),
+    "age-alarm-hardcoded": (check_alarms, lambda t: _p(t, "JobsOldestMessageAgeAlarm").update(Threshold=900)),
+    "worker-errors-alarm-removed": (check_alarms, lambda t: t["Resources"].pop("WorkerErrorsAlarm")),
+    "alarm-topic-unwired": (check_alarms, lambda t: _p(t, "JobsDlqDepthAlarm").pop("AlarmActions")),
+    "ok-topic-unwired": (check_alarms, lambda t: _p(t, "WorkerErrorsAlarm").update(OKActions=[])),
+    "worker-metrics-under-other-service": (
+        check_alarms,
+        lambda t: _p(t, WORKER_ID)["Environment"]["Variables"].update(POWERTOOLS_SERVICE_NAME="image-worker"),
+    ),
+    "webhook-secret-output-removed": (check_outputs, lambda t: t["Outputs"].pop("WebhookSecretArn")),
+    "queue-url-output-wrong": (
+        check_outputs,
+        lambda t: t["Outputs"]["JobsQueueUrl"].update(Value={"Ref": DLQ_ID}),
+    ),
     "auth-alarm-wrong-namespace": (
         check_alarms,
         lambda t: _p(t, "UpstreamAuthFailuresAlarm").update(Namespace="Other"),
@@ -727,6 +1251,63 @@ def test_cfn_lint() -> None:
     _run([_tool("cfn-lint"), TEMPLATE_PATH], timeout=280)
 
 
+_TRANSFORM_SCRIPT = """
+import json, sys
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+
+class NoNamedManagedPolicies:  # the template names no managed policy: nothing to look up in IAM
+    def load(self):
+        return {}
+
+
+with open(sys.argv[1], encoding="utf-8") as stream:
+    template = yaml_parse(stream.read())
+for resource in template["Resources"].values():  # local code paths become what `sam package` uploads
+    for key in ("CodeUri", "ContentUri"):
+        if isinstance((resource.get("Properties") or {}).get(key), str):
+            resource["Properties"][key] = "s3://bucket/" + resource["Properties"][key]
+print(json.dumps(transform(template, {}, NoNamedManagedPolicies())))
+"""
+
+
+def _sam_transform(path: Path) -> dict[str, Any]:
+    """The template as CloudFormation gets it: the SAM CLI's own translator, offline."""
+    _tool("sam")
+    python = ROOT / ".tools" / "uv" / "aws-sam-cli" / "bin" / "python"  # the SAM CLI's isolated environment
+    if not python.exists():
+        pytest.skip("the SAM CLI's environment is not at .tools/uv/aws-sam-cli: run `bash scripts/tools.sh`")
+    return json.loads(_run([python, "-c", _TRANSFORM_SCRIPT, path], timeout=120))
+
+
+def _managed_policies(transformed: dict[str, Any], role_id: str) -> list[str]:
+    arns = transformed["Resources"][role_id]["Properties"].get("ManagedPolicyArns") or []
+    return [json.dumps(arn) for arn in arns]
+
+
+@pytest.mark.timeout(300)
+def test_transformed_roles_keep_least_privilege(tmp_path: Path) -> None:
+    """SAM adds policies of its own (event sources, tracing): the generated roles must stay scoped too."""
+    transformed = _sam_transform(TEMPLATE_PATH)
+    for function_id in FUNCTION_IDS:
+        role = transformed["Resources"][function_id]["Properties"]["Role"]
+        assert role == {"Fn::GetAtt": [f"{function_id}Role", "Arn"]}, f"{function_id}: unexpected role {role}"
+        assert not any("SQS" in arn for arn in _managed_policies(transformed, f"{function_id}Role"))
+    mappings = _resources_of_type(transformed, "AWS::Lambda::EventSourceMapping")
+    assert [m["Properties"]["FunctionResponseTypes"] for m in mappings.values()] == [["ReportBatchItemFailures"]]
+    check_no_wildcard_permissions(transformed)
+    # ... and the check notices what SAM attaches to a generated role for the SQS event (every queue).
+    mutated = load_template()
+    _p(mutated, WORKER_ID).pop("Role")
+    mutated["Resources"].pop("WorkerFunctionRole")
+    (tmp_path / "mutated.json").write_text(json.dumps(mutated), encoding="utf-8")
+    with_sqs_event = _sam_transform(tmp_path / "mutated.json")
+    assert any("AWSLambdaSQSQueueExecutionRole" in arn for arn in _managed_policies(with_sqs_event, f"{WORKER_ID}Role"))
+    with pytest.raises(AssertionError, match="AWSLambdaSQSQueueExecutionRole"):
+        check_no_wildcard_permissions(with_sqs_event)
+
+
 @pytest.mark.timeout(300)
 def test_checkov_has_no_failed_checks() -> None:
     stdout = _run(
@@ -783,6 +1364,7 @@ def test_sam_build(tmp_path: Path) -> None:
     )
     assert (build_dir / "template.yaml").exists()
     assert (build_dir / "ApiFunction" / "api_handler.py").exists(), "the handler was not packaged"
+    assert (build_dir / "WorkerFunction" / "worker_handler.py").exists(), "the worker was not packaged"
     assert (build_dir / "SharedLayer" / "python" / "imagegen" / "__init__.py").exists(), "imagegen not under python/"
     dependencies = build_dir / "DependenciesLayer" / "python"
     assert (dependencies / "aws_lambda_powertools").is_dir()
