@@ -37,7 +37,7 @@ class Resources:
     jobs_queue: str = "flux-images-jobs"
     jobs_dlq: str = "flux-images-jobs-dlq"
     max_receive_count: int = 5
-    visibility_timeout_s: int = 720  # 6 × the worker's 120 s timeout, as in template.yaml
+    visibility_timeout_s: int = 780  # 6 × the worker's 120 s timeout + the 60 s batching window, as in template.yaml
     event_bus: str = "flux-image-service"
     events_capture_queue: str = "flux-images-events"  # every event of the bus, for developers and tests to read
     webhook_secret_name: str = "flux-image-service/webhook-signing-secret"  # noqa: S105 - a name
