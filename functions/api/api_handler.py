@@ -16,9 +16,10 @@ from aws_lambda_powertools.event_handler.exceptions import NotFoundError as Rout
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagegen.budget import Deadline
-from imagegen.errors import ServiceError
+from imagegen.errors import ConfigurationError, ServiceError
 from imagegen.models import (
     IMAGE_ID_PATTERN,
     JOB_ID_PATTERN,
@@ -138,11 +139,20 @@ def _keyed(operation: str, idempotency_key: str | None, body: Any, execute: Call
     )
 
 
+def _public_link(path: str) -> str:
+    """``path`` as the caller reaches it: behind the stage (``/prod``) or a custom domain's base path, which
+    ``requestContext.path`` carries in front of the resource path."""
+    event = app.current_event
+    public = event.request_context.path or event.path
+    prefix = public[: -len(event.path)] if event.path and public.endswith(event.path) else ""
+    return prefix + path
+
+
 def _accepted(document: JobDocument) -> dict[str, Any]:
     return {
         "status": 202,
         "body": document.model_dump(mode="json"),
-        "headers": {"Location": f"/v1/jobs/{document.id}"},
+        "headers": {"Location": _public_link(f"/v1/jobs/{document.id}")},
     }
 
 
@@ -200,7 +210,7 @@ def create_image(
         return {
             "status": 201,
             "body": document.model_dump(mode="json"),
-            "headers": {"Location": f"/v1/images/{document.id}"},
+            "headers": {"Location": _public_link(f"/v1/images/{document.id}")},
         }
 
     return _keyed("POST /v1/images", idempotency_key, request.model_dump(mode="json"), generate)
@@ -345,7 +355,7 @@ def _error(status: int, code: str, message: str, details: list[ErrorDetail] | No
     )
 
 
-def _location(loc: tuple[Any, ...]) -> tuple[str, str | None]:
+def _error_location(loc: tuple[Any, ...]) -> tuple[str, str | None]:
     parts = [str(part) for part in loc]
     field = ".".join(parts[1:]) if len(parts) > 1 else None
     return ".".join(parts), field
@@ -359,7 +369,7 @@ def handle_validation_error(exc: RequestValidationError) -> Response:
         return _error(400, "malformed_json", f"the request body is not valid JSON ({reason or 'decode error'})")
     details = []
     for error in errors:
-        location, field = _location(tuple(error.get("loc", ())))
+        location, field = _error_location(tuple(error.get("loc", ())))
         details.append(
             ErrorDetail(
                 location=location,
@@ -370,6 +380,20 @@ def handle_validation_error(exc: RequestValidationError) -> Response:
         )
     summary = "; ".join(f"{detail.field or detail.location}: {detail.message}" for detail in details)
     return _error(422, "validation_error", f"the request is invalid: {summary}", details)
+
+
+@app.exception_handler([RecursionError, UnicodeDecodeError])
+def handle_undecodable_body(exc: Exception) -> Response:
+    """json.loads recurses on nesting ("[[[[…"), and a body may not be UTF-8: both are the caller's bad JSON."""
+    return _error(400, "malformed_json", "the request body is not valid JSON (too deeply nested or not UTF-8)")
+
+
+@app.exception_handler(ConfigurationError)
+def handle_configuration_error(exc: ConfigurationError) -> Response:
+    """A deployment problem: the operator gets the reason and its cause in the log, the caller a request id."""
+    logger.error("configuration error", reason=exc.message, exc_info=exc)
+    metrics.add_metric(name="InternalErrors", unit=MetricUnit.Count, value=1)
+    return _error(500, "internal_error", "an unexpected error occurred; quote the request_id when reporting it")
 
 
 @app.exception_handler(ServiceError)
@@ -389,6 +413,7 @@ def handle_not_found(_: Exception) -> Response:
 @app.exception_handler(Exception)
 def handle_unexpected(exc: Exception) -> Response:
     logger.exception("unexpected error")
+    metrics.add_metric(name="InternalErrors", unit=MetricUnit.Count, value=1)
     return _error(500, "internal_error", "an unexpected error occurred; quote the request_id when reporting it")
 
 

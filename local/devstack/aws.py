@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -66,6 +67,13 @@ class LocalAws:
 
     def start(self) -> LocalAws:
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access line per AWS call
+        if self.port:
+            # moto's server thread dies silently on a busy port and start() would wait forever: check first.
+            with socket.socket() as probe:
+                try:
+                    probe.bind((self.host, self.port))
+                except OSError as exc:
+                    raise OSError(f"moto cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
         self._server.start()
         self.port = self._server._server.server_port  # type: ignore[union-attr]  # the bound port when 0 was asked
         return self

@@ -704,6 +704,7 @@ class _Server(ThreadingHTTPServer):
 class _RequestHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
+    public_prefix = ""
 
     def log_message(self, format: str, *args: Any) -> None:
         """The gateway writes its own access log; keep http.server quiet."""
@@ -843,6 +844,11 @@ class LocalApiGateway:
         method = request.command.upper()
         split = urlsplit(request.path)
         path = split.path or "/"
+        # Served both at the root (like `sam local start-api`) and under /<stage> (like the execute-api URL);
+        # requestContext.path carries what the client used, so handlers can build links that work for it.
+        request.public_prefix = ""
+        if path == f"/{self.stage}" or path.startswith(f"/{self.stage}/"):
+            request.public_prefix, path = f"/{self.stage}", path[len(self.stage) + 1 :] or "/"
         request_id = str(uuid.uuid4())
         apigw_id = base64.b64encode(secrets.token_bytes(10)).decode("ascii")[:15] + "="
         outcome: GatewayResponse | str
@@ -927,7 +933,7 @@ class LocalApiGateway:
             "apiId": self.api_id,
             "stage": self.stage,
             "httpMethod": method,
-            "path": f"/{self.stage}{path}",
+            "path": f"{request.public_prefix}{path}",
             "domainName": self._domain_name(request),
             "identity.sourceIp": request.client_address[0],
             "identity.userAgent": self._last_header(request, "user-agent") or "",
@@ -1086,7 +1092,7 @@ class LocalApiGateway:
                 "httpMethod": method,
                 "extendedRequestId": apigw_id,
                 "requestTime": _request_time(now),
-                "path": f"/{self.stage}{path}",
+                "path": f"{request.public_prefix}{path}",
                 "accountId": self.account_id,
                 "protocol": request.request_version,
                 "stage": self.stage,

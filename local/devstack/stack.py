@@ -24,12 +24,24 @@ from typing import Any
 
 from devstack.aws import LocalAws, Resources, service_environment
 from devstack.flux_emulator import FluxEmulator
-from devstack.gateway import LocalApiGateway, load_api_config, load_routes, load_sqs_mappings
+from devstack.gateway import LocalApiGateway, load_api_config, load_routes, load_sqs_mappings, load_template
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 DEFAULT_API_KEY = "local-dev-key"  # a dummy: the local gateway's usage plan key
 HANDLER_MODULES = {"api_handler.lambda_handler": "api_handler", "worker_handler.lambda_handler": "worker_handler"}
+
+
+def one_at_a_time(handler: Any) -> Any:
+    """One warm execution environment: Lambda never runs two invocations in one, and the handler's module state
+    (Powertools' current event, logger keys, metrics) assumes it. Concurrent requests queue here locally."""
+    lock = threading.Lock()
+
+    def invoke(event: dict[str, Any], context: Any) -> Any:
+        with lock:
+            return handler(event, context)
+
+    return invoke
 
 
 class LocalStack:
@@ -76,7 +88,19 @@ class LocalStack:
         self._worker_parameters = worker_parameters or {}
 
     # ------------------------------------------------------------------------------------------ lifecycle
+    def _code_on_path(self) -> None:
+        """Make the functions' and layers' code importable the way Lambda lays it out: each function's CodeUri
+        and each layer's ContentUri (``/opt/python``) on the module search path."""
+        resources = (load_template(self._template).get("Resources") or {}).values()
+        for resource in resources:
+            properties = resource.get("Properties") or {} if isinstance(resource, dict) else {}
+            uri = properties.get("CodeUri") or properties.get("ContentUri")
+            folder = (self._template.parent / uri).resolve() if isinstance(uri, str) else None
+            if folder is not None and folder.is_dir() and str(folder) not in sys.path:
+                sys.path.insert(0, str(folder))
+
     def start(self) -> LocalStack:
+        self._code_on_path()
         self.aws.start()
         self.seeded = self.aws.seed(self.resources)
         if self.emulator is not None:
@@ -108,7 +132,7 @@ class LocalStack:
                 raise RuntimeError(f"{route}: no local module for handler {route.handler!r}")
             module = self.handlers.get(module_name) or importlib.import_module(module_name)
             self.handlers[module_name] = module
-            handlers[route.function_id] = module.lambda_handler
+            handlers[route.function_id] = one_at_a_time(module.lambda_handler)
         # The template's stage, usage-plan throttle and gateway responses, so local errors look like deployed ones.
         api_config = load_api_config(self._template).gateway_kwargs()
         self.gateway = LocalApiGateway(

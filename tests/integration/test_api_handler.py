@@ -58,7 +58,8 @@ def test_handler_201_generates_mirrors_and_records(invoke, stack, emulator):
     # Then it answers 201 with the document, a Location, and the image mirrored into the private bucket
     assert response["statusCode"] == 201, response["body"]
     document = body_of(response)
-    assert header(response, "Location") == f"/v1/images/{document['id']}"
+    # the sample event came through the execute-api URL: the link keeps the stage
+    assert header(response, "Location") == f"/prod/v1/images/{document['id']}"
     assert document["status"] == "succeeded"
     assert document["parameters"] == {"prompt": PROMPT, "num_steps": 4, "seed": 15, "width": 512, "height": 512}
     image = document["image"]

@@ -7,6 +7,7 @@ Clients are created on first use, never at import, so tests can start moto first
 from __future__ import annotations
 
 import logging
+import os
 from functools import lru_cache
 from typing import Any
 
@@ -27,10 +28,11 @@ from imagegen.jobs import ItemProcessor, JobService
 from imagegen.service import ImageService
 from imagegen.settings import Settings, get_settings
 
+# Short timeouts: the API's 29 s budget is for the upstream, not for a slow AWS dependency.
 _BOTO_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 3},
-    connect_timeout=3,
-    read_timeout=10,
+    connect_timeout=2,
+    read_timeout=5,
     signature_version="s3v4",
 )
 
@@ -45,6 +47,15 @@ def quiet_sensitive_loggers() -> None:
 
 
 def aws_client(service: str) -> Any:
+    if service == "s3" and not os.environ.get("AWS_ENDPOINT_URL"):
+        # Presigned URLs must name the bucket's own Region: boto3 signs for the global endpoint otherwise, which
+        # redirects (and breaks the signature) for new buckets outside us-east-1 and in opt-in Regions.
+        region = boto3.session.Session().region_name or "us-east-1"
+        return boto3.client(
+            "s3",
+            endpoint_url=f"https://s3.{region}.amazonaws.com",
+            config=_BOTO_CONFIG.merge(Config(s3={"addressing_style": "virtual"})),
+        )
     return boto3.client(service, config=_BOTO_CONFIG)  # type: ignore[call-overload]
 
 

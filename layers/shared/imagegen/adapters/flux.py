@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import requests
+from aws_lambda_powertools import Logger
 
 from imagegen.adapters.http import (
     BodyTooLargeError,
@@ -39,12 +40,15 @@ from imagegen.errors import (
 from imagegen.models import GenerationParameters
 
 MAX_JSON_BYTES = 64 * 1024
+MAX_RETRY_AFTER_S = 86_400.0
 MIN_ATTEMPT_S = 1.0  # no attempt starts with less time than this left: it could not finish
 _APIM_RETRY_IN = re.compile(r"try again in (\d+) seconds?", re.IGNORECASE)
-_QUOTA_REPLENISHED_IN = re.compile(r"replenished in (\d+):(\d{2}):(\d{2})")
+_QUOTA_REPLENISHED_IN = re.compile(r"replenished in (?:(\d+)\.)?(\d+):(\d{2}):(\d{2})")  # .NET: [d.]hh:mm:ss
+DEFAULT_QUOTA_RETRY_AFTER_S = 3600
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 KeyProvider = Callable[[bool], str]
+logger = Logger(child=True)
 
 
 @dataclass(frozen=True)
@@ -70,19 +74,22 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():  # str.isdigit() alone accepts "²", which float() refuses
-        return float(value)
+        return min(float(value[:12]), MAX_RETRY_AFTER_S)  # "999…9" (400 digits) must not become inf
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError):
         return None
     if when is None:
         return None
-    return max(0.0, when.timestamp() - (time.time() if now is None else now))
+    return min(MAX_RETRY_AFTER_S, max(0.0, when.timestamp() - (time.time() if now is None else now)))
 
 
-def error_message(body: bytes) -> str:
-    """The human message of an upstream error body, in either documented shape; short and printable."""
+def error_message(body: bytes, secret: str | None = None) -> str:
+    """The human message of an upstream error body, in either documented shape; short and printable. ``secret``
+    is blanked out of the whole body first (an echoing gateway must not hand the key back to our callers)."""
     text = body.decode("utf-8", errors="replace")
+    if secret:
+        text = text.replace(secret, "[redacted]")
     message = text
     try:
         document = json.loads(text)
@@ -196,8 +203,9 @@ class FluxClient:
             raise UpstreamTimeoutError("the Flux Schnell API did not answer within the request budget") from exc
         except requests.exceptions.ConnectionError as exc:
             raise _Retry("connection error") from exc
-        except requests.exceptions.RequestException as exc:
-            raise UpstreamError("could not call the Flux Schnell API") from exc
+        except requests.exceptions.RequestException:
+            # e.g. InvalidHeader, whose message would quote the header value (the key): no chained cause here.
+            raise UpstreamError("could not call the Flux Schnell API") from None
         with response:
             try:
                 body = read_body(response, deadline, MAX_JSON_BYTES)
@@ -214,25 +222,31 @@ class FluxClient:
         if status == 200:
             return self._output_url(body)
         # Upstream text reaches our callers: never let it carry the key back (an echoing gateway, a debug page).
-        message = error_message(body).replace(key, "[redacted]") if key else error_message(body)
+        message = error_message(body, secret=key)
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if status in _RETRYABLE_STATUS:
             if retry_after is None and (match := _APIM_RETRY_IN.search(message)):
-                retry_after = float(match.group(1))
+                retry_after = min(float(match.group(1)[:12]), MAX_RETRY_AFTER_S)
             raise _Retry(f"HTTP {status}", retry_after)
         if status == 400:
             raise UpstreamRejectedError(f"the Flux Schnell API rejected the request: {message}")
         if status == 403 and "quota" in message.lower():
             match = _QUOTA_REPLENISHED_IN.search(message)
-            wait = int(match.group(1)) * 3600 + int(match.group(2)) * 60 + int(match.group(3)) if match else None
+            if match:
+                days, hours, minutes, seconds = (int(group or 0) for group in match.groups())
+                wait = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+            else:
+                wait = math.ceil(retry_after) if retry_after else DEFAULT_QUOTA_RETRY_AFTER_S
             raise UpstreamUnavailableError(
                 "the Flux Schnell subscription is out of call volume quota",
                 code="upstream_quota_exhausted",
-                retry_after=wait if wait is not None else (math.ceil(retry_after) if retry_after else None),
+                retry_after=max(1, wait),
             )
         if status in (401, 403):
             raise UpstreamAuthError("the Flux Schnell API refused the subscription key")
-        raise UpstreamError(f"the Flux Schnell API answered HTTP {status}: {message}")
+        # 3xx, 404, 405, 413, ...: our configuration or their contract changed; their text stays in our logs.
+        logger.warning("unexpected upstream status", status=status, upstream_message=message)
+        raise UpstreamError(f"the Flux Schnell API answered an unexpected HTTP {status}", code="upstream_bad_response")
 
     def _output_url(self, body: bytes) -> str:
         try:

@@ -8,6 +8,7 @@ bucket's retention, so a record never outlives its image.
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -45,14 +46,20 @@ class ImageRepository:
             condition = {} if overwrite else {"ConditionExpression": "attribute_not_exists(pk)"}
             self._client.put_item(TableName=self._table, Item=item, **condition)
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
+            if exc.response.get("Error", {}).get("Code") != "ConditionalCheckFailedException":
+                raise
+            # botocore may have retried a PutItem whose first attempt had succeeded: the same record is fine.
+            existing = self.get(record.id)
+            if existing is None or existing.stored.sha256 != record.stored.sha256:
                 raise ValueError(f"image {record.id} already exists") from exc
-            raise
 
     def get(self, image_id: str) -> ImageRecord | None:
         answer = self._client.get_item(TableName=self._table, Key=image_key(image_id), ConsistentRead=True)
         item = answer.get("Item")
         if not item or "record" not in item:
+            return None
+        # DynamoDB's TTL deletes up to 48 h late, S3's lifecycle on time: an expired record is gone.
+        if int(item.get("expires_at", {}).get("N", "0") or 0) and int(item["expires_at"]["N"]) <= time.time():
             return None
         document = _deserializer.deserialize(item["record"])
         return ImageRecord.model_validate(plain(document))

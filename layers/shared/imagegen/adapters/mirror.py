@@ -25,6 +25,7 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+from aws_lambda_powertools import Logger
 from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
@@ -35,6 +36,7 @@ from imagegen.budget import Deadline
 from imagegen.errors import ImageRejectedError, UpstreamTimeoutError
 from imagegen.models import StoredImage
 
+logger = Logger(child=True)
 S3_MIN_PART_BYTES = 5 * 1024 * 1024
 MAX_REDIRECTS = 3
 SNIFF_BYTES = 64 * 1024
@@ -330,7 +332,10 @@ class ImageMirror:
                 )
         finally:
             if upload_id is not None:
-                self._s3.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
+                try:
+                    self._s3.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
+                except Exception:  # noqa: BLE001 - the original error matters more; the lifecycle rule cleans up
+                    logger.warning("could not abort a multipart upload", key=key)
         return StoredImage(
             bucket=self._bucket,
             key=key,

@@ -18,7 +18,15 @@ JSON_FIELD = "subscription_key"
 
 
 def parse_subscription_key(raw: str | bytes) -> str:
-    """Accept a plain-string secret or JSON ``{"subscription_key": "..."}``."""
+    """Accept a plain-string secret or JSON ``{"subscription_key": "..."}``; the key must be one line of
+    printable ASCII (it travels in an HTTP header; anything else would be refused there, quoting it)."""
+    key = _parse(raw)
+    if not key.isascii() or not key.isprintable():
+        raise ConfigurationError("the subscription key contains characters an HTTP header cannot carry")
+    return key
+
+
+def _parse(raw: str | bytes) -> str:
     text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
     text = text.strip()
     if text.startswith("{"):
