@@ -465,7 +465,7 @@ def test_event_has_the_shape_of_a_real_api_gateway_event(
     assert event["multiValueQueryStringParameters"] is None
     assert event["stageVariables"] is None
     context = event["requestContext"]
-    assert context["path"] == "/prod/v1/images"
+    assert context["path"] == "/v1/images"  # what the client used: the local gateway serves at the root
     assert (context["stage"], context["resourcePath"], context["httpMethod"]) == ("prod", "/v1/images", "POST")
     assert context["protocol"] == "HTTP/1.1"
     assert context["requestId"] == response.headers["x-amzn-RequestId"]
@@ -885,3 +885,20 @@ def test_sample_event_bodies_are_what_their_names_say() -> None:
     assert preflight["body"] is None
     with pytest.raises(FileNotFoundError, match="post_image"):
         load_event("no_such_event")
+
+
+def test_gateway_also_serves_under_the_stage_like_the_execute_api_url(
+    gateway: LocalApiGateway, recorder: Recorder, session: requests.Session
+) -> None:
+    # Given a client that uses the deployed URL's shape (…/prod/v1/images)
+    response = session.post(
+        f"{gateway.url}/prod/v1/images",
+        data="{}",
+        headers={"content-type": "application/json", "x-api-key": API_KEY},
+        timeout=5,
+    )
+    # Then the route matches without the stage, and requestContext.path keeps it, as API Gateway's does
+    event = recorder.last_event
+    assert response.status_code == 200
+    assert (event["resource"], event["path"]) == ("/v1/images", "/v1/images")
+    assert event["requestContext"]["path"] == "/prod/v1/images"
