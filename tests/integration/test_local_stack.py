@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -118,21 +120,16 @@ def test_make_run_entry_point_starts_prints_a_curl_and_stops_on_ctrl_c():
         stderr=subprocess.STDOUT,
         text=True,
     )
+    pump: threading.Thread | None = None
     try:
+        # Its output is drained by a thread (reads block; a full pipe would stall the child), so waits can time out
+        lines, pump = _pump_lines(process)
         # When it is up
-        banner = []
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            banner.append(line)
-            if "Ctrl-C" in line:
-                break
+        banner = _read_until(lines, "Ctrl-C", timeout_s=60)
         text = "".join(banner)
         # Then it printed a ready-to-paste curl with the key, and the API answers
-        assert f"http://127.0.0.1:{port}/v1/images" in text
-        assert "x-api-key: entry-point-key" in text
+        assert f"http://127.0.0.1:{port}/v1/images" in text, text
+        assert "x-api-key: entry-point-key" in text, text
         response = requests.post(
             f"http://127.0.0.1:{port}/v1/images",
             json={"prompt": "entry point", "width": 256, "height": 256},
@@ -140,13 +137,56 @@ def test_make_run_entry_point_starts_prints_a_curl_and_stops_on_ctrl_c():
             timeout=30,
         )
         assert response.status_code == 201, response.text
-    finally:
         # And Ctrl-C stops it cleanly
         process.send_signal(signal.SIGINT)
         try:
             code = process.wait(timeout=20)
         except subprocess.TimeoutExpired:
+            raise AssertionError("`make run` did not stop within 20 s of Ctrl-C") from None
+    finally:
+        # Whatever happened above (a timeout included), the child does not outlive the test
+        if process.poll() is None:
             process.kill()
-            raise
-        process.stdout.close()
+            process.wait(timeout=10)
+        if pump is not None:
+            pump.join(timeout=10)  # the child is gone: its output ends
+        if pump is None or not pump.is_alive():  # closing under a blocked reader would block too
+            process.stdout.close()
     assert code == 0
+
+
+def _pump_lines(process: subprocess.Popen[str]) -> tuple[queue.Queue[str | None], threading.Thread]:
+    """A queue receiving the child's output lines from a daemon thread (returned too), then None at end of output."""
+    stdout = process.stdout
+    assert stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        try:
+            for line in stdout:
+                lines.put(line)
+        except (OSError, ValueError):
+            pass  # the pipe was closed under us: the test is over
+        finally:
+            lines.put(None)
+
+    thread = threading.Thread(target=pump, name="devstack-output", daemon=True)
+    thread.start()
+    return lines, thread
+
+
+def _read_until(lines: queue.Queue[str | None], marker: str, *, timeout_s: float) -> list[str]:
+    """The lines up to the first containing ``marker``; fails when the output ends or ``timeout_s`` passes first."""
+    read: list[str] = []
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            line = lines.get(timeout=max(0.0, remaining))
+        except queue.Empty:
+            raise AssertionError(f"no {marker!r} within {timeout_s:.0f} s; output so far:\n{''.join(read)}") from None
+        if line is None:
+            raise AssertionError(f"output ended before {marker!r}; output:\n{''.join(read)}")
+        read.append(line)
+        if marker in line:
+            return read

@@ -239,13 +239,11 @@ def test_defaults_are_1024_square(flux):
     assert parse_png(image.content)[:2] == (1024, 1024)
 
 
-def test_largest_image_is_generated_quickly(flux):
-    # Given the largest allowed size
-    started = time.monotonic()
+def test_largest_image_is_a_valid_png_of_that_size(flux):
+    # Given the largest allowed size (how fast it renders is measured by benchmarks/emulator_render.py)
     # When it is generated and downloaded
     content = generate_image(flux, width=2048, height=2048)
-    # Then it is a valid 2048x2048 PNG produced well within a second or two
-    assert time.monotonic() - started < 2.0
+    # Then it is a valid 2048x2048 PNG
     width, height, raw = parse_png(content)
     assert (width, height) == (2048, 2048)
     assert len(raw) == 2048 * (1 + 3 * 2048)
@@ -300,14 +298,19 @@ def test_latency_and_per_request_override(flux):
     # When a generation is requested
     started = time.monotonic()
     assert post(flux).status_code == 200
-    slow = time.monotonic() - started
-    # And another one overrides the latency to 0 with the header
-    started = time.monotonic()
-    assert post(flux, headers={"X-Emulator-Latency": "0"}).status_code == 200
-    fast = time.monotonic() - started
-    # Then the first took at least the latency and the second did not
-    assert slow >= 0.3
-    assert fast < 0.25
+    # Then it took at least the latency
+    assert time.monotonic() - started >= 0.3
+    # And given a latency of 10 minutes, a request overriding it to 0 with the header
+    flux.set_latency(600)
+    response = requests.post(
+        flux.url,
+        json={"prompt": "a cozy mountain cabin", "seed": 15, **SMALL},
+        headers={**AUTH, "X-Emulator-Latency": "0"},
+        timeout=(5, 60),
+    )
+    # Then it is answered without the configured latency (else the 60 s read timeout would fire first)
+    assert response.status_code == 200
+    assert "output" in json_of(response)
 
 
 def test_concurrency_limit_gives_429_when_exceeded():
@@ -498,14 +501,14 @@ def test_all_documented_fault_modes_exist():
 
 
 def test_timeout_fault_makes_client_read_timeout_fire(flux):
-    # Given a timeout fault delaying the answer by 2 s
-    flux.inject("timeout", delay_s=2)
+    # Given a timeout fault delaying the answer by 60 s
+    flux.inject("timeout", delay_s=60)
     started = time.monotonic()
     # When the client waits at most 0.5 s for the answer
     with pytest.raises(requests.exceptions.ReadTimeout):
         requests.post(flux.url, json={"prompt": "slow", **SMALL}, headers=AUTH, timeout=(2, 0.5))
-    # Then its read timeout fired, well before the delay elapsed
-    assert time.monotonic() - started < 1.5
+    # Then its read timeout fired, long before the delay elapsed (the bound only tells the two apart)
+    assert time.monotonic() - started < 30
 
 
 def test_timeout_fault_answers_normally_after_the_delay(flux):
@@ -520,17 +523,24 @@ def test_timeout_fault_answers_normally_after_the_delay(flux):
 
 
 def test_drip_fault_sends_headers_then_body_byte_by_byte(flux):
-    # Given a drip fault sending one byte every 20 ms
+    # Given a drip fault sending one byte a second: the whole body takes well over a minute
+    flux.inject("drip", interval_s=1.0)
+    # When the generation is requested, streaming the answer
+    with requests.post(
+        flux.url, json={"prompt": "a cozy mountain cabin", **SMALL}, headers=AUTH, timeout=(5, 30), stream=True
+    ) as response:
+        # Then the status line and headers arrive while the body is still dripping (if the emulator held them back
+        # until the body was sent, the 30 s read timeout would fire first)
+        assert response.status_code == 200
+        assert int(response.headers["Content-Length"]) > 60
+    # And given a faster drip, one byte every 20 ms
     flux.inject("drip", interval_s=0.02)
     started = time.monotonic()
-    # When the generation is requested, streaming the answer
     response = post(flux, stream=True)
-    headers_after = time.monotonic() - started
     body = response.raw.read()
     total = time.monotonic() - started
-    # Then the status and headers arrive at once, the body slowly, and it is the normal answer
+    # Then the body is the normal answer, whole, and came no faster than one byte per interval
     assert response.status_code == 200
-    assert headers_after < 0.5
     assert len(body) == int(response.headers["Content-Length"])
     assert total >= len(body) * 0.02 * 0.9
     assert body.startswith(b'{"output": "http://')
@@ -561,28 +571,34 @@ def test_disconnect_fault_closes_without_answer(flux):
 
 
 def test_stop_interrupts_a_pending_timeout_fault():
-    # Given a generation stuck in a 30 s timeout fault
+    # Given a generation stuck in a 60 s timeout fault
     emulator = FluxEmulator(api_key=API_KEY).start()
-    emulator.inject("timeout", delay_s=30)
+    emulator.inject("timeout", delay_s=60)
     outcome: list[BaseException | int] = []
 
     def call() -> None:
         try:
-            outcome.append(post(emulator).status_code)
+            # patient enough to get the fault's late answer, were the stop not to cut it short
+            response = requests.post(flux_url, json={"prompt": "stuck", **SMALL}, headers=AUTH, timeout=(10, 90))
+            outcome.append(response.status_code)
         except requests.RequestException as exc:
             outcome.append(exc)
 
-    thread = threading.Thread(target=call)
+    flux_url = emulator.url
+    thread = threading.Thread(target=call, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while emulator.calls == 0 and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert emulator.calls == 1, "the request never reached the emulator"
     # When the emulator is stopped
     started = time.monotonic()
     emulator.stop()
-    thread.join(timeout=5)
-    # Then it stops promptly and the client sees a closed connection
-    assert time.monotonic() - started < 2
+    thread.join(timeout=30)
+    # Then it stops without waiting for the fault's delay (the bound only tells the two apart) and the client sees
+    # a closed connection
+    assert time.monotonic() - started < 30
+    assert not thread.is_alive()
     assert len(outcome) == 1
     assert isinstance(outcome[0], requests.exceptions.ConnectionError)
 
