@@ -52,8 +52,9 @@ def _reject(record: SqsRecordModel, reason: str) -> None:
         repository = job_repository()
         item = repository.get_item(job_id, index) if 0 <= index < 10_000 else None
         if item is not None and item.status in ("queued", "running"):
-            repository.transition(item, "failed", error=ItemError(code="invalid_message", message=reason[:500]))
-            item_processor().finish(job_id)
+            error = ItemError(code="invalid_message", message=reason[:500])
+            if repository.transition(item, "failed", error=error):
+                item_processor().announce(job_id)
             return
     job_queue().dead_letter(record.body, reason, record.messageId)
 

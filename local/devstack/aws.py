@@ -8,16 +8,20 @@ meet in a real account.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import socket
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import boto3
-from moto.server import ThreadedMotoServer
 
+LOCAL_DIR = str(Path(__file__).resolve().parents[1])  # for the child: `python -m devstack.moto_server`
 REGION = "us-east-1"
 EVENT_SOURCE = "flux-image-service"
 FAKE_CREDENTIALS = {
@@ -58,28 +62,59 @@ class Seeded:
 
 
 class LocalAws:
-    """A moto server in this process (threaded), with helpers to seed and reset it."""
+    """A moto server in a child process (so its work runs on another core than the functions'), with helpers
+    to seed and reset it."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
-        self._server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, start_timeout_s: float = 30.0) -> None:
         self.host = host
         self.port = port
+        self._start_timeout_s = start_timeout_s
+        self._process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> LocalAws:
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access line per AWS call
-        if self.port:
-            # moto's server thread dies silently on a busy port and start() would wait forever: check first.
+        if not self.port:
             with socket.socket() as probe:
+                probe.bind((self.host, 0))
+                self.port = probe.getsockname()[1]
+        else:
+            with socket.socket() as probe:  # a clear error instead of a server that never answers
                 try:
                     probe.bind((self.host, self.port))
                 except OSError as exc:
                     raise OSError(f"moto cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
-        self._server.start()
-        self.port = self._server._server.server_port  # type: ignore[union-attr]  # the bound port when 0 was asked
+        self._process = subprocess.Popen(  # noqa: S603 - our own interpreter running moto
+            [sys.executable, "-m", "devstack.moto_server", "-H", self.host, "-p", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [LOCAL_DIR, os.environ.get("PYTHONPATH")]))},
+        )
+        deadline = time.monotonic() + self._start_timeout_s
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                error = (self._process.stderr.read() if self._process.stderr else b"").decode(errors="replace")
+                raise OSError(f"moto exited at start on {self.host}:{self.port}: {error.strip()[-500:]}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5):
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            self.stop()
+            raise OSError(f"moto did not start listening on {self.host}:{self.port} in {self._start_timeout_s} s")
+        if self._process.stderr is not None:  # moto logs every request there: drain it so it never blocks
+            threading.Thread(target=self._process.stderr.read, daemon=True).start()
         return self
 
     def stop(self) -> None:
-        self._server.stop()
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
 
     def __enter__(self) -> LocalAws:
         return self.start()

@@ -106,10 +106,10 @@ def test_worker_killed_mid_batch_ends_with_every_item_terminal_and_no_duplicates
     class Killed(BaseException):
         """Not an Exception: nothing in the handler may catch it, like a runtime kill."""
 
-    def dies_on_items_2_and_3(request, deadline, *, image_id=None, created_at=None):
+    def dies_on_items_2_and_3(request, deadline, *, image_id=None, **kwargs):
         if image_id in {item_image_id(job_id, 2), item_image_id(job_id, 3)}:
             raise Killed()
-        return real(request, deadline, image_id=image_id, created_at=created_at)
+        return real(request, deadline, image_id=image_id, **kwargs)
 
     monkeypatch.setattr(service, "generate_record", dies_on_items_2_and_3)
     with pytest.raises(Killed):

@@ -189,7 +189,9 @@ def test_flux_client_404_is_a_plain_upstream_error_without_retry(http_server: An
     with pytest.raises(UpstreamError) as caught:
         _client(http_server.url(PATH), fake_clock).generate(PARAMS, Deadline.after(30, fake_clock))
     assert type(caught.value) is UpstreamError
-    assert "404" in caught.value.message and "Endpoint not found" in caught.value.message
+    assert caught.value.code == "upstream_bad_response"
+    assert "404" in caught.value.message
+    assert "Endpoint not found" not in caught.value.message  # their text goes to our log, not to callers
     assert len(http_server.received) == 1
 
 

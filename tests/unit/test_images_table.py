@@ -15,7 +15,8 @@ from moto import mock_aws
 
 TABLE = "images-unit-test"
 IMAGE_ID = "img_0123456789abcdef0123456789abcdef"
-CREATED_AT = datetime(2024, 8, 15, 12, 30, 45, 123456, tzinfo=UTC)
+# Recent enough not to be expired under the 30-day retention the tests use (expired records read as gone).
+CREATED_AT = datetime.now(UTC).replace(microsecond=123456) - timedelta(days=1)
 
 
 def _record(image_id: str = IMAGE_ID, **stored: Any) -> ImageRecord:
@@ -26,7 +27,7 @@ def _record(image_id: str = IMAGE_ID, **stored: Any) -> ImageRecord:
         ),
         stored=StoredImage(
             bucket="images-bucket",
-            key=f"images/2024/08/15/{image_id}.png",
+            key=f"images/{CREATED_AT:%Y/%m/%d}/{image_id}.png",
             content_type="image/png",
             bytes=1_234_567,
             sha256="ab" * 32,
@@ -92,12 +93,23 @@ def test_images_table_conditional_put_refuses_a_duplicate(dynamodb: Any) -> None
     repository = ImageRepository(dynamodb, TABLE, retention_days=30)
     original = _record()
     repository.put(original)
-    # When another record with the same id is put
-    clash = original.model_copy(update={"timings": Timings(upstream_ms=1, total_ms=2)})
+    # When another image with the same id is put
+    other_image = original.stored.model_copy(update={"sha256": "f" * 64})
+    clash = original.model_copy(update={"stored": other_image, "timings": Timings(upstream_ms=1, total_ms=2)})
     with pytest.raises(ValueError, match="already exists") as caught:
         repository.put(clash)
     # Then it is refused, chained to the conditional-check failure, and the original is untouched
     assert isinstance(caught.value.__cause__, ClientError)
+    assert repository.get(IMAGE_ID) == original
+
+
+def test_images_table_a_retried_put_of_the_same_image_is_accepted(dynamodb: Any) -> None:
+    # Given a PutItem whose first attempt succeeded (botocore retries it after a lost answer)
+    repository = ImageRepository(dynamodb, TABLE, retention_days=30)
+    original = _record()
+    repository.put(original)
+    # When the same image is put again, Then it is not an error and the record stays
+    repository.put(original.model_copy(update={"timings": Timings(upstream_ms=1, total_ms=2)}))
     assert repository.get(IMAGE_ID) == original
 
 
@@ -123,3 +135,12 @@ def test_images_table_other_errors_propagate() -> None:
         with pytest.raises(ClientError) as caught:
             repository.put(_record())
         assert caught.value.response["Error"]["Code"] == "ResourceNotFoundException"
+
+
+def test_images_table_an_expired_record_reads_as_gone(dynamodb: Any) -> None:
+    # Given a record whose retention ended (DynamoDB's TTL may take up to 48 h to delete it)
+    repository = ImageRepository(dynamodb, TABLE, retention_days=1)
+    old = _record("img_" + "e" * 32).model_copy(update={"created_at": datetime.now(UTC) - timedelta(days=2)})
+    repository.put(old)
+    # When it is read, Then it is gone, like its S3 object
+    assert repository.get(old.id) is None

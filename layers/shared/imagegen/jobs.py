@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import random
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -81,12 +82,19 @@ class JobService:
     """The API side: submit, read (paged), cancel."""
 
     def __init__(
-        self, repository: JobRepository, queue: JobQueue, images: ImageService, *, allow_http_webhooks: bool = False
+        self,
+        repository: JobRepository,
+        queue: JobQueue,
+        images: ImageService,
+        *,
+        allow_http_webhooks: bool = False,
+        on_complete: Callable[[str], None] | None = None,
     ) -> None:
         self._repository = repository
         self._queue = queue
         self._images = images
         self._allow_http_webhooks = allow_http_webhooks
+        self._on_complete = on_complete or (lambda job_id: None)
 
     def submit(self, request: JobRequest) -> JobDocument:
         if request.webhook_url and not request.webhook_url.startswith("https://") and not self._allow_http_webhooks:
@@ -108,13 +116,13 @@ class JobService:
             # Nothing reached the queue: say so rather than leave a job that will never move.
             for index in not_sent:
                 self._fail_unsent(job.id, index)
-            self._repository.complete_if_done(job.id)
+            self._complete(job.id)
             raise EnqueueError("the jobs queue refused the job's messages; nothing was enqueued, retry later")
         for index in not_sent:  # recorded as failed: a job never claims items that were not enqueued
             self._fail_unsent(job.id, index)
         if not_sent:
             metrics.add_metric(name="ItemsNotEnqueued", unit=MetricUnit.Count, value=len(not_sent))
-            self._repository.complete_if_done(job.id)
+            self._complete(job.id)
         metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="ItemsSubmitted", unit=MetricUnit.Count, value=len(messages) - len(not_sent))
         logger.info("job submitted", job_id=job.id, items=len(messages), not_enqueued=len(not_sent))
@@ -124,7 +132,8 @@ class JobService:
         item = self._repository.get_item(job_id, index)
         if item is not None and item.status == "queued":
             error = ItemError(code="enqueue_failed", message="the item could not be put on the jobs queue")
-            self._repository.transition(item, "failed", error=error)
+            if self._repository.transition(item, "failed", error=error):
+                self._on_complete(job_id)
 
     def get(self, job_id: str, *, cursor: str | None = None, limit: int = 100) -> JobDocument:
         job = self._repository.get_job(job_id)
@@ -140,8 +149,12 @@ class JobService:
             raise NotFoundError(f"job {job_id} not found")
         if self._repository.cancel(job_id):
             logger.info("job canceled", job_id=job_id)
-            self._repository.complete_if_done(job_id)
+            self._complete(job_id)
         return self.get(job_id, limit=0)
+
+    def _complete(self, job_id: str) -> None:
+        if self._repository.complete_if_done(job_id) is not None:
+            self._on_complete(job_id)
 
     def item_document(self, item: Item) -> JobItemDocument:
         return JobItemDocument(
@@ -187,13 +200,12 @@ class ItemProcessor:
         job_id, index = message.job_id, message.index if message.index is not None else 0
         if job_id is None:
             job_id = self._ensure_direct_job(message, message_id)
-        item = self._repository.get_item(job_id, index)
+        item, job = self._repository.get_item_and_job(job_id, index)
         if item is None:
             return Outcome(False, reason="unknown_item")  # the caller dead-letters it: nothing to record it on
         if item.status in ("succeeded", "failed", "canceled"):
             metrics.add_metric(name="DuplicateDeliveries", unit=MetricUnit.Count, value=1)
             return ACK  # done already: a redelivery never calls the upstream again
-        job = self._repository.get_job(job_id)
         if job is not None and job.canceled:
             self._settle(item, "canceled")
             return ACK
@@ -217,6 +229,7 @@ class ItemProcessor:
                 deadline,
                 image_id=item_image_id(item.job_id, item.index),
                 created_at=job.created_at if job is not None else None,
+                store=False,  # the record is written in the item's final transaction
             )
         except ServiceError as exc:
             last_receive = receive_count >= self._max_receive_count
@@ -250,8 +263,15 @@ class ItemProcessor:
         record: Any = None,
     ) -> None:
         """Record a terminal state, announce it, and complete the job when it was the last item."""
+        image_item = self._images.record_item(record) if record is not None else None
         try:
-            self._repository.transition(item, status, error=error, record=record)  # type: ignore[arg-type]
+            completed = self._repository.transition(
+                item,
+                status,  # type: ignore[arg-type]
+                error=error,
+                record=record,
+                also_put=image_item,
+            )
         except TransitionConflict:
             logger.info("item already settled by another delivery", job_id=item.job_id, index=item.index)
             return
@@ -276,10 +296,17 @@ class ItemProcessor:
                     "error": error.model_dump(mode="json"),
                 },
             )
-        self.finish(item.job_id)
+        if completed:
+            self.announce(item.job_id)
 
     def finish(self, job_id: str) -> None:
-        job = self._repository.complete_if_done(job_id)
+        """Complete the job if nothing remains (after cancelations, which move many items at once)."""
+        if self._repository.complete_if_done(job_id) is not None:
+            self.announce(job_id)
+
+    def announce(self, job_id: str) -> None:
+        """The job just completed: "Job Completed" on the bus, and the signed webhook when it has one."""
+        job = self._repository.get_job(job_id)
         if job is None:
             return
         document = job_document(job).model_dump(mode="json", exclude={"items", "next_cursor"})

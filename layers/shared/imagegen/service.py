@@ -97,6 +97,7 @@ class ImageService:
         *,
         image_id: str | None = None,
         created_at: datetime | None = None,
+        store: bool = True,
     ) -> ImageRecord:
         """Generate, mirror and record one image. A job item passes its own deterministic ``image_id`` and the
         job's ``created_at``: a replay then writes the same S3 key and record again, never a second image."""
@@ -132,11 +133,15 @@ class ImageService:
             created_at=created_at,
             timings=Timings(upstream_ms=upstream.elapsed_ms, total_ms=int((time.monotonic() - started) * 1000)),
         )
-        self._repository.put(record, overwrite=replayable)
+        if store:  # a job item stores its record in its own final transaction instead
+            self._repository.put(record, overwrite=replayable)
         metrics.add_metric(name="ImagesGenerated", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="ImageBytes", unit=MetricUnit.Bytes, value=stored.bytes)
         logger.info("image stored", image_id=image_id, bytes=stored.bytes, s3_key=stored.key)
         return record
+
+    def record_item(self, record: ImageRecord) -> dict[str, Any]:
+        return self._repository.item(record)
 
     def get(self, image_id: str) -> ImageDocument:
         record = self._repository.get(image_id)

@@ -33,6 +33,7 @@ _BOTO_CONFIG = Config(
     retries={"mode": "standard", "max_attempts": 3},
     connect_timeout=2,
     read_timeout=5,
+    max_pool_connections=50,  # the worker runs up to WORKER_THREADS items at once on shared clients
     signature_version="s3v4",
 )
 
@@ -131,6 +132,7 @@ def job_service() -> JobService:
         job_queue(),
         image_service(),
         allow_http_webhooks=settings.webhook_allow_private_addresses,
+        on_complete=lambda job_id: item_processor().announce(job_id),
     )
 
 

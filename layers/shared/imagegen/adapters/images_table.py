@@ -32,16 +32,19 @@ class ImageRepository:
         self._table = table_name
         self._retention = timedelta(days=retention_days)
 
-    def put(self, record: ImageRecord, *, overwrite: bool = False) -> None:
-        """Store a record. A new id must not exist, unless ``overwrite`` (a job item's replay rewrites its own
-        deterministic id)."""
-        document = record.model_dump(mode="json")
-        item = {
+    def item(self, record: ImageRecord) -> dict[str, Any]:
+        """The record as a DynamoDB item (also written inside a job item's final transaction)."""
+        return {
             **image_key(record.id),
             "entity": {"S": "image"},
             "expires_at": {"N": str(int((record.created_at + self._retention).timestamp()))},
-            "record": _serializer.serialize(document),
+            "record": _serializer.serialize(record.model_dump(mode="json")),
         }
+
+    def put(self, record: ImageRecord, *, overwrite: bool = False) -> None:
+        """Store a record. A new id must not exist, unless ``overwrite`` (a job item's replay rewrites its own
+        deterministic id)."""
+        item = self.item(record)
         try:
             condition = {} if overwrite else {"ConditionExpression": "attribute_not_exists(pk)"}
             self._client.put_item(TableName=self._table, Item=item, **condition)

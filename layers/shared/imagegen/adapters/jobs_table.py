@@ -199,6 +199,22 @@ class JobRepository:
         answer = self._client.get_item(TableName=self._table, Key=job_key(job_id), ConsistentRead=True)
         return _job(answer["Item"]) if "Item" in answer else None
 
+    def get_item_and_job(self, job_id: str, index: int) -> tuple[Item | None, Job | None]:
+        """The item and its job in one round trip (BatchGetItem, strongly consistent)."""
+        keys = [item_key(job_id, index), job_key(job_id)]
+        found: dict[str, dict[str, Any]] = {}
+        request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
+        for attempt in range(8):
+            answer = self._client.batch_get_item(RequestItems=request)
+            for raw in answer.get("Responses", {}).get(self._table, []):
+                found[raw["sk"]["S"]] = raw
+            request = answer.get("UnprocessedKeys") or {}
+            if not request:
+                break
+            time.sleep(min(1.0, 0.05 * 2**attempt))
+        raw_item, raw_job = found.get(f"ITEM#{index:04d}"), found.get("JOB")
+        return (_item(raw_item) if raw_item else None), (_job(raw_job) if raw_job else None)
+
     def get_item(self, job_id: str, index: int) -> Item | None:
         answer = self._client.get_item(TableName=self._table, Key=item_key(job_id, index), ConsistentRead=True)
         return _item(answer["Item"]) if "Item" in answer else None
@@ -235,40 +251,60 @@ class JobRepository:
         *,
         error: ItemError | None = None,
         record: ImageRecord | None = None,
-    ) -> None:
-        """Move ``item`` from its current status to ``to``, with the job's counters, atomically."""
+        also_put: dict[str, Any] | None = None,
+    ) -> bool:
+        """Move ``item`` from its current status to ``to``, with the job's counters, atomically (and ``also_put``,
+        e.g. the image record, in the same transaction). Returns True when this transition completed the job:
+        the last terminal transition also writes ``completed_at``, in the same transaction, exactly once."""
         if to == item.status:
             raise ValueError("a transition changes the status")
         sets = ["#status = :to", "updated_at = :now"]
         values: dict[str, Any] = {":to": {"S": to}, ":from": {"S": item.status}, ":now": {"S": _iso(_now())}}
+        names = {"#status": "status"}
         if error is not None:
             sets.append("#error = :error")
             values[":error"] = _serializer.serialize(error.model_dump(mode="json"))
+            names["#error"] = "error"
         if record is not None:
             sets.append("#record = :record")
             values[":record"] = _serializer.serialize(record.model_dump(mode="json"))
+            names["#record"] = "record"
         if to == "running":
             sets.append("attempts = attempts + :one")
             values[":one"] = {"N": "1"}
-        names = {"#status": "status"}
-        if error is not None:
-            names["#error"] = "error"
-        if record is not None:
-            names["#record"] = "record"
-        update_item = {
-            "Update": {
-                "TableName": self._table,
-                "Key": item_key(item.job_id, item.index),
-                "UpdateExpression": "SET " + ", ".join(sets),
-                "ConditionExpression": "#status = :from",
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": values,
+        operations: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": item_key(item.job_id, item.index),
+                    "UpdateExpression": "SET " + ", ".join(sets),
+                    "ConditionExpression": "#status = :from",
+                    "ExpressionAttributeNames": names,
+                    "ExpressionAttributeValues": values,
+                }
             }
-        }
-        self._transact([update_item, self._count_update(item.job_id, {item.status: -1, to: 1})])
+        ]
+        if also_put is not None:
+            operations.append({"Put": {"TableName": self._table, "Item": also_put}})
+        deltas: dict[str, int] = {item.status: -1, to: 1}
+        completed = False
+        if to in TERMINAL_ITEM_STATUSES:
+            # Not the last item (the usual case): one transaction, guarded by "others remain". When the guard
+            # fails, this is the last item: the same transaction again, completing the job.
+            try:
+                self._transact([*operations, self._count_update(item.job_id, deltas, guard="not_last")])
+            except _JobGuardFailed:
+                self._transact([*operations, self._count_update(item.job_id, deltas, guard="completes")])
+                completed = True
+        else:
+            try:
+                self._transact([*operations, self._count_update(item.job_id, deltas)])
+            except _JobGuardFailed as exc:
+                raise TransitionConflict(f"job {item.job_id} no longer exists") from exc
         item.status = to
         if to == "running":
             item.attempts += 1
+        return completed
 
     def reclaim(self, item: Item) -> None:
         """A redelivered message finds its item ``running`` (the previous attempt died): take it over."""
@@ -367,32 +403,50 @@ class JobRepository:
         )
 
     # ------------------------------------------------------------------------------------------ internals
-    def _count_update(self, job_id: str, deltas: dict[str, int]) -> dict[str, Any]:
+    def _count_update(self, job_id: str, deltas: dict[str, int], guard: str | None = None) -> dict[str, Any]:
         terminal = sum(delta for status, delta in deltas.items() if status in TERMINAL_ITEM_STATUSES)
         adds = [f"c_{status} :d_{status}" for status in deltas]
         values = {f":d_{status}": {"N": str(delta)} for status, delta in deltas.items()}
+        condition = "attribute_exists(pk)"
+        sets = ""
         if terminal:
             adds.append("remaining :d_remaining")
             values[":d_remaining"] = {"N": str(-terminal)}
+            values[":terminal"] = {"N": str(terminal)}
+            if guard == "not_last":
+                condition += " AND remaining > :terminal"
+            elif guard == "completes":
+                condition += " AND remaining = :terminal AND attribute_not_exists(completed_at)"
+                sets = " SET completed_at = :now"
+                values[":now"] = {"S": _iso(_now())}
         return {
             "Update": {
                 "TableName": self._table,
                 "Key": job_key(job_id),
-                "UpdateExpression": "ADD " + ", ".join(adds),
-                "ConditionExpression": "attribute_exists(pk)",
+                "UpdateExpression": "ADD " + ", ".join(adds) + sets,
+                "ConditionExpression": condition,
                 "ExpressionAttributeValues": values,
             }
         }
 
-    def _transact(self, items: list[dict[str, Any]]) -> None:
+    def _transact(self, operations: list[dict[str, Any]]) -> None:
+        """Run a transaction whose LAST operation is the job's counter update. Raises TransitionConflict when an
+        item was no longer in the expected status, _JobGuardFailed when only the job's guard failed."""
         try:
-            self._client.transact_write_items(TransactItems=items)
+            self._client.transact_write_items(TransactItems=operations)
         except ClientError as exc:
-            if _code(exc) == "TransactionCanceledException":
-                reasons = exc.response.get("CancellationReasons") or []
-                if any(reason.get("Code") == "ConditionalCheckFailed" for reason in reasons) or not reasons:
-                    raise TransitionConflict("an item was no longer in the expected status") from exc
+            if _code(exc) != "TransactionCanceledException":
+                raise
+            codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
+            if not codes or any(code == "ConditionalCheckFailed" for code in codes[:-1]):
+                raise TransitionConflict("an item was no longer in the expected status") from exc
+            if codes[-1] == "ConditionalCheckFailed":
+                raise _JobGuardFailed() from exc
             raise
+
+
+class _JobGuardFailed(Exception):
+    """The job's condition failed in a transaction: the job is missing, or this was (or was not) its last item."""
 
 
 def encode_cursor(index: int) -> str:

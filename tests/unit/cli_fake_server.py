@@ -1,0 +1,352 @@
+"""A fake of the bulk-job API (docs/jobs.md) for the CLI tests: stdlib ``http.server`` on 127.0.0.1, port 0.
+
+- ``POST /v1/jobs`` (``Idempotency-Key``: the same key and body replay the original answer, another body is
+  ``422 idempotency_key_reused``), ``GET /v1/jobs/{id}`` (``?cursor=&limit=``, at most ``max_page`` items a page),
+  ``DELETE /v1/jobs/{id}``; an optional stage prefix (``/prod``) is accepted like a deployed URL.
+- Items progress over successive reads of a job's first page: each such read is a "tick" that finishes
+  ``items_per_tick`` more items (and starts the next ones).
+- A prompt containing ``[fail]`` ends ``failed`` (``upstream_rejected``); ``[badsha]`` succeeds with a wrong
+  sha256 in its document.
+- Succeeded items point at presigned-style image URLs on this server, serving real PNG bytes (different per item).
+- Faults: ``fail(route, status, ...)`` queues error answers for a route (``create``, ``get``, ``delete``,
+  ``image``); ``expire_image_fetches = n`` answers the next n image fetches with S3's expired-URL 403.
+- Every request is recorded in ``seen`` (method, path, query, headers, body).
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import json
+import math
+import struct
+import threading
+import uuid
+import zlib
+from collections import deque
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+ROUTES = ("create", "get", "delete", "image")
+
+
+def tiny_png(width: int = 2, height: int = 2, rgb: tuple[int, int, int] = (0, 0, 0)) -> bytes:
+    """A valid RGB PNG, built by hand (signature, IHDR, zlib-compressed IDAT, IEND, each with its CRC)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = b"".join(b"\x00" + bytes(rgb) * width for _ in range(height))  # filter byte 0 + pixels, per row
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+@dataclass(frozen=True)
+class Seen:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class FakeJob:
+    id: str
+    requests: list[dict[str, Any]]
+    per_tick: int
+    metadata: dict[str, Any] | None
+    webhook_url: str | None
+    created_at: str
+    ticks: int = 0
+    cancel_from: int | None = None
+    url_generation: int = 0
+
+    @property
+    def total(self) -> int:
+        return len(self.requests)
+
+
+@dataclass
+class _Fault:
+    status: int
+    headers: dict[str, str]
+    error: dict[str, Any] | None
+
+
+@dataclass
+class FakeJobsApi:
+    api_key: str = "test-api-key-0123456789"
+    items_per_tick: int | None = None  # None: a third of the job per tick
+    max_page: int = 100
+    expire_image_fetches: int = 0
+    jobs: dict[str, FakeJob] = field(default_factory=dict)
+    seen: list[Seen] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.RLock()
+        self._faults: dict[str, deque[_Fault]] = {route: deque() for route in ROUTES}
+        self._idempotency: dict[str, tuple[str, int, bytes]] = {}
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+
+    # ------------------------------------------------------------------------------------------- control
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+
+    def start(self) -> FakeJobsApi:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def fail(
+        self,
+        route: str,
+        status: int,
+        *,
+        code: str | None = None,
+        message: str = "injected",
+        details: list[dict[str, Any]] | None = None,
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` requests of ``route`` with ``status`` (and the API's error shape)."""
+        error = {"code": code or f"http_{status}", "message": message, "details": details or [], "request_id": "rq-1"}
+        with self._lock:
+            self._faults[route].extend(_Fault(status, dict(headers or {}), error) for _ in range(times))
+
+    def requests_to(self, route: str) -> list[Seen]:
+        with self._lock:
+            return [seen for seen in self.seen if _route_of(seen.method, seen.path) == route]
+
+    def image_bytes(self, job_id: str, index: int) -> bytes:
+        return tiny_png(2, 2, (index % 256, (index // 256) % 256, len(job_id) % 256))
+
+    # ------------------------------------------------------------------------------------------- the model
+    def _outcome(self, job: FakeJob, index: int) -> str:
+        return "failed" if "[fail]" in job.requests[index]["prompt"] else "succeeded"
+
+    def _item_status(self, job: FakeJob, index: int) -> str:
+        if job.cancel_from is not None and index >= job.cancel_from:
+            return "canceled"  # never started; the items running when the job was canceled still finish
+        done = min(job.total, job.ticks * job.per_tick)
+        if index < done:
+            return self._outcome(job, index)
+        if job.ticks and index < done + job.per_tick:
+            return "running"
+        return "queued"
+
+    def _job_status(self, statuses: list[str]) -> str:
+        if all(status in {"succeeded", "failed", "canceled"} for status in statuses):
+            if "canceled" in statuses:
+                return "canceled"
+            if all(status == "succeeded" for status in statuses):
+                return "succeeded"
+            return "failed" if "succeeded" not in statuses else "partially_failed"
+        return "queued" if all(status == "queued" for status in statuses) else "running"
+
+    def _item_document(self, job: FakeJob, index: int, status: str) -> dict[str, Any]:
+        request = {"num_steps": 4, "width": 1024, "height": 1024, **job.requests[index]}
+        document: dict[str, Any] = {"index": index, "status": status, "request": request, "error": None, "image": None}
+        if status == "failed":
+            document["error"] = {"code": "upstream_rejected", "message": "Flux Schnell refused the parameters"}
+        if status == "succeeded":
+            body = self.image_bytes(job.id, index)
+            sha = hashlib.sha256(body + (b"x" if "[badsha]" in request["prompt"] else b"")).hexdigest()
+            expires = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            document["image"] = {
+                "id": f"img_{hashlib.md5(f'{job.id}/{index}'.encode()).hexdigest()}",
+                "status": "succeeded",
+                "parameters": {**request, "seed": request.get("seed") or 1000 + index},
+                "image": {
+                    "url": f"{self.url}/bucket/{job.id}/{index}.png?X-Amz-Expires=3600"
+                    f"&X-Amz-Signature=sig{job.url_generation}",
+                    "url_expires_at": expires,
+                    "s3_uri": f"s3://bucket/{job.id}/{index}.png",
+                    "content_type": "image/png",
+                    "bytes": len(body),
+                    "sha256": sha,
+                    "width": request["width"],
+                    "height": request["height"],
+                },
+                "created_at": job.created_at,
+                "timings": {"upstream_ms": 1, "total_ms": 2},
+            }
+        return document
+
+    def _job_document(self, job: FakeJob, offset: int | None = None, limit: int = 0) -> dict[str, Any]:
+        statuses = [self._item_status(job, index) for index in range(job.total)]
+        counts = {name: statuses.count(name) for name in ("queued", "running", "succeeded", "failed", "canceled")}
+        status = self._job_status(statuses)
+        document: dict[str, Any] = {
+            "id": job.id,
+            "status": status,
+            "total": job.total,
+            "counts": counts,
+            "created_at": job.created_at,
+            "completed_at": job.created_at
+            if status in {"succeeded", "failed", "partially_failed", "canceled"}
+            else None,
+            "metadata": job.metadata,
+            "webhook": {"url": job.webhook_url, "status": "pending", "attempts": 0} if job.webhook_url else None,
+            "items": [],
+            "next_cursor": None,
+        }
+        if offset is not None:
+            end = min(job.total, offset + limit)
+            document["items"] = [self._item_document(job, i, statuses[i]) for i in range(offset, end)]
+            if end < job.total:
+                document["next_cursor"] = base64.urlsafe_b64encode(f"o:{end}".encode()).decode()
+        return document
+
+    # ------------------------------------------------------------------------------------------- routes
+    def handle(self, method: str, path: str, query: dict[str, str], headers: dict[str, str], body: bytes) -> Any:
+        """(status, headers, body bytes) for one request."""
+        route = _route_of(method, path)
+        with self._lock:
+            self.seen.append(Seen(method, path, query, headers, body))
+            if route == "image":
+                return self._image(path)
+            if route is None:
+                return _error(404, "not_found", "no such route")
+            if headers.get("x-api-key") != self.api_key:
+                return _error(403, "invalid_api_key", "Forbidden")
+            if self._faults[route]:
+                fault = self._faults[route].popleft()
+                return (
+                    fault.status,
+                    {"Content-Type": "application/json", **fault.headers},
+                    _dumps({"error": fault.error}),
+                )
+            job_id = _strip_stage(path).removeprefix("/v1/jobs").strip("/")
+            if route == "create":
+                return self._create(headers.get("idempotency-key"), body)
+            job = self.jobs.get(job_id)
+            if job is None:
+                return _error(404, "not_found", f"no job {job_id}")
+            if route == "delete":
+                done = min(job.total, job.ticks * job.per_tick)
+                if job.cancel_from is None:
+                    job.cancel_from = done + (job.per_tick if job.ticks else 0)
+                return 200, {"Content-Type": "application/json"}, _dumps(self._job_document(job))
+            return self._get(job, query)
+
+    def _create(self, key: str | None, body: bytes) -> Any:
+        if key is not None and key in self._idempotency:
+            digest, status, answer = self._idempotency[key]
+            if digest != hashlib.sha256(body).hexdigest():
+                return _error(422, "idempotency_key_reused", "this Idempotency-Key was already used")
+            return status, {"Content-Type": "application/json"}, answer
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return _error(400, "malformed_json", "the body is not JSON")
+        items = request.get("items") if isinstance(request, dict) else None
+        if not isinstance(items, list) or not 1 <= len(items) <= 1000:
+            return _error(422, "validation_error", "items: 1-1,000 items")
+        job = FakeJob(
+            id=f"job_{uuid.uuid4().hex}",
+            requests=items,
+            per_tick=self.items_per_tick or max(1, math.ceil(len(items) / 3)),
+            metadata=request.get("metadata"),
+            webhook_url=request.get("webhook_url"),
+            created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        )
+        self.jobs[job.id] = job
+        answer = _dumps(self._job_document(job))
+        if key is not None:
+            self._idempotency[key] = (hashlib.sha256(body).hexdigest(), 202, answer)
+        return 202, {"Content-Type": "application/json", "Location": f"/v1/jobs/{job.id}"}, answer
+
+    def _get(self, job: FakeJob, query: dict[str, str]) -> Any:
+        try:
+            limit = int(query.get("limit", "100"))
+            offset = (
+                int(base64.urlsafe_b64decode(query["cursor"]).decode().removeprefix("o:")) if "cursor" in query else 0
+            )
+        except (ValueError, KeyError):
+            return _error(422, "validation_error", "cursor or limit is invalid")
+        if not 1 <= limit <= 100:
+            return _error(422, "validation_error", "limit: 1-100")
+        if "cursor" not in query:
+            job.ticks += 1  # a read of the first page moves the job on
+        job.url_generation += 1
+        document = self._job_document(job, offset, min(limit, self.max_page))
+        return 200, {"Content-Type": "application/json"}, _dumps(document)
+
+    def _image(self, path: str) -> Any:
+        if self._faults["image"]:
+            fault = self._faults["image"].popleft()
+            return fault.status, fault.headers, b"<Error><Code>InternalError</Code></Error>"
+        if self.expire_image_fetches > 0:
+            self.expire_image_fetches -= 1
+            body = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+            return 403, {"Content-Type": "application/xml"}, body
+        _, _, job_id, name = path.split("/", 3)
+        index = int(name.removesuffix(".png"))
+        if job_id not in self.jobs:
+            return 404, {"Content-Type": "application/xml"}, b"<Error><Code>NoSuchKey</Code></Error>"
+        return 200, {"Content-Type": "image/png"}, self.image_bytes(job_id, index)
+
+
+def _strip_stage(path: str) -> str:
+    return path.removeprefix("/prod")
+
+
+def _route_of(method: str, path: str) -> str | None:
+    path = _strip_stage(path)
+    if path.startswith("/bucket/") and method == "GET":
+        return "image"
+    if path == "/v1/jobs" and method == "POST":
+        return "create"
+    if path.startswith("/v1/jobs/") and path.count("/") == 3:
+        return {"GET": "get", "DELETE": "delete"}.get(method)
+    return None
+
+
+def _dumps(document: Any) -> bytes:
+    return json.dumps(document).encode("utf-8")
+
+
+def _error(status: int, code: str, message: str) -> Any:
+    body = {"error": {"code": code, "message": message, "details": [], "request_id": "rq-1"}}
+    return status, {"Content-Type": "application/json"}, _dumps(body)
+
+
+def _handler(api: FakeJobsApi) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _serve(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            parts = urlsplit(self.path)
+            query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
+            headers = {name.lower(): value for name, value in self.headers.items()}
+            status, answer_headers, answer = api.handle(self.command, parts.path, query, headers, body)
+            self.send_response(status)
+            for name, value in answer_headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(answer)))
+            self.end_headers()
+            self.wfile.write(answer)
+
+        do_GET = do_POST = do_DELETE = _serve
+
+    return Handler

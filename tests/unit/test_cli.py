@@ -1,0 +1,587 @@
+"""The ``flux-images`` CLI against a fake of the bulk-job API (tests/unit/cli_fake_server.py).
+
+``main([...])`` runs in-process; every wait of the CLI (polls, retry delays) goes through ``api._sleep``, which the
+tests replace with a recorder, so nothing here sleeps for real. Every run is checked for the API key in its output.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_fake_server import FakeJobsApi, tiny_png
+from flux_images_cli import api, download, inputs
+from flux_images_cli.main import main
+
+API_KEY = "fake-api-key-s3cr3t-0123456789abcdef"
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+    sleeps: list[float]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeJobsApi]:
+    server = FakeJobsApi(api_key=API_KEY).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class Runner:
+    def __init__(self, capsys: pytest.CaptureFixture[str], sleeps: list[float]) -> None:
+        self.capsys = capsys
+        self.sleeps = sleeps
+
+    def __call__(self, *argv: str, secrets: tuple[str, ...] = (API_KEY,)) -> Result:
+        self.capsys.readouterr()
+        self.sleeps.clear()
+        code = main(list(argv))
+        captured = self.capsys.readouterr()
+        for secret in secrets:
+            assert secret not in captured.out and secret not in captured.err, "the API key was printed"
+        return Result(code, captured.out, captured.err, list(self.sleeps))
+
+
+@pytest.fixture
+def run(
+    fake: FakeJobsApi, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Runner:
+    monkeypatch.setenv("FLUX_IMAGES_API_URL", fake.url)
+    monkeypatch.setenv("FLUX_IMAGES_API_KEY", API_KEY)
+    monkeypatch.chdir(tmp_path)
+    sleeps: list[float] = []
+    monkeypatch.setattr(api, "_sleep", sleeps.append)
+    return Runner(capsys, sleeps)
+
+
+def write(path: Path, text: str) -> str:
+    path.write_text(text, encoding="utf-8")
+    return str(path)
+
+
+def jsonl(path: Path, *lines: Any) -> str:
+    return write(path, "".join(json.dumps(line) + "\n" for line in lines))
+
+
+def submit_no_wait(run: Runner, *argv: str) -> str:
+    result = run("submit", *argv, "--no-wait")
+    assert result.code == 0, result.err
+    return result.out.strip()
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+def test_jsonl_lines_are_strings_or_objects_and_override_the_command_line_defaults(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "p.jsonl",
+        '"a red fox"\n'
+        '{"prompt": "a blue whale", "width": 768, "height": 512}\n'
+        "\n"
+        "# a comment\n"
+        '{"prompt": "seeded", "seed": 7, "num_steps": 2}\n'
+        '{"prompt": "service picks", "seed": null}\n',
+    )
+    items = inputs.load_items(path, ["from the command line"], {"width": 512, "seed": 1})
+    assert [(item.source, item.request) for item in items] == [
+        (f"{path}:1", {"width": 512, "seed": 1, "prompt": "a red fox"}),
+        (f"{path}:2", {"width": 768, "seed": 1, "prompt": "a blue whale", "height": 512}),
+        (f"{path}:5", {"width": 512, "seed": 7, "prompt": "seeded", "num_steps": 2}),
+        (f"{path}:6", {"width": 512, "seed": None, "prompt": "service picks"}),
+        ("--prompt #1", {"width": 512, "seed": 1, "prompt": "from the command line"}),
+    ]
+
+
+def test_jsonl_problems_name_file_line_and_field_and_nothing_is_sent(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    path = write(
+        tmp_path / "bad.jsonl",
+        "\n".join(
+            [
+                '{"prompt": "fine"}',
+                '{"prompt": "x", "num_steps": "4"}',
+                '{"prompt": "x", "stepz": 4}',
+                '{"prompt": "   "}',
+                '{"prompt": "x", "width": 500, "seed": true}',
+                "not json",
+                "[1, 2]",
+                '{"seed": 3}',
+                '{"prompt": "x", "height": 4096, "num_steps": 4.0}',
+                json.dumps({"prompt": "p" * 2001}),
+            ]
+        ),
+    )
+    result = run("submit", path)
+    assert result.code == 2
+    for expected in [
+        f"{path}:2: num_steps: must be an integer, not a string",
+        f"{path}:3: stepz: unknown field (allowed: prompt, num_steps, seed, width, height)",
+        f"{path}:4: prompt: must not be blank",
+        f"{path}:5: width: 500 is not a multiple of 16",
+        f"{path}:5: seed: must be an integer, not a boolean",
+        f"{path}:6: not valid JSON",
+        f"{path}:7: expected a JSON object or a string",
+        f"{path}:8: prompt: missing",
+        f"{path}:9: height: 4096 is out of range 256–2048",
+        f"{path}:9: num_steps: must be an integer, not a number",
+        f"{path}:10: prompt: is 2,001 characters long",
+    ]:
+        assert expected in result.err
+    assert f"{path}:1:" not in result.err
+    assert "invalid input (11 problems)" in result.err
+    assert fake.seen == []
+
+
+def test_csv_header_empty_cells_and_multiline_records(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "p.csv",
+        'Prompt, seed ,num_steps,width,height\na red fox,7,,,\n"a multi\nline prompt",,2,768,512\n\na blue whale,,,,\n',
+    )
+    items = inputs.load_items(path, [], {"width": 512})
+    assert [(item.source, item.request) for item in items] == [
+        (f"{path}:2", {"width": 512, "prompt": "a red fox", "seed": 7}),
+        (f"{path}:3", {"width": 768, "prompt": "a multi\nline prompt", "num_steps": 2, "height": 512}),
+        (f"{path}:6", {"width": 512, "prompt": "a blue whale"}),
+    ]
+
+
+def test_csv_problems_name_file_line_and_field(run: Runner, tmp_path: Path) -> None:
+    path = write(tmp_path / "bad.csv", "prompt,seed,width\nok,1,512\nbad,x,512\nbad2,2,500\n,3,512\ntoo,1,512,extra\n")
+    result = run("submit", path, "--dry-run")
+    assert result.code == 2
+    for expected in [
+        f"{path}:3: seed: 'x' is not an integer",
+        f"{path}:4: width: 500 is not a multiple of 16",
+        f"{path}:5: prompt: must not be blank",
+        f"{path}:6: 4 cells but the header has 3 columns",
+    ]:
+        assert expected in result.err
+
+    header = write(tmp_path / "header.csv", "promt,stepz\na,1\n")
+    result = run("submit", header, "--dry-run")
+    assert result.code == 2
+    assert f"{header}:1: column 'promt': unknown column" in result.err
+    assert f"{header}:1: the header has no 'prompt' column" in result.err
+
+
+def test_stdin_prompt_arguments_and_command_line_defaults(
+    run: Runner, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b'"from stdin"\n{"prompt": "two"}\n')))
+    result = run("submit", "-", "--prompt", "extra", "--width", "512", "--dry-run")
+    assert result.code == 0, result.err
+    assert result.out.strip() == "job 1: 3 items (<stdin>:1 … --prompt #1)"
+
+    bad_default = run("submit", "--prompt", "x", "--width", "500", "--dry-run")
+    assert bad_default.code == 2
+    assert "--width: 500 is not a multiple of 16" in bad_default.err
+
+    assert run("submit", "--dry-run").code == 2
+    missing = run("submit", str(tmp_path / "nope.jsonl"))
+    assert missing.code == 2 and "cannot read" in missing.err
+    metadata = run("submit", "--prompt", "x", "--metadata", "[1]", "--no-wait")
+    assert metadata.code == 2 and "--metadata: must be a JSON object" in metadata.err
+    webhook = run("submit", "--prompt", "x", "--webhook-url", "http://hooks.example.com", "--no-wait")
+    assert webhook.code == 2 and "must be an https URL" in webhook.err
+
+
+def test_file_names_are_index_and_slug() -> None:
+    assert download.file_name(7, "A Cozy Mountain Cabin, under a *starry* sky!", "image/png") == (
+        "0007-a-cozy-mountain-cabin-under-a-starry-sky.png"
+    )
+    assert download.file_name(12, "Crème brûlée", "image/jpeg") == "0012-creme-brulee.jpg"
+    assert download.file_name(3, "日本", "image/webp") == "0003-image.webp"
+    assert len(download.slugify("word " * 40)) <= download.SLUG_CHARS
+
+
+# ------------------------------------------------------------------------------------------------ the flow
+def test_submit_waits_and_downloads_every_image_with_manifests(
+    run: Runner, fake: FakeJobsApi, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    fake.max_page = 2  # 5 items: three pages
+    monkeypatch.setenv("FLUX_IMAGES_API_URL", fake.url + "/prod/")  # a deployed stage URL, trailing slash
+    prompts = jsonl(
+        tmp_path / "p.jsonl",
+        "a red fox",
+        {"prompt": "a blue whale", "seed": 7},
+        {"prompt": "a lighthouse", "width": 768},
+        "a cabin",
+        "Crème brûlée",
+    )
+    result = run("submit", prompts, "--width", "512", "--height", "512", "--out", "out")
+    assert result.code == 0, result.err
+    job_id = result.out.strip()
+    assert job_id.startswith("job_") and job_id in fake.jobs
+
+    (create,) = fake.requests_to("create")
+    assert create.path == "/prod/v1/jobs"
+    assert create.json == {
+        "items": [
+            {"width": 512, "height": 512, "prompt": "a red fox"},
+            {"width": 512, "height": 512, "prompt": "a blue whale", "seed": 7},
+            {"width": 768, "height": 512, "prompt": "a lighthouse"},
+            {"width": 512, "height": 512, "prompt": "a cabin"},
+            {"width": 512, "height": 512, "prompt": "Crème brûlée"},
+        ]
+    }
+    assert create.headers["idempotency-key"].startswith("flux-images-")
+    polls = [seen for seen in fake.requests_to("get") if "cursor" not in seen.query]
+    assert len(polls) >= 3  # the items progressed over successive reads
+    assert any("cursor" in seen.query for seen in fake.requests_to("get"))  # pagination followed
+    images = fake.requests_to("image")
+    assert len(images) == 5
+    assert all("x-api-key" not in seen.headers for seen in images)  # the key never goes to the bucket
+
+    out = tmp_path / "out"
+    names = ["0000-a-red-fox.png", "0001-a-blue-whale.png", "0002-a-lighthouse.png", "0003-a-cabin.png"]
+    names.append("0004-creme-brulee.png")
+    assert sorted(p.name for p in out.iterdir()) == sorted([*names, "manifest.jsonl", "manifest.csv"])
+    for index, name in enumerate(names):
+        assert (out / name).read_bytes() == fake.image_bytes(job_id, index)
+
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [row["index"] for row in rows] == [0, 1, 2, 3, 4]
+    body = fake.image_bytes(job_id, 1)
+    assert rows[1] == {
+        "job_id": job_id,
+        "index": 1,
+        "status": "succeeded",
+        "prompt": "a blue whale",
+        "seed": 7,
+        "num_steps": 4,
+        "width": 512,
+        "height": 512,
+        "file": "0001-a-blue-whale.png",
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "bytes": len(body),
+        "image_id": rows[1]["image_id"],
+        "error_code": None,
+        "error_message": None,
+    }
+    assert rows[0]["seed"] == 1000  # picked by the service, read from the image document
+    assert rows[2]["width"] == 768
+    assert rows[4]["prompt"] == "Crème brûlée"
+    with open(out / "manifest.csv", newline="", encoding="utf-8") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["file"] for row in table] == names
+    assert table[0]["error_code"] == "" and table[1]["seed"] == "7"
+    assert "5 downloaded, 0 already present" in result.err
+
+
+def test_an_interrupted_download_resumes_without_fetching_files_again(
+    run: Runner, fake: FakeJobsApi, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    job_id = submit_no_wait(run, jsonl(tmp_path / "p.jsonl", "one", "two", "three", "four"))
+    assert run("wait", job_id).code == 0
+    out = tmp_path / "images"
+
+    original = download.copy_body
+    calls: list[int] = []
+
+    def interrupted(response: Any, handle: Any) -> tuple[str, int]:
+        calls.append(1)
+        if len(calls) == 2:  # part of the second file is written, then Ctrl-C
+            handle.write(next(response.iter_content(10)))
+            raise KeyboardInterrupt
+        return original(response, handle)
+
+    monkeypatch.setattr(download, "copy_body", interrupted)
+    first = run("download", job_id, "--out", str(out))
+    assert first.code == 130
+    assert f"flux-images download {job_id} --out {out}" in first.err
+    assert (out / "0000-one.png").read_bytes() == fake.image_bytes(job_id, 0)
+    assert not (out / "0001-two.png").exists()  # a partial file never has the final name
+    assert (out / "0001-two.png.part").exists()
+    assert not (out / "manifest.jsonl").exists()
+
+    monkeypatch.setattr(download, "copy_body", original)
+    before = len(fake.requests_to("image"))
+    second = run("download", job_id, "--out", str(out))
+    assert second.code == 0, second.err
+    fetched = [seen.path.rsplit("/", 1)[1] for seen in fake.requests_to("image")[before:]]
+    assert fetched == ["1.png", "2.png", "3.png"]  # the verified first file was not fetched again
+    assert "3 downloaded, 1 already present" in second.err
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".png") == [
+        "0000-one.png",
+        "0001-two.png",
+        "0002-three.png",
+        "0003-four.png",
+    ]
+    assert not list(out.glob("*.part"))
+    assert len((out / "manifest.jsonl").read_text().splitlines()) == 4
+
+    third = run("download", job_id, "--out", str(out))  # nothing left to do
+    assert third.code == 0 and len(fake.requests_to("image")) == before + 3
+
+
+def test_a_sha256_mismatch_is_reported_and_the_file_not_kept(run: Runner, fake: FakeJobsApi, tmp_path: Path) -> None:
+    job_id = submit_no_wait(run, jsonl(tmp_path / "p.jsonl", "good", "[badsha] tampered", "also good"))
+    assert run("wait", job_id).code == 0
+    result = run("download", job_id, "--out", "out")
+    assert result.code == 3
+    assert "0001  sha256_mismatch" in result.err
+    assert f"flux-images download {job_id} --out out" in result.err
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.png")) == ["0000-good.png", "0002-also-good.png"]
+    assert not list(out.glob("*.part"))
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert rows[1]["status"] == "download_failed"
+    assert rows[1]["error_code"] == "sha256_mismatch"
+    assert rows[1]["file"] is None and rows[1]["sha256"] is None
+
+
+def test_partial_failure_exits_1_with_a_summary(run: Runner, fake: FakeJobsApi, tmp_path: Path) -> None:
+    prompts = jsonl(tmp_path / "p.jsonl", "fine", "[fail] refused", "fine too", "[fail] also refused")
+    result = run("-q", "submit", prompts)
+    assert result.code == 1
+    job_id = result.out.strip()
+    assert f"job {job_id}: partially_failed" in result.err
+    assert "0001   upstream_rejected  Flux Schnell refused the parameters  [fail] refused" in result.err
+    assert "0003   upstream_rejected" in result.err
+    out = tmp_path / f"flux-images-{job_id}"
+    assert sorted(p.name for p in out.glob("*.png")) == ["0000-fine.png", "0002-fine-too.png"]
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [row["status"] for row in rows] == ["succeeded", "failed", "succeeded", "failed"]
+    assert rows[1]["error_code"] == "upstream_rejected" and rows[1]["file"] is None
+
+    status = run("status", job_id)
+    assert status.code == 1
+    assert "partially_failed" in status.out and "upstream_rejected" in status.out
+
+
+def test_more_than_1000_prompts_go_in_two_jobs_and_a_rerun_creates_nothing(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    prompts = write(tmp_path / "big.csv", "prompt\n" + "".join(f"prompt {n}\n" for n in range(1001)))
+    result = run("submit", prompts, "--no-wait")
+    assert result.code == 0, result.err
+    job_ids = result.out.split()
+    assert len(job_ids) == 2
+    assert "1,001 prompts are submitted as 2 jobs (a job takes at most 1,000 items" in result.err
+    assert "prompts 1–1,000, 1,001–1,001" in result.err
+    creates = fake.requests_to("create")
+    assert [len(seen.json["items"]) for seen in creates] == [1000, 1]
+    assert creates[1].json["items"] == [{"prompt": "prompt 1000"}]
+    keys = [seen.headers["idempotency-key"] for seen in creates]
+    assert keys[0] != keys[1]
+
+    again = run("submit", prompts, "--no-wait")  # e.g. after a network error: the same jobs come back
+    assert again.out.split() == job_ids
+    assert [seen.headers["idempotency-key"] for seen in fake.requests_to("create")[2:]] == keys
+    assert len(fake.jobs) == 2
+
+
+def test_idempotency_keys_follow_the_content_or_the_option(run: Runner, fake: FakeJobsApi, tmp_path: Path) -> None:
+    prompts = jsonl(tmp_path / "p.jsonl", "a", "b")
+    first = submit_no_wait(run, prompts)
+    assert submit_no_wait(run, prompts) == first
+    other = submit_no_wait(run, prompts, "--width", "512")  # another body: another key, not a 422
+    assert other != first
+    given = submit_no_wait(run, prompts, "--idempotency-key", "order-1234")
+    keys = [seen.headers["idempotency-key"] for seen in fake.requests_to("create")]
+    assert keys[0] == keys[1] != keys[2]
+    assert keys[3] == "order-1234" and given not in {first, other}
+
+    reused = run("submit", prompts, "--width", "768", "--idempotency-key", "order-1234", "--no-wait")
+    assert reused.code == 3
+    assert "HTTP 422 idempotency_key_reused" in reused.err
+
+    split = inputs.plan_jobs([inputs.Item({"prompt": "x"}, "x")] * 3, idempotency_key="k", per_job=2)
+    assert [plan.idempotency_key for plan in split] == ["k-part1of2", "k-part2of2"]
+    assert [(plan.first, plan.size) for plan in split] == [(1, 2), (3, 1)]
+
+
+def test_jobs_are_also_split_by_body_size() -> None:
+    items = [inputs.Item({"prompt": "日本語" * 600}, f"p.jsonl:{n}") for n in range(1, 6)]  # ~5.4 kB each
+    plans = inputs.plan_jobs(items, max_body_bytes=12_000)
+    assert [(plan.first, plan.size) for plan in plans] == [(1, 2), (3, 2), (5, 1)]
+    assert all(len(json.dumps(plan.body, ensure_ascii=False).encode()) < 12_200 for plan in plans)
+
+
+# ------------------------------------------------------------------------------------------------ retries, errors
+def test_429_and_503_are_retried_honouring_retry_after(run: Runner, fake: FakeJobsApi, tmp_path: Path) -> None:
+    fake.fail("create", 429, code="throttled", headers={"Retry-After": "0.01"}, times=2)
+    fake.fail("get", 503, code="upstream_unavailable", headers={"Retry-After": "0.02"})
+    result = run("submit", jsonl(tmp_path / "p.jsonl", "a"), "--poll-interval", "0.5")
+    assert result.code == 0, result.err
+    assert result.sleeps[:3] == [0.01, 0.01, 0.02]
+    assert "HTTP 429 throttled; retrying in 0.0 s (attempt 2)" in result.err
+    assert len(fake.jobs) == 1 and len(fake.requests_to("create")) == 3
+
+
+def test_retries_are_bounded(run: Runner, fake: FakeJobsApi, tmp_path: Path) -> None:
+    job_id = submit_no_wait(run, "--prompt", "a")
+    fake.fail("get", 503, code="upstream_unavailable", headers={"Retry-After": "0"}, times=6)
+    result = run("status", job_id)
+    assert result.code == 3
+    assert "HTTP 503 upstream_unavailable: injected (gave up after 6 attempts)" in result.err
+    assert len(fake.requests_to("get")) == 6
+
+    fake2_gets = len(fake.requests_to("get"))
+    fake.fail("get", 429, code="throttled", headers={"Retry-After": "3600"})
+    too_long = run("status", job_id)
+    assert too_long.code == 3 and "try again later" in too_long.err and too_long.sleeps == []
+
+    fake.fail("get", 429, code="quota_exceeded")
+    quota = run("status", job_id)
+    assert quota.code == 3 and "quota_exceeded" in quota.err and quota.sleeps == []
+    assert len(fake.requests_to("get")) > fake2_gets
+
+
+def test_connection_errors_are_retried_with_backoff_then_exit_3(run: Runner, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed when the block ends: nothing listens there
+    monkeypatch.setenv("FLUX_IMAGES_API_URL", f"http://127.0.0.1:{port}")
+    result = run("status", "job_0123")
+    assert result.code == 3
+    assert f"cannot reach http://127.0.0.1:{port}: connection refused (gave up after 6 attempts)" in result.err
+    assert len(result.sleeps) == 5 and all(0 <= s <= api.RetryPolicy().backoff_cap_s for s in result.sleeps)
+
+
+def test_api_errors_are_readable_and_point_at_the_input_line(run: Runner, fake: FakeJobsApi, tmp_path: Path) -> None:
+    details = [{"location": "body.items.1.prompt", "field": "prompt", "message": "refused", "type": "value_error"}]
+    fake.fail("create", 422, code="validation_error", message="the request is invalid", details=details)
+    prompts = jsonl(tmp_path / "p.jsonl", "a", "b")
+    result = run("submit", prompts)
+    assert result.code == 3
+    assert "POST /v1/jobs: HTTP 422 validation_error: the request is invalid" in result.err
+    assert f"body.items.1.prompt ({prompts}:2): refused" in result.err
+    assert "request id: rq-1" in result.err
+
+    assert run("status", "job_unknown").code == 3
+
+
+def test_api_key_from_the_environment_or_the_option_and_never_printed(
+    run: Runner, fake: FakeJobsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = submit_no_wait(run, "--prompt", "a")  # the key from FLUX_IMAGES_API_KEY
+    assert fake.requests_to("create")[0].headers["x-api-key"] == API_KEY
+
+    wrong = "wrong-key-also-secret-987654321"
+    monkeypatch.setenv("FLUX_IMAGES_API_KEY", wrong)
+    refused = run("status", job_id, secrets=(API_KEY, wrong))
+    assert refused.code == 3
+    assert "HTTP 403 invalid_api_key" in refused.err and "check --api-key / FLUX_IMAGES_API_KEY" in refused.err
+
+    assert run("--api-key", API_KEY, "status", job_id, secrets=(API_KEY, wrong)).code == 0  # the option wins
+    assert run("status", job_id, "--api-key", API_KEY, secrets=(API_KEY, wrong)).code == 0  # either position
+
+    monkeypatch.delenv("FLUX_IMAGES_API_KEY")
+    missing = run("status", job_id)
+    assert missing.code == 2 and "no API key: pass --api-key or set FLUX_IMAGES_API_KEY" in missing.err
+    monkeypatch.delenv("FLUX_IMAGES_API_URL")
+    no_url = run("--api-key", API_KEY, "status", job_id)
+    assert no_url.code == 2 and "no API URL" in no_url.err
+    bad_url = run("--api-key", API_KEY, "--api-url", "ftp://example.com", "status", job_id)
+    assert bad_url.code == 2 and "is not an http(s) URL" in bad_url.err
+
+
+def test_an_expired_image_url_is_renewed_by_reading_the_job_again(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    job_id = submit_no_wait(run, "--prompt", "a", "--prompt", "b")
+    assert run("wait", job_id).code == 0
+    fake.expire_image_fetches = 1
+    gets = len(fake.requests_to("get"))
+    result = run("download", job_id, "--out", "out")
+    assert result.code == 0, result.err
+    assert "the image URL was refused (expired?)" in result.err
+    assert len(fake.requests_to("get")) == gets + 2  # the listing, then the page again for fresh URLs
+    image_urls = [seen.query["X-Amz-Signature"] for seen in fake.requests_to("image")]
+    assert image_urls[0] != image_urls[1]  # the retry used the renewed URL
+    assert (tmp_path / "out" / "0000-a.png").read_bytes() == fake.image_bytes(job_id, 0)
+
+
+# ------------------------------------------------------------------------------------------------ status, cancel, wait
+def test_status_cancel_and_wait_on_a_canceled_job(run: Runner, fake: FakeJobsApi) -> None:
+    fake.items_per_tick = 1
+    job_id = submit_no_wait(run, *[arg for n in range(6) for arg in ("--prompt", f"p{n}")])
+    status = run("status", job_id)  # first read: item 0 done, item 1 running, the rest queued
+    assert status.code == 0
+    assert f"job {job_id}: running" in status.out
+
+    canceled = run("cancel", job_id)
+    assert canceled.code == 0
+    assert fake.requests_to("delete")[0].path == f"/v1/jobs/{job_id}"
+    assert f"job {job_id}: running" in canceled.out  # item 1 still runs: it finishes
+
+    waited = run("wait", job_id)
+    assert waited.code == 1
+    assert f"job {job_id}: canceled" in waited.err
+    document = run("status", job_id, "--json")
+    assert document.code == 1
+    job = json.loads(document.out)
+    assert job["counts"] == {"queued": 0, "running": 0, "succeeded": 2, "failed": 0, "canceled": 4}
+    assert [item["status"] for item in job["items"]] == ["succeeded"] * 2 + ["canceled"] * 4
+
+
+def test_ctrl_c_stops_waiting_without_canceling(
+    run: Runner, fake: FakeJobsApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job_id = submit_no_wait(run, "--prompt", "a", "--prompt", "b", "--prompt", "c", "--prompt", "d")
+
+    def interrupt(seconds: float) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "_sleep", interrupt)
+    result = run("wait", job_id)
+    assert result.code == 130
+    assert f"Resume with: flux-images wait {job_id}" in result.err
+    assert fake.requests_to("delete") == []
+
+    submitted = run("submit", "--prompt", "e", "--prompt", "f", "--prompt", "g", "--prompt", "h")
+    assert submitted.code == 130
+    assert "Resume with the same command" in submitted.err
+    assert fake.requests_to("delete") == []
+
+
+def test_tiny_png_is_a_valid_png() -> None:
+    data = tiny_png(3, 2, (1, 2, 3))
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR"
+    assert int.from_bytes(data[16:20], "big") == 3 and int.from_bytes(data[20:24], "big") == 2
+
+
+def test_installed_console_script_help() -> None:
+    script = REPO / ".venv" / "bin" / "flux-images"
+    if not script.exists():
+        pytest.skip("the virtual environment has no flux-images script (run make venv)")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=30, check=False)
+    assert result.returncode == 0, result.stderr
+    for word in ("submit", "wait", "download", "status", "cancel", "FLUX_IMAGES_API_KEY", "exit codes"):
+        assert word in result.stdout
+
+
+def test_polls_back_off_while_nothing_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    def document(done: int, status: str = "running") -> dict[str, Any]:
+        return {"id": "job_x", "status": status, "total": 2, "counts": {"succeeded": done, "running": 2 - done}}
+
+    documents = iter([document(0)] * 4 + [document(1), document(2, "succeeded")])
+
+    class Client:
+        def get_job(self, job_id: str, **options: Any) -> dict[str, Any]:
+            assert options == {"limit": 1}
+            return next(documents)
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(api, "_sleep", sleeps.append)
+    from flux_images_cli import jobs
+
+    assert jobs.wait_for(Client(), "job_x", poll_interval=2, progress=False)["status"] == "succeeded"  # type: ignore[arg-type]
+    assert sleeps == [2, 3, 4.5, 6.75, 2]
