@@ -47,7 +47,7 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
         try:
             key = _key_of(self, op_type, op)
             before = self.get_item(op["TableName"], key) if key else None
-        except Exception:  # noqa: BLE001 - moto reports the invalid operation itself
+        except Exception:  # noqa: BLE001, S112 - moto reports the invalid operation itself
             continue
         snapshot.append((op["TableName"], key, before.to_json()["Attributes"] if before else None))
     try:
