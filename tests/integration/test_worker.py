@@ -68,11 +68,13 @@ def messages(job_id: str, count: int) -> list[str]:
     ]
 
 
-def s3_keys(stack, image_id: str) -> list[str]:
+def s3_keys(stack, job_id: str, index: int) -> list[str]:
+    """Every object stored for one item (its key derives from job id + index: a replay overwrites)."""
     s3 = stack.aws.client("s3")
+    prefix = f"images/jobs/{job_id}/{index:04d}"
     found = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.resources.bucket, Prefix="images/"):
-        found += [obj["Key"] for obj in page.get("Contents", []) if image_id in obj["Key"]]
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.resources.bucket, Prefix=prefix):
+        found += [obj["Key"] for obj in page.get("Contents", [])]
     return found
 
 
@@ -91,7 +93,7 @@ def test_worker_processes_a_batch_and_a_redelivery_calls_nobody_twice(worker, re
     job = repository.get_job(job_id)
     assert job.counts.succeeded == 4 and job.remaining == 0 and job.completed_at is not None
     for index in range(4):
-        assert len(s3_keys(stack, item_image_id(job_id, index))) == 1
+        assert len(s3_keys(stack, job_id, index)) == 1
 
 
 def test_worker_killed_mid_batch_ends_with_every_item_terminal_and_no_duplicates(
@@ -124,7 +126,7 @@ def test_worker_killed_mid_batch_ends_with_every_item_terminal_and_no_duplicates
     assert answer == {"batchItemFailures": []}
     assert [repository.get_item(job_id, i).status for i in range(4)] == ["succeeded"] * 4
     assert emulator.calls == 4
-    assert all(len(s3_keys(stack, item_image_id(job_id, i))) == 1 for i in range(4))
+    assert all(len(s3_keys(stack, job_id, i)) == 1 for i in range(4))
     assert repository.get_job(job_id).counts.succeeded == 4
 
 

@@ -19,7 +19,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from imagegen.adapters.events import EventPublisher
-from imagegen.adapters.jobs_table import Item, Job, JobRepository, TransitionConflict
+from imagegen.adapters.jobs_table import Item, Job, JobRepository, JobUnavailable, TransitionConflict
 from imagegen.adapters.queue import JobQueue
 from imagegen.adapters.webhooks import WebhookSender
 from imagegen.budget import Deadline
@@ -198,19 +198,34 @@ class ItemProcessor:
 
     def process(self, message: JobMessage, *, message_id: str, receive_count: int, deadline: Deadline) -> Outcome:
         job_id, index = message.job_id, message.index if message.index is not None else 0
+        request = message.request
         if job_id is None:
             job_id = self._ensure_direct_job(message, message_id)
+            request = with_seed(message.request, entropy=message_id)
+        if deadline.remaining() < MIN_ITEM_TIME_S:
+            return Outcome(False, 0, "not enough time left in this invocation")
+        try:
+            # First delivery, the usual case: claim without reading first (one round trip).
+            self._repository.claim(job_id, index)
+            item = Item(job_id, index, "running", request, attempts=1, correlation_id=message.correlation_id)
+        except (TransitionConflict, JobUnavailable):
+            claimed = self._look_again(job_id, index)
+            if isinstance(claimed, Outcome):
+                return claimed
+            item = claimed
+        return self._run(item, receive_count, deadline, message.correlation_id)
+
+    def _look_again(self, job_id: str, index: int) -> Item | Outcome:
+        """The claim failed: a redelivery, a canceled job, or an item a dead invocation left running."""
         item, job = self._repository.get_item_and_job(job_id, index)
         if item is None:
             return Outcome(False, reason="unknown_item")  # the caller dead-letters it: nothing to record it on
         if item.status in ("succeeded", "failed", "canceled"):
             metrics.add_metric(name="DuplicateDeliveries", unit=MetricUnit.Count, value=1)
             return ACK  # done already: a redelivery never calls the upstream again
-        if job is not None and job.canceled:
+        if job is None or job.canceled:
             self._settle(item, "canceled")
             return ACK
-        if deadline.remaining() < MIN_ITEM_TIME_S:
-            return Outcome(False, 0, "not enough time left in this invocation")
         try:
             if item.status == "queued":
                 self._repository.transition(item, "running")
@@ -218,17 +233,15 @@ class ItemProcessor:
                 self._repository.reclaim(item)  # the previous attempt died with the item running
         except TransitionConflict:
             return Outcome(False, 1, "the item moved under us; look again")
-        return self._run(item, job, receive_count, deadline, message.correlation_id)
+        return item
 
-    def _run(
-        self, item: Item, job: Job | None, receive_count: int, deadline: Deadline, correlation_id: str | None
-    ) -> Outcome:
+    def _run(self, item: Item, receive_count: int, deadline: Deadline, correlation_id: str | None) -> Outcome:
         try:
             record = self._images.generate_record(
                 item.request,
                 deadline,
                 image_id=item_image_id(item.job_id, item.index),
-                created_at=job.created_at if job is not None else None,
+                key_stem=f"images/jobs/{item.job_id}/{item.index:04d}",  # a replay overwrites, never duplicates
                 store=False,  # the record is written in the item's final transaction
             )
         except ServiceError as exc:

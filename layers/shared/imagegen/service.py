@@ -97,10 +97,11 @@ class ImageService:
         *,
         image_id: str | None = None,
         created_at: datetime | None = None,
+        key_stem: str | None = None,
         store: bool = True,
     ) -> ImageRecord:
-        """Generate, mirror and record one image. A job item passes its own deterministic ``image_id`` and the
-        job's ``created_at``: a replay then writes the same S3 key and record again, never a second image."""
+        """Generate, mirror and record one image. A job item passes its own deterministic ``image_id`` and
+        ``key_stem``: a replay then writes the same S3 key and record again, never a second image."""
         started = time.monotonic()
         replayable = image_id is not None
         image_id = image_id or new_image_id()
@@ -124,7 +125,7 @@ class ImageService:
         if upstream.key_refreshed:
             metrics.add_metric(name="SubscriptionKeyRefreshed", unit=MetricUnit.Count, value=1)
 
-        key_stem = f"images/{created_at:%Y/%m/%d}/{image_id}"
+        key_stem = key_stem or f"images/{created_at:%Y/%m/%d}/{image_id}"
         stored = self._mirror.mirror(upstream.output_url, key_stem, object_metadata(image_id, params), deadline)
         record = ImageRecord(
             id=image_id,

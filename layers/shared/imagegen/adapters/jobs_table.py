@@ -102,6 +102,10 @@ class TransitionConflict(Exception):
     """The item was no longer in the expected status (someone else moved it)."""
 
 
+class JobUnavailable(Exception):
+    """The job was canceled (or no longer exists): its queued items must not start."""
+
+
 class JobRepository:
     def __init__(self, client: Any, table_name: str, retention_days: int) -> None:
         self._client = client
@@ -305,6 +309,34 @@ class JobRepository:
         if to == "running":
             item.attempts += 1
         return completed
+
+    def claim(self, job_id: str, index: int) -> None:
+        """queued → running in one transaction, without reading first (the common case of a first delivery):
+        TransitionConflict when the item is not queued, JobUnavailable when the job is canceled or gone."""
+        operations = [
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": item_key(job_id, index),
+                    "UpdateExpression": "SET #status = :running, updated_at = :now, attempts = attempts + :one",
+                    "ConditionExpression": "#status = :queued",
+                    "ExpressionAttributeNames": {"#status": "status"},
+                    "ExpressionAttributeValues": {
+                        ":running": {"S": "running"},
+                        ":queued": {"S": "queued"},
+                        ":now": {"S": _iso(_now())},
+                        ":one": {"N": "1"},
+                    },
+                }
+            }
+        ]
+        job_update = self._count_update(job_id, {"queued": -1, "running": 1})
+        job_update["Update"]["ConditionExpression"] += " AND canceled = :false"
+        job_update["Update"]["ExpressionAttributeValues"][":false"] = {"BOOL": False}
+        try:
+            self._transact([*operations, job_update])
+        except _JobGuardFailed as exc:
+            raise JobUnavailable(f"job {job_id} is canceled or gone") from exc
 
     def reclaim(self, item: Item) -> None:
         """A redelivered message finds its item ``running`` (the previous attempt died): take it over."""
