@@ -1,0 +1,358 @@
+"""Prompts from JSONL, CSV or the command line, checked locally against the rules of ``POST /v1/images``.
+
+Every problem names where it is (``prompts.csv:12``) and the field, and all of them are reported at once. The
+rules mirror the service's (README, "The API"): unknown fields are refused, types are strict, so a file that
+passes here is not refused by the API for its items.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flux_images_cli.api import UsageError
+
+FIELDS = ("prompt", "num_steps", "seed", "width", "height")
+INT_FIELDS = ("num_steps", "seed", "width", "height")
+MAX_ITEMS_PER_JOB = 1000
+MAX_PROMPT_CHARS = 2000
+MAX_SEED = 4_294_967_295
+MAX_METADATA_BYTES = 2048
+MAX_IDEMPOTENCY_KEY = 255
+MAX_REPORTED_PROBLEMS = 25
+# A job's body stays well under API Gateway's 10 MB and Lambda's 6 MB request limits (non-ASCII prompts are big).
+MAX_JOB_BODY_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Item:
+    """One image request and where it came from (``file:line`` or ``--prompt #n``)."""
+
+    request: dict[str, Any]
+    source: str
+
+
+class InputError(UsageError):
+    """Every problem found in the input, each naming its place and field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        shown = problems[:MAX_REPORTED_PROBLEMS]
+        lines = [f"invalid input ({len(problems)} problem{'s' if len(problems) != 1 else ''}):"]
+        lines += [f"  {problem}" for problem in shown]
+        if len(problems) > len(shown):
+            lines.append(f"  … and {len(problems) - len(shown)} more")
+        super().__init__("\n".join(lines))
+
+
+# ------------------------------------------------------------------------------------------------ field rules
+def field_problem(name: str, value: Any) -> str | None:
+    """Why ``value`` is not acceptable for field ``name`` of ``POST /v1/images``, or None when it is."""
+    if name == "prompt":
+        if not isinstance(value, str):
+            return f"must be a string, not {_json_type(value)}"
+        if not value.strip():
+            return "must not be blank"
+        if len(value) > MAX_PROMPT_CHARS:
+            return f"is {len(value):,} characters long; at most {MAX_PROMPT_CHARS:,} are allowed"
+        return None
+    if name == "seed" and value is None:
+        return None  # explicit null: the service picks the seed
+    if not isinstance(value, int) or isinstance(value, bool):
+        return f"must be an integer, not {_json_type(value)} {json.dumps(value)[:40]}"
+    if name == "num_steps" and not 1 <= value <= 8:
+        return f"{value} is out of range 1–8"
+    if name == "seed" and not 0 <= value <= MAX_SEED:
+        return f"{value} is out of range 0–{MAX_SEED}"
+    if name in {"width", "height"}:
+        if not 256 <= value <= 2048:
+            return f"{value} is out of range 256–2048"
+        if value % 16:
+            return f"{value} is not a multiple of 16"
+    return None
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
+
+
+def _check_request(fields: dict[str, Any], source: str, problems: list[str]) -> bool:
+    ok = True
+    for name, value in fields.items():
+        problem = field_problem(name, value)
+        if problem:
+            problems.append(f"{source}: {name}: {problem}")
+            ok = False
+    return ok
+
+
+# ------------------------------------------------------------------------------------------------ formats
+def _jsonl_items(text: str, label: str, defaults: dict[str, Any], problems: list[str]) -> list[Item]:
+    items: list[Item] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        source = f"{label}:{number}"
+        try:
+            value = json.loads(stripped)
+        except ValueError as exc:
+            reason = getattr(exc, "msg", str(exc))
+            column = getattr(exc, "colno", None)
+            problems.append(f"{source}: not valid JSON: {reason}" + (f" (column {column})" if column else ""))
+            continue
+        if isinstance(value, str):
+            value = {"prompt": value}
+        if not isinstance(value, dict):
+            problems.append(f"{source}: expected a JSON object or a string (the prompt), not {_json_type(value)}")
+            continue
+        unknown = [key for key in value if key not in FIELDS]
+        for key in unknown:
+            problems.append(f"{source}: {key}: unknown field (allowed: {', '.join(FIELDS)})")
+        if "prompt" not in value:
+            problems.append(f"{source}: prompt: missing (every line needs a prompt)")
+        fields = {key: val for key, val in value.items() if key in FIELDS}
+        if _check_request(fields, source, problems) and not unknown and "prompt" in value:
+            items.append(Item({**defaults, **fields}, source))
+    return items
+
+
+_INTEGER = re.compile(r"[+-]?\d+", re.ASCII)
+
+
+def _csv_items(text: str, label: str, defaults: dict[str, Any], problems: list[str]) -> list[Item]:
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header: list[str] | None = None
+    items: list[Item] = []
+    previous_end = 0
+    for row in reader:
+        start, previous_end = previous_end + 1, reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if header is None:
+            header = [cell.strip().lower() for cell in row]
+            source = f"{label}:{start}"
+            unknown = [name for name in header if name not in FIELDS]
+            duplicates = sorted({name for name in header if header.count(name) > 1})
+            for name in unknown:
+                problems.append(f"{source}: column {name!r}: unknown column (allowed: {', '.join(FIELDS)})")
+            for name in duplicates:
+                problems.append(f"{source}: column {name!r}: appears more than once")
+            if "prompt" not in header:
+                problems.append(f"{source}: the header has no 'prompt' column (the first line must name the columns)")
+            if unknown or duplicates or "prompt" not in header:
+                return []
+            continue
+        source = f"{label}:{start}"
+        if len(row) > len(header):
+            problems.append(f"{source}: {len(row)} cells but the header has {len(header)} columns")
+            continue
+        fields: dict[str, Any] = {}
+        ok = True
+        for name, cell in zip(header, row, strict=False):
+            if name == "prompt":
+                fields["prompt"] = cell
+                continue
+            cell = cell.strip()
+            if not cell:
+                continue  # empty cell: the default
+            if not _INTEGER.fullmatch(cell):
+                problems.append(f"{source}: {name}: {cell[:40]!r} is not an integer")
+                ok = False
+                continue
+            fields[name] = int(cell)
+        if "prompt" not in fields:
+            problems.append(f"{source}: prompt: missing")
+            continue
+        if _check_request(fields, source, problems) and ok:
+            items.append(Item({**defaults, **fields}, source))
+    if header is None:
+        problems.append(f"{label}: empty CSV (the first line must be a header naming the columns, with 'prompt')")
+    return items
+
+
+def detect_format(path: str, text: str) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in {".jsonl", ".ndjson"}:
+        return "jsonl"
+    if suffix == ".csv":
+        return "csv"
+    for line in text.splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        try:
+            value = json.loads(stripped)
+        except ValueError:
+            return "jsonl" if stripped.startswith("{") else "csv"
+        return "jsonl" if isinstance(value, dict | str) else "csv"
+    return "jsonl"
+
+
+def read_source(path: str) -> tuple[str, str]:
+    """``(label, text)`` of a prompts file, or of standard input for ``-``."""
+    if path == "-":
+        data = sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode("utf-8")
+        label = "<stdin>"
+    else:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from None
+        label = path
+    try:
+        return label, data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise UsageError(f"{label}:{line}: not UTF-8 text") from None
+
+
+def load_items(
+    path: str | None,
+    prompts: Iterable[str],
+    defaults: dict[str, Any],
+    *,
+    fmt: str = "auto",
+) -> list[Item]:
+    """The items of a prompts file and of ``--prompt`` arguments, with ``defaults`` under each; or InputError."""
+    problems: list[str] = []
+    items: list[Item] = []
+    if path is not None:
+        label, text = read_source(path)
+        kind = detect_format(path, text) if fmt == "auto" else fmt
+        reader = _jsonl_items if kind == "jsonl" else _csv_items
+        items += reader(text, label, defaults, problems)
+    for number, prompt in enumerate(prompts, start=1):
+        source = f"--prompt #{number}"
+        if _check_request({"prompt": prompt}, source, problems):
+            items.append(Item({**defaults, "prompt": prompt}, source))
+    if problems:
+        raise InputError(problems)
+    if not items:
+        raise UsageError("no prompts: give a prompts file (JSONL or CSV, '-' for standard input) or --prompt TEXT")
+    return items
+
+
+# ------------------------------------------------------------------------------------------------ job bodies
+def check_metadata(text: str | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"--metadata: not valid JSON: {getattr(exc, 'msg', exc)}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"--metadata: must be a JSON object, not {_json_type(value)}")
+    size = len(json.dumps(value, separators=(",", ":")).encode("utf-8"))  # measured as the service measures it
+    if size > MAX_METADATA_BYTES:
+        raise UsageError(f"--metadata: {size:,} bytes of JSON; at most {MAX_METADATA_BYTES:,} are allowed")
+    return value
+
+
+def check_webhook_url(url: str | None) -> str | None:
+    if url is None:
+        return None
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        raise UsageError(f"--webhook-url: {url!r} must be an https URL")
+    if parts.username or parts.password:
+        raise UsageError("--webhook-url: must not carry credentials")
+    if len(url) > 2048:
+        raise UsageError("--webhook-url: at most 2,048 characters")
+    return url
+
+
+def check_idempotency_key(key: str | None, jobs: int) -> str | None:
+    if key is None:
+        return None
+    room = MAX_IDEMPOTENCY_KEY - (len(_part_suffix(jobs, jobs)) if jobs > 1 else 0)
+    if not key or len(key) > room or not key.isascii() or not key.isprintable():
+        raise UsageError(f"--idempotency-key: must be 1–{room} printable ASCII characters")
+    return key
+
+
+def _part_suffix(number: int, total: int) -> str:
+    return f"-part{number}of{total}"
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """One ``POST /v1/jobs``: its body, its Idempotency-Key and the sources of its items (for error messages)."""
+
+    body: dict[str, Any]
+    idempotency_key: str
+    sources: list[str]
+    first: int  # 1-based position of its first item in the whole input
+
+    @property
+    def size(self) -> int:
+        return len(self.sources)
+
+
+def derived_key(body: dict[str, Any]) -> str:
+    """The automatic Idempotency-Key: a hash of the exact body, so the same input gives the same key on a re-run
+    and a changed input (or option) gives a new one instead of a ``422 idempotency_key_reused``."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return "flux-images-" + hashlib.sha256(canonical).hexdigest()
+
+
+def plan_jobs(
+    items: list[Item],
+    *,
+    webhook_url: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    per_job: int = MAX_ITEMS_PER_JOB,
+    max_body_bytes: int = MAX_JOB_BODY_BYTES,
+) -> list[JobPlan]:
+    """The jobs for ``items``: in order, at most ``per_job`` items and about ``max_body_bytes`` of JSON each."""
+    chunks: list[list[Item]] = []
+    current: list[Item] = []
+    size = 0
+    for item in items:
+        item_bytes = len(json.dumps(item.request, ensure_ascii=False).encode("utf-8")) + 1
+        if current and (len(current) >= per_job or size + item_bytes > max_body_bytes):
+            chunks.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item_bytes
+    if current:
+        chunks.append(current)
+    key = check_idempotency_key(idempotency_key, len(chunks))
+    plans: list[JobPlan] = []
+    first = 1
+    for number, chunk in enumerate(chunks, start=1):
+        body: dict[str, Any] = {"items": [item.request for item in chunk]}
+        if webhook_url is not None:
+            body["webhook_url"] = webhook_url
+        if metadata is not None:
+            body["metadata"] = metadata
+        if key is None:
+            job_key = derived_key(body)
+        else:
+            job_key = key if len(chunks) == 1 else key + _part_suffix(number, len(chunks))
+        plans.append(JobPlan(body, job_key, [item.source for item in chunk], first))
+        first += len(chunk)
+    return plans
