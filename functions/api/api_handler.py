@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError as RouteNotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
+from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError, ResponseValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -191,7 +191,7 @@ def create_image(
     idempotency_key: Annotated[
         str | None, Header(alias="Idempotency-Key", max_length=255, description=IDEMPOTENCY_KEY_DESCRIPTION)
     ] = None,
-) -> Response[ImageDocument]:
+) -> Response[ImageDocument | JobDocument]:
     if _wants_async(prefer):
 
         def enqueue() -> dict[str, Any]:
@@ -359,6 +359,14 @@ def _error_location(loc: tuple[Any, ...]) -> tuple[str, str | None]:
     parts = [str(part) for part in loc]
     field = ".".join(parts[1:]) if len(parts) > 1 else None
     return ".".join(parts), field
+
+
+@app.exception_handler(ResponseValidationError)
+def handle_response_validation_error(exc: ResponseValidationError) -> Response:
+    """Our answer broke our own schema: a bug on our side, never the caller's 422."""
+    logger.error("response failed validation", errors=exc.errors())
+    metrics.add_metric(name="InternalErrors", unit=MetricUnit.Count, value=1)
+    return _error(500, "internal_error", "an unexpected error occurred; quote the request_id when reporting it")
 
 
 @app.exception_handler(RequestValidationError)

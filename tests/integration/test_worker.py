@@ -182,7 +182,9 @@ def test_worker_records_an_invalid_message_that_names_its_item(worker, repositor
 def test_worker_moves_unreadable_messages_to_the_dlq(worker, stack, emulator):
     sqs = stack.aws.client("sqs")
     dlq = stack.seeded.jobs_dlq_url
-    sqs.purge_queue(QueueUrl=dlq)
+    while leftover := sqs.receive_message(QueueUrl=dlq, MaxNumberOfMessages=10).get("Messages", []):
+        for message in leftover:
+            sqs.delete_message(QueueUrl=dlq, ReceiptHandle=message["ReceiptHandle"])
     answer = worker.lambda_handler(sqs_event(["not json at all"]), make_context("WorkerFunction", 120))
     assert answer == {"batchItemFailures": []}
     moved = sqs.receive_message(QueueUrl=dlq, MessageAttributeNames=["All"], WaitTimeSeconds=1).get("Messages", [])
