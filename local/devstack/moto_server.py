@@ -6,13 +6,19 @@ every later transaction down, and the local stack (one long-lived table) degrade
 semantics only need the touched items restored when the transaction is canceled. This launcher snapshots those
 items, lets moto apply the transaction without its table copies, and restores them on failure.
 
+It also makes DynamoDB calls atomic with respect to each other, as DynamoDB is: moto's threaded server runs
+requests concurrently on shared tables without locking, so two transactions could both pass a condition that
+only one of them may pass (a job's "last item" guard, say). One lock around every DynamoDB operation fixes it.
+
 Development tooling only: ``python -m devstack.moto_server -H 127.0.0.1 -p 5001``.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import sys
+import threading
 import types
 from typing import Any
 
@@ -62,10 +68,37 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
         raise
 
 
+_DYNAMODB_LOCK = threading.RLock()
+_SERIALIZED = (
+    "get_item",
+    "put_item",
+    "update_item",
+    "delete_item",
+    "query",
+    "scan",
+    "batch_get_item",
+    "batch_write_item",
+    "transact_get_items",
+    "transact_write_items",
+)
+
+
+def _serialized(method: Any) -> Any:
+    @functools.wraps(method)
+    def locked(*args: Any, **kwargs: Any) -> Any:
+        with _DYNAMODB_LOCK:
+            return method(*args, **kwargs)
+
+    return locked
+
+
 def install() -> None:
     module = sys.modules[models_module_name]
     module.copy = types.SimpleNamespace(deepcopy=_deepcopy_except_tables, copy=copy.copy)  # type: ignore[attr-defined]
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
+    for name in _SERIALIZED:
+        if hasattr(DynamoDBBackend, name):
+            setattr(DynamoDBBackend, name, _serialized(getattr(DynamoDBBackend, name)))
 
 
 def main() -> None:
