@@ -258,6 +258,7 @@ class EventSourceMapping:
         self.records_delivered = 0
         self.records_failed = 0
         self.records_deleted = 0
+        self._deletions: list[threading.Thread] = []
         self.max_concurrent_invocations = 0
         self.errors = 0
         self.timeouts = 0
@@ -320,6 +321,10 @@ class EventSourceMapping:
         bound = self.function_timeout_s + self.poll_wait_s + 5 if timeout_s is None else timeout_s
         deadline = time.monotonic() + bound
         for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        with self._lock:
+            deletions = list(self._deletions)
+        for thread in deletions:
             thread.join(max(0.0, deadline - time.monotonic()))
         alive = [thread for thread in self._threads if thread.is_alive()]
         self._threads = alive
@@ -478,14 +483,23 @@ class EventSourceMapping:
                     self.invalid_responses += 1
 
         to_delete = [record for record in records if record["messageId"] not in failed]
-        deleted = self._delete(sqs, to_delete)
+
+        def settle() -> None:
+            deleted = self._delete(sqs, to_delete)
+            with self._lock:
+                self.records_failed += len(records) - len(to_delete)
+                self.records_deleted += deleted
+            self._log(
+                f"{self.function_name}: {len(records)} record(s), {len(records) - len(to_delete)} failed, "
+                f"{deleted} deleted, {outcome}, {elapsed_ms:.0f} ms"
+            )
+
+        # Lambda's pollers delete a batch's messages while the concurrency slot takes the next batch: the
+        # deletion is not on the path to the next invocation. stop() waits for the pending deletions.
+        deletion = threading.Thread(target=settle, name=f"{self.function_name}-delete", daemon=True)
         with self._lock:
-            self.records_failed += len(records) - len(to_delete)
-            self.records_deleted += deleted
-        self._log(
-            f"{self.function_name}: {len(records)} record(s), {len(records) - len(to_delete)} failed, "
-            f"{deleted} deleted, {outcome}, {elapsed_ms:.0f} ms"
-        )
+            self._deletions = [thread for thread in self._deletions if thread.is_alive()] + [deletion]
+        deletion.start()
 
     def _run_handler(self, event: dict[str, Any], context: Any, invocation: _Invocation) -> None:
         try:
