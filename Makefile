@@ -43,6 +43,10 @@ run: venv ## Run the service locally: moto + Flux emulator + local API Gateway o
 test: venv tools lint requirements-check ## Every check CI runs: lint, unit, integration, template, local-stack tests
 	@PYTHONPATH= $(PY) -m pytest
 
+.PHONY: demo
+demo: venv ## The local stack + a 12-prompt bulk job through the flux-images CLI; images land in ./demo-images
+	@bash scripts/demo.sh
+
 .PHONY: lint
 lint: venv ## ruff (lint + format check)
 	@$(VENV)/bin/ruff check .

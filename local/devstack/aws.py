@@ -78,6 +78,7 @@ class LocalAws:
                 self.port = probe.getsockname()[1]
         else:
             with socket.socket() as probe:  # a clear error instead of a server that never answers
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will (TIME_WAIT)
                 try:
                     probe.bind((self.host, self.port))
                 except OSError as exc:
