@@ -198,6 +198,9 @@ class LocalStack:
                 f"  Flux upstream  {upstream}" + ("   (emulator)" if self.emulator else ""),
                 f"  AWS (moto)     {self.aws.endpoint_url}   (AWS_ENDPOINT_URL for the aws CLI)",
                 f"                 bucket={self.resources.bucket} table={self.resources.table}",
+                f"  Worker         jobs queue {self.resources.jobs_queue} -> "
+                + ", ".join(f"{p.function_name} (up to {p.maximum_concurrency} at once)" for p in self.pollers),
+                f"  Events         every event of the bus is copied to the SQS queue {self.resources.events_capture_queue}",
                 "",
                 "Try it:",
                 f"  curl -s -X POST {self.url}/v1/images -H 'x-api-key: {self.api_key}' \\",
