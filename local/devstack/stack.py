@@ -200,7 +200,7 @@ class LocalStack:
                 f"                 bucket={self.resources.bucket} table={self.resources.table}",
                 f"  Worker         jobs queue {self.resources.jobs_queue} -> "
                 + ", ".join(f"{p.function_name} (up to {p.maximum_concurrency} at once)" for p in self.pollers),
-                f"  Events         every event of the bus is copied to the SQS queue {self.resources.events_capture_queue}",
+                f"  Events         copied to the SQS queue {self.resources.events_capture_queue}",
                 "",
                 "Try it:",
                 f"  curl -s -X POST {self.url}/v1/images -H 'x-api-key: {self.api_key}' \\",
