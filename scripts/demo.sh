@@ -22,4 +22,4 @@ echo "local stack up on http://127.0.0.1:${port} (log: $log)"
 
 FLUX_IMAGES_API_URL="http://127.0.0.1:${port}" FLUX_IMAGES_API_KEY="$key" \
   .venv/bin/flux-images submit examples/prompts.jsonl --out "$out"
-echo "images and manifest in ./${out}"
+echo "images and manifest in ${out}"
