@@ -132,3 +132,13 @@ def test_stored_image_s3_uri_joins_bucket_and_key() -> None:
         bucket="bkt", key="images/x.png", content_type="image/png", bytes=1, sha256="0" * 64, width=1, height=1
     )
     assert stored.s3_uri == "s3://bkt/images/x.png"
+
+
+def test_job_message_index_and_job_id_go_together() -> None:
+    # A direct producer sets neither; the API sets both. One without the other would name an item nobody made.
+    from imagegen.models import JobMessage
+
+    assert JobMessage.model_validate({"request": {"prompt": "x"}}).index is None
+    assert JobMessage.model_validate({"request": {"prompt": "x"}, "job_id": "job_" + "a" * 32, "index": 3}).index == 3
+    with pytest.raises(ValidationError, match="go together"):
+        JobMessage.model_validate({"request": {"prompt": "x"}, "index": 3})

@@ -111,12 +111,20 @@ class JobService:
         items = [with_seed(item) for item in request.items]
         self._repository.create(job, items)
         messages = [JobMessage(request=item, job_id=job.id, index=index) for index, item in enumerate(items)]
-        not_sent = self._queue.send(messages)
+        try:
+            not_sent = self._queue.send(messages)
+        except Exception:
+            # Which messages left is unknown: fail the job's items still queued rather than leave them forever.
+            logger.exception("enqueue failed midway", job_id=job.id)
+            for index in range(len(messages)):
+                self._fail_unsent(job.id, index, announce=False)
+            self._repository.complete_if_done(job.id)
+            raise EnqueueError("the jobs queue failed while the job was being enqueued; retry later") from None
         if len(not_sent) == len(messages):
             # Nothing reached the queue: say so rather than leave a job that will never move.
             for index in not_sent:
-                self._fail_unsent(job.id, index)
-            self._complete(job.id)
+                self._fail_unsent(job.id, index, announce=False)
+            self._repository.complete_if_done(job.id)  # nobody was told of this job: nothing to announce
             raise EnqueueError("the jobs queue refused the job's messages; nothing was enqueued, retry later")
         for index in not_sent:  # recorded as failed: a job never claims items that were not enqueued
             self._fail_unsent(job.id, index)
@@ -128,11 +136,15 @@ class JobService:
         logger.info("job submitted", job_id=job.id, items=len(messages), not_enqueued=len(not_sent))
         return self.get(job.id, limit=0)
 
-    def _fail_unsent(self, job_id: str, index: int) -> None:
+    def _fail_unsent(self, job_id: str, index: int, *, announce: bool = True) -> None:
         item = self._repository.get_item(job_id, index)
         if item is not None and item.status == "queued":
             error = ItemError(code="enqueue_failed", message="the item could not be put on the jobs queue")
-            if self._repository.transition(item, "failed", error=error):
+            try:
+                completed = self._repository.transition(item, "failed", error=error)
+            except TransitionConflict:
+                return  # a worker got to it: it was enqueued after all
+            if completed and announce:
                 self._on_complete(job_id)
 
     def get(self, job_id: str, *, cursor: str | None = None, limit: int = 100) -> JobDocument:
@@ -222,8 +234,12 @@ class ItemProcessor:
             return Outcome(False, reason="unknown_item")  # the caller dead-letters it: nothing to record it on
         if item.status in ("succeeded", "failed", "canceled"):
             metrics.add_metric(name="DuplicateDeliveries", unit=MetricUnit.Count, value=1)
+            if job is not None and job.remaining == 0 and job.completed_at is None:
+                self.finish(job_id)  # e.g. a cancelation whose completion the API did not get to write
             return ACK  # done already: a redelivery never calls the upstream again
-        if job is None or job.canceled:
+        if job is None:
+            return ACK  # the job expired (TTL): nothing left to record the item on
+        if job.canceled:
             self._settle(item, "canceled")
             return ACK
         try:

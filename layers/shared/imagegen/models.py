@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 MAX_SEED = 4_294_967_295
 IMAGE_ID_PATTERN = r"^img_[0-9a-f]{32}$"
@@ -223,3 +223,9 @@ class JobMessage(Model):
     job_id: str | None = Field(None, pattern=JOB_ID_PATTERN, description="Set by the API for its own jobs.")
     index: int | None = Field(None, ge=0, lt=MAX_JOB_ITEMS, description="Item index within job_id.")
     correlation_id: str | None = Field(None, max_length=128, description="Echoed in the events.")
+
+    @model_validator(mode="after")
+    def _index_belongs_to_a_job(self) -> JobMessage:
+        if (self.index is None) != (self.job_id is None):
+            raise ValueError("job_id and index go together (a direct producer sets neither)")
+        return self

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import random
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -35,6 +36,9 @@ from imagegen.models import (
     WebhookInfo,
 )
 
+_RETRYABLE_REASONS = frozenset(
+    {None, "None", "TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
+)
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 STATUSES: tuple[ItemStatus, ...] = ("queued", "running", "succeeded", "failed", "canceled")
@@ -298,7 +302,10 @@ class JobRepository:
             try:
                 self._transact([*operations, self._count_update(item.job_id, deltas, guard="not_last")])
             except _JobGuardFailed:
-                self._transact([*operations, self._count_update(item.job_id, deltas, guard="completes")])
+                try:
+                    self._transact([*operations, self._count_update(item.job_id, deltas, guard="completes")])
+                except _JobGuardFailed as exc:  # neither "others remain" nor "last": the job row is gone
+                    raise TransitionConflict(f"job {item.job_id} no longer exists") from exc
                 completed = True
         else:
             try:
@@ -461,20 +468,27 @@ class JobRepository:
             }
         }
 
-    def _transact(self, operations: list[dict[str, Any]]) -> None:
+    def _transact(self, operations: list[dict[str, Any]], attempts: int = 6) -> None:
         """Run a transaction whose LAST operation is the job's counter update. Raises TransitionConflict when an
-        item was no longer in the expected status, _JobGuardFailed when only the job's guard failed."""
-        try:
-            self._client.transact_write_items(TransactItems=operations)
-        except ClientError as exc:
-            if _code(exc) != "TransactionCanceledException":
-                raise
-            codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
-            if not codes or any(code == "ConditionalCheckFailed" for code in codes[:-1]):
-                raise TransitionConflict("an item was no longer in the expected status") from exc
-            if codes[-1] == "ConditionalCheckFailed":
-                raise _JobGuardFailed() from exc
-            raise
+        item was no longer in the expected status, _JobGuardFailed when only the job's guard failed.
+
+        Every item of a job updates the job's row, so concurrent transactions collide (TransactionConflict)
+        and are retried here with jittered backoff: botocore does not retry a canceled transaction."""
+        for attempt in range(attempts):
+            try:
+                self._client.transact_write_items(TransactItems=operations)
+                return
+            except ClientError as exc:
+                if _code(exc) != "TransactionCanceledException":
+                    raise
+                codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
+                if not codes or any(code == "ConditionalCheckFailed" for code in codes[:-1]):
+                    raise TransitionConflict("an item was no longer in the expected status") from exc
+                if codes[-1] == "ConditionalCheckFailed":
+                    raise _JobGuardFailed() from exc
+                if attempt + 1 == attempts or any(code not in _RETRYABLE_REASONS for code in codes):
+                    raise
+                time.sleep(random.uniform(0.02, 0.05 * 2**attempt))  # noqa: S311 - jitter
 
 
 class _JobGuardFailed(Exception):

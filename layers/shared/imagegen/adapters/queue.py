@@ -7,12 +7,13 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from imagegen.models import JobMessage
 
 SEND_BATCH = 10  # SendMessageBatch's limit
-MAX_VISIBILITY_S = 12 * 3600
+# SQS counts its 12 h maximum from the receive, and refuses more: keep a margin for the time already spent.
+MAX_VISIBILITY_S = 12 * 3600 - 900
 
 
 class JobQueue:
@@ -39,7 +40,7 @@ class JobQueue:
             ]
             try:
                 answer = self._client.send_message_batch(QueueUrl=self._url, Entries=entries)
-            except ClientError:
+            except (ClientError, BotoCoreError):  # a timeout too: a duplicate message is harmless (claims reject it)
                 answer = {"Failed": [{"Id": entry["Id"], "SenderFault": False} for entry in entries]}
             # Sender faults (a malformed entry) will fail again: only the others are worth another try.
             retry = [int(f["Id"]) for f in answer.get("Failed", []) if not f.get("SenderFault")]

@@ -46,7 +46,8 @@ class WebhookSender:
         allow_private_addresses: bool = False,
         attempts: int = 4,
         backoff_base_s: float = 1.0,
-        timeout_s: float = 10.0,
+        timeout_s: float = 5.0,
+        budget_s: float = 20.0,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._secret_provider = secret_provider
@@ -55,6 +56,7 @@ class WebhookSender:
         self._attempts = attempts
         self._backoff_base_s = backoff_base_s
         self._timeout_s = timeout_s
+        self._budget_s = budget_s  # all attempts together: the completing invocation must not time out on them
         self._sleep = sleep
 
     def headers(self, message_id: str, body: str, now: datetime | None = None) -> dict[str, str]:
@@ -76,7 +78,10 @@ class WebhookSender:
             return Delivery(False, 0, reason=exc.message.replace("image", "webhook"))
         body = json.dumps(payload, separators=(",", ":"))
         last = Delivery(False, 0)
+        give_up_at = time.monotonic() + self._budget_s
         for attempt in range(1, self._attempts + 1):
+            if time.monotonic() + self._timeout_s > give_up_at:
+                break
             try:
                 # Signed per attempt: a retry carries a fresh timestamp, so receivers' replay windows hold.
                 response = self._session.post(
@@ -92,6 +97,9 @@ class WebhookSender:
                 return Delivery(False, attempt, reason=str(exc).replace("image", "webhook"))
             except requests.exceptions.RequestException as exc:
                 last = Delivery(False, attempt, reason=type(exc).__name__)
+            except Exception as exc:
+                logger.exception("webhook delivery failed")
+                return Delivery(False, attempt, reason=type(exc).__name__)
             if attempt < self._attempts:
                 self._sleep(self._backoff_base_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))  # noqa: S311
         logger.warning("webhook not delivered", attempts=last.attempts, reason=last.reason)
