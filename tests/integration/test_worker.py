@@ -118,8 +118,11 @@ def test_worker_killed_mid_batch_ends_with_every_item_terminal_and_no_duplicates
         worker.lambda_handler(sqs_event(bodies), make_context("WorkerFunction", 120))
     assert {repository.get_item(job_id, i).status for i in (2, 3)} == {"running"}
 
-    # When the messages come back after their visibility timeout (the whole batch: the invocation failed)
+    # When the messages come back after their visibility timeout (the whole batch: the invocation failed), by
+    # which time the dead delivery's lease on items 2 and 3 has expired (the visibility timeout is longer)
     monkeypatch.setattr(service, "generate_record", real)
+    for index in (2, 3):
+        expire_lease(repository, job_id, index)
     answer = worker.lambda_handler(sqs_event(bodies, receive_count=2), make_context("WorkerFunction", 120))
 
     # Then every item is succeeded, the two finished ones were not generated again, one object per image
@@ -128,6 +131,42 @@ def test_worker_killed_mid_batch_ends_with_every_item_terminal_and_no_duplicates
     assert emulator.calls == 4
     assert all(len(s3_keys(stack, job_id, i)) == 1 for i in range(4))
     assert repository.get_job(job_id).counts.succeeded == 4
+
+
+def expire_lease(repository, job_id: str, index: int) -> None:
+    repository._client.update_item(
+        TableName=repository._table,
+        Key={"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": f"ITEM#{index:04d}"}},
+        UpdateExpression="SET lease_until = :past",
+        ExpressionAttributeValues={":past": {"N": "1"}},
+    )
+
+
+def test_worker_a_duplicate_delivery_waits_for_the_live_one_instead_of_paying_twice(
+    worker, repository, stack, emulator, monkeypatch
+):
+    # Given a delivery that has claimed its item and is still generating (its lease is live)
+    job_id = make_job(repository, ["slow"])
+    bodies = messages(job_id, 1)
+    service = worker.item_processor()._images
+    real = service.generate_record
+    duplicate: dict[str, Any] = {}
+
+    def generate_while_a_duplicate_arrives(request, deadline, **kwargs):
+        # When the same message is delivered again meanwhile (standard SQS is at-least-once)
+        duplicate["answer"] = worker.lambda_handler(sqs_event(bodies, receive_count=2), make_context("W", 120))
+        return real(request, deadline, **kwargs)
+
+    monkeypatch.setattr(service, "generate_record", generate_while_a_duplicate_arrives)
+    monkeypatch.setattr(worker.job_queue(), "delay", lambda receipt, seconds: duplicate.setdefault("delay", seconds))
+    first = worker.lambda_handler(sqs_event(bodies), make_context("WorkerFunction", 120))
+
+    # Then the duplicate is put back with a delay covering the lease, and the upstream was called once
+    assert first == {"batchItemFailures": []}
+    assert len(duplicate["answer"]["batchItemFailures"]) == 1
+    assert duplicate["delay"] > 100
+    assert emulator.calls == 1
+    assert repository.get_item(job_id, 0).status == "succeeded"
 
 
 def test_worker_acknowledges_a_permanent_failure_and_records_it(worker, repository, emulator):

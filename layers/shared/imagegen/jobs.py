@@ -19,7 +19,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from imagegen.adapters.events import EventPublisher
-from imagegen.adapters.jobs_table import Item, Job, JobRepository, JobUnavailable, TransitionConflict
+from imagegen.adapters.jobs_table import Item, Job, JobRepository, JobUnavailable, LeaseHeld, TransitionConflict
 from imagegen.adapters.queue import JobQueue
 from imagegen.adapters.webhooks import WebhookSender
 from imagegen.budget import Deadline
@@ -247,6 +247,9 @@ class ItemProcessor:
                 self._repository.transition(item, "running")
             else:
                 self._repository.reclaim(item)  # the previous attempt died with the item running
+        except LeaseHeld as held:
+            # A duplicate delivery while the first is still generating: never a second upstream call.
+            return Outcome(False, int(held.seconds_left) + 1, "another delivery is generating this item")
         except TransitionConflict:
             return Outcome(False, 1, "the item moved under us; look again")
         return item
@@ -264,6 +267,7 @@ class ItemProcessor:
             last_receive = receive_count >= self._max_receive_count
             if exc.retryable and not last_receive:
                 delay = exc.retry_after if exc.retry_after is not None else self._backoff(receive_count)
+                self._release(item)
                 logger.info("item will be retried", job_id=item.job_id, index=item.index, code=exc.code, delay_s=delay)
                 return Outcome(False, delay, exc.code)
             message = (
@@ -276,6 +280,7 @@ class ItemProcessor:
         except Exception:
             logger.exception("unexpected error while generating an item", job_id=item.job_id, index=item.index)
             if receive_count < self._max_receive_count:
+                self._release(item)
                 return Outcome(False, self._backoff(receive_count), "internal_error")
             error = ItemError(code="internal_error", message="an unexpected error occurred; the item was not generated")
             self._settle(item, "failed", error, correlation_id)
@@ -363,6 +368,12 @@ class ItemProcessor:
                 job_id, 0, with_seed(message.request, entropy=message_id), message.correlation_id
             )
         return job_id
+
+    def _release(self, item: Item) -> None:
+        try:
+            self._repository.release(item)
+        except Exception:  # noqa: BLE001 - the lease then simply expires
+            logger.warning("could not release the item's lease", job_id=item.job_id, index=item.index)
 
     @staticmethod
     def _backoff(receive_count: int) -> int:

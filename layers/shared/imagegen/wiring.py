@@ -105,7 +105,9 @@ def image_service() -> ImageService:
 @lru_cache(maxsize=1)
 def job_repository() -> JobRepository:
     settings = get_settings()
-    return JobRepository(aws_client("dynamodb"), settings.images_table, settings.retention_days)
+    return JobRepository(
+        aws_client("dynamodb"), settings.images_table, settings.retention_days, lease_s=settings.item_lease_s
+    )
 
 
 @lru_cache(maxsize=1)

@@ -99,6 +99,7 @@ class Item:
     error: ItemError | None = None
     record: ImageRecord | None = None
     correlation_id: str | None = None
+    lease_until: float = 0.0  # epoch seconds: a delivery working on the item holds it until then
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,15 +107,24 @@ class TransitionConflict(Exception):
     """The item was no longer in the expected status (someone else moved it)."""
 
 
+class LeaseHeld(TransitionConflict):
+    """Another delivery of the same message is working on the item right now (its lease has not expired)."""
+
+    def __init__(self, seconds_left: float) -> None:
+        super().__init__(f"the item is leased for {seconds_left:.0f} s more")
+        self.seconds_left = seconds_left
+
+
 class JobUnavailable(Exception):
     """The job was canceled (or no longer exists): its queued items must not start."""
 
 
 class JobRepository:
-    def __init__(self, client: Any, table_name: str, retention_days: int) -> None:
+    def __init__(self, client: Any, table_name: str, retention_days: int, *, lease_s: float = 150.0) -> None:
         self._client = client
         self._table = table_name
         self._retention = timedelta(days=retention_days)
+        self._lease_s = lease_s  # the worker's timeout and a margin: a live delivery always finishes within it
 
     # ------------------------------------------------------------------------------------------ create
     def create(
@@ -278,8 +288,9 @@ class JobRepository:
             values[":record"] = _serializer.serialize(record.model_dump(mode="json"))
             names["#record"] = "record"
         if to == "running":
-            sets.append("attempts = attempts + :one")
+            sets.extend(["attempts = attempts + :one", "lease_until = :lease"])
             values[":one"] = {"N": "1"}
+            values[":lease"] = {"N": str(int(time.time() + self._lease_s))}
         operations: list[dict[str, Any]] = [
             {
                 "Update": {
@@ -325,7 +336,9 @@ class JobRepository:
                 "Update": {
                     "TableName": self._table,
                     "Key": item_key(job_id, index),
-                    "UpdateExpression": "SET #status = :running, updated_at = :now, attempts = attempts + :one",
+                    "UpdateExpression": (
+                        "SET #status = :running, updated_at = :now, attempts = attempts + :one, lease_until = :lease"
+                    ),
                     "ConditionExpression": "#status = :queued",
                     "ExpressionAttributeNames": {"#status": "status"},
                     "ExpressionAttributeValues": {
@@ -333,6 +346,7 @@ class JobRepository:
                         ":queued": {"S": "queued"},
                         ":now": {"S": _iso(_now())},
                         ":one": {"N": "1"},
+                        ":lease": {"N": str(int(time.time() + self._lease_s))},
                     },
                 }
             }
@@ -346,25 +360,42 @@ class JobRepository:
             raise JobUnavailable(f"job {job_id} is canceled or gone") from exc
 
     def reclaim(self, item: Item) -> None:
-        """A redelivered message finds its item ``running`` (the previous attempt died): take it over."""
+        """A redelivered message finds its item ``running``. Take it over only when the lease has expired (the
+        previous delivery died); while another delivery holds it, LeaseHeld says how long to wait."""
+        now = time.time()
         try:
             self._client.update_item(
                 TableName=self._table,
                 Key=item_key(item.job_id, item.index),
-                UpdateExpression="SET attempts = attempts + :one, updated_at = :now",
-                ConditionExpression="#status = :running",
+                UpdateExpression="SET attempts = attempts + :one, updated_at = :now, lease_until = :lease",
+                ConditionExpression="#status = :running AND (attribute_not_exists(lease_until) OR lease_until < :t)",
                 ExpressionAttributeNames={"#status": "status"},
                 ExpressionAttributeValues={
                     ":one": {"N": "1"},
                     ":running": {"S": "running"},
                     ":now": {"S": _iso(_now())},
+                    ":t": {"N": str(int(now))},
+                    ":lease": {"N": str(int(now + self._lease_s))},
                 },
             )
         except ClientError as exc:
             if _code(exc) == "ConditionalCheckFailedException":
+                if item.status == "running" and item.lease_until > now:
+                    raise LeaseHeld(item.lease_until - now) from exc
                 raise TransitionConflict(f"{item.job_id}#{item.index} is no longer running") from exc
             raise
         item.attempts += 1
+
+    def release(self, item: Item) -> None:
+        """Give the lease back (a retryable failure): the message's next delivery may take the item at once."""
+        self._client.update_item(
+            TableName=self._table,
+            Key=item_key(item.job_id, item.index),
+            UpdateExpression="SET lease_until = :zero",
+            ConditionExpression="#status = :running",
+            ExpressionAttributeNames={"#status": "status"},
+            ExpressionAttributeValues={":zero": {"N": "0"}, ":running": {"S": "running"}},
+        )
 
     def cancel(self, job_id: str) -> bool:
         """Flag the job canceled (unless complete) and cancel its queued items; False when it had completed."""
@@ -553,4 +584,5 @@ def _item(raw: dict[str, Any]) -> Item:
         error=ItemError.model_validate(data["error"]) if data.get("error") else None,
         record=ImageRecord.model_validate(data["record"]) if data.get("record") else None,
         correlation_id=data.get("correlation_id"),
+        lease_until=float(data.get("lease_until", 0) or 0),
     )
