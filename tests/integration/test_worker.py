@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 from devstack.lambda_context import make_context
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from imagegen.adapters.jobs_table import Job
 from imagegen.jobs import new_job_id
 from imagegen.models import ImageRequest, JobMessage
@@ -230,3 +232,16 @@ def test_worker_moves_unreadable_messages_to_the_dlq(worker, stack, emulator):
     assert [message["Body"] for message in moved] == ["not json at all"]
     assert "job message schema" in moved[0]["MessageAttributes"]["reason"]["StringValue"]
     assert emulator.calls == 0
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(garbage=st.binary(max_size=200).map(lambda raw: raw.decode("utf-8", errors="replace")))
+def test_worker_arbitrary_bodies_never_crash_nor_block_their_batch(worker, repository, emulator, garbage):
+    # Given a batch with an arbitrary body next to a good message
+    job_id = make_job(repository, ["good"])
+    event = sqs_event([garbage, *messages(job_id, 1)])
+    # When the worker runs it
+    answer = worker.lambda_handler(event, make_context("WorkerFunction", 120))
+    # Then nothing is left to retry for the garbage (recorded or dead-lettered) and the good item succeeded
+    assert answer == {"batchItemFailures": []}
+    assert repository.get_item(job_id, 0).status == "succeeded"
