@@ -863,12 +863,13 @@ class LocalApiGateway:
         else:
             response = outcome
         response.headers.extend([("x-amzn-RequestId", request_id), ("x-amz-apigw-id", apigw_id)])
+        # Logged before the answer leaves: a client that reads the log right after its answer finds the line.
+        elapsed_ms = (time.monotonic() - started) * 1000
+        self._log(f"{method} {path} {response.status} {elapsed_ms:.1f}ms")
         try:
             self._write(request, method, response)
         except (BrokenPipeError, ConnectionResetError):
             request.close_connection = True  # the client went away; nothing left to tell it
-        elapsed_ms = (time.monotonic() - started) * 1000
-        self._log(f"{method} {path} {response.status} {elapsed_ms:.1f}ms")
 
     @staticmethod
     def _read_body(request: _RequestHandler) -> bytes:
