@@ -314,8 +314,9 @@ def test_latency_and_per_request_override(flux):
 
 
 def test_concurrency_limit_gives_429_when_exceeded():
-    # Given an emulator accepting 2 generations in flight, each taking 1 s
-    with FluxEmulator(api_key=API_KEY, latency_s=1.0, concurrency_limit=2) as emulator:
+    # Given an emulator accepting 2 generations in flight, each taking 3 s (long enough for all five requests to
+    # overlap even on a loaded machine)
+    with FluxEmulator(api_key=API_KEY, latency_s=3.0, concurrency_limit=2) as emulator:
         barrier = threading.Barrier(5)
         results: list[requests.Response] = []
         lock = threading.Lock()
@@ -331,7 +332,7 @@ def test_concurrency_limit_gives_429_when_exceeded():
         for thread in threads:
             thread.start()
         for thread in threads:
-            thread.join(timeout=10)
+            thread.join(timeout=20)
         # Then 2 succeed and 3 are rate limited with the documented body and Retry-After: 1
         statuses = Counter(response.status_code for response in results)
         assert statuses == {200: 2, 429: 3}
