@@ -16,7 +16,7 @@ import json
 import random
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -100,7 +100,6 @@ class Item:
     record: ImageRecord | None = None
     correlation_id: str | None = None
     lease_until: float = 0.0  # epoch seconds: a delivery working on the item holds it until then
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class TransitionConflict(Exception):
@@ -276,33 +275,7 @@ class JobRepository:
         the last terminal transition also writes ``completed_at``, in the same transaction, exactly once."""
         if to == item.status:
             raise ValueError("a transition changes the status")
-        sets = ["#status = :to", "updated_at = :now"]
-        values: dict[str, Any] = {":to": {"S": to}, ":from": {"S": item.status}, ":now": {"S": _iso(_now())}}
-        names = {"#status": "status"}
-        if error is not None:
-            sets.append("#error = :error")
-            values[":error"] = _serializer.serialize(error.model_dump(mode="json"))
-            names["#error"] = "error"
-        if record is not None:
-            sets.append("#record = :record")
-            values[":record"] = _serializer.serialize(record.model_dump(mode="json"))
-            names["#record"] = "record"
-        if to == "running":
-            sets.extend(["attempts = attempts + :one", "lease_until = :lease"])
-            values[":one"] = {"N": "1"}
-            values[":lease"] = {"N": str(int(time.time() + self._lease_s))}
-        operations: list[dict[str, Any]] = [
-            {
-                "Update": {
-                    "TableName": self._table,
-                    "Key": item_key(item.job_id, item.index),
-                    "UpdateExpression": "SET " + ", ".join(sets),
-                    "ConditionExpression": "#status = :from",
-                    "ExpressionAttributeNames": names,
-                    "ExpressionAttributeValues": values,
-                }
-            }
-        ]
+        operations = [self._status_update(item.job_id, item.index, item.status, to, error=error, record=record)]
         if also_put is not None:
             operations.append({"Put": {"TableName": self._table, "Item": also_put}})
         deltas: dict[str, int] = {item.status: -1, to: 1}
@@ -331,26 +304,7 @@ class JobRepository:
     def claim(self, job_id: str, index: int) -> None:
         """queued → running in one transaction, without reading first (the common case of a first delivery):
         TransitionConflict when the item is not queued, JobUnavailable when the job is canceled or gone."""
-        operations = [
-            {
-                "Update": {
-                    "TableName": self._table,
-                    "Key": item_key(job_id, index),
-                    "UpdateExpression": (
-                        "SET #status = :running, updated_at = :now, attempts = attempts + :one, lease_until = :lease"
-                    ),
-                    "ConditionExpression": "#status = :queued",
-                    "ExpressionAttributeNames": {"#status": "status"},
-                    "ExpressionAttributeValues": {
-                        ":running": {"S": "running"},
-                        ":queued": {"S": "queued"},
-                        ":now": {"S": _iso(_now())},
-                        ":one": {"N": "1"},
-                        ":lease": {"N": str(int(time.time() + self._lease_s))},
-                    },
-                }
-            }
-        ]
+        operations = [self._status_update(job_id, index, "queued", "running")]
         job_update = self._count_update(job_id, {"queued": -1, "running": 1})
         job_update["Update"]["ConditionExpression"] += " AND canceled = :false"
         job_update["Update"]["ExpressionAttributeValues"][":false"] = {"BOOL": False}
@@ -421,23 +375,7 @@ class JobRepository:
         for _ in range(5):
             if not items:
                 return
-            updates: list[dict[str, Any]] = [
-                {
-                    "Update": {
-                        "TableName": self._table,
-                        "Key": item_key(job_id, item.index),
-                        "UpdateExpression": "SET #status = :canceled, updated_at = :now",
-                        "ConditionExpression": "#status = :queued",
-                        "ExpressionAttributeNames": {"#status": "status"},
-                        "ExpressionAttributeValues": {
-                            ":canceled": {"S": "canceled"},
-                            ":queued": {"S": "queued"},
-                            ":now": {"S": _iso(_now())},
-                        },
-                    }
-                }
-                for item in items
-            ]
+            updates = [self._status_update(job_id, item.index, "queued", "canceled") for item in items]
             updates.append(self._count_update(job_id, {"queued": -len(items), "canceled": len(items)}))
             try:
                 self._transact(updates)
@@ -473,6 +411,44 @@ class JobRepository:
         )
 
     # ------------------------------------------------------------------------------------------ internals
+    def _status_update(
+        self,
+        job_id: str,
+        index: int,
+        current: ItemStatus,
+        to: ItemStatus,
+        *,
+        error: ItemError | None = None,
+        record: ImageRecord | None = None,
+    ) -> dict[str, Any]:
+        """The item's half of a transition: conditional on its status still being ``current``. Moving to
+        ``running`` counts an attempt and takes the lease."""
+        sets = ["#status = :to", "updated_at = :now"]
+        values: dict[str, Any] = {":to": {"S": to}, ":from": {"S": current}, ":now": {"S": _iso(_now())}}
+        names = {"#status": "status"}
+        if error is not None:
+            sets.append("#error = :error")
+            values[":error"] = _serializer.serialize(error.model_dump(mode="json"))
+            names["#error"] = "error"
+        if record is not None:
+            sets.append("#record = :record")
+            values[":record"] = _serializer.serialize(record.model_dump(mode="json"))
+            names["#record"] = "record"
+        if to == "running":
+            sets.extend(["attempts = attempts + :one", "lease_until = :lease"])
+            values[":one"] = {"N": "1"}
+            values[":lease"] = {"N": str(int(time.time() + self._lease_s))}
+        return {
+            "Update": {
+                "TableName": self._table,
+                "Key": item_key(job_id, index),
+                "UpdateExpression": "SET " + ", ".join(sets),
+                "ConditionExpression": "#status = :from",
+                "ExpressionAttributeNames": names,
+                "ExpressionAttributeValues": values,
+            }
+        }
+
     def _count_update(self, job_id: str, deltas: dict[str, int], guard: str | None = None) -> dict[str, Any]:
         terminal = sum(delta for status, delta in deltas.items() if status in TERMINAL_ITEM_STATUSES)
         adds = [f"c_{status} :d_{status}" for status in deltas]
