@@ -61,6 +61,7 @@ class LocalStack:
         template: Path = TEMPLATE,
         extra_env: dict[str, str] | None = None,
         worker_parameters: dict[str, str] | None = None,
+        throttle: tuple[float, int] | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -86,6 +87,7 @@ class LocalStack:
         self.handlers: dict[str, ModuleType] = {}
         self.pollers: list[Any] = []
         self._worker_parameters = worker_parameters or {}
+        self._throttle = throttle  # (rate, burst) instead of the template's usage plan, e.g. for a fuzzing client
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def _code_on_path(self) -> None:
@@ -135,6 +137,8 @@ class LocalStack:
             handlers[route.function_id] = one_at_a_time(module.lambda_handler)
         # The template's stage, usage-plan throttle and gateway responses, so local errors look like deployed ones.
         api_config = load_api_config(self._template).gateway_kwargs()
+        if self._throttle is not None:
+            api_config.update(throttle_rate=self._throttle[0], throttle_burst=self._throttle[1])
         self.gateway = LocalApiGateway(
             routes, handlers, api_keys=[self.api_key], host=self.host, port=self.port, **api_config
         )

@@ -5,95 +5,13 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
-from support.secrets_under_test import API_KEY
-
-TERMINAL = {"succeeded", "partially_failed", "failed", "canceled"}
-
-
-@pytest.fixture
-def api(stack) -> Callable[..., requests.Response]:
-    session = requests.Session()
-
-    def call(method: str, path: str, **kwargs: Any) -> requests.Response:
-        headers = {"x-api-key": API_KEY, **kwargs.pop("headers", {})}
-        for _ in range(20):  # like any client: back off when the usage plan throttles (5 rps locally too)
-            response = session.request(method, f"{stack.url}{path}", headers=headers, timeout=30, **kwargs)
-            if response.status_code != 429:
-                return response
-            time.sleep(0.5)
-        return response
-
-    return call
-
-
-def wait_for_job(api, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = api("GET", f"/v1/jobs/{job_id}").json()
-        if job["status"] in TERMINAL and job["counts"]["queued"] == job["counts"]["running"] == 0:
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {job['status']} {job['counts']}")
-
-
-def drain(sqs: Any, url: str) -> None:
-    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
-        sqs.delete_message_batch(
-            QueueUrl=url, Entries=[{"Id": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"]} for m in messages]
-        )
-
-
-@pytest.fixture
-def events(stack) -> Callable[..., list[dict[str, Any]]]:
-    """Events published to the bus (a capture rule forwards them to an SQS queue)."""
-    sqs = stack.aws.client("sqs")
-    url = stack.seeded.events_queue_url
-    drain(sqs, url)  # PurgeQueue is allowed once a minute
-
-    def read(expected: int, timeout_s: float = 20) -> list[dict[str, Any]]:
-        found: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout_s
-        while len(found) < expected and time.monotonic() < deadline:
-            answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
-            for message in answer.get("Messages", []):
-                found.append(json.loads(message["Body"]))
-                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-        return found
-
-    return read
-
-
-class Receiver(BaseHTTPRequestHandler):
-    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).received.append((dict(self.headers.items()), body))
-        self.send_response(204)
-        self.end_headers()
-
-
-@pytest.fixture
-def webhook_receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
-    Receiver.received = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/flux", Receiver.received
-    server.shutdown()
-    server.server_close()
+from support.stack_fixtures import drain, wait_for_job
 
 
 def test_job_202_then_every_item_succeeds_with_events(api, emulator, events):

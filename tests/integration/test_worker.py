@@ -3,81 +3,15 @@ redelivery, crashes mid-batch, malformed messages, cancellation."""
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import json
-import uuid
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from devstack.lambda_context import make_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from imagegen.adapters.jobs_table import Job
-from imagegen.jobs import new_job_id
-from imagegen.models import ImageRequest, JobMessage
 from imagegen.service import item_image_id
-from support.events import load_event
-
-
-@pytest.fixture
-def worker(stack):
-    module = stack.handlers.get("worker_handler")
-    if module is None:
-        import importlib
-
-        module = importlib.import_module("worker_handler")
-    return module
-
-
-@pytest.fixture
-def repository():
-    from imagegen.wiring import job_repository
-
-    return job_repository()
-
-
-def make_job(repository, prompts: list[str]) -> str:
-    """A job recorded as the API records one, but not enqueued: the test delivers its messages itself."""
-    job_id = new_job_id()
-    job = Job(id=job_id, total=len(prompts), created_at=datetime.now(UTC), counts=None, remaining=len(prompts))  # type: ignore[arg-type]
-    requests = [ImageRequest(prompt=prompt, seed=index, width=256, height=256) for index, prompt in enumerate(prompts)]
-    repository.create(job, requests)
-    return job_id
-
-
-def sqs_event(bodies: list[str], receive_count: int = 1) -> dict[str, Any]:
-    template = load_event("sqs_receive_message")["Records"][0]
-    records = []
-    for body in bodies:
-        record = copy.deepcopy(template)
-        record["messageId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, body))
-        record["receiptHandle"] = f"test-receipt-{uuid.uuid4().hex}"
-        record["body"] = body
-        record["md5OfBody"] = hashlib.md5(body.encode()).hexdigest()
-        record["attributes"]["ApproximateReceiveCount"] = str(receive_count)
-        records.append(record)
-    return {"Records": records}
-
-
-def messages(job_id: str, count: int) -> list[str]:
-    return [
-        JobMessage(
-            request=ImageRequest(prompt=f"p{i}", seed=i, width=256, height=256), job_id=job_id, index=i
-        ).model_dump_json(exclude_none=True)
-        for i in range(count)
-    ]
-
-
-def s3_keys(stack, job_id: str, index: int) -> list[str]:
-    """Every object stored for one item (its key derives from job id + index: a replay overwrites)."""
-    s3 = stack.aws.client("s3")
-    prefix = f"images/jobs/{job_id}/{index:04d}"
-    found = []
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.resources.bucket, Prefix=prefix):
-        found += [obj["Key"] for obj in page.get("Contents", [])]
-    return found
+from support.stack_fixtures import expire_lease, make_job, messages, s3_keys, sqs_event
 
 
 def test_worker_processes_a_batch_and_a_redelivery_calls_nobody_twice(worker, repository, stack, emulator):
@@ -133,15 +67,6 @@ def test_worker_killed_mid_batch_ends_with_every_item_terminal_and_no_duplicates
     assert emulator.calls == 4
     assert all(len(s3_keys(stack, job_id, i)) == 1 for i in range(4))
     assert repository.get_job(job_id).counts.succeeded == 4
-
-
-def expire_lease(repository, job_id: str, index: int) -> None:
-    repository._client.update_item(
-        TableName=repository._table,
-        Key={"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": f"ITEM#{index:04d}"}},
-        UpdateExpression="SET lease_until = :past",
-        ExpressionAttributeValues={":past": {"N": "1"}},
-    )
 
 
 def test_worker_a_duplicate_delivery_waits_for_the_live_one_instead_of_paying_twice(

@@ -1,0 +1,240 @@
+"""The local stack and what tests need around it, shared by the integration and reliability suites.
+
+One stack per test session (moto + the Flux emulator + the local API Gateway + the worker's event source
+mapping, all on loopback and in this process: two would fight over the environment the handlers read). Handler
+tests call the real ``lambda_handler`` with the JSON in ``events/``; local-stack tests go over HTTP.
+
+The session's usage plan is raised (``TEST_THROTTLE``) so a fuzzing run is not throttled into minutes; the
+template's own plan is exercised by the gateway's unit tests and the load test, which starts ``make run``'s stack
+in a subprocess.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar
+
+import pytest
+import requests
+from devstack.lambda_context import make_context
+from devstack.stack import LocalStack
+from imagegen.adapters.jobs_table import Job
+from imagegen.jobs import new_job_id
+from imagegen.models import ImageRequest, JobMessage
+
+from support.events import load_event
+from support.secrets_under_test import API_KEY, ORIGIN, SUBSCRIPTION_KEY
+
+TEST_THROTTLE = (200.0, 400)  # (rate, burst) of the test client's usage plan
+
+
+@pytest.fixture(scope="session")
+def stack() -> Iterator[LocalStack]:
+    local = LocalStack(
+        port=0,
+        api_key=API_KEY,
+        flux_api_key=SUBSCRIPTION_KEY,
+        extra_env={
+            "CORS_ALLOWED_ORIGINS": f"{ORIGIN},https://app.example.com",
+            "UPSTREAM_BACKOFF_BASE_SECONDS": "0.2",
+            "UPSTREAM_BACKOFF_MAX_SECONDS": "0.5",
+            "POWERTOOLS_METRICS_DISABLED": "false",
+        },
+        throttle=TEST_THROTTLE,
+    )
+    local.start()
+    yield local
+    local.stop()
+
+
+@pytest.fixture
+def emulator(stack: LocalStack) -> Iterator[Any]:
+    assert stack.emulator is not None
+    stack.emulator.clear_faults()
+    stack.emulator.reset_counters()
+    stack.emulator.set_api_key(SUBSCRIPTION_KEY)
+    yield stack.emulator
+    stack.emulator.clear_faults()
+    stack.emulator.set_api_key(SUBSCRIPTION_KEY)
+
+
+@pytest.fixture
+def invoke(stack: LocalStack) -> Callable[..., dict[str, Any]]:
+    """Call the real API handler with an event; ``timeout_s`` is the Lambda's remaining time."""
+    handler = stack.handlers["api_handler"].lambda_handler
+
+    def call(event: dict[str, Any], timeout_s: float = 29.0) -> dict[str, Any]:
+        return handler(copy.deepcopy(event), make_context("ApiFunction", timeout_s))
+
+    return call
+
+
+@pytest.fixture
+def captured_logs(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> Callable[[], str]:
+    """Everything the test wrote: Powertools logs and metrics go to stdout, the rest through logging."""
+    caplog.set_level(logging.DEBUG)
+
+    def text() -> str:
+        out, err = capsys.readouterr()
+        return out + err + caplog.text
+
+    return text
+
+
+# ------------------------------------------------------------------------------- jobs over HTTP
+TERMINAL = {"succeeded", "partially_failed", "failed", "canceled"}
+
+
+@pytest.fixture
+def api(stack) -> Callable[..., requests.Response]:
+    session = requests.Session()
+
+    def call(method: str, path: str, **kwargs: Any) -> requests.Response:
+        headers = {"x-api-key": API_KEY, **kwargs.pop("headers", {})}
+        for _ in range(20):  # like any client: back off when the usage plan throttles (5 rps locally too)
+            response = session.request(method, f"{stack.url}{path}", headers=headers, timeout=30, **kwargs)
+            if response.status_code != 429:
+                return response
+            time.sleep(0.5)
+        return response
+
+    return call
+
+
+def wait_for_job(api, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = api("GET", f"/v1/jobs/{job_id}").json()
+        if job["status"] in TERMINAL and job["counts"]["queued"] == job["counts"]["running"] == 0:
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {job['status']} {job['counts']}")
+
+
+def drain(sqs: Any, url: str) -> None:
+    while messages := sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get("Messages", []):
+        sqs.delete_message_batch(
+            QueueUrl=url, Entries=[{"Id": m["MessageId"], "ReceiptHandle": m["ReceiptHandle"]} for m in messages]
+        )
+
+
+@pytest.fixture
+def events(stack) -> Callable[..., list[dict[str, Any]]]:
+    """Events published to the bus (a capture rule forwards them to an SQS queue)."""
+    sqs = stack.aws.client("sqs")
+    url = stack.seeded.events_queue_url
+    drain(sqs, url)  # PurgeQueue is allowed once a minute
+
+    def read(expected: int, timeout_s: float = 20) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(found) < expected and time.monotonic() < deadline:
+            answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            for message in answer.get("Messages", []):
+                found.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+        return found
+
+    return read
+
+
+class Receiver(BaseHTTPRequestHandler):
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((dict(self.headers.items()), body))
+        self.send_response(204)
+        self.end_headers()
+
+
+@pytest.fixture
+def webhook_receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]]]:
+    Receiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/hooks/flux", Receiver.received
+    server.shutdown()
+    server.server_close()
+
+
+# ------------------------------------------------------------------------------- the worker, fed directly
+@pytest.fixture
+def worker(stack):
+    module = stack.handlers.get("worker_handler")
+    if module is None:
+        import importlib
+
+        module = importlib.import_module("worker_handler")
+    return module
+
+
+@pytest.fixture
+def repository():
+    from imagegen.wiring import job_repository
+
+    return job_repository()
+
+
+def make_job(repository, prompts: list[str]) -> str:
+    """A job recorded as the API records one, but not enqueued: the test delivers its messages itself."""
+    job_id = new_job_id()
+    job = Job(id=job_id, total=len(prompts), created_at=datetime.now(UTC), counts=None, remaining=len(prompts))  # type: ignore[arg-type]
+    requests = [ImageRequest(prompt=prompt, seed=index, width=256, height=256) for index, prompt in enumerate(prompts)]
+    repository.create(job, requests)
+    return job_id
+
+
+def sqs_event(bodies: list[str], receive_count: int = 1) -> dict[str, Any]:
+    template = load_event("sqs_receive_message")["Records"][0]
+    records = []
+    for body in bodies:
+        record = copy.deepcopy(template)
+        record["messageId"] = str(uuid.uuid5(uuid.NAMESPACE_URL, body))
+        record["receiptHandle"] = f"test-receipt-{uuid.uuid4().hex}"
+        record["body"] = body
+        record["md5OfBody"] = hashlib.md5(body.encode()).hexdigest()
+        record["attributes"]["ApproximateReceiveCount"] = str(receive_count)
+        records.append(record)
+    return {"Records": records}
+
+
+def messages(job_id: str, count: int) -> list[str]:
+    return [
+        JobMessage(
+            request=ImageRequest(prompt=f"p{i}", seed=i, width=256, height=256), job_id=job_id, index=i
+        ).model_dump_json(exclude_none=True)
+        for i in range(count)
+    ]
+
+
+def s3_keys(stack, job_id: str, index: int) -> list[str]:
+    """Every object stored for one item (its key derives from job id + index: a replay overwrites)."""
+    s3 = stack.aws.client("s3")
+    prefix = f"images/jobs/{job_id}/{index:04d}"
+    found = []
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.resources.bucket, Prefix=prefix):
+        found += [obj["Key"] for obj in page.get("Contents", [])]
+    return found
+
+
+def expire_lease(repository, job_id: str, index: int) -> None:
+    repository._client.update_item(
+        TableName=repository._table,
+        Key={"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": f"ITEM#{index:04d}"}},
+        UpdateExpression="SET lease_until = :past",
+        ExpressionAttributeValues={":past": {"N": "1"}},
+    )
