@@ -69,7 +69,7 @@ s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                   aws_access_key_id="local", aws_secret_access_key="local")
 bucket = "flux-images-local"
 mirror = ImageMirror(s3, bucket, UrlGuard(("127.0.0.1",), allow_http=True),
-                     session=guarded_session(allow_private_addresses=True), max_bytes=size * 2)
+                     session=guarded_session(["127.0.0.0/8"]), max_bytes=size * 2)
 session = requests.Session()
 
 def naive(url, key):

@@ -23,6 +23,9 @@ import boto3
 
 LOCAL_DIR = str(Path(__file__).resolve().parents[1])  # for the child: `python -m devstack.moto_server`
 REGION = "us-east-1"
+# What the local stack lets the service fetch from besides public addresses: its own loopback services (the
+# emulator's images, webhook receivers). Link-local (cloud metadata) and private networks stay refused.
+LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
 EVENT_SOURCE = "flux-image-service"
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "local",
@@ -245,12 +248,13 @@ def service_environment(
         "WEBHOOK_SECRET_ID": seeded.webhook_secret_arn,
         "IDEMPOTENCY_TABLE": resources.idempotency_table,
         "MAX_RECEIVE_COUNT": str(resources.max_receive_count),
-        "WEBHOOK_ALLOW_PRIVATE_ADDRESSES": "true" if allow_local_images else "false",
+        "WEBHOOK_ALLOW_HTTP": "true" if allow_local_images else "false",
+        "WEBHOOK_ALLOWED_PRIVATE_NETWORKS": LOOPBACK_NETWORKS if allow_local_images else "",
         "IMAGES_BUCKET": resources.bucket,
         "IMAGES_TABLE": resources.table,
         "IMAGE_HOST_ALLOWLIST": image_host_allowlist,
         "IMAGE_ALLOW_HTTP": "true" if allow_local_images else "false",
-        "IMAGE_ALLOW_PRIVATE_ADDRESSES": "true" if allow_local_images else "false",
+        "IMAGE_ALLOWED_PRIVATE_NETWORKS": LOOPBACK_NETWORKS if allow_local_images else "",
         "CORS_ALLOWED_ORIGINS": os.environ.get("CORS_ALLOWED_ORIGINS", "http://localhost:3000"),
         "ENABLE_DOCS": os.environ.get("ENABLE_DOCS", "true"),
     }

@@ -556,7 +556,13 @@ def check_function_environment(t: dict[str, Any]) -> None:
         for name, value in {**shared, **own[function_id]}.items():
             assert env.get(name) == value, f"{function_id}: {name} should be {value!r}, is {env.get(name)!r}"
         # Development-only switches of the mirror and webhook guards never reach a deployment.
-        assert not {"IMAGE_ALLOW_HTTP", "IMAGE_ALLOW_PRIVATE_ADDRESSES", "WEBHOOK_ALLOW_PRIVATE_ADDRESSES"} & set(env)
+        dev_switches = {
+            "IMAGE_ALLOW_HTTP",
+            "IMAGE_ALLOWED_PRIVATE_NETWORKS",
+            "WEBHOOK_ALLOW_HTTP",
+            "WEBHOOK_ALLOWED_PRIVATE_NETWORKS",
+        }
+        assert not dev_switches & set(env), f"{function_id}: development-only guard switches are deployed"
         assert "POWERTOOLS_TRACE_DISABLED" not in env, "tracing stays on"
 
 
@@ -1000,11 +1006,11 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
     "max-receive-count-diverges": (check_function_environment, lambda t: _global_env(t).update(MAX_RECEIVE_COUNT="3")),
     "webhook-dev-switch-deployed": (
         check_function_environment,
-        lambda t: _p(t, WORKER_ID)["Environment"]["Variables"].update(WEBHOOK_ALLOW_PRIVATE_ADDRESSES="true"),
+        lambda t: _p(t, WORKER_ID)["Environment"]["Variables"].update(WEBHOOK_ALLOWED_PRIVATE_NETWORKS="10.0.0.0/8"),
     ),
     "dev-switch-deployed": (
         check_function_environment,
-        lambda t: _p(t, FUNCTION_ID)["Environment"]["Variables"].update(IMAGE_ALLOW_PRIVATE_ADDRESSES="true"),
+        lambda t: _p(t, FUNCTION_ID)["Environment"]["Variables"].update(IMAGE_ALLOWED_PRIVATE_NETWORKS="0.0.0.0/0"),
     ),
     # ---- the asynchronous path
     "idempotency-table-deletable": (

@@ -25,6 +25,7 @@ from imagegen.adapters.mirror import (
     UrlGuard,
     guarded_session,
     is_public_address,
+    parse_networks,
     sniff_image,
 )
 from imagegen.budget import Deadline
@@ -193,11 +194,34 @@ def test_public_only_adapter_refuses_localhost_name(http_server: Any) -> None:
     assert http_server.received == []
 
 
-def test_guarded_session_allowing_private_addresses_reaches_loopback(http_server: Any) -> None:
+def test_guarded_session_allowing_loopback_reaches_loopback(http_server: Any) -> None:
     http_server.reply(200, b"ok")
-    session = guarded_session(allow_private_addresses=True)
+    session = guarded_session(["127.0.0.0/8", "::1/128"])
     assert session.trust_env is False  # no proxy or .netrc from the environment
     assert session.get(http_server.url("/x"), timeout=2).content == b"ok"
+
+
+@pytest.mark.parametrize("address", ["169.254.169.254", "10.0.0.1", "192.168.1.1", "fd00:ec2::254", "::ffff:10.1.1.1"])
+def test_allowing_loopback_still_refuses_metadata_and_private_networks(address: str) -> None:
+    # The local stack's allowance is loopback only: the cloud metadata service and LANs stay out of reach
+    loopback = parse_networks(["127.0.0.0/8", "::1/128"])
+    assert is_public_address(address, loopback) is False
+    assert is_public_address("127.0.0.1", loopback) is True
+    assert is_public_address("::ffff:127.0.0.1", loopback) is True
+
+
+def test_allowing_loopback_refuses_a_link_local_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given the local stack's session and a host that resolves to the metadata service
+    recorder = _resolve_to(monkeypatch, "169.254.169.254", error=OSError("must not connect"))
+    # When it is fetched, then it is refused before any connection
+    with pytest.raises(AddressRefusedError, match="non-public"):
+        guarded_session(["127.0.0.0/8", "::1/128"]).get("http://images.example.com/x.png", timeout=2)
+    assert recorder.addresses == []
+
+
+def test_parse_networks_names_a_bad_entry() -> None:
+    with pytest.raises(ValueError, match="'localhost' is not an IP network"):
+        parse_networks(["127.0.0.0/8", "localhost"])
 
 
 class _ConnectRecorder:
@@ -342,7 +366,7 @@ def s3() -> Iterator[Any]:
 def _mirror(s3_client: Any, **options: Any) -> tuple[ImageMirror, S3Spy]:
     spy = S3Spy(s3_client)
     guard = UrlGuard(("127.0.0.1",), allow_http=True)
-    return ImageMirror(spy, BUCKET, guard, session=guarded_session(allow_private_addresses=True), **options), spy
+    return ImageMirror(spy, BUCKET, guard, session=guarded_session(["127.0.0.0/8"]), **options), spy
 
 
 def _assert_multipart(spy: S3Spy, total: int) -> None:
@@ -612,7 +636,7 @@ def test_is_public_address_refuses_ipv6_forms_that_embed_ipv4(address: str) -> N
 def test_image_mirror_does_not_fetch_once_the_deadline_has_passed(s3: Any, http_server: Any) -> None:
     # Given a budget already spent
     mirror = ImageMirror(
-        s3, BUCKET, UrlGuard(("127.0.0.1",), allow_http=True), session=guarded_session(allow_private_addresses=True)
+        s3, BUCKET, UrlGuard(("127.0.0.1",), allow_http=True), session=guarded_session(["127.0.0.0/8"])
     )
     # When the mirror is asked to fetch, Then it answers with a timeout and sends nothing
     with pytest.raises(UpstreamTimeoutError):

@@ -20,7 +20,8 @@ def test_settings_required_only_gives_documented_defaults() -> None:
     assert settings.flux_api_url == VENDOR_API_URL
     assert settings.image_host_allowlist == ["pub-*.r2.dev"]
     assert settings.image_allow_http is False
-    assert settings.image_allow_private_addresses is False
+    assert settings.image_allowed_private_networks == []
+    assert settings.webhook_allow_http is False and settings.webhook_allowed_private_networks == []
     assert settings.max_image_bytes == 32 * 1024 * 1024
     assert settings.upstream_max_attempts == 4
 
@@ -85,7 +86,7 @@ def test_settings_parse_comma_separated_allowlist_and_booleans() -> None:
         **REQUIRED,
         "IMAGE_HOST_ALLOWLIST": " pub-*.r2.dev, images.example.com ,,",
         "IMAGE_ALLOW_HTTP": "true",
-        "IMAGE_ALLOW_PRIVATE_ADDRESSES": "1",
+        "IMAGE_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8, ::1/128",
         "FLUX_API_URL": "http://127.0.0.1:8081/getData",
         "UPSTREAM_MAX_ATTEMPTS": "2",
     }
@@ -94,7 +95,7 @@ def test_settings_parse_comma_separated_allowlist_and_booleans() -> None:
     # Then the list is split and trimmed and the strings are converted
     assert settings.image_host_allowlist == ["pub-*.r2.dev", "images.example.com"]
     assert settings.image_allow_http is True
-    assert settings.image_allow_private_addresses is True
+    assert settings.image_allowed_private_networks == ["127.0.0.0/8", "::1/128"]
     assert settings.flux_api_url == "http://127.0.0.1:8081/getData"
     assert settings.upstream_max_attempts == 2
 
@@ -141,3 +142,8 @@ def test_settings_refuse_a_budget_that_leaves_no_time_for_the_upstream():
     # When the settings are loaded, Then the error says which variables clash
     with pytest.raises(ConfigurationError, match="API_BUDGET_SECONDS must exceed"):
         load_settings(env)
+
+
+def test_settings_name_a_bad_private_network() -> None:
+    with pytest.raises(ConfigurationError, match=r"IMAGE_ALLOWED_PRIVATE_NETWORKS .*'loopback' is not an IP network"):
+        load_settings({**REQUIRED, "IMAGE_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8,loopback"})

@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from functools import lru_cache
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
+from imagegen.addresses import parse_networks
 from imagegen.errors import ConfigurationError
 
 VENDOR_API_URL = "https://gateway.appypie.com/flux-1-schnell/v1/getData"
@@ -25,6 +26,14 @@ def _split_csv(value: object) -> object:
 
 
 CsvList = Annotated[list[str], BeforeValidator(_split_csv)]
+
+
+def _check_networks(values: list[str]) -> list[str]:
+    parse_networks(values)  # a ValueError names the bad entry
+    return values
+
+
+NetworkList = Annotated[list[str], BeforeValidator(_split_csv), AfterValidator(_check_networks)]
 
 
 class Settings(BaseModel):
@@ -53,7 +62,8 @@ class Settings(BaseModel):
     max_image_bytes: int = Field(32 * MIB, alias="MAX_IMAGE_BYTES", ge=1024, le=1024 * MIB)
     # Development only (the local stack serves images over http on loopback); never set in template.yaml.
     image_allow_http: bool = Field(False, alias="IMAGE_ALLOW_HTTP")
-    image_allow_private_addresses: bool = Field(False, alias="IMAGE_ALLOW_PRIVATE_ADDRESSES")
+    # Networks the mirror may reach besides public addresses: the local stack's loopback ("127.0.0.0/8,::1/128").
+    image_allowed_private_networks: NetworkList = Field(default_factory=list, alias="IMAGE_ALLOWED_PRIVATE_NETWORKS")
 
     # Bulk jobs (both functions). Optional so the sync path runs without them; `require` names what is missing.
     jobs_queue_url: str | None = Field(None, alias="JOBS_QUEUE_URL")
@@ -68,7 +78,10 @@ class Settings(BaseModel):
     # How long a delivery holds its item: the worker's timeout (120 s) and a margin. A duplicate delivery waits.
     item_lease_s: float = Field(150.0, alias="ITEM_LEASE_SECONDS", ge=1, le=3600)
     # Development only: lets webhooks reach http://127.0.0.1 receivers on the local stack.
-    webhook_allow_private_addresses: bool = Field(False, alias="WEBHOOK_ALLOW_PRIVATE_ADDRESSES")
+    webhook_allow_http: bool = Field(False, alias="WEBHOOK_ALLOW_HTTP")
+    webhook_allowed_private_networks: NetworkList = Field(
+        default_factory=list, alias="WEBHOOK_ALLOWED_PRIVATE_NETWORKS"
+    )
 
     # HTTP API
     api_budget_s: float = Field(28.0, alias="API_BUDGET_SECONDS", gt=1, le=900)

@@ -82,7 +82,7 @@ def build_image_service(settings: Settings) -> ImageService:
         s3,
         settings.images_bucket,
         UrlGuard(tuple(settings.image_host_allowlist), allow_http=settings.image_allow_http),
-        session=guarded_session(settings.image_allow_private_addresses),
+        session=guarded_session(settings.image_allowed_private_networks),
         max_bytes=settings.max_image_bytes,
         connect_timeout_s=settings.upstream_connect_timeout_s,
     )
@@ -133,7 +133,7 @@ def job_service() -> JobService:
         job_repository(),
         job_queue(),
         image_service(),
-        allow_http_webhooks=settings.webhook_allow_private_addresses,
+        allow_http_webhooks=settings.webhook_allow_http,
         on_complete=lambda job_id: item_processor().announce(job_id),
     )
 
@@ -153,6 +153,10 @@ def item_processor() -> ItemProcessor:
         job_repository(),
         image_service(),
         EventPublisher(aws_client("events"), settings.event_bus_name),
-        WebhookSender(webhook_secret, allow_private_addresses=settings.webhook_allow_private_addresses),
+        WebhookSender(
+            webhook_secret,
+            allow_http=settings.webhook_allow_http,
+            allowed_private_networks=settings.webhook_allowed_private_networks,
+        ),
         max_receive_count=settings.max_receive_count,
     )

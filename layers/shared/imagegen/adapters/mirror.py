@@ -15,10 +15,9 @@ Small images (one part) take a single PutObject.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import socket
 import struct
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -32,6 +31,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import connection as urllib3_connection
 
 from imagegen.adapters.http import BodyTooLargeError, DeadlineExceededError, IncompleteBodyError, iter_body
+from imagegen.addresses import Network, is_public_address, parse_networks
 from imagegen.budget import Deadline
 from imagegen.errors import ImageRejectedError, UpstreamTimeoutError
 from imagegen.models import StoredImage
@@ -47,26 +47,10 @@ class AddressRefusedError(Exception):
     """A host resolved only to non-public addresses. Deliberately not an OSError: urllib3 must not retry it."""
 
 
-# IPv6 ranges that embed an IPv4 address a translator or relay would reach: NAT64 (RFC 6052, RFC 8215),
-# 6to4 (RFC 3056) and the deprecated IPv4-compatible form. Refused outright: no image host needs them.
-_IPV4_EMBEDDING_NETWORKS = tuple(
-    ipaddress.ip_network(network) for network in ("64:ff9b::/96", "64:ff9b:1::/48", "2002::/16", "::/96")
-)
-
-
-def is_public_address(address: str) -> bool:
-    ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
-        elif any(ip in network for network in _IPV4_EMBEDDING_NETWORKS):
-            return False
-    return ip.is_global and not ip.is_multicast
-
-
 class _PublicOnlyConnectionMixin:
     """Connect only to public addresses: resolve, filter, and connect to the address that was checked."""
 
+    allowed_networks: tuple[Network, ...] = ()
     _dns_host: str
     host: str
     port: int
@@ -80,7 +64,7 @@ class _PublicOnlyConnectionMixin:
         except socket.gaierror as exc:
             raise AddressRefusedError(f"image host {self.host!r} does not resolve") from exc
         addresses = [info[4][0] for info in infos]
-        public = [address for address in addresses if is_public_address(address)]
+        public = [address for address in addresses if is_public_address(address, self.allowed_networks)]
         if not public:
             raise AddressRefusedError(f"image host {self.host!r} resolves to a non-public address")
         last_error: OSError | None = None
@@ -103,32 +87,37 @@ class _PublicHTTPSConnection(_PublicOnlyConnectionMixin, HTTPSConnection):
     pass
 
 
-class _PublicHTTPConnectionPool(HTTPConnectionPool):
-    ConnectionCls = _PublicHTTPConnection
-
-
-class _PublicHTTPSConnectionPool(HTTPSConnectionPool):
-    ConnectionCls = _PublicHTTPSConnection
+def _pool_class(base: type[HTTPConnectionPool], connection: type[Any], allowed: tuple[Network, ...]) -> type[Any]:
+    """A pool whose connections also accept ``allowed`` (a subclass: urllib3 pools take no per-pool setting)."""
+    if not allowed:
+        return type(f"Public{base.__name__}", (base,), {"ConnectionCls": connection})
+    bound = type(connection.__name__, (connection,), {"allowed_networks": allowed})
+    return type(f"Public{base.__name__}", (base,), {"ConnectionCls": bound})
 
 
 class PublicOnlyAdapter(HTTPAdapter):
-    """A requests adapter whose connections can only reach public IP addresses."""
+    """A requests adapter whose connections can only reach public IP addresses (and ``allowed_networks``)."""
+
+    def __init__(self, allowed_networks: tuple[Network, ...] = (), **kwargs: Any) -> None:
+        self._pool_classes = {
+            "http": _pool_class(HTTPConnectionPool, _PublicHTTPConnection, allowed_networks),
+            "https": _pool_class(HTTPSConnectionPool, _PublicHTTPSConnection, allowed_networks),
+        }
+        super().__init__(**kwargs)
 
     def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _PublicHTTPConnectionPool,
-            "https": _PublicHTTPSConnectionPool,
-        }
+        self.poolmanager.pool_classes_by_scheme = dict(self._pool_classes)
 
 
-def guarded_session(allow_private_addresses: bool = False) -> requests.Session:
+def guarded_session(allowed_private_networks: Iterable[str] = ()) -> requests.Session:
+    """A session that connects only to public addresses, checked on the socket it opens. The local stack adds
+    loopback (``allowed_private_networks``); link-local (cloud metadata), RFC 1918 and the rest stay refused."""
     session = requests.Session()
     session.trust_env = False  # no proxies or .netrc from the environment for fetching upstream content
-    if not allow_private_addresses:
-        adapter = PublicOnlyAdapter()
-        session.mount("https://", adapter)
-        session.mount("http://", adapter)
+    adapter = PublicOnlyAdapter(parse_networks(allowed_private_networks))
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
     return session
 
 

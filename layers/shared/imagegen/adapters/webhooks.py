@@ -8,7 +8,7 @@ import base64
 import json
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -43,7 +43,8 @@ class WebhookSender:
         self,
         secret_provider: Callable[[], str],
         *,
-        allow_private_addresses: bool = False,
+        allow_http: bool = False,
+        allowed_private_networks: Iterable[str] = (),
         attempts: int = 4,
         backoff_base_s: float = 1.0,
         timeout_s: float = 5.0,
@@ -51,8 +52,8 @@ class WebhookSender:
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self._secret_provider = secret_provider
-        self._guard = UrlGuard(("*",), allow_http=allow_private_addresses)
-        self._session = guarded_session(allow_private_addresses)
+        self._guard = UrlGuard(("*",), allow_http=allow_http)
+        self._session = guarded_session(allowed_private_networks)
         self._attempts = attempts
         self._backoff_base_s = backoff_base_s
         self._timeout_s = timeout_s
