@@ -1,13 +1,11 @@
 """Suite-wide fixtures and plugins: the one local stack of the session and its helpers (``support/stack_fixtures``),
-and the reliability report every category records into (``support/reliability``)."""
+the reliability report every category records into (``support/reliability``) and the watch on every log line,
+answer, event and webhook for secrets (``support/leak_watch``)."""
 
-from support.reliability import (  # noqa: F401 - pytest finds fixtures and hooks by name in conftest modules
-    pytest_runtest_makereport,
-    pytest_sessionfinish,
-    pytest_terminal_summary,
-    reliability,
-)
-from support.stack_fixtures import (  # noqa: F401
+import pytest
+from support import leak_watch
+from support import reliability as reliability_report
+from support.stack_fixtures import (  # noqa: F401 - pytest finds fixtures by name in conftest modules
     api,
     captured_logs,
     emulator,
@@ -18,3 +16,9 @@ from support.stack_fixtures import (  # noqa: F401
     webhook_receiver,
     worker,
 )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for plugin in (reliability_report, leak_watch):
+        if not config.pluginmanager.is_registered(plugin):
+            config.pluginmanager.register(plugin, f"flux-{plugin.__name__.rsplit('.', 1)[-1]}")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import requests
 from support.events import load_event
-from support.secrets_under_test import ORIGIN, SUBSCRIPTION_KEY
+from support.secrets_under_test import ORIGIN, ROTATED_SUBSCRIPTION_KEY, SUBSCRIPTION_KEY
 
 PROMPT = "a cozy mountain cabin under a starry night sky"
 
@@ -250,7 +250,7 @@ def test_handler_502_when_the_output_is_not_an_image(invoke, emulator, stack):
 def test_handler_refreshes_a_rotated_key_without_a_redeploy(invoke, emulator, stack):
     # Given the key was rotated at the vendor and in Secrets Manager, but the function still caches the old one
     invoke(load_event("post_image"))  # warm the cache
-    rotated = "rotated-key-0b7d4e"
+    rotated = ROTATED_SUBSCRIPTION_KEY
     emulator.set_api_key(rotated)
     secrets = stack.aws.client("secretsmanager")
     secrets.put_secret_value(

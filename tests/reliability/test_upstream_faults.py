@@ -23,7 +23,7 @@ import pytest
 import requests
 from imagegen.adapters.mirror import UrlGuard
 from support.events import load_event
-from support.secrets_under_test import API_KEY, SUBSCRIPTION_KEY
+from support.secrets_under_test import API_KEY, ROTATED_SUBSCRIPTION_KEY, SUBSCRIPTION_KEY
 
 METADATA_URL = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
 
@@ -109,9 +109,7 @@ MATRIX = [
         message="not on the allowlist",
     ),
     Fault("body is not an image", "not_image", 502, "image_rejected", 1, message="not an image"),
-    Fault(
-        "oversized body (declared)", "oversized", 502, "image_rejected", 1, {"size": 64 << 20}, message="too large"
-    ),
+    Fault("oversized body (declared)", "oversized", 502, "image_rejected", 1, {"size": 64 << 20}, message="too large"),
     Fault(
         "oversized body (streamed, no length)",
         "oversized",
@@ -312,7 +310,7 @@ def test_connect_timeout_is_retried_then_503(stack, invoke, emulator, stored, bl
 def test_401_until_the_secret_is_rotated_then_success_without_a_redeploy(stack, invoke, emulator, reliability):
     # Given the vendor has rotated the key but Secrets Manager still holds the old one
     secrets = stack.aws.client("secretsmanager")
-    rotated = "rotated-subscription-key-7c1e"
+    rotated = ROTATED_SUBSCRIPTION_KEY
     emulator.set_api_key(rotated)
     try:
         # When a client asks for an image, then it is told the upstream refuses our key (after one forced re-read)

@@ -29,9 +29,10 @@ from imagegen.errors import (
     UpstreamUnavailableError,
 )
 from imagegen.models import GenerationParameters
+from support.secrets_under_test import UNIT_ROTATED_SUBSCRIPTION_KEY, UNIT_SUBSCRIPTION_KEY
 
-KEY = "sk-SECRET-5f0c1d2e3a4b"
-FRESH_KEY = "sk-SECRET-rotated-9e8d7c"
+KEY = UNIT_SUBSCRIPTION_KEY
+FRESH_KEY = UNIT_ROTATED_SUBSCRIPTION_KEY
 SEED = 20240815
 PATH = "/flux-1-schnell/v1/getData"
 OUTPUT = "https://pub-582b7213209642b9b995c96c95a30381.r2.dev/flux-schnell-cf/prompt-1728386209914-87467.png"

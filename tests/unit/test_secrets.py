@@ -14,8 +14,9 @@ from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterEr
 from imagegen.adapters.secrets import SubscriptionKeyProvider, parse_subscription_key
 from imagegen.errors import ConfigurationError
 from moto import mock_aws
+from support.secrets_under_test import UNIT_SUBSCRIPTION_KEY
 
-KEY = "sk-live-0123456789abcdef"
+KEY = UNIT_SUBSCRIPTION_KEY
 SECRET_ID = "flux/subscription-key"
 
 

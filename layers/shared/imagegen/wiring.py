@@ -6,7 +6,6 @@ Clients are created on first use, never at import, so tests can start moto first
 
 from __future__ import annotations
 
-import logging
 import os
 from functools import lru_cache
 from typing import Any
@@ -25,6 +24,7 @@ from imagegen.adapters.secrets import SubscriptionKeyProvider
 from imagegen.adapters.webhooks import WebhookSender
 from imagegen.idempotency import IdempotentRunner
 from imagegen.jobs import ItemProcessor, JobService
+from imagegen.observability import quiet_sensitive_loggers
 from imagegen.service import ImageService
 from imagegen.settings import Settings, get_settings
 
@@ -36,15 +36,6 @@ _BOTO_CONFIG = Config(
     max_pool_connections=50,  # the worker runs up to WORKER_THREADS items at once on shared clients
     signature_version="s3v4",
 )
-
-
-def quiet_sensitive_loggers() -> None:
-    """botocore logs request and response bodies at DEBUG: the secret's value, prompts in item writes. Lambda's
-    log-level setting (or a DEBUG root logger) would let them through, so botocore gets a level of its own:
-    WARNING, unless someone explicitly set it to INFO or above."""
-    botocore_logger = logging.getLogger("botocore")
-    if botocore_logger.level < logging.INFO:  # NOTSET (inherits the root's level) or DEBUG
-        botocore_logger.setLevel(logging.WARNING)
 
 
 def aws_client(service: str) -> Any:
