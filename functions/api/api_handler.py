@@ -13,13 +13,18 @@ from typing import TYPE_CHECKING, Annotated, Any
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, CORSConfig, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError as RouteNotFoundError
-from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError, ResponseValidationError
+from aws_lambda_powertools.event_handler.middlewares.openapi_validation import OpenAPIRequestValidationMiddleware
+from aws_lambda_powertools.event_handler.openapi.exceptions import (
+    RequestUnsupportedContentType,
+    RequestValidationError,
+    ResponseValidationError,
+)
 from aws_lambda_powertools.event_handler.openapi.params import Body, Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagegen.budget import Deadline
-from imagegen.errors import ConfigurationError, ServiceError
+from imagegen.errors import ConfigurationError, ServiceError, UnsupportedMediaTypeError
 from imagegen.models import (
     IMAGE_ID_PATTERN,
     JOB_ID_PATTERN,
@@ -71,8 +76,35 @@ def _cors(origins: list[str]) -> CORSConfig | None:
     )
 
 
+def _media_type(content_type: str | None) -> str | None:
+    """``Application/JSON; charset=utf-8`` → ``application/json``; None when no media type is declared."""
+    return (content_type or "").split(";", 1)[0].strip().lower() or None
+
+
+class JsonBodyValidation(OpenAPIRequestValidationMiddleware):
+    """Powertools' request validation, reading JSON bodies only. Left alone, Powertools parses a form or multipart
+    body into fields (and fails with a 500 on a multipart type without a boundary) and raises on any other media
+    type, ``APPLICATION/JSON`` included; here a body is JSON when its media type is ``application/json`` in any
+    case (or undeclared), and anything else is refused with 415."""
+
+    def _get_body(self, app: Any) -> Any:
+        media_type = _media_type(app.current_event.headers.get("content-type"))
+        if media_type is not None and media_type != content_types.APPLICATION_JSON:
+            raise UnsupportedMediaTypeError(f"the request body must be application/json, not {media_type[:100]}")
+        try:
+            return self._parse_json_data(app)  # a JSONDecodeError comes out as a json_invalid validation error
+        except UnicodeDecodeError:
+            raise  # handle_undecodable_body
+        except ValueError as exc:  # what json.loads raises besides: an integer over Python's 4,300 digits
+            reason = str(exc).split(":", 1)[0]
+            error = {"type": "json_invalid", "loc": ("body",), "msg": "JSON decode error", "ctx": {"error": reason}}
+            raise RequestValidationError([error]) from exc
+
+
 http_settings = load_http_settings()
 app = APIGatewayRestResolver(enable_validation=True, cors=_cors(http_settings.cors_allowed_origins))
+# Powertools keeps its request validation middleware here and puts it first on every validated route.
+app._request_validation_middleware = JsonBodyValidation()
 API_KEY_SECURITY = [{"apiKey": []}]
 API_TITLE = "Flux image service"
 API_VERSION = "1.0.0"
@@ -83,28 +115,59 @@ def _error_content(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"model": ErrorResponse}}}
 
 
+def _header(description: str, *, required: bool, schema: dict[str, Any] | None = None) -> Any:
+    """A response header's documentation (``Any``: Powertools' TypedDict for it lacks OpenAPI's ``required``)."""
+    return {"description": description, "required": required, "schema": schema or {"type": "string"}}
+
+
+RETRY_AFTER = {"Retry-After": _header("Seconds to wait before retrying.", required=False, schema={"type": "integer"})}
+
+
+def _retry_later(description: str) -> dict[str, Any]:
+    return {**_error_content(description), "headers": RETRY_AFTER}
+
+
 COMMON_ERRORS: dict[int, Any] = {
     403: _error_content("Missing or invalid API key (answered by API Gateway)."),
     429: _error_content("Usage plan throttle or quota exceeded (answered by API Gateway)."),
     500: _error_content("Unexpected error; the body carries the request id."),
 }
+GATEWAY_TIMEOUT: dict[int, Any] = {
+    504: _error_content("No answer within API Gateway's integration timeout (answered by API Gateway)."),
+}
+BODY_ERRORS: dict[int, Any] = {
+    # What API Gateway answers itself for a request body over its 10 MB payload limit.
+    413: _error_content("The request body is too large (answered by API Gateway)."),
+    415: _error_content("The request body is declared as something else than `application/json`."),
+}
 GENERATION_ERRORS: dict[int, Any] = {
     400: _error_content("Malformed JSON, or the upstream refused the parameters."),
     422: _error_content("Validation failed: `details` lists every failing field."),
     502: _error_content("The upstream answered something unusable, refused our key, or pointed at a bad image."),
-    503: _error_content("The upstream is rate limiting or unavailable; see Retry-After."),
-    504: _error_content("The upstream did not answer within the request's time budget."),
+    503: _retry_later("The upstream is rate limiting or unavailable; see Retry-After."),
+    504: _error_content(
+        "The upstream did not answer within the request's time budget, or API Gateway's integration timeout passed."
+    ),
 }
 
 
 IDEMPOTENCY_KEY_DESCRIPTION = (
+    "1-255 printable ASCII characters. "
     "Retrying with the same key (per API key) returns the original answer and creates nothing new; "
     "the same key with a different body is refused (422 idempotency_key_reused)."
 )
+# Printable ASCII, as the key store requires; HTTP trims a header value's outer spaces, so none are documented.
+IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
 ACCEPTED: dict[int, Any] = {
     202: {
         "description": "The work was queued: follow Location (GET /v1/jobs/{id}).",
         "content": {"application/json": {"model": JobDocument}},
+        "headers": {
+            "Location": _header(
+                "The job: `/v1/jobs/{id}` (behind the stage or base path it was called on).", required=True
+            ),
+            "Preference-Applied": _header("`respond-async` when `Prefer: respond-async` was honoured.", required=False),
+        },
     },
     409: _error_content("A request with the same Idempotency-Key is still being processed."),
 }
@@ -174,9 +237,11 @@ def _wants_async(prefer: str | None) -> bool:
         201: {
             "description": "The image was generated and stored.",
             "content": {"application/json": {"model": ImageDocument}},
+            "headers": {"Location": _header("The image: `/v1/images/{id}`.", required=True)},
         },
         **ACCEPTED,
         **GENERATION_ERRORS,
+        **BODY_ERRORS,
         **COMMON_ERRORS,
     },
     security=API_KEY_SECURITY,
@@ -189,7 +254,14 @@ def create_image(
         str | None, Header(alias="Prefer", description="`respond-async` queues the image (202) instead of waiting.")
     ] = None,
     idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", max_length=255, description=IDEMPOTENCY_KEY_DESCRIPTION)
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
+            description=IDEMPOTENCY_KEY_DESCRIPTION,
+        ),
     ] = None,
 ) -> Response[ImageDocument | JobDocument]:
     if _wants_async(prefer):
@@ -224,7 +296,9 @@ def create_image(
         **ACCEPTED,
         400: _error_content("Malformed JSON."),
         422: _error_content("Validation failed: `details` lists every failing field (items.N.field)."),
-        503: _error_content("The jobs queue is unavailable; nothing was enqueued."),
+        503: _retry_later("The jobs queue is unavailable; nothing was enqueued."),
+        **BODY_ERRORS,
+        **GATEWAY_TIMEOUT,
         **COMMON_ERRORS,
     },
     security=API_KEY_SECURITY,
@@ -234,7 +308,14 @@ def create_image(
 def create_job(
     request: Annotated[JobRequest, Body()],
     idempotency_key: Annotated[
-        str | None, Header(alias="Idempotency-Key", max_length=255, description=IDEMPOTENCY_KEY_DESCRIPTION)
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            min_length=1,
+            max_length=255,
+            pattern=IDEMPOTENCY_KEY_PATTERN,
+            description=IDEMPOTENCY_KEY_DESCRIPTION,
+        ),
     ] = None,
 ) -> Response[JobDocument]:
     return _keyed(
@@ -253,6 +334,7 @@ def create_job(
         200: {"description": "The job.", "content": {"application/json": {"model": JobDocument}}},
         404: _error_content("No job with this id."),
         422: _error_content("The id, cursor or limit is invalid."),
+        **GATEWAY_TIMEOUT,
         **COMMON_ERRORS,
     },
     security=API_KEY_SECURITY,
@@ -275,6 +357,7 @@ def get_job(
         200: {"description": "The job after cancelation.", "content": {"application/json": {"model": JobDocument}}},
         404: _error_content("No job with this id."),
         422: _error_content("The id is invalid."),
+        **GATEWAY_TIMEOUT,
         **COMMON_ERRORS,
     },
     security=API_KEY_SECURITY,
@@ -293,6 +376,7 @@ def cancel_job(job_id: Annotated[str, Path(pattern=JOB_ID_PATTERN)]) -> JobDocum
         200: {"description": "The image.", "content": {"application/json": {"model": ImageDocument}}},
         404: _error_content("No image with this id."),
         422: _error_content("The id is not a valid image id."),
+        **GATEWAY_TIMEOUT,
         **COMMON_ERRORS,
     },
     security=API_KEY_SECURITY,
@@ -388,6 +472,12 @@ def handle_validation_error(exc: RequestValidationError) -> Response:
         )
     summary = "; ".join(f"{detail.field or detail.location}: {detail.message}" for detail in details)
     return _error(422, "validation_error", f"the request is invalid: {summary}", details)
+
+
+@app.exception_handler(RequestUnsupportedContentType)
+def handle_unsupported_content_type(exc: RequestUnsupportedContentType) -> Response:
+    """Powertools' own refusal of a media type (JsonBodyValidation refuses them first): the same 415."""
+    return handle_service_error(UnsupportedMediaTypeError("the request body must be application/json"))
 
 
 @app.exception_handler([RecursionError, UnicodeDecodeError])

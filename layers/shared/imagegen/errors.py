@@ -121,3 +121,10 @@ class EnqueueError(ServiceError):
     status = 503
     code = "enqueue_failed"
     retryable = True
+
+
+class UnsupportedMediaTypeError(ServiceError):
+    """A request body declared as anything but JSON."""
+
+    status = 415
+    code = "unsupported_media_type"

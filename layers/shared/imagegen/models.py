@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, model_validator
 
 MAX_SEED = 4_294_967_295
 IMAGE_ID_PATTERN = r"^img_[0-9a-f]{32}$"
@@ -17,6 +18,9 @@ class Model(BaseModel):
     """Base of the service's models: schemas are built on first use, not at import (cold start)."""
 
     model_config = ConfigDict(defer_build=True)
+
+
+NOT_BLANK_PATTERN = r"\S"  # at least one character that is not whitespace
 
 
 def _not_blank(value: str) -> str:
@@ -32,13 +36,19 @@ Dimension = Annotated[
 
 
 class ImageRequest(Model):
-    """What a caller asks for. Unknown fields are rejected, so a typo never silently does nothing."""
+    """What a caller asks for. Unknown fields are rejected, so a typo never silently does nothing. Numbers are
+    taken as written: an integer field refuses `4.0` and `"4"` (422), as it refuses any other type."""
 
     model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     prompt: Annotated[
         str,
-        Field(min_length=1, max_length=2000, description="What the image should show (1–2,000 characters)."),
+        Field(
+            min_length=1,
+            max_length=2000,
+            description="What the image should show (1–2,000 characters, not only whitespace).",
+            json_schema_extra={"pattern": NOT_BLANK_PATTERN},  # documents _not_blank, which enforces it
+        ),
         AfterValidator(_not_blank),
     ]
     num_steps: int = Field(4, ge=1, le=8, description="Diffusion steps, 1–8.")
@@ -143,10 +153,83 @@ ItemStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
 TERMINAL_ITEM_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
 
-def _small_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
-    if value is not None and len(json.dumps(value, separators=(",", ":")).encode("utf-8")) > MAX_METADATA_BYTES:
+MAX_METADATA_DEPTH = 16  # nesting levels (DynamoDB stores 32 at most)
+# What a DynamoDB number holds: 38 significant digits, a magnitude from 1e-130 to below 1e126.
+NUMBER_DIGITS, NUMBER_MIN_EXPONENT, NUMBER_MAX_EXPONENT = 38, -130, 125
+METADATA_DESCRIPTION = (
+    f"Echoed back in the job and its webhook: at most {MAX_METADATA_BYTES} bytes of JSON, nested at most "
+    f"{MAX_METADATA_DEPTH} levels, keys not empty; numbers of at most {NUMBER_DIGITS} significant digits, magnitude "
+    "1e-130 to 1e125."
+)
+
+
+def _storable_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Metadata as the jobs table can store it: the size checked, numbers checked, floats as Decimal (DynamoDB
+    takes no floats); ``_json_numbers`` turns them back into JSON numbers in answers."""
+    if value is None:
+        return None
+    if len(json.dumps(value, separators=(",", ":")).encode("utf-8")) > MAX_METADATA_BYTES:
         raise ValueError(f"must be at most {MAX_METADATA_BYTES} bytes of JSON")
+    return _storable(value, 1)
+
+
+def _storable(value: Any, depth: int) -> Any:
+    if isinstance(value, dict | list):
+        if depth > MAX_METADATA_DEPTH:
+            raise ValueError(f"must nest at most {MAX_METADATA_DEPTH} levels")
+        if isinstance(value, dict):
+            if "" in value:
+                raise ValueError("keys must not be empty")
+            return {_text(key): _storable(inner, depth + 1) for key, inner in value.items()}
+        return [_storable(inner, depth + 1) for inner in value]
+    if isinstance(value, str):
+        return _text(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    if not number.is_finite() or (
+        number
+        and (
+            len(number.as_tuple().digits) > NUMBER_DIGITS
+            or not NUMBER_MIN_EXPONENT <= number.adjusted() <= NUMBER_MAX_EXPONENT
+        )
+    ):
+        raise ValueError(
+            f"numbers must be finite, of at most {NUMBER_DIGITS} significant digits and a magnitude from "
+            f"1e{NUMBER_MIN_EXPONENT} to 1e{NUMBER_MAX_EXPONENT}"
+        )
+    return number if isinstance(value, float) else value
+
+
+def _text(value: str) -> str:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no store (nor UTF-8) can hold."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("strings must be valid Unicode (no lone surrogates)") from None
     return value
+
+
+def _json_numbers(value: Any) -> Any:
+    """Decimals (stored floats) back to JSON numbers, as the jobs table's readers get them."""
+    if isinstance(value, dict):
+        return {key: _json_numbers(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [_json_numbers(inner) for inner in value]
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    return value
+
+
+JsonMetadata = Annotated[
+    dict[str, Any] | None,
+    PlainSerializer(_json_numbers, return_type=dict[str, Any] | None, when_used="json"),
+]
+
+
+# What _web_url accepts, for the spec: a scheme, an ASCII host name (no credentials), an optional port, then
+# anything without spaces. (IPv6 literals are accepted too, but left out here.)
+WEB_URL_PATTERN = r"^https?://[A-Za-z0-9._~%!$&'()*+,;=-]+(:[0-9]*)?([/?#]\S*)?$"
 
 
 def _web_url(value: str | None) -> str | None:
@@ -167,8 +250,23 @@ class JobRequest(Model):
     model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     items: list[ImageRequest] = Field(min_length=1, max_length=MAX_JOB_ITEMS)
-    webhook_url: Annotated[str | None, Field(max_length=2048), AfterValidator(_web_url)] = None
-    metadata: Annotated[dict[str, Any] | None, AfterValidator(_small_metadata)] = None
+    webhook_url: Annotated[
+        str | None,
+        Field(
+            max_length=2048,
+            description=(
+                "Called (signed POST) when the job completes: an https URL to a public host, without credentials "
+                "(plain http only where the deployment allows it, as locally)."
+            ),
+            json_schema_extra={"pattern": WEB_URL_PATTERN},  # documents _web_url, which enforces it
+        ),
+        AfterValidator(_web_url),
+    ] = None
+    metadata: Annotated[
+        JsonMetadata,
+        Field(description=METADATA_DESCRIPTION),
+        AfterValidator(_storable_metadata),
+    ] = None
 
 
 class ItemError(Model):
@@ -207,7 +305,7 @@ class JobDocument(Model):
     counts: JobCounts
     created_at: datetime
     completed_at: datetime | None = None
-    metadata: dict[str, Any] | None = None
+    metadata: JsonMetadata = None
     webhook: WebhookInfo | None = None
     items: list[JobItemDocument] = Field(default_factory=list)
     next_cursor: str | None = None
