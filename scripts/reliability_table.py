@@ -47,16 +47,18 @@ def summary(cases: list[dict[str, Any]]) -> str:
             lines.append(f"| {category} | 0 | 0 | not run |")
             continue
         held = sum(1 for row in rows if row["held"])
+        headline = next((row for row in rows if row["figures"].get("headline")), None)
         totals: dict[str, float] = defaultdict(float)
         for row in rows if len(rows) > 1 else []:  # counts add up across cases; one case's figures stand as they are
             for name, value in row["figures"].items():
                 if isinstance(value, int | float) and not isinstance(value, bool):
                     totals[name] += value
-        measured = (
-            _figures(rows[0]["figures"])
-            if len(rows) == 1
-            else _figures({name: _number(value) for name, value in totals.items()})
-        )
+        if headline is not None:  # a case that sums up its category (e.g. the fuzzer's total)
+            measured = _figures({k: v for k, v in headline["figures"].items() if k != "headline"})
+        elif len(rows) == 1:
+            measured = _figures(rows[0]["figures"])
+        else:
+            measured = _figures({name: _number(value) for name, value in totals.items()})
         measured = measured or "; ".join(sorted({row["outcome"] for row in rows}))
         lines.append(f"| {category} | {len(rows)} | {held} | {_cell(measured)} |")
     return "\n".join(lines)
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.report} does not exist: run the test suite first (make test)", file=sys.stderr)
         return 2
     cases = json.loads(args.report.read_text())["cases"]
-    print(details(cases) if args.cases else summary(cases))
+    sys.stdout.write((details(cases) if args.cases else summary(cases)) + "\n")
     return 0
 
 

@@ -194,6 +194,7 @@ def test_fuzzing_every_operation_finds_no_5xx_and_no_answer_outside_the_spec(sta
         cases=total,
         server_errors=server_errors,
         violations=len(failures),
+        headline=True,
     )
     per_operation = {label: tally.cases for label, tally in tallies.items()}
     assert total >= MIN_CASES, f"only {total} cases were sent: {per_operation}"
