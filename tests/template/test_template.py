@@ -624,6 +624,16 @@ def check_queues_encrypted(t: dict[str, Any]) -> None:
                 assert key == {"Ref": "KmsKeyArn"}, f"{queue_id}: must use the customer key when one is given"
 
 
+def check_log_groups_encrypted_with_the_customer_key(t: dict[str, Any]) -> None:
+    """CloudWatch Logs encrypts every log group at rest; with KmsKeyArn set, each one uses the customer key."""
+    groups = _resources_of_type(t, "AWS::Logs::LogGroup")
+    assert len(groups) >= 3, "the API, worker and access log groups are declared (retention, encryption)"
+    for group_id, group in groups.items():
+        props = _resolve(group.get("Properties") or {}, {"HasKmsKey": True})
+        assert props.get("KmsKeyId") == {"Ref": "KmsKeyArn"}, f"{group_id}: must use the customer key when given"
+        assert props.get("RetentionInDays"), f"{group_id}: logs are kept for a bounded time"
+
+
 def check_queues_deny_insecure_transport(t: dict[str, Any]) -> None:
     policies = [r.get("Properties") or {} for r in _resources_of_type(t, "AWS::SQS::QueuePolicy").values()]
     for queue_id in _sqs_queues(t):
@@ -824,6 +834,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_jobs_queue_redrive,
     check_visibility_covers_worker_timeout,
     check_queues_encrypted,
+    check_log_groups_encrypted_with_the_customer_key,
     check_queues_deny_insecure_transport,
     check_worker_function,
     check_event_bus_and_webhook_secret,
@@ -835,7 +846,10 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
 
 
 @pytest.mark.parametrize("check", CHECKS, ids=lambda check: check.__name__.removeprefix("check_"))
-def test_template_structure(template: dict[str, Any], check: Callable[[dict[str, Any]], None]) -> None:
+def test_template_structure(
+    template: dict[str, Any], check: Callable[[dict[str, Any]], None], reliability: Any
+) -> None:
+    reliability.record("Template security", check.__name__.removeprefix("check_").replace("_", " "), "holds")
     check(template)
 
 
@@ -1054,6 +1068,10 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
         lambda t: t["Parameters"]["WorkerMaxBatchingWindowSeconds"].update(MaxValue=300),
     ),
     "queue-unencrypted": (check_queues_encrypted, lambda t: _p(t, QUEUE_ID).pop("SqsManagedSseEnabled")),
+    "log-group-ignores-customer-key": (
+        check_log_groups_encrypted_with_the_customer_key,
+        lambda t: next(iter(_resources_of_type(t, "AWS::Logs::LogGroup").values()))["Properties"].pop("KmsKeyId"),
+    ),
     "dlq-ignores-customer-key": (check_queues_encrypted, lambda t: _p(t, DLQ_ID).pop("KmsMasterKeyId")),
     "queue-sse-off-with-key": (
         check_queues_encrypted,
@@ -1205,10 +1223,11 @@ def test_every_check_has_a_mutation() -> None:
 
 
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
-def test_check_fails_without_the_protection(template: dict[str, Any], mutation: str) -> None:
+def test_check_fails_without_the_protection(template: dict[str, Any], mutation: str, reliability: Any) -> None:
     check, mutate = MUTATIONS[mutation]
     mutated = copy.deepcopy(template)
     mutate(mutated)
+    reliability.record("Template security", f"protection removed: {mutation}", f"{check.__name__} fails")
     with pytest.raises(AssertionError):
         check(mutated)
 
@@ -1316,7 +1335,7 @@ def test_transformed_roles_keep_least_privilege(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(300)
-def test_checkov_has_no_failed_checks() -> None:
+def test_checkov_has_no_failed_checks(reliability: Any) -> None:
     stdout = _run(
         [
             _tool("checkov"),
@@ -1331,6 +1350,14 @@ def test_checkov_has_no_failed_checks() -> None:
         timeout=280,
     )
     summary = json.loads(stdout)["summary"]
+    reliability.record(
+        "Template security",
+        "checkov (cloudformation)",
+        f"{summary['passed']} passed, {summary['failed']} failed, {summary['skipped']} skipped (justified inline)",
+        checkov_passed=summary["passed"],
+        checkov_failed=summary["failed"],
+        checkov_skipped=summary["skipped"],
+    )
     assert summary["failed"] == 0, f"checkov failed checks: {stdout[:4000]}"
     assert summary["parsing_errors"] == 0, "checkov could not parse the template"
     assert summary["passed"] >= 10, "checkov ran almost no check: did it read the template?"
