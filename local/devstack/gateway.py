@@ -698,6 +698,7 @@ def _translate_proxy_response(result: Any) -> tuple[int, list[tuple[str, str]], 
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # socketserver's 5 drops bursts of new connections (many clients at once)
     gateway: LocalApiGateway
 
 
