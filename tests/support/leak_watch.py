@@ -11,9 +11,9 @@ Taps, installed when the session starts:
 - **webhooks**: every webhook body and its signed headers.
 
 Each text is searched for the subscription keys and the webhook secret the tests plant (raw, and the webhook
-secret in the base64 form ``standardwebhooks`` signs with). The prompts the upstream received are collected at
-the emulator; at the end no log line may hold one in full. ``tests/reliability/test_no_leaks.py`` runs last
-and fails on any finding.
+secret in the base64 form ``standardwebhooks`` signs with). The prompts are collected where they enter (every API
+request body, and what the upstream received); at the end no log line may hold one in full.
+``tests/reliability/test_no_leaks.py`` runs last and fails on any finding.
 """
 
 from __future__ import annotations
@@ -122,6 +122,18 @@ def _record_text(record: logging.LogRecord) -> str:
     return "\n".join(parts)
 
 
+def _prompts_in(body: Any) -> list[str]:
+    """The prompts of an API request body (an image request, or a job's items), whatever else it holds."""
+    try:
+        payload = json.loads(body) if isinstance(body, str) else None
+    except (ValueError, RecursionError):  # a tap never changes what the request does
+        return []
+    candidates = [payload] + (
+        payload.get("items") if isinstance(payload, dict) and isinstance(payload.get("items"), list) else []
+    )
+    return [c["prompt"] for c in candidates if isinstance(c, dict) and isinstance(c.get("prompt"), str)]
+
+
 def install() -> None:
     """Patch the sinks' choke points; idempotent, for the life of the process."""
     if getattr(install, "done", False):
@@ -152,6 +164,8 @@ def install() -> None:
     real_resolve = ApiGatewayResolver.resolve
 
     def resolve(self: ApiGatewayResolver, event: Any, context: Any) -> dict[str, Any]:
+        for prompt in _prompts_in(event.get("body") if isinstance(event, dict) else None):
+            current().prompt_sent(prompt)
         answer = real_resolve(self, event, context)
         current().scan("response", json.dumps(answer, default=str))
         return answer

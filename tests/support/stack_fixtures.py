@@ -56,9 +56,28 @@ def stack() -> Iterator[LocalStack]:
     local.stop()
 
 
+def settle_worker(stack: LocalStack, timeout_s: float = 20) -> None:
+    """Wait until the worker has nothing left to do now: no invocation running and no message waiting on the jobs
+    queue or in the event source mapping's batching window (received, not yet invoked: "not visible"). A test that
+    queued work (a job, a fuzzed respond-async) must not pay upstream calls into the next test's counters. A
+    message put back with a long delay (a retry) is waited for ``timeout_s`` at most."""
+    sqs = stack.aws.client("sqs")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=stack.seeded.jobs_queue_url,
+            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+        )["Attributes"]
+        waiting = sum(int(value) for value in attributes.values())
+        if waiting == 0 and all(poller.in_flight == 0 for poller in stack.pollers):
+            return
+        time.sleep(0.1)
+
+
 @pytest.fixture
 def emulator(stack: LocalStack) -> Iterator[Any]:
     assert stack.emulator is not None
+    settle_worker(stack)
     stack.emulator.clear_faults()
     stack.emulator.reset_counters()
     stack.emulator.set_api_key(SUBSCRIPTION_KEY)
