@@ -17,15 +17,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORT = ROOT / "build" / "reliability-report.json"
-CATEGORIES = (
-    "Bad input",
-    "Upstream faults",
-    "Queue faults",
-    "Secrets and data",
-    "Template security",
-    "Access",
-    "Load",
-)
 
 
 def _cell(text: str) -> str:
@@ -36,12 +27,12 @@ def _figures(figures: dict[str, Any]) -> str:
     return ", ".join(f"{name.replace('_', ' ')} {value}" for name, value in figures.items())
 
 
-def summary(cases: list[dict[str, Any]]) -> str:
+def summary(cases: list[dict[str, Any]], categories: list[str]) -> str:
     by_category: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for case in cases:
         by_category[case["category"]].append(case)
     lines = ["| category | cases | held | measured |", "|---|---:|---:|---|"]
-    for category in CATEGORIES:
+    for category in categories:
         rows = by_category.get(category, [])
         if not rows:
             lines.append(f"| {category} | 0 | 0 | not run |")
@@ -68,9 +59,9 @@ def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:.1f}"
 
 
-def details(cases: list[dict[str, Any]]) -> str:
+def details(cases: list[dict[str, Any]], categories: list[str]) -> str:
     out = []
-    for category in CATEGORIES:
+    for category in categories:
         rows = [case for case in cases if case["category"] == category]
         if not rows:
             continue
@@ -92,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report.exists():
         print(f"{args.report} does not exist: run the test suite first (make test)", file=sys.stderr)
         return 2
-    cases = json.loads(args.report.read_text())["cases"]
-    sys.stdout.write((details(cases) if args.cases else summary(cases)) + "\n")
+    report = json.loads(args.report.read_text())
+    cases, categories = report["cases"], report["categories"]  # the suite's categories, in its order
+    sys.stdout.write((details(cases, categories) if args.cases else summary(cases, categories)) + "\n")
     return 0
 
 

@@ -46,6 +46,7 @@ class StackProcess:
     api_key: str
     process: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
+    exit_code: int | None = None  # after the context: how the program ended on Ctrl-C (SIGINT)
 
 
 @contextlib.contextmanager
@@ -102,7 +103,7 @@ def stack_process(
         if process.poll() is None:
             process.send_signal(signal.SIGINT)
             try:
-                process.wait(timeout=20)
+                stack.exit_code = process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)

@@ -68,7 +68,11 @@ class ReliabilityReport:
 
     def write(self, path: Path = REPORT_PATH) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"summary": self.summary(), "cases": [asdict(case) for case in self.cases]}
+        payload = {
+            "categories": list(CATEGORIES),
+            "summary": self.summary(),
+            "cases": [asdict(case) for case in self.cases],
+        }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
         os.replace(tmp, path)
