@@ -6,7 +6,7 @@ Tests record the cases they try with the ``reliability`` fixture::
                        upstream_calls=3)
 
 A case counts as *held* only if its test passed. At the end of the session the report is written to
-``build/reliability-report.json`` and summarised in the terminal; ``scripts/reliability_table.py`` turns the
+``build/reliability-report.json`` (or ``$RELIABILITY_REPORT``) and summarised in the terminal; ``scripts/reliability_table.py`` turns the
 JSON into the README's "Reliability and security" table, so the figures there are the suite's own.
 """
 
@@ -30,7 +30,9 @@ CATEGORIES = (
     "Access",
     "Load",
 )
-REPORT_PATH = Path(__file__).resolve().parents[2] / "build" / "reliability-report.json"
+REPORT_PATH = Path(
+    os.environ.get("RELIABILITY_REPORT") or Path(__file__).resolve().parents[2] / "build" / "reliability-report.json"
+)
 
 
 @dataclass
