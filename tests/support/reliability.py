@@ -6,8 +6,9 @@ Tests record the cases they try with the ``reliability`` fixture::
                        upstream_calls=3)
 
 A case counts as *held* only if its test passed. At the end of the session the report is written to
-``build/reliability-report.json`` (or ``$RELIABILITY_REPORT``) and summarised in the terminal; ``scripts/reliability_table.py`` turns the
-JSON into the README's "Reliability and security" table, so the figures there are the suite's own.
+``build/reliability-report.json`` (or ``$RELIABILITY_REPORT``) and summarised in the terminal;
+``scripts/reliability_table.py`` turns the JSON into the README's "Reliability and security" table, so the
+figures there are the suite's own.
 """
 
 from __future__ import annotations
