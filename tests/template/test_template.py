@@ -235,6 +235,9 @@ def check_bucket_encrypted(t: dict[str, Any]) -> None:
         for default in _if_branches(rule.get("ServerSideEncryptionByDefault")):
             assert isinstance(default, dict), f"{BUCKET_ID}: every encryption branch must name an algorithm"
             assert default.get("SSEAlgorithm") in {"AES256", "aws:kms", "aws:kms:dsse"}
+        with_key = _resolve(rule.get("ServerSideEncryptionByDefault"), {"HasKmsKey": True})
+        assert with_key.get("SSEAlgorithm") in {"aws:kms", "aws:kms:dsse"}, f"{BUCKET_ID}: SSE-KMS when a key is given"
+        assert with_key.get("KMSMasterKeyID") == {"Ref": "KmsKeyArn"}, f"{BUCKET_ID}: the customer key when given"
 
 
 def _bucket_policy_statements(t: dict[str, Any]) -> list[dict[str, Any]]:
@@ -320,6 +323,9 @@ def check_table(t: dict[str, Any]) -> None:
     assert (props.get("PointInTimeRecoverySpecification") or {}).get("PointInTimeRecoveryEnabled") is True
     for sse in _if_branches(props.get("SSESpecification")):
         assert isinstance(sse, dict) and sse.get("SSEEnabled") is True, f"{TABLE_ID}: SSE must be enabled"
+    with_key = _resolve(props.get("SSESpecification"), {"HasKmsKey": True})
+    assert with_key.get("SSEType") == "KMS", f"{TABLE_ID}: SSE-KMS when a key is given"
+    assert with_key.get("KMSMasterKeyId") == {"Ref": "KmsKeyArn"}, f"{TABLE_ID}: the customer key when given"
     assert props.get("DeletionProtectionEnabled") == {"Ref": "TableDeletionProtection"}
 
 
@@ -904,6 +910,12 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
         lambda t: _p(t, BUCKET_ID)["OwnershipControls"]["Rules"][0].update(ObjectOwnership="ObjectWriter"),
     ),
     "encryption-removed": (check_bucket_encrypted, lambda t: _p(t, BUCKET_ID).pop("BucketEncryption")),
+    "bucket-ignores-customer-key": (
+        check_bucket_encrypted,
+        lambda t: _p(t, BUCKET_ID)["BucketEncryption"]["ServerSideEncryptionConfiguration"][0].update(
+            ServerSideEncryptionByDefault={"SSEAlgorithm": "AES256"}
+        ),
+    ),
     "tls-deny-removed": (
         check_bucket_denies_insecure_transport,
         lambda t: _p(t, "ImagesBucketPolicy")["PolicyDocument"]["Statement"].remove(
@@ -946,6 +958,10 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
     ),
     "ttl-removed": (check_table, lambda t: _p(t, TABLE_ID).pop("TimeToLiveSpecification")),
     "sse-off": (check_table, lambda t: _p(t, TABLE_ID).update(SSESpecification={"SSEEnabled": False})),
+    "table-ignores-customer-key": (
+        check_table,
+        lambda t: _p(t, TABLE_ID).update(SSESpecification={"SSEEnabled": True}),
+    ),
     "action-star": (check_no_wildcard_permissions, lambda t: _function_statement(t, "ImageRecords").update(Action="*")),
     "s3-star": (
         check_no_wildcard_permissions,
@@ -1071,6 +1087,14 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
     "log-group-ignores-customer-key": (
         check_log_groups_encrypted_with_the_customer_key,
         lambda t: next(iter(_resources_of_type(t, "AWS::Logs::LogGroup").values()))["Properties"].pop("KmsKeyId"),
+    ),
+    "access-log-group-ignores-customer-key": (
+        check_log_groups_encrypted_with_the_customer_key,
+        lambda t: _p(t, "ApiAccessLogGroup").pop("KmsKeyId"),
+    ),
+    "worker-log-group-ignores-customer-key": (
+        check_log_groups_encrypted_with_the_customer_key,
+        lambda t: _p(t, "WorkerFunctionLogGroup").update(KmsKeyId={"Ref": "AWS::NoValue"}),
     ),
     "dlq-ignores-customer-key": (check_queues_encrypted, lambda t: _p(t, DLQ_ID).pop("KmsMasterKeyId")),
     "queue-sse-off-with-key": (
