@@ -214,7 +214,10 @@ class ItemProcessor:
         if job_id is None:
             job_id = self._ensure_direct_job(message, message_id)
             request = with_seed(message.request, entropy=message_id)
-        if deadline.remaining() < MIN_ITEM_TIME_S:
+        if deadline.remaining() < MIN_ITEM_TIME_S and receive_count < self._max_receive_count:
+            # Put back for an invocation with more time, but never on the last receive: SQS would then move the
+            # message to the dead-letter queue with its item never started and the job never complete. There it
+            # is tried with the time left: generation keeps to the deadline, so the item still ends terminal.
             return Outcome(False, 0, "not enough time left in this invocation")
         try:
             # First delivery, the usual case: claim without reading first (one round trip).
