@@ -158,6 +158,16 @@ IDEMPOTENCY_KEY_DESCRIPTION = (
 )
 # Printable ASCII, as the key store requires; HTTP trims a header value's outer spaces, so none are documented.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
+IdempotencyKeyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=IDEMPOTENCY_KEY_PATTERN,
+        description=IDEMPOTENCY_KEY_DESCRIPTION,
+    ),
+]
 ACCEPTED: dict[int, Any] = {
     202: {
         "description": "The work was queued: follow Location (GET /v1/jobs/{id}).",
@@ -253,16 +263,7 @@ def create_image(
     prefer: Annotated[
         str | None, Header(alias="Prefer", description="`respond-async` queues the image (202) instead of waiting.")
     ] = None,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            pattern=IDEMPOTENCY_KEY_PATTERN,
-            description=IDEMPOTENCY_KEY_DESCRIPTION,
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response[ImageDocument | JobDocument]:
     if _wants_async(prefer):
 
@@ -307,16 +308,7 @@ def create_image(
 @tracer.capture_method
 def create_job(
     request: Annotated[JobRequest, Body()],
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            min_length=1,
-            max_length=255,
-            pattern=IDEMPOTENCY_KEY_PATTERN,
-            description=IDEMPOTENCY_KEY_DESCRIPTION,
-        ),
-    ] = None,
+    idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response[JobDocument]:
     return _keyed(
         "POST /v1/jobs",

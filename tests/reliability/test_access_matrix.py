@@ -7,20 +7,13 @@ The routes come from template.yaml, so a route added tomorrow is in the matrix w
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 import requests
-from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
-from devstack.gateway import Route, load_routes
+from devstack.gateway import load_routes
 from imagegen.settings import HttpSettings
+from support.routes import KEYED_ROUTES, TEMPLATE, concrete
 from support.secrets_under_test import API_KEY, ORIGIN
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
-KEYED_ROUTES = [route for route in load_routes(TEMPLATE) if route.api_key_required]
-SAMPLE_IDS = {"image_id": f"img_{'0' * 32}", "job_id": f"job_{'0' * 32}", "id": f"img_{'0' * 32}"}
 BAD_KEYS = {
     "no key": None,
     "wrong key": "not-the-key",
@@ -29,24 +22,6 @@ BAD_KEYS = {
     "empty key": "",
     "key of another stage": API_KEY + "-staging",
 }
-
-
-def concrete(route: Route) -> str:
-    return re.sub(r"\{([^}+]+)\+?\}", lambda match: SAMPLE_IDS.get(match.group(1), "sample"), route.path)
-
-
-@pytest.fixture
-def invocations(monkeypatch) -> Iterator[list[str]]:
-    """Every request that reached the API function (Powertools' resolver), by path."""
-    seen: list[str] = []
-    real = ApiGatewayResolver.resolve
-
-    def resolve(self, event, context):
-        seen.append(event.get("path", ""))
-        return real(self, event, context)
-
-    monkeypatch.setattr(ApiGatewayResolver, "resolve", resolve)
-    yield seen
 
 
 def test_the_template_keys_every_v1_route() -> None:

@@ -12,20 +12,14 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
-from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-from aws_lambda_powertools.event_handler.api_gateway import ApiGatewayResolver
-from devstack.gateway import GatewayResponseTemplate, Route, load_api_config, load_routes
+from devstack.gateway import GatewayResponseTemplate, load_api_config
+from support.routes import KEYED_ROUTES, TEMPLATE, concrete
 from support.secrets_under_test import API_KEY, ORIGIN
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
-KEYED_ROUTES = [route for route in load_routes(TEMPLATE) if route.api_key_required]
 INVALID_API_KEY = load_api_config(TEMPLATE).gateway_responses.get("INVALID_API_KEY", GatewayResponseTemplate())
-SAMPLE_ID = {"image_id": f"img_{'0' * 32}", "job_id": f"job_{'0' * 32}", "id": f"img_{'0' * 32}"}
 HALF = len(API_KEY) // 2
 WHITESPACE_KEYS = {
     "a space inside": f"{API_KEY[:HALF]} {API_KEY[HALF:]}",
@@ -34,24 +28,6 @@ WHITESPACE_KEYS = {
     "a no-break space before": f"\xa0{API_KEY}",
     "spaces between its characters": " ".join(API_KEY),
 }
-
-
-def concrete(route: Route) -> str:
-    return re.sub(r"\{([^}+]+)\+?\}", lambda match: SAMPLE_ID.get(match.group(1), "sample"), route.path)
-
-
-@pytest.fixture
-def invocations(monkeypatch) -> Iterator[list[str]]:
-    """Every request that reached the API function (Powertools' resolver), by path."""
-    seen: list[str] = []
-    real = ApiGatewayResolver.resolve
-
-    def resolve(self, event, context):
-        seen.append(event.get("path", ""))
-        return real(self, event, context)
-
-    monkeypatch.setattr(ApiGatewayResolver, "resolve", resolve)
-    yield seen
 
 
 def send(
