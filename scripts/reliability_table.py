@@ -39,16 +39,16 @@ def summary(cases: list[dict[str, Any]], categories: list[str]) -> str:
             continue
         held = sum(1 for row in rows if row["held"])
         headline = next((row for row in rows if row["figures"].get("headline")), None)
-        totals: dict[str, float] = defaultdict(float)
-        for row in rows if len(rows) > 1 else []:  # counts add up across cases; one case's figures stand as they are
-            for name, value in row["figures"].items():
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    totals[name] += value
         if headline is not None:  # a case that sums up its category (e.g. the fuzzer's total)
             measured = _figures({k: v for k, v in headline["figures"].items() if k != "headline"})
-        elif len(rows) == 1:
+        elif len(rows) == 1:  # one case's figures stand as they are
             measured = _figures(rows[0]["figures"])
-        else:
+        else:  # counts add up across cases
+            totals: dict[str, float] = defaultdict(float)
+            for row in rows:
+                for name, value in row["figures"].items():
+                    if isinstance(value, int | float) and not isinstance(value, bool):
+                        totals[name] += value
             measured = _figures({name: _number(value) for name, value in totals.items()})
         measured = measured or "; ".join(sorted({row["outcome"] for row in rows}))
         lines.append(f"| {category} | {len(rows)} | {held} | {_cell(measured)} |")

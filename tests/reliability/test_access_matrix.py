@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import requests
-from devstack.gateway import load_routes
+from devstack.gateway import load_routes, load_template
 from imagegen.settings import HttpSettings
 from support.routes import KEYED_ROUTES, TEMPLATE, concrete
 from support.secrets_under_test import API_KEY, ORIGIN
@@ -127,18 +127,7 @@ def test_docs_switch_off_with_the_enable_docs_parameter(path, stack, monkeypatch
 
 
 def test_the_enable_docs_parameter_reaches_the_function() -> None:
-    import yaml
-
-    class Loader(yaml.SafeLoader):
-        pass
-
-    Loader.add_multi_constructor(
-        "!",
-        lambda loader, suffix, node: {suffix: loader.construct_scalar(node)}
-        if isinstance(node, yaml.ScalarNode)
-        else None,
-    )
-    template = yaml.load(TEMPLATE.read_text(), Loader=Loader)
+    template = load_template(TEMPLATE)
     assert template["Parameters"]["EnableDocs"]["AllowedValues"] == ["true", "false"]
     env = template["Resources"]["ApiFunction"]["Properties"]["Environment"]["Variables"]
     assert env["ENABLE_DOCS"] == {"Ref": "EnableDocs"}

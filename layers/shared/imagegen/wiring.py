@@ -24,7 +24,6 @@ from imagegen.adapters.secrets import SubscriptionKeyProvider
 from imagegen.adapters.webhooks import WebhookSender
 from imagegen.idempotency import IdempotentRunner
 from imagegen.jobs import ItemProcessor, JobService
-from imagegen.observability import quiet_sensitive_loggers
 from imagegen.service import ImageService
 from imagegen.settings import Settings, get_settings
 
@@ -52,7 +51,6 @@ def aws_client(service: str) -> Any:
 
 
 def build_image_service(settings: Settings) -> ImageService:
-    quiet_sensitive_loggers()
     s3 = aws_client("s3")
     keys = SubscriptionKeyProvider(
         settings.flux_secret_id,

@@ -89,8 +89,6 @@ class _PublicHTTPSConnection(_PublicOnlyConnectionMixin, HTTPSConnection):
 
 def _pool_class(base: type[HTTPConnectionPool], connection: type[Any], allowed: tuple[Network, ...]) -> type[Any]:
     """A pool whose connections also accept ``allowed`` (a subclass: urllib3 pools take no per-pool setting)."""
-    if not allowed:
-        return type(f"Public{base.__name__}", (base,), {"ConnectionCls": connection})
     bound = type(connection.__name__, (connection,), {"allowed_networks": allowed})
     return type(f"Public{base.__name__}", (base,), {"ConnectionCls": bound})
 
