@@ -4,6 +4,7 @@ redelivery, crashes mid-batch, malformed messages, cancellation."""
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import pytest
@@ -94,6 +95,26 @@ def test_worker_a_duplicate_delivery_waits_for_the_live_one_instead_of_paying_tw
     assert duplicate["delay"] > 100
     assert emulator.calls == 1
     assert repository.get_item(job_id, 0).status == "succeeded"
+
+
+@pytest.mark.parametrize("timeout_s", [60, 120, 900])
+def test_worker_lease_follows_the_function_timeout(worker, repository, emulator, monkeypatch, timeout_s):
+    # Given a worker whose function Timeout is raised or lowered in the template (the context reports it)
+    job_id = make_job(repository, ["leased"])
+    service = worker.item_processor()._images
+    real = service.generate_record
+    seen: dict[str, float] = {}
+
+    def generate_and_read_the_lease(request, deadline, **kwargs):
+        seen["lease_left_s"] = repository.get_item(job_id, 0).lease_until - time.time()
+        return real(request, deadline, **kwargs)
+
+    monkeypatch.setattr(service, "generate_record", generate_and_read_the_lease)
+    # When the item is claimed
+    answer = worker.lambda_handler(sqs_event(messages(job_id, 1)), make_context("WorkerFunction", timeout_s))
+    # Then its lease outlives the invocation (a live delivery always holds its item), by a bounded margin
+    assert answer == {"batchItemFailures": []}
+    assert timeout_s < seen["lease_left_s"] <= timeout_s + 60
 
 
 def test_worker_acknowledges_a_permanent_failure_and_records_it(worker, repository, emulator):

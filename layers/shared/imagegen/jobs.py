@@ -201,12 +201,14 @@ class ItemProcessor:
         webhooks: WebhookSender,
         *,
         max_receive_count: int = 5,
+        lease_margin_s: float = 35.0,
     ) -> None:
         self._repository = repository
         self._images = images
         self._events = events
         self._webhooks = webhooks
         self._max_receive_count = max_receive_count
+        self._lease_margin_s = lease_margin_s
 
     def process(self, message: JobMessage, *, message_id: str, receive_count: int, deadline: Deadline) -> Outcome:
         job_id, index = message.job_id, message.index if message.index is not None else 0
@@ -219,18 +221,21 @@ class ItemProcessor:
             # message to the dead-letter queue with its item never started and the job never complete. There it
             # is tried with the time left: generation keeps to the deadline, so the item still ends terminal.
             return Outcome(False, 0, "not enough time left in this invocation")
+        # The item is held for as long as this invocation can live (its deadline, i.e. the function's Timeout as
+        # Lambda reports it, less the reserve) plus the margin: a live delivery always finishes within its lease.
+        lease_s = deadline.remaining() + self._lease_margin_s
         try:
             # First delivery, the usual case: claim without reading first (one round trip).
-            self._repository.claim(job_id, index)
+            self._repository.claim(job_id, index, lease_s=lease_s)
             item = Item(job_id, index, "running", request, attempts=1, correlation_id=message.correlation_id)
         except (TransitionConflict, JobUnavailable):
-            claimed = self._look_again(job_id, index)
+            claimed = self._look_again(job_id, index, lease_s)
             if isinstance(claimed, Outcome):
                 return claimed
             item = claimed
         return self._run(item, receive_count, deadline, message.correlation_id)
 
-    def _look_again(self, job_id: str, index: int) -> Item | Outcome:
+    def _look_again(self, job_id: str, index: int, lease_s: float) -> Item | Outcome:
         """The claim failed: a redelivery, a canceled job, or an item a dead invocation left running."""
         item, job = self._repository.get_item_and_job(job_id, index)
         if item is None:
@@ -247,9 +252,9 @@ class ItemProcessor:
             return ACK
         try:
             if item.status == "queued":
-                self._repository.transition(item, "running")
+                self._repository.transition(item, "running", lease_s=lease_s)
             else:
-                self._repository.reclaim(item)  # the previous attempt died with the item running
+                self._repository.reclaim(item, lease_s=lease_s)  # the previous attempt died with the item running
         except LeaseHeld as held:
             # A duplicate delivery while the first is still generating: never a second upstream call.
             return Outcome(False, int(held.seconds_left) + 1, "another delivery is generating this item")

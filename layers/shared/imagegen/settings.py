@@ -75,8 +75,9 @@ class Settings(BaseModel):
     max_receive_count: int = Field(5, alias="MAX_RECEIVE_COUNT", ge=1, le=1000)
     worker_threads: int = Field(8, alias="WORKER_THREADS", ge=1, le=64)
     worker_reserve_s: float = Field(5.0, alias="WORKER_RESERVE_SECONDS", ge=0, le=60)
-    # How long a delivery holds its item: the worker's timeout (120 s) and a margin. A duplicate delivery waits.
-    item_lease_s: float = Field(150.0, alias="ITEM_LEASE_SECONDS", ge=1, le=3600)
+    # A delivery holds its item for the rest of its invocation (read from the Lambda context, so it follows the
+    # function's Timeout whatever it is set to) plus this margin. A duplicate delivery waits for the lease.
+    item_lease_margin_s: float = Field(30.0, alias="ITEM_LEASE_MARGIN_SECONDS", ge=1, le=600)
     # Development only: lets webhooks reach http://127.0.0.1 receivers on the local stack.
     webhook_allow_http: bool = Field(False, alias="WEBHOOK_ALLOW_HTTP")
     webhook_allowed_private_networks: NetworkList = Field(

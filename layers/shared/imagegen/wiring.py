@@ -94,9 +94,7 @@ def image_service() -> ImageService:
 @lru_cache(maxsize=1)
 def job_repository() -> JobRepository:
     settings = get_settings()
-    return JobRepository(
-        aws_client("dynamodb"), settings.images_table, settings.retention_days, lease_s=settings.item_lease_s
-    )
+    return JobRepository(aws_client("dynamodb"), settings.images_table, settings.retention_days)
 
 
 @lru_cache(maxsize=1)
@@ -148,4 +146,6 @@ def item_processor() -> ItemProcessor:
             allowed_private_networks=settings.webhook_allowed_private_networks,
         ),
         max_receive_count=settings.max_receive_count,
+        # The deadline stops settings.worker_reserve_s before the invocation ends; the lease outlives the end.
+        lease_margin_s=settings.worker_reserve_s + settings.item_lease_margin_s,
     )

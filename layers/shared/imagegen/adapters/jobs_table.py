@@ -119,11 +119,10 @@ class JobUnavailable(Exception):
 
 
 class JobRepository:
-    def __init__(self, client: Any, table_name: str, retention_days: int, *, lease_s: float = 150.0) -> None:
+    def __init__(self, client: Any, table_name: str, retention_days: int) -> None:
         self._client = client
         self._table = table_name
         self._retention = timedelta(days=retention_days)
-        self._lease_s = lease_s  # the worker's timeout and a margin: a live delivery always finishes within it
 
     # ------------------------------------------------------------------------------------------ create
     def create(
@@ -269,13 +268,17 @@ class JobRepository:
         error: ItemError | None = None,
         record: ImageRecord | None = None,
         also_put: dict[str, Any] | None = None,
+        lease_s: float | None = None,
     ) -> bool:
         """Move ``item`` from its current status to ``to``, with the job's counters, atomically (and ``also_put``,
         e.g. the image record, in the same transaction). Returns True when this transition completed the job:
-        the last terminal transition also writes ``completed_at``, in the same transaction, exactly once."""
+        the last terminal transition also writes ``completed_at``, in the same transaction, exactly once. Moving
+        to ``running`` takes a lease of ``lease_s`` seconds."""
         if to == item.status:
             raise ValueError("a transition changes the status")
-        operations = [self._status_update(item.job_id, item.index, item.status, to, error=error, record=record)]
+        operations = [
+            self._status_update(item.job_id, item.index, item.status, to, error=error, record=record, lease_s=lease_s)
+        ]
         if also_put is not None:
             operations.append({"Put": {"TableName": self._table, "Item": also_put}})
         deltas: dict[str, int] = {item.status: -1, to: 1}
@@ -301,10 +304,11 @@ class JobRepository:
             item.attempts += 1
         return completed
 
-    def claim(self, job_id: str, index: int) -> None:
-        """queued → running in one transaction, without reading first (the common case of a first delivery):
-        TransitionConflict when the item is not queued, JobUnavailable when the job is canceled or gone."""
-        operations = [self._status_update(job_id, index, "queued", "running")]
+    def claim(self, job_id: str, index: int, *, lease_s: float) -> None:
+        """queued → running in one transaction, without reading first (the common case of a first delivery),
+        holding the item for ``lease_s`` seconds: TransitionConflict when the item is not queued, JobUnavailable
+        when the job is canceled or gone."""
+        operations = [self._status_update(job_id, index, "queued", "running", lease_s=lease_s)]
         job_update = self._count_update(job_id, {"queued": -1, "running": 1})
         job_update["Update"]["ConditionExpression"] += " AND canceled = :false"
         job_update["Update"]["ExpressionAttributeValues"][":false"] = {"BOOL": False}
@@ -313,7 +317,7 @@ class JobRepository:
         except _JobGuardFailed as exc:
             raise JobUnavailable(f"job {job_id} is canceled or gone") from exc
 
-    def reclaim(self, item: Item) -> None:
+    def reclaim(self, item: Item, *, lease_s: float) -> None:
         """A redelivered message finds its item ``running``. Take it over only when the lease has expired (the
         previous delivery died); while another delivery holds it, LeaseHeld says how long to wait."""
         now = time.time()
@@ -329,7 +333,7 @@ class JobRepository:
                     ":running": {"S": "running"},
                     ":now": {"S": _iso(_now())},
                     ":t": {"N": str(int(now))},
-                    ":lease": {"N": str(int(now + self._lease_s))},
+                    ":lease": {"N": str(int(now + lease_s))},
                 },
             )
         except ClientError as exc:
@@ -420,9 +424,10 @@ class JobRepository:
         *,
         error: ItemError | None = None,
         record: ImageRecord | None = None,
+        lease_s: float | None = None,
     ) -> dict[str, Any]:
         """The item's half of a transition: conditional on its status still being ``current``. Moving to
-        ``running`` counts an attempt and takes the lease."""
+        ``running`` counts an attempt and takes a lease of ``lease_s`` seconds (required then)."""
         sets = ["#status = :to", "updated_at = :now"]
         values: dict[str, Any] = {":to": {"S": to}, ":from": {"S": current}, ":now": {"S": _iso(_now())}}
         names = {"#status": "status"}
@@ -435,9 +440,11 @@ class JobRepository:
             values[":record"] = _serializer.serialize(record.model_dump(mode="json"))
             names["#record"] = "record"
         if to == "running":
+            if lease_s is None:
+                raise ValueError("moving an item to running needs its lease (lease_s)")
             sets.extend(["attempts = attempts + :one", "lease_until = :lease"])
             values[":one"] = {"N": "1"}
-            values[":lease"] = {"N": str(int(time.time() + self._lease_s))}
+            values[":lease"] = {"N": str(int(time.time() + lease_s))}
         return {
             "Update": {
                 "TableName": self._table,
