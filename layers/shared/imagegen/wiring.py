@@ -36,16 +36,19 @@ _BOTO_CONFIG = Config(
     signature_version="s3v4",
 )
 
+# Virtual-hosted URLs on the Region's own endpoint, us-east-1 included (not the legacy global s3.amazonaws.com).
+S3_REGIONAL = Config(s3={"addressing_style": "virtual", "us_east_1_regional_endpoint": "regional"})
+
 
 def aws_client(service: str) -> Any:
     if service == "s3" and not os.environ.get("AWS_ENDPOINT_URL"):
         # Presigned URLs must name the bucket's own Region: boto3 signs for the global endpoint otherwise, which
-        # redirects (and breaks the signature) for new buckets outside us-east-1 and in opt-in Regions.
-        region = boto3.session.Session().region_name or "us-east-1"
+        # redirects (and breaks the signature) for new buckets outside us-east-1 and in opt-in Regions. The
+        # endpoint itself comes from botocore's rules for the Region's partition (amazonaws.com.cn in China).
         return boto3.client(
             "s3",
-            endpoint_url=f"https://s3.{region}.amazonaws.com",
-            config=_BOTO_CONFIG.merge(Config(s3={"addressing_style": "virtual"})),
+            region_name=boto3.session.Session().region_name or "us-east-1",
+            config=_BOTO_CONFIG.merge(S3_REGIONAL),
         )
     return boto3.client(service, config=_BOTO_CONFIG)  # type: ignore[call-overload]
 
