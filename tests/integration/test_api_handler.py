@@ -120,6 +120,15 @@ def test_handler_get_unknown_id_404(invoke):
     assert body_of(response)["error"]["code"] == "not_found"
 
 
+def test_handler_sample_get_event_reaches_the_table_as_sam_local_invoke_would(invoke):
+    # Given events/get_image.json exactly as `sam local invoke -e` sends it
+    # When the handler runs it
+    response = invoke(load_event("get_image"))
+    # Then the id passes the route's validation and the lookup happens: 404 for an image that was never made
+    assert response["statusCode"] == 404, response["body"]
+    assert body_of(response)["error"]["code"] == "not_found"
+
+
 def test_handler_get_malformed_id_422_names_the_field(invoke):
     response = invoke(get_event("not-an-id"))
     assert response["statusCode"] == 422

@@ -888,7 +888,7 @@ def test_sample_event_bodies_are_what_their_names_say() -> None:
     assert "stepz" in invalid
     with pytest.raises(json.JSONDecodeError):
         json.loads(load_event("post_image_malformed_json")["body"])
-    assert load_event("get_image")["pathParameters"] == {"id": "img_00000000000000000000000000"}
+    assert load_event("get_image")["pathParameters"] == {"id": "img_5b0c1a3e9d2f4c8a8e6b7d1f2a3c4e5f"}
     preflight = load_event("options_preflight")
     assert preflight["headers"]["Origin"] == "http://localhost:3000"
     assert preflight["headers"]["Access-Control-Request-Method"] == "POST"
