@@ -23,7 +23,18 @@ def openapi_spec() -> str:
     os.environ.setdefault("ENABLE_DOCS", "true")
     import api_handler
 
-    return json.dumps(json.loads(api_handler.openapi_spec()), indent=2, sort_keys=True) + "\n"
+    servers = [
+        {
+            "url": "https://{restApiId}.execute-api.{region}.amazonaws.com/prod",
+            "description": "A deployed stack (its ApiUrl output)",
+            "variables": {
+                "restApiId": {"default": "abcdef1234", "description": "the REST API's id"},
+                "region": {"default": "us-east-1", "description": "the stack's Region"},
+            },
+        },
+        {"url": "http://127.0.0.1:3000", "description": "The local stack (make run)"},
+    ]
+    return json.dumps(json.loads(api_handler.openapi_spec(servers)), indent=2, sort_keys=True) + "\n"
 
 
 OUTPUTS = {"docs/job-message.schema.json": job_message_schema, "docs/openapi.json": openapi_spec}

@@ -5,7 +5,9 @@ The work lives in the shared layer (``imagegen``). No ``from __future__ import a
 Powertools reads the route signatures at run time to validate and to build the OpenAPI schema.
 """
 
+import json
 import pathlib
+import re
 from collections.abc import Callable
 from functools import lru_cache
 from typing import TYPE_CHECKING, Annotated, Any
@@ -102,7 +104,8 @@ class JsonBodyValidation(OpenAPIRequestValidationMiddleware):
 
 
 http_settings = load_http_settings()
-app = APIGatewayRestResolver(enable_validation=True, cors=_cors(http_settings.cors_allowed_origins))
+cors = _cors(http_settings.cors_allowed_origins)
+app = APIGatewayRestResolver(enable_validation=True, cors=cors)
 # Powertools keeps its request validation middleware here and puts it first on every validated route.
 app._request_validation_middleware = JsonBodyValidation()
 API_KEY_SECURITY = [{"apiKey": []}]
@@ -382,15 +385,44 @@ def get_image(image_id: Annotated[str, Path(pattern=IMAGE_ID_PATTERN)]) -> Image
 # The OpenAPI models and the Swagger UI cost ~200 ms to import: they load when the docs are asked for, not at
 # cold start (so no app.configure_openapi/enable_swagger at import; these two routes do what enable_swagger does).
 @lru_cache(maxsize=1)
-def openapi_spec() -> str:
+def _openapi_document() -> dict[str, Any]:
     from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
 
-    return app.get_openapi_json_schema(
-        title=API_TITLE,
-        version=API_VERSION,
-        description=API_DESCRIPTION,
-        security_schemes={"apiKey": APIKey(name="x-api-key", in_=APIKeyIn.header)},
+    document = json.loads(
+        app.get_openapi_json_schema(
+            title=API_TITLE,
+            version=API_VERSION,
+            description=API_DESCRIPTION,
+            security_schemes={"apiKey": APIKey(name="x-api-key", in_=APIKeyIn.header)},
+        )
     )
+    return _without_unreferenced_schemas(document)
+
+
+def _without_unreferenced_schemas(document: dict[str, Any]) -> dict[str, Any]:
+    """Powertools lists its own validation-error schemas (``HTTPValidationError``…) even when every route
+    documents its 422 with ours; a schema no operation can return is noise in a client generator."""
+    schemas = document.get("components", {}).get("schemas", {})
+
+    def referenced(node: Any) -> list[str]:
+        return re.findall(r'"#/components/schemas/([^"]+)"', json.dumps(node))
+
+    used: set[str] = set()
+    pending = referenced({key: value for key, value in document.items() if key != "components"})
+    while pending:
+        name = pending.pop()
+        if name not in used and name in schemas:
+            used.add(name)
+            pending.extend(referenced(schemas[name]))
+    document["components"]["schemas"] = {name: schema for name, schema in schemas.items() if name in used}
+    return document
+
+
+def openapi_spec(servers: list[dict[str, Any]] | None = None) -> str:
+    """The OpenAPI document with ``servers`` (default: the caller's own stage or base path)."""
+    if servers is None:
+        servers = [{"url": _public_link("") or "/", "description": "This API, where this document was fetched"}]
+    return json.dumps({**_openapi_document(), "servers": servers}, indent=2)
 
 
 @app.get("/openapi.json", include_in_schema=False)
@@ -511,4 +543,15 @@ def handle_unexpected(exc: Exception) -> Response:
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    return _varies_by_origin(app.resolve(event, context))
+
+
+def _varies_by_origin(response: dict[str, Any]) -> dict[str, Any]:
+    """With CORS, an answer depends on the caller's Origin (echoed in Access-Control-Allow-Origin, or left out for
+    an origin not allowed): ``Vary: Origin`` keeps a shared cache from serving one origin's answer to another."""
+    if cors is None:
+        return response
+    headers = response.setdefault("multiValueHeaders", {})
+    vary = [value for value in headers.pop("Vary", []) if value.strip().lower() != "origin"]
+    headers["Vary"] = [*vary, "Origin"]
+    return response

@@ -374,3 +374,55 @@ def test_handler_serves_the_openapi_spec(invoke):
     post = spec["paths"]["/v1/images"]["post"]
     assert {"201", "400", "422", "502", "503", "504"} <= set(post["responses"])
     assert spec["components"]["securitySchemes"]["apiKey"]["name"] == "x-api-key"
+
+
+def with_origin(event: dict[str, Any], origin: str) -> dict[str, Any]:
+    for headers in (event["headers"], event.get("multiValueHeaders") or {}):
+        for name in [name for name in headers if name.lower() == "origin"]:
+            del headers[name]
+    event["headers"]["Origin"] = origin
+    event.setdefault("multiValueHeaders", {})["Origin"] = [origin]
+    return event
+
+
+@pytest.mark.parametrize("origin", [ORIGIN, "https://evil.example.com"])
+@pytest.mark.parametrize("name", ["options_preflight", "get_openapi", "get_image", "post_image_invalid"])
+def test_handler_answers_vary_by_origin(invoke, name, origin):
+    # Given a request from an allowed origin or another one (whose answer leaves the CORS headers out)
+    response = invoke(with_origin(load_event(name), origin))
+    # Then the answer says it depends on Origin, so a shared cache never serves one origin's answer to another
+    assert header(response, "Vary") == "Origin"
+    assert header(response, "Access-Control-Allow-Origin") == (ORIGIN if origin == ORIGIN else None)
+
+
+def test_handler_openapi_servers_name_the_stage_it_was_fetched_under(invoke):
+    # Given the spec fetched through the execute-api URL (…/prod/openapi.json) and at the root (a custom domain)
+    under_stage = body_of(invoke(load_event("get_openapi")))
+    event = load_event("get_openapi")
+    event["requestContext"]["path"] = "/openapi.json"
+    at_root = body_of(invoke(event))
+    # Then "Try it out" calls /prod/v1/... in the first case and /v1/... in the second
+    assert [server["url"] for server in under_stage["servers"]] == ["/prod"]
+    assert [server["url"] for server in at_root["servers"]] == ["/"]
+
+
+def test_handler_swagger_ui_under_the_stage_calls_the_stage(invoke):
+    event = load_event("get_openapi")
+    event["path"], event["resource"] = "/docs", "/docs"
+    event["requestContext"].update(path="/prod/docs", resourcePath="/docs")
+    response = invoke(event)
+    assert response["statusCode"] == 200
+    assert '"url": "/prod"' in response["body"]
+
+
+def test_handler_openapi_lists_only_schemas_an_operation_uses(invoke):
+    spec = body_of(invoke(load_event("get_openapi")))
+    schemas = spec["components"]["schemas"]
+    text = json.dumps({key: value for key, value in spec.items() if key != "components"})
+    # Reachable from the operations, directly or through another schema
+    reachable = {name for name in schemas if f'"#/components/schemas/{name}"' in text}
+    for _ in range(len(schemas)):
+        inside = json.dumps([schemas[name] for name in reachable])
+        reachable |= {name for name in schemas if f'"#/components/schemas/{name}"' in inside}
+    assert set(schemas) == reachable
+    assert not {"HTTPValidationError", "ValidationError", "ResponseValidationError"} & set(schemas)
