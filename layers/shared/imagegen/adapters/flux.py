@@ -1,4 +1,4 @@
-"""Client of the Flux Schnell text-to-image API (see shared/reference/flux-schnell-api.md).
+"""Client of the Flux Schnell text-to-image API (docs/upstream.md states the contract).
 
 One ``requests.Session`` per container (connection reuse across warm invocations), explicit connect/read
 timeouts, bounded retries with exponential backoff and full jitter that honour ``Retry-After`` and never run past
