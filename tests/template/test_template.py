@@ -1754,17 +1754,18 @@ for resource in template["Resources"].values():  # local code paths become what 
     for key in ("CodeUri", "ContentUri"):
         if isinstance((resource.get("Properties") or {}).get(key), str):
             resource["Properties"][key] = "s3://bucket/" + resource["Properties"][key]
-print(json.dumps(transform(template, {}, NoNamedManagedPolicies())))
+parameters = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+print(json.dumps(transform(template, parameters, NoNamedManagedPolicies())))
 """
 
 
-def _sam_transform(path: Path) -> dict[str, Any]:
-    """The template as CloudFormation gets it: the SAM CLI's own translator, offline."""
+def _sam_transform(path: Path, parameters: dict[str, str] | None = None) -> dict[str, Any]:
+    """The template as CloudFormation gets it: the SAM CLI's own translator, offline (with these parameter values)."""
     _tool("sam")
     python = ROOT / ".tools" / "uv" / "aws-sam-cli" / "bin" / "python"  # the SAM CLI's isolated environment
     if not python.exists():
         pytest.skip("the SAM CLI's environment is not at .tools/uv/aws-sam-cli: run `bash scripts/tools.sh`")
-    return json.loads(_run([python, "-c", _TRANSFORM_SCRIPT, path], timeout=120))
+    return json.loads(_run([python, "-c", _TRANSFORM_SCRIPT, path, json.dumps(parameters or {})], timeout=120))
 
 
 def _managed_policies(transformed: dict[str, Any], role_id: str) -> list[str]:
@@ -1792,6 +1793,50 @@ def test_transformed_roles_keep_least_privilege(tmp_path: Path) -> None:
     assert any("AWSLambdaSQSQueueExecutionRole" in arn for arn in _managed_policies(with_sqs_event, f"{WORKER_ID}Role"))
     with pytest.raises(AssertionError, match="AWSLambdaSQSQueueExecutionRole"):
         check_no_wildcard_permissions(with_sqs_event)
+
+
+def _assert_invoked_through_live_aliases(transformed: dict[str, Any]) -> None:
+    resources = transformed["Resources"]
+    integrations = re.findall(r"functions/\$\{([A-Za-z0-9.]+)\}/invocations", json.dumps(resources[API_ID]))
+    assert integrations and set(integrations) == {f"{FUNCTION_ID}Aliaslive"}, f"the API invokes {set(integrations)}"
+    permissions = _resources_of_type(transformed, "AWS::Lambda::Permission").values()
+    assert {json.dumps(p["Properties"]["FunctionName"]) for p in permissions} == {
+        json.dumps({"Ref": f"{FUNCTION_ID}Aliaslive"})
+    }, "API Gateway may invoke only the alias"
+    mappings = list(_resources_of_type(transformed, "AWS::Lambda::EventSourceMapping").values())
+    assert [m["Properties"]["FunctionName"] for m in mappings] == [{"Ref": f"{WORKER_ID}Aliaslive"}], (
+        "the jobs queue's event source mapping must invoke the worker's alias"
+    )
+
+
+@pytest.mark.timeout(300)
+def test_transformed_releases_go_through_the_live_aliases(tmp_path: Path) -> None:
+    """After SAM's transform: callers invoke the aliases, CodeDeploy shifts them with rollback on the alarms."""
+    transformed = _sam_transform(TEMPLATE_PATH, {"DeploymentType": "Canary10Percent5Minutes"})
+    _assert_invoked_through_live_aliases(transformed)
+    resources = transformed["Resources"]
+    assert "CodeDeployServiceRole" not in resources, "SAM's generated role (AWSCodeDeployRoleForLambda) is unused"
+    groups = _resources_of_type(transformed, "AWS::CodeDeploy::DeploymentGroup")
+    assert set(groups) == {f"{function_id}DeploymentGroup" for function_id in FUNCTION_IDS}
+    for function_id, expected in ROLLBACK_ALARMS.items():
+        group = groups[f"{function_id}DeploymentGroup"]["Properties"]
+        assert _evaluate(group["DeploymentConfigName"]) == "CodeDeployDefault.LambdaCanary10Percent5Minutes"
+        assert group["ServiceRoleArn"] == {"Fn::GetAtt": ["CodeDeployRole", "Arn"]}
+        assert "DEPLOYMENT_STOP_ON_ALARM" in group["AutoRollbackConfiguration"]["Events"]
+        alarms = {alarm["Name"]["Ref"] for alarm in group["AlarmConfiguration"]["Alarms"]}
+        assert alarms == expected and group["AlarmConfiguration"]["Enabled"] is True
+    association = resources["WebAclAssociation"]["Properties"]["ResourceArn"]["Fn::Sub"]
+    assert association.endswith(f"/stages/${{{API_ID}prodStage}}"), "the WAF association must wait for the stage"
+    check_no_wildcard_permissions(transformed)
+    # ... and the helper notices a function invoked without its alias.
+    mutated = load_template()
+    _p(mutated, FUNCTION_ID).pop("AutoPublishAlias")
+    _p(mutated, FUNCTION_ID).pop("DeploymentPreference")
+    for output in ("ApiFunctionAlias",):
+        mutated["Outputs"].pop(output)
+    (tmp_path / "mutated.json").write_text(json.dumps(mutated), encoding="utf-8")
+    with pytest.raises(AssertionError, match="the API invokes"):
+        _assert_invoked_through_live_aliases(_sam_transform(tmp_path / "mutated.json"))
 
 
 @pytest.mark.timeout(300)
