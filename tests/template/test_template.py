@@ -945,7 +945,8 @@ def check_snapstart_optional(t: dict[str, Any]) -> None:
             f"{function_id}: no provisioned concurrency"
         )
         assert "FileSystemConfigs" not in _props(t, function_id), f"{function_id}: no EFS with SnapStart"
-        assert str(_function_setting(t, "Runtime", function_id)) >= "python3.12", "SnapStart needs Python 3.12+"
+        runtime = re.fullmatch(r"python3\.(\d+)", str(_function_setting(t, "Runtime", function_id)))
+        assert runtime and int(runtime.group(1)) >= 12, f"{function_id}: SnapStart needs Python 3.12 or later"
 
 
 def _emitted_metric_names() -> set[str]:
@@ -968,7 +969,12 @@ def _dashboard_body(t: dict[str, Any]) -> dict[str, Any]:
     for name in names:  # every placeholder is a parameter, a pseudo parameter, a resource or a declared variable
         base = name.split(".")[0]
         assert name in variables or base in t["Resources"] or base in t["Parameters"] or name.startswith("AWS::"), name
-    filled = re.sub(r"\$\{([^}!]+)\}", lambda m: "1" if m.group(1) == "OldestMessageThreshold" else m.group(1), text)
+    numbers = {
+        name
+        for name, value in variables.items()
+        if isinstance(value, dict) and t["Parameters"].get(value.get("Ref"), {}).get("Type") == "Number"
+    }  # substituted bare (a JSON number); every other placeholder sits inside a JSON string
+    filled = re.sub(r"\$\{([^}!]+)\}", lambda m: "1" if m.group(1) in numbers else m.group(1), text)
     try:
         return json.loads(filled)
     except json.JSONDecodeError as exc:
@@ -1561,6 +1567,7 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
         check_snapstart_optional,
         lambda t: t["Globals"]["Function"].update(SnapStart={"ApplyOn": "PublishedVersions"}),
     ),
+    "snapstart-on-python-3-9": (check_snapstart_optional, lambda t: _p(t, WORKER_ID).update(Runtime="python3.9")),
     "snapstart-with-big-ephemeral-storage": (
         check_snapstart_optional,
         lambda t: _p(t, WORKER_ID).update(EphemeralStorage={"Size": 1024}),
