@@ -1092,6 +1092,15 @@ def check_api_gateway_logging_role(t: dict[str, Any]) -> None:
     assert _props(t, "ApiGatewayAccount").get("CloudWatchRoleArn") == {"Fn::GetAtt": ["ApiGatewayLoggingRole", "Arn"]}
 
 
+# Length limits of names the template builds (SQS queue names are checked on their own, with their pattern).
+NAME_LIMITS: dict[str, dict[str, int]] = {
+    "AWS::Serverless::LayerVersion": {"LayerName": 140},
+    "AWS::CloudWatch::Dashboard": {"DashboardName": 255},
+    "AWS::WAFv2::WebACL": {"Name": 128, "Description": 256},
+    "AWS::SecretsManager::Secret": {"Description": 2048},
+}
+
+
 def check_parameters_deployable(t: dict[str, Any]) -> None:
     """Values the parameters accept must deploy: no "default" bus, no over-reservation, any stack name."""
     bus = t["Parameters"]["EventBusName"]
@@ -1103,6 +1112,21 @@ def check_parameters_deployable(t: dict[str, Any]) -> None:
     )
     name = _evaluate(_props(t, QUEUE_ID).get("QueueName"))
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,80}", name), f"queue name {name!r} ({len(name)} chars) with a 128-char stack"
+    # Every other name built from the stack name must fit too (CloudFormation's stack names stop at 128).
+    for logical_id, resource in t["Resources"].items():
+        props = resource.get("Properties") or {}
+        limits = NAME_LIMITS.get(resource.get("Type"), {})
+        named = [(key, props.get(key), limit) for key, limit in limits.items() if key in props]
+        if resource.get("Type") == "AWS::WAFv2::WebACL":
+            visibility = [
+                props.get("VisibilityConfig") or {},
+                *(r.get("VisibilityConfig") or {} for r in props["Rules"]),
+            ]
+            named += [("MetricName", v.get("MetricName"), 128) for v in visibility]
+        for key, value, limit in named:
+            if "AWS::StackName" in json.dumps(value):
+                evaluated = _evaluate(value)
+                assert len(evaluated) <= limit, f"{logical_id}.{key} is {len(evaluated)} chars with a 128-char stack"
 
 
 CHECKS: list[Callable[[dict[str, Any]], None]] = [
@@ -1645,6 +1669,14 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
     "reserved-concurrency-1000": (
         check_parameters_deployable,
         lambda t: t["Parameters"]["ReservedConcurrency"].update(MaxValue=1000),
+    ),
+    "layer-name-past-140-chars": (
+        check_parameters_deployable,
+        lambda t: _p(t, "DependenciesLayer").update(LayerName={"Fn::Sub": "${AWS::StackName}-dependencies"}),
+    ),
+    "waf-metric-name-from-stack-name": (
+        check_parameters_deployable,
+        lambda t: _p(t, "WebAcl")["VisibilityConfig"].update(MetricName={"Fn::Sub": "${AWS::StackName}-waf"}),
     ),
     "queue-named-after-stack": (
         check_parameters_deployable,
