@@ -40,11 +40,13 @@ from imagegen.models import (
 )
 from imagegen.observability import tracer_from_env
 from imagegen.settings import get_settings, load_http_settings
+from imagegen.snapstart import register_hooks
 
 if TYPE_CHECKING:
     from imagegen.jobs import JobService
     from imagegen.service import ImageService
 
+register_hooks()  # SnapStart only (EnableSnapStart): each restored environment re-seeds and rebuilds
 logger = Logger()
 tracer = tracer_from_env()
 metrics = Metrics()

@@ -20,9 +20,11 @@ from imagegen.jobs import ItemProcessor
 from imagegen.models import ItemError, JobMessage
 from imagegen.observability import tracer_from_env
 from imagegen.settings import get_settings
+from imagegen.snapstart import register_hooks
 from imagegen.wiring import item_processor, job_queue, job_repository
 from pydantic import ValidationError
 
+register_hooks()  # SnapStart only (EnableSnapStart): each restored environment re-seeds and rebuilds
 logger = Logger()
 tracer = tracer_from_env()
 metrics = Metrics()

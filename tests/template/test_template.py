@@ -62,6 +62,8 @@ BROAD_POLICIES = {
     "AWSLambdaSQSQueueExecutionRole",
     "AmazonSQSFullAccess",
     "AmazonEventBridgeFullAccess",
+    # What SAM gives its generated CodeDeploy role: sns:Publish to any topic, s3:GetObject in any bucket, any alias.
+    "AWSCodeDeployRoleForLambda",
 }
 
 
@@ -188,6 +190,48 @@ def _number_bound(template: dict[str, Any], value: Any, bound: str) -> int:
     return int(parameter[bound])
 
 
+# Pseudo parameters of a stack with the longest name CloudFormation allows (128 characters).
+LONGEST_STACK_NAME = "s" * 128
+PSEUDO_PARAMETERS = {
+    "AWS::Partition": "aws",
+    "AWS::Region": "ap-southeast-1",
+    "AWS::AccountId": "123456789012",
+    "AWS::StackName": LONGEST_STACK_NAME,
+    "AWS::StackId": (
+        f"arn:aws:cloudformation:ap-southeast-1:123456789012:stack/{LONGEST_STACK_NAME}/"
+        "5b0b7e40-4f2c-11f0-9f3a-0a1b2c3d4e5f"
+    ),
+}
+
+
+def _evaluate(value: Any, pseudo: dict[str, str] = PSEUDO_PARAMETERS) -> Any:
+    """The string functions CloudFormation evaluates (Ref of a pseudo parameter, Sub, Select, Split, Join)."""
+    if isinstance(value, list):
+        return [_evaluate(item, pseudo) for item in value]
+    if not isinstance(value, dict) or len(value) != 1:
+        return value
+    ((function, arg),) = value.items()
+    if function == "Ref" and arg in pseudo:
+        return pseudo[arg]
+    if function == "Fn::Sub":
+        text, variables = (arg, {}) if isinstance(arg, str) else (arg[0], arg[1])
+        variables = {key: _evaluate(item, pseudo) for key, item in variables.items()}
+        names = {**pseudo, **variables}
+
+        def replace(match: re.Match[str]) -> str:
+            assert match.group(1) in names, f"cannot evaluate ${{{match.group(1)}}} offline"
+            return str(names[match.group(1)])
+
+        return re.sub(r"\$\{([^}!]+)\}", replace, text)
+    if function == "Fn::Select":
+        return _evaluate(arg[1], pseudo)[int(arg[0])]
+    if function == "Fn::Split":
+        return str(_evaluate(arg[1], pseudo)).split(arg[0])
+    if function == "Fn::Join":
+        return arg[0].join(str(item) for item in _evaluate(arg[1], pseudo))
+    raise AssertionError(f"cannot evaluate {value!r} offline")
+
+
 def _sqs_events(template: dict[str, Any], function_id: str) -> list[dict[str, Any]]:
     events = (_props(template, function_id).get("Events") or {}).values()
     return [event.get("Properties") or {} for event in events if event.get("Type") == "SQS"]
@@ -306,10 +350,17 @@ def check_lifecycle_bound_to_retention(t: dict[str, Any]) -> None:
 
 
 def check_stateful_resources_retained(t: dict[str, Any]) -> None:
-    for logical_id in (BUCKET_ID, TABLE_ID, IDEMPOTENCY_TABLE_ID):
+    """Data, queued work, dead letters, logs and the webhook key survive a replacement or a deleted stack."""
+    log_groups = _resources_of_type(t, "AWS::Logs::LogGroup")
+    assert len(log_groups) >= 3, "the functions' and the API's log groups are missing"
+    for logical_id in (BUCKET_ID, TABLE_ID, IDEMPOTENCY_TABLE_ID, QUEUE_ID, DLQ_ID, WEBHOOK_SECRET_ID, *log_groups):
         resource = _resource(t, logical_id)
         assert resource.get("DeletionPolicy") == "Retain", f"{logical_id}: DeletionPolicy must be Retain"
         assert resource.get("UpdateReplacePolicy") == "Retain", f"{logical_id}: UpdateReplacePolicy must be Retain"
+    for logical_id, group in log_groups.items():
+        # A retained group keeps its name: a fixed one makes the next deploy of the same stack name fail.
+        assert "LogGroupName" not in (group.get("Properties") or {}), f"{logical_id}: let CloudFormation name it"
+    assert "Name" not in _props(t, WEBHOOK_SECRET_ID), "a retained secret with a fixed name blocks a re-created stack"
 
 
 def check_table(t: dict[str, Any]) -> None:
@@ -518,6 +569,9 @@ def check_gateway_responses(t: dict[str, Any]) -> None:
             assert set(error) == {"code", "message", "request_id"}, f"{response_type}: not the service's error shape"
             assert re.fullmatch(r"[a-z_]+", error["code"]), f"{response_type}: code must be snake_case"
             assert error["request_id"] == "c0ffee"
+    # A throttled client is told when to come back (a static header: API Gateway quotes literals with '').
+    throttled = ((responses.get("THROTTLED") or {}).get("ResponseParameters") or {}).get("Headers") or {}
+    assert re.fullmatch(r"'[1-9][0-9]*'", str(throttled.get("Retry-After"))), "THROTTLED needs Retry-After: '<s>'"
 
 
 def check_function_runtime(t: dict[str, Any]) -> None:
@@ -596,10 +650,10 @@ def check_jobs_queue_redrive(t: dict[str, Any]) -> None:
     assert dlq_retention == 14 * 24 * 3600, "the DLQ keeps messages the longest SQS allows (14 days)"
     assert dlq_retention > retention, "a dead-lettered message keeps its enqueue time: the DLQ must outlast JobsQueue"
     allow = dlq.get("RedriveAllowPolicy") or {}
-    name = props.get("QueueName")
-    assert isinstance(name, dict) and isinstance(name.get("Fn::Sub"), str), "JobsQueue needs a known name"
-    own_arn = {"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:" + name["Fn::Sub"]}
-    assert allow == {"redrivePermission": "byQueue", "sourceQueueArnList": [own_arn]}, (
+    assert props.get("QueueName") is not None, "JobsQueue needs a known name (the DLQ's RedriveAllowPolicy names it)"
+    own_arn = "arn:aws:sqs:ap-southeast-1:123456789012:" + _evaluate(props["QueueName"])
+    assert allow.get("redrivePermission") == "byQueue", f"the DLQ must accept dead letters from JobsQueue only: {allow}"
+    assert _evaluate(allow.get("sourceQueueArnList")) == [own_arn], (
         f"the DLQ must accept dead letters from JobsQueue only: {allow}"
     )
 
@@ -822,6 +876,259 @@ def check_checkov_skips_justified(t: dict[str, Any]) -> None:
             assert len(str(skip.get("comment") or "").strip()) >= 30, f"{logical_id}: {skip.get('id')} has no reason"
 
 
+# ------------------------------------------------------------------------------- releases and operations
+# CodeDeploy's predefined Lambda configurations (CodeDeployDefault.Lambda<name>), the values SAM accepts as Type.
+LAMBDA_DEPLOYMENT_TYPES = {
+    "AllAtOnce",
+    "Canary10Percent5Minutes",
+    "Canary10Percent10Minutes",
+    "Canary10Percent15Minutes",
+    "Canary10Percent30Minutes",
+    "Linear10PercentEvery1Minute",
+    "Linear10PercentEvery2Minutes",
+    "Linear10PercentEvery3Minutes",
+    "Linear10PercentEvery10Minutes",
+}
+# The alarms each function's deployment must roll back on: what a bad release of that function raises.
+ROLLBACK_ALARMS = {
+    FUNCTION_ID: {"ApiFunctionErrorsAlarm", "Api5xxErrorRateAlarm", "InternalErrorsAlarm"},
+    WORKER_ID: {"WorkerErrorsAlarm"},
+}
+# Alarms that stay raised until someone acts (a full DLQ, an old backlog): rolling back on them blocks releases.
+STICKY_ALARMS = {"JobsDlqDepthAlarm", "JobsOldestMessageAgeAlarm"}
+
+
+def check_safe_releases(t: dict[str, Any]) -> None:
+    """Each function publishes a version behind an alias that CodeDeploy shifts, rolling back on its alarms."""
+    parameter = (t.get("Parameters") or {}).get("DeploymentType") or {}
+    assert parameter.get("Default") == "AllAtOnce", "DeploymentType defaults to AllAtOnce"
+    assert set(parameter.get("AllowedValues") or []) <= LAMBDA_DEPLOYMENT_TYPES, "not a Lambda deployment config"
+    assert {"AllAtOnce", "Canary10Percent5Minutes", "Linear10PercentEvery1Minute"} <= set(parameter["AllowedValues"])
+    for function_id, expected in ROLLBACK_ALARMS.items():
+        props = _props(t, function_id)
+        assert props.get("AutoPublishAlias") == "live", f"{function_id}: AutoPublishAlias live"
+        preference = props.get("DeploymentPreference") or {}
+        assert preference.get("Type") == {"Ref": "DeploymentType"}, f"{function_id}: Type must be DeploymentType"
+        assert _is_true(preference.get("Enabled", True)), f"{function_id}: deployment preference disabled"
+        alarms = {alarm.get("Ref") for alarm in _as_list(preference.get("Alarms") or []) if isinstance(alarm, dict)}
+        assert expected <= alarms, f"{function_id}: rollback alarms {sorted(expected - alarms)} missing"
+        assert not alarms & STICKY_ALARMS, f"{function_id}: {sorted(alarms & STICKY_ALARMS)} would block releases"
+        for alarm in alarms:
+            assert _resource(t, alarm).get("Type") == "AWS::CloudWatch::Alarm", f"{alarm} is not an alarm"
+        role = preference.get("Role")
+        assert role == {"Fn::GetAtt": ["CodeDeployRole", "Arn"]}, f"{function_id}: not the scoped CodeDeploy role"
+    statements = list(_statements(_props(t, "CodeDeployRole").get("Policies")))
+    actions = {a for s in statements for a in _as_list(s.get("Action"))}
+    assert actions == {
+        "cloudwatch:DescribeAlarms",
+        "lambda:GetAlias",
+        "lambda:UpdateAlias",
+        "lambda:GetProvisionedConcurrencyConfig",
+    }, f"CodeDeployRole grants {sorted(actions)}"
+    assert not _props(t, "CodeDeployRole").get("ManagedPolicyArns"), "CodeDeployRole: no managed policy"
+
+
+def check_snapstart_optional(t: dict[str, Any]) -> None:
+    """SnapStart (billed for Python) only when EnableSnapStart=true, and never with what it cannot run with."""
+    parameter = (t.get("Parameters") or {}).get("EnableSnapStart") or {}
+    assert parameter.get("Default") == "false", "SnapStart costs money for Python: off by default"
+    assert t["Conditions"].get("SnapStartEnabled") == {"Fn::Equals": [{"Ref": "EnableSnapStart"}, "true"]}
+    for function_id in FUNCTION_IDS:
+        snap_start = _function_setting(t, "SnapStart", function_id) or {}
+        assert _resolve(snap_start, {"SnapStartEnabled": True}) == {"ApplyOn": "PublishedVersions"}, function_id
+        assert _resolve(snap_start, {"SnapStartEnabled": False}) == {"ApplyOn": "None"}, function_id
+        assert _props(t, function_id).get("AutoPublishAlias"), f"{function_id}: SnapStart needs published versions"
+        # What SnapStart does not support.
+        storage = (_function_setting(t, "EphemeralStorage", function_id) or {}).get("Size", 512)
+        assert int(storage) <= 512, f"{function_id}: SnapStart allows at most 512 MB of ephemeral storage"
+        assert "ProvisionedConcurrencyConfig" not in _props(t, function_id), (
+            f"{function_id}: no provisioned concurrency"
+        )
+        assert "FileSystemConfigs" not in _props(t, function_id), f"{function_id}: no EFS with SnapStart"
+        runtime = re.fullmatch(r"python3\.(\d+)", str(_function_setting(t, "Runtime", function_id)))
+        assert runtime and int(runtime.group(1)) >= 12, f"{function_id}: SnapStart needs Python 3.12 or later"
+
+
+def _emitted_metric_names() -> set[str]:
+    """The names the code passes to Powertools' add_metric (f"Items{status}" expanded over the item statuses)."""
+    names: set[str] = set()
+    for path in [*(ROOT / "layers" / "shared").rglob("*.py"), *(ROOT / "functions").rglob("*.py")]:
+        source = path.read_text(encoding="utf-8")
+        names |= set(re.findall(r'add_metric\(name="([A-Za-z]+)"', source))
+        if 'name=f"Items{status.capitalize()}"' in source:
+            names |= {f"Items{status.capitalize()}" for status in ("succeeded", "failed", "canceled")}
+    return names
+
+
+def _dashboard_body(t: dict[str, Any]) -> dict[str, Any]:
+    dashboards = _resources_of_type(t, "AWS::CloudWatch::Dashboard")
+    assert len(dashboards) == 1, "one operations dashboard"
+    body = next(iter(dashboards.values()))["Properties"]["DashboardBody"]
+    text, variables = (body["Fn::Sub"], {}) if isinstance(body["Fn::Sub"], str) else body["Fn::Sub"]
+    names = set(re.findall(r"\$\{([^}!]+)\}", text))
+    for name in names:  # every placeholder is a parameter, a pseudo parameter, a resource or a declared variable
+        base = name.split(".")[0]
+        assert name in variables or base in t["Resources"] or base in t["Parameters"] or name.startswith("AWS::"), name
+    numbers = {
+        name
+        for name, value in variables.items()
+        if isinstance(value, dict) and t["Parameters"].get(value.get("Ref"), {}).get("Type") == "Number"
+    }  # substituted bare (a JSON number); every other placeholder sits inside a JSON string
+    filled = re.sub(r"\$\{([^}!]+)\}", lambda m: "1" if m.group(1) in numbers else m.group(1), text)
+    try:
+        return json.loads(filled)
+    except json.JSONDecodeError as exc:
+        raise AssertionError(f"the dashboard body is not JSON once substituted: {exc}") from exc
+
+
+def check_operations_dashboard(t: dict[str, Any]) -> None:
+    """The dashboard shows the API, both functions, the service's own metrics (as emitted) and the queues."""
+    body = _dashboard_body(t)
+    env = _function_env(t)
+    namespace, service = env.get("POWERTOOLS_METRICS_NAMESPACE"), env.get("POWERTOOLS_SERVICE_NAME")
+    shown: set[tuple[str, str, str]] = set()  # (namespace, metric, what it is about)
+    stats: set[tuple[str, str]] = set()
+    for widget in body.get("widgets") or []:
+        properties = widget.get("properties") or {}
+        for metric in properties.get("metrics") or []:
+            names = [part for part in metric if isinstance(part, str)]
+            options = next((part for part in metric if isinstance(part, dict)), {})
+            ns, name, dimensions = names[0], names[1], dict(zip(names[2::2], names[3::2], strict=True))
+            if ns == namespace:
+                assert dimensions == {"service": service}, f"{name}: not the dimension Powertools writes ({service})"
+            shown.add((ns, name, next(iter(dimensions.values()), "")))
+            stats.add((name, str(options.get("stat") or properties.get("stat"))))
+    emitted = _emitted_metric_names()
+    own = {name for ns, name, _ in shown if ns == namespace}
+    assert own <= emitted, f"the dashboard shows metrics the code never emits: {sorted(own - emitted)}"
+    assert {
+        "UpstreamLatency",
+        "UpstreamAuthFailures",
+        "ImagesGenerated",
+        "JobsSubmitted",
+        "ItemsSucceeded",
+        "ItemsFailed",
+    } <= own, "service metrics missing"
+    variables = next(iter(_resources_of_type(t, "AWS::CloudWatch::Dashboard").values()))["Properties"]
+    variables = variables["DashboardBody"]["Fn::Sub"][1]
+    assert variables.get("ApiName") == _props(t, API_ID).get("Name"), "the dashboard watches another API name"
+    for metric in ("Count", "4XXError", "5XXError", "Latency"):
+        assert ("AWS/ApiGateway", metric, "ApiName") in shown, f"API {metric} missing"
+    assert {("Latency", "p50"), ("Latency", "p90"), ("Latency", "p99")} <= stats, "API latency p50/p90/p99"
+    for function_id in FUNCTION_IDS:
+        for metric in ("Duration", "Errors", "Throttles", "ConcurrentExecutions"):
+            assert ("AWS/Lambda", metric, function_id) in shown, f"{function_id} {metric} missing"
+    for queue, metric in (
+        (f"{QUEUE_ID}.QueueName", "ApproximateNumberOfMessagesVisible"),
+        (f"{QUEUE_ID}.QueueName", "ApproximateAgeOfOldestMessage"),
+        (f"{DLQ_ID}.QueueName", "ApproximateNumberOfMessagesVisible"),
+    ):
+        assert ("AWS/SQS", metric, queue) in shown, f"{metric} of {queue} missing"
+    url = _evaluate(
+        {"Fn::Sub": [t["Outputs"]["DashboardUrl"]["Value"]["Fn::Sub"][0], {"Host": "console.amazonaws.cn"}]},
+        {**PSEUDO_PARAMETERS, "AWS::Region": "cn-north-1", "OperationsDashboard": "d"},
+    )
+    assert url == "https://cn-north-1.console.amazonaws.cn/cloudwatch/home?region=cn-north-1#dashboards/dashboard/d"
+    host = t["Outputs"]["DashboardUrl"]["Value"]["Fn::Sub"][1]["Host"]
+    assert host == {"Fn::FindInMap": ["Console", {"Ref": "AWS::Partition"}, "Host"]}, "the console host per partition"
+    assert t["Mappings"]["Console"]["aws"]["Host"] == "console.aws.amazon.com"
+    assert t["Mappings"]["Console"]["aws-cn"]["Host"] == "console.amazonaws.cn"
+
+
+def check_waf_optional(t: dict[str, Any]) -> None:
+    """EnableWaf puts managed rules and a per-IP rate limit in front of the prod stage, once that exists."""
+    assert (t["Parameters"].get("EnableWaf") or {}).get("Default") == "false"
+    acl = _resource(t, "WebAcl")
+    association = _resource(t, "WebAclAssociation")
+    assert acl.get("Condition") == "WafEnabled" and association.get("Condition") == "WafEnabled"
+    props = acl["Properties"]
+    assert props.get("Scope") == "REGIONAL" and props.get("DefaultAction") == {"Allow": {}}
+    rules = {rule["Name"]: rule for rule in props.get("Rules") or []}
+    managed = {
+        (rule["Statement"].get("ManagedRuleGroupStatement") or {}).get("Name"): rule
+        for rule in rules.values()
+        if "ManagedRuleGroupStatement" in rule["Statement"]
+    }
+    assert {"AWSManagedRulesCommonRuleSet", "AWSManagedRulesKnownBadInputsRuleSet"} <= set(managed)
+    for rule in managed.values():
+        assert rule.get("OverrideAction") == {"None": {}}, f"{rule['Name']}: managed rules must block, not count"
+        overrides = rule["Statement"]["ManagedRuleGroupStatement"].get("RuleActionOverrides") or []
+        counted = {o["Name"] for o in overrides if o.get("ActionToUse") == {"Count": {}}}
+        assert counted <= {"SizeRestrictions_BODY"}, f"{rule['Name']}: only the 8 KB body rule may count: {counted}"
+    common = managed["AWSManagedRulesCommonRuleSet"]["Statement"]["ManagedRuleGroupStatement"]
+    assert {"Name": "SizeRestrictions_BODY", "ActionToUse": {"Count": {}}} in (
+        common.get("RuleActionOverrides") or []
+    ), "POST /v1/jobs bodies exceed 8 KB: SizeRestrictions_BODY must count, not block"
+    rate = [r for r in rules.values() if "RateBasedStatement" in r["Statement"]]
+    assert rate, "no rate-based rule"
+    assert rate[0]["Statement"]["RateBasedStatement"] == {
+        "Limit": {"Ref": "WafRateLimitPer5Min"},
+        "AggregateKeyType": "IP",
+    }
+    assert rate[0].get("Action") == {"Block": {}}
+    assert int(t["Parameters"]["WafRateLimitPer5Min"]["MinValue"]) >= 10, "WAF's smallest rate limit is 10"
+    for rule in [props, *rules.values()]:
+        visibility = rule.get("VisibilityConfig") or {}
+        assert visibility.get("CloudWatchMetricsEnabled") is True and visibility.get("MetricName"), "metrics per rule"
+    arn = association["Properties"].get("ResourceArn")
+    stage = "${" + API_ID + ".Stage}"  # SAM's reference to the generated stage: a dependency, and its name
+    assert arn == {
+        "Fn::Sub": "arn:${AWS::Partition}:apigateway:${AWS::Region}::/restapis/${" + API_ID + "}/stages/" + stage
+    } or (f"{API_ID}prodStage" in _as_list(association.get("DependsOn") or [])), (
+        f"the association must name the stage and wait for it: {arn}"
+    )
+    assert association["Properties"].get("WebACLArn") == {"Fn::GetAtt": ["WebAcl", "Arn"]}
+
+
+def check_api_gateway_logging_role(t: dict[str, Any]) -> None:
+    """A fresh Region needs the account's API Gateway logging role before a stage with access logs deploys."""
+    assert (t["Parameters"]["CreateApiGatewayLoggingRole"]).get("Default") == "true", "a first deploy would fail"
+    assert _props(t, API_ID).get("AccessLogSetting"), "access logs are why the role is needed"
+    trust = _props(t, "ApiGatewayLoggingRole")["AssumeRolePolicyDocument"]["Statement"]
+    # The trust policy AWS documents for this role, with nothing added.
+    assert trust == [
+        {"Effect": "Allow", "Principal": {"Service": "apigateway.amazonaws.com"}, "Action": "sts:AssumeRole"}
+    ], f"ApiGatewayLoggingRole trust policy: {trust}"
+    assert _props(t, "ApiGatewayAccount").get("CloudWatchRoleArn") == {"Fn::GetAtt": ["ApiGatewayLoggingRole", "Arn"]}
+
+
+# Length limits of names the template builds (SQS queue names are checked on their own, with their pattern).
+NAME_LIMITS: dict[str, dict[str, int]] = {
+    "AWS::Serverless::LayerVersion": {"LayerName": 140},
+    "AWS::CloudWatch::Dashboard": {"DashboardName": 255},
+    "AWS::WAFv2::WebACL": {"Name": 128, "Description": 256},
+    "AWS::SecretsManager::Secret": {"Description": 2048},
+}
+
+
+def check_parameters_deployable(t: dict[str, Any]) -> None:
+    """Values the parameters accept must deploy: no "default" bus, no over-reservation, any stack name."""
+    bus = t["Parameters"]["EventBusName"]
+    assert not re.fullmatch(bus["AllowedPattern"], "default"), "EventBusName accepts 'default' (cannot be created)"
+    for name in ("flux-image-service", "default-bus", "my.default", "x" * 256):
+        assert re.fullmatch(bus["AllowedPattern"], name), f"EventBusName refuses {name!r}"
+    assert int(t["Parameters"]["ReservedConcurrency"]["MaxValue"]) <= 900, (
+        "Lambda keeps 100 of the default 1000 unreserved: ReservedConcurrency above 900 fails to deploy"
+    )
+    name = _evaluate(_props(t, QUEUE_ID).get("QueueName"))
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,80}", name), f"queue name {name!r} ({len(name)} chars) with a 128-char stack"
+    # Every other name built from the stack name must fit too (CloudFormation's stack names stop at 128).
+    for logical_id, resource in t["Resources"].items():
+        props = resource.get("Properties") or {}
+        limits = NAME_LIMITS.get(resource.get("Type"), {})
+        named = [(key, props.get(key), limit) for key, limit in limits.items() if key in props]
+        if resource.get("Type") == "AWS::WAFv2::WebACL":
+            visibility = [
+                props.get("VisibilityConfig") or {},
+                *(r.get("VisibilityConfig") or {} for r in props["Rules"]),
+            ]
+            named += [("MetricName", v.get("MetricName"), 128) for v in visibility]
+        for key, value, limit in named:
+            if "AWS::StackName" in json.dumps(value):
+                evaluated = _evaluate(value)
+                assert len(evaluated) <= limit, f"{logical_id}.{key} is {len(evaluated)} chars with a 128-char stack"
+
+
 CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_bucket_private,
     check_bucket_encrypted,
@@ -848,6 +1155,12 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_outputs,
     check_parameters_constrained,
     check_checkov_skips_justified,
+    check_safe_releases,
+    check_snapstart_optional,
+    check_operations_dashboard,
+    check_waf_optional,
+    check_api_gateway_logging_role,
+    check_parameters_deployable,
 ]
 
 
@@ -1238,6 +1551,168 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
         check_checkov_skips_justified,
         lambda t: _res(t, FUNCTION_ID)["Metadata"]["checkov"]["skip"][0].pop("comment"),
     ),
+    # ---- releases, operations, deploy-time defects
+    "api-alias-removed": (check_safe_releases, lambda t: _p(t, FUNCTION_ID).pop("AutoPublishAlias")),
+    "worker-deployment-preference-removed": (
+        check_safe_releases,
+        lambda t: _p(t, WORKER_ID).pop("DeploymentPreference"),
+    ),
+    "deployment-type-hardcoded": (
+        check_safe_releases,
+        lambda t: _p(t, FUNCTION_ID)["DeploymentPreference"].update(Type="Canary10Percent5Minutes"),
+    ),
+    "deployment-type-not-for-lambda": (
+        check_safe_releases,
+        lambda t: t["Parameters"]["DeploymentType"]["AllowedValues"].append("HalfAtATime"),
+    ),
+    "rollback-ignores-5xx": (
+        check_safe_releases,
+        lambda t: _p(t, FUNCTION_ID)["DeploymentPreference"]["Alarms"].remove({"Ref": "Api5xxErrorRateAlarm"}),
+    ),
+    "rollback-on-dlq-depth": (
+        check_safe_releases,
+        lambda t: _p(t, WORKER_ID)["DeploymentPreference"]["Alarms"].append({"Ref": "JobsDlqDepthAlarm"}),
+    ),
+    "codedeploy-generated-role": (
+        check_safe_releases,
+        lambda t: _p(t, FUNCTION_ID)["DeploymentPreference"].pop("Role"),
+    ),
+    "codedeploy-role-invokes": (
+        check_safe_releases,
+        lambda t: next(
+            s for s in _statements(_p(t, "CodeDeployRole")["Policies"]) if s.get("Sid") == "ShiftLiveAliases"
+        )["Action"].append("lambda:InvokeFunction"),
+    ),
+    "snapstart-on-by-default": (
+        check_snapstart_optional,
+        lambda t: t["Parameters"]["EnableSnapStart"].update(Default="true"),
+    ),
+    "snapstart-unconditional": (
+        check_snapstart_optional,
+        lambda t: t["Globals"]["Function"].update(SnapStart={"ApplyOn": "PublishedVersions"}),
+    ),
+    "snapstart-on-python-3-9": (check_snapstart_optional, lambda t: _p(t, WORKER_ID).update(Runtime="python3.9")),
+    "snapstart-with-big-ephemeral-storage": (
+        check_snapstart_optional,
+        lambda t: _p(t, WORKER_ID).update(EphemeralStorage={"Size": 1024}),
+    ),
+    "dashboard-metric-never-emitted": (
+        check_operations_dashboard,
+        lambda t: _p(t, "OperationsDashboard")["DashboardBody"]["Fn::Sub"].__setitem__(
+            0, _p(t, "OperationsDashboard")["DashboardBody"]["Fn::Sub"][0].replace('"ItemsFailed"', '"ItemFailures"')
+        ),
+    ),
+    "dashboard-other-service-dimension": (
+        check_operations_dashboard,
+        lambda t: _p(t, "OperationsDashboard")["DashboardBody"]["Fn::Sub"].__setitem__(
+            0, _p(t, "OperationsDashboard")["DashboardBody"]["Fn::Sub"][0].replace('"image-api"', '"image-worker"', 1)
+        ),
+    ),
+    "dashboard-without-dlq": (
+        check_operations_dashboard,
+        lambda t: _p(t, "OperationsDashboard")["DashboardBody"]["Fn::Sub"].__setitem__(
+            0, _p(t, "OperationsDashboard")["DashboardBody"]["Fn::Sub"][0].replace("JobsDeadLetterQueue.", "JobsQueue.")
+        ),
+    ),
+    "dashboard-body-not-json": (
+        check_operations_dashboard,
+        lambda t: _p(t, "OperationsDashboard")["DashboardBody"]["Fn::Sub"].__setitem__(
+            0, _p(t, "OperationsDashboard")["DashboardBody"]["Fn::Sub"][0].replace("]}}", "]}", 1)
+        ),
+    ),
+    "dashboard-url-commercial-console-only": (
+        check_operations_dashboard,
+        lambda t: t["Outputs"]["DashboardUrl"].update(
+            Value={
+                "Fn::Sub": "https://${AWS::Region}.console.aws.amazon.com/cloudwatch/home?region=${AWS::Region}"
+                "#dashboards/dashboard/${OperationsDashboard}"
+            }
+        ),
+    ),
+    "waf-rate-rule-removed": (
+        check_waf_optional,
+        lambda t: _p(t, "WebAcl")["Rules"].remove(
+            next(r for r in _p(t, "WebAcl")["Rules"] if "RateBasedStatement" in r["Statement"])
+        ),
+    ),
+    "waf-body-size-rule-blocks-jobs": (
+        check_waf_optional,
+        lambda t: _p(t, "WebAcl")["Rules"][1]["Statement"]["ManagedRuleGroupStatement"].pop("RuleActionOverrides"),
+    ),
+    "waf-managed-rules-count-only": (
+        check_waf_optional,
+        lambda t: _p(t, "WebAcl")["Rules"][2].update(OverrideAction={"Count": {}}),
+    ),
+    "waf-on-by-default": (check_waf_optional, lambda t: t["Parameters"]["EnableWaf"].update(Default="true")),
+    "waf-association-before-stage": (
+        check_waf_optional,
+        lambda t: _p(t, "WebAclAssociation").update(
+            ResourceArn={
+                "Fn::Sub": "arn:${AWS::Partition}:apigateway:${AWS::Region}::/restapis/${ImageApi}/stages/prod"
+            }
+        ),
+    ),
+    "logging-role-off-by-default": (
+        check_api_gateway_logging_role,
+        lambda t: t["Parameters"]["CreateApiGatewayLoggingRole"].update(Default="false"),
+    ),
+    "logging-role-source-account-condition": (
+        check_api_gateway_logging_role,
+        lambda t: _p(t, "ApiGatewayLoggingRole")["AssumeRolePolicyDocument"]["Statement"][0].update(
+            Condition={"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}
+        ),
+    ),
+    "event-bus-default-accepted": (
+        check_parameters_deployable,
+        lambda t: t["Parameters"]["EventBusName"].update(AllowedPattern="^[A-Za-z0-9._-]{1,256}$"),
+    ),
+    "reserved-concurrency-1000": (
+        check_parameters_deployable,
+        lambda t: t["Parameters"]["ReservedConcurrency"].update(MaxValue=1000),
+    ),
+    "layer-name-past-140-chars": (
+        check_parameters_deployable,
+        lambda t: _p(t, "DependenciesLayer").update(LayerName={"Fn::Sub": "${AWS::StackName}-dependencies"}),
+    ),
+    "waf-metric-name-from-stack-name": (
+        check_parameters_deployable,
+        lambda t: _p(t, "WebAcl")["VisibilityConfig"].update(MetricName={"Fn::Sub": "${AWS::StackName}-waf"}),
+    ),
+    "queue-named-after-stack": (
+        check_parameters_deployable,
+        lambda t: _p(t, QUEUE_ID).update(QueueName={"Fn::Sub": "${AWS::StackName}-jobs"}),
+    ),
+    "dlq-allows-other-queue-name": (
+        check_jobs_queue_redrive,
+        lambda t: _p(t, QUEUE_ID).update(QueueName={"Fn::Sub": "${AWS::StackName}-jobs"}),
+    ),
+    "dlq-deletable": (check_stateful_resources_retained, lambda t: _res(t, DLQ_ID).pop("DeletionPolicy")),
+    "jobs-queue-replaceable": (
+        check_stateful_resources_retained,
+        lambda t: _res(t, QUEUE_ID).pop("UpdateReplacePolicy"),
+    ),
+    "webhook-secret-deletable": (
+        check_stateful_resources_retained,
+        lambda t: _res(t, WEBHOOK_SECRET_ID).update(DeletionPolicy="Delete"),
+    ),
+    "log-group-deletable": (
+        check_stateful_resources_retained,
+        lambda t: _res(t, "WorkerFunctionLogGroup").pop("DeletionPolicy"),
+    ),
+    "retained-log-group-fixed-name": (
+        check_stateful_resources_retained,
+        lambda t: _p(t, "ApiAccessLogGroup").update(LogGroupName={"Fn::Sub": "/aws/apigateway/${AWS::StackName}"}),
+    ),
+    "throttled-without-retry-after": (
+        check_gateway_responses,
+        lambda t: _p(t, API_ID)["GatewayResponses"]["THROTTLED"]["ResponseParameters"]["Headers"].pop("Retry-After"),
+    ),
+    "throttled-retry-after-unquoted": (
+        check_gateway_responses,
+        lambda t: _p(t, API_ID)["GatewayResponses"]["THROTTLED"]["ResponseParameters"]["Headers"].update(
+            {"Retry-After": "1"}
+        ),
+    ),
 }
 
 
@@ -1318,17 +1793,18 @@ for resource in template["Resources"].values():  # local code paths become what 
     for key in ("CodeUri", "ContentUri"):
         if isinstance((resource.get("Properties") or {}).get(key), str):
             resource["Properties"][key] = "s3://bucket/" + resource["Properties"][key]
-print(json.dumps(transform(template, {}, NoNamedManagedPolicies())))
+parameters = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
+print(json.dumps(transform(template, parameters, NoNamedManagedPolicies())))
 """
 
 
-def _sam_transform(path: Path) -> dict[str, Any]:
-    """The template as CloudFormation gets it: the SAM CLI's own translator, offline."""
+def _sam_transform(path: Path, parameters: dict[str, str] | None = None) -> dict[str, Any]:
+    """The template as CloudFormation gets it: the SAM CLI's own translator, offline (with these parameter values)."""
     _tool("sam")
     python = ROOT / ".tools" / "uv" / "aws-sam-cli" / "bin" / "python"  # the SAM CLI's isolated environment
     if not python.exists():
         pytest.skip("the SAM CLI's environment is not at .tools/uv/aws-sam-cli: run `bash scripts/tools.sh`")
-    return json.loads(_run([python, "-c", _TRANSFORM_SCRIPT, path], timeout=120))
+    return json.loads(_run([python, "-c", _TRANSFORM_SCRIPT, path, json.dumps(parameters or {})], timeout=120))
 
 
 def _managed_policies(transformed: dict[str, Any], role_id: str) -> list[str]:
@@ -1356,6 +1832,50 @@ def test_transformed_roles_keep_least_privilege(tmp_path: Path) -> None:
     assert any("AWSLambdaSQSQueueExecutionRole" in arn for arn in _managed_policies(with_sqs_event, f"{WORKER_ID}Role"))
     with pytest.raises(AssertionError, match="AWSLambdaSQSQueueExecutionRole"):
         check_no_wildcard_permissions(with_sqs_event)
+
+
+def _assert_invoked_through_live_aliases(transformed: dict[str, Any]) -> None:
+    resources = transformed["Resources"]
+    integrations = re.findall(r"functions/\$\{([A-Za-z0-9.]+)\}/invocations", json.dumps(resources[API_ID]))
+    assert integrations and set(integrations) == {f"{FUNCTION_ID}Aliaslive"}, f"the API invokes {set(integrations)}"
+    permissions = _resources_of_type(transformed, "AWS::Lambda::Permission").values()
+    assert {json.dumps(p["Properties"]["FunctionName"]) for p in permissions} == {
+        json.dumps({"Ref": f"{FUNCTION_ID}Aliaslive"})
+    }, "API Gateway may invoke only the alias"
+    mappings = list(_resources_of_type(transformed, "AWS::Lambda::EventSourceMapping").values())
+    assert [m["Properties"]["FunctionName"] for m in mappings] == [{"Ref": f"{WORKER_ID}Aliaslive"}], (
+        "the jobs queue's event source mapping must invoke the worker's alias"
+    )
+
+
+@pytest.mark.timeout(300)
+def test_transformed_releases_go_through_the_live_aliases(tmp_path: Path) -> None:
+    """After SAM's transform: callers invoke the aliases, CodeDeploy shifts them with rollback on the alarms."""
+    transformed = _sam_transform(TEMPLATE_PATH, {"DeploymentType": "Canary10Percent5Minutes"})
+    _assert_invoked_through_live_aliases(transformed)
+    resources = transformed["Resources"]
+    assert "CodeDeployServiceRole" not in resources, "SAM's generated role (AWSCodeDeployRoleForLambda) is unused"
+    groups = _resources_of_type(transformed, "AWS::CodeDeploy::DeploymentGroup")
+    assert set(groups) == {f"{function_id}DeploymentGroup" for function_id in FUNCTION_IDS}
+    for function_id, expected in ROLLBACK_ALARMS.items():
+        group = groups[f"{function_id}DeploymentGroup"]["Properties"]
+        assert _evaluate(group["DeploymentConfigName"]) == "CodeDeployDefault.LambdaCanary10Percent5Minutes"
+        assert group["ServiceRoleArn"] == {"Fn::GetAtt": ["CodeDeployRole", "Arn"]}
+        assert "DEPLOYMENT_STOP_ON_ALARM" in group["AutoRollbackConfiguration"]["Events"]
+        alarms = {alarm["Name"]["Ref"] for alarm in group["AlarmConfiguration"]["Alarms"]}
+        assert alarms == expected and group["AlarmConfiguration"]["Enabled"] is True
+    association = resources["WebAclAssociation"]["Properties"]["ResourceArn"]["Fn::Sub"]
+    assert association.endswith(f"/stages/${{{API_ID}prodStage}}"), "the WAF association must wait for the stage"
+    check_no_wildcard_permissions(transformed)
+    # ... and the helper notices a function invoked without its alias.
+    mutated = load_template()
+    _p(mutated, FUNCTION_ID).pop("AutoPublishAlias")
+    _p(mutated, FUNCTION_ID).pop("DeploymentPreference")
+    for output in ("ApiFunctionAlias",):
+        mutated["Outputs"].pop(output)
+    (tmp_path / "mutated.json").write_text(json.dumps(mutated), encoding="utf-8")
+    with pytest.raises(AssertionError, match="the API invokes"):
+        _assert_invoked_through_live_aliases(_sam_transform(tmp_path / "mutated.json"))
 
 
 @pytest.mark.timeout(300)

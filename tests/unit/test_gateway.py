@@ -436,6 +436,24 @@ def test_usage_plan_throttle_answers_429_per_key(
     assert len(recorder.calls) == 4
 
 
+def test_real_template_throttled_answer_carries_retry_after(
+    start_gateway: GatewayFactory, session: requests.Session
+) -> None:
+    # Given the service's own gateway responses (THROTTLED with a static Retry-After) and a burst of 1
+    responses = load_api_config(REPO_ROOT / "template.yaml").gateway_responses
+    gateway = start_gateway(throttle_rate=0.01, throttle_burst=1, gateway_responses=responses)
+
+    # When one key makes two requests at once
+    url = f"{gateway.url}/v1/images/img_1"
+    first, throttled = (session.get(url, headers={"x-api-key": API_KEY}, timeout=5) for _ in range(2))
+
+    # Then the second is throttled in the service's error shape and told when to come back
+    assert first.status_code == 200
+    assert throttled.status_code == 429
+    assert throttled.headers["Retry-After"] == "1"
+    assert throttled.json()["error"]["code"] == "throttled"
+
+
 # ---------------------------------------------------------------------------------------------------- event
 def test_event_has_the_shape_of_a_real_api_gateway_event(
     gateway: LocalApiGateway, recorder: Recorder, session: requests.Session
