@@ -337,9 +337,10 @@ def _install_wheel(wheel: Path, site: Path) -> list[Path]:
         if any(".data/" in name.split("/", 1)[0] + "/" for name in names):
             raise ArtefactError(f"{wheel.name}: has a .data folder; install it with pip instead")
         for name in names:  # a hard link left in place would be written through, into the build itself
-            (site / name).unlink(missing_ok=True)
+            if not name.endswith("/") and not (site / name).is_dir():
+                (site / name).unlink(missing_ok=True)
         archive.extractall(site)
-    return [site / name for name in names]
+    return [site / name for name in names if not name.endswith("/")]
 
 
 def _compile(paths: Iterable[Path]) -> None:
