@@ -206,7 +206,7 @@ LAMBDA_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_REGION": "us-east-1",
     "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",  # noqa: S105 - a placeholder; nothing is signed for a real account
+    "AWS_SECRET_ACCESS_KEY": "testing",  # a placeholder: nothing is signed for a real account
     "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
     "AWS_LAMBDA_FUNCTION_NAME": "probe",
     "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
