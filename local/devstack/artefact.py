@@ -200,6 +200,42 @@ def bare_env(base: Mapping[str, str] | None = None, **extra: str) -> dict[str, s
     return env
 
 
+# What the functions find in their environment on AWS (template.yaml: Globals and their own variables), with
+# made-up names: no AWS call happens at import, and the probes reach no AWS (the endpoint is a closed port).
+LAMBDA_ENV = {
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",  # a placeholder: nothing is signed for a real account
+    "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+    "AWS_LAMBDA_FUNCTION_NAME": "probe",
+    "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "512",
+    "POWERTOOLS_SERVICE_NAME": "image-api",
+    "POWERTOOLS_METRICS_NAMESPACE": "FluxImageService",
+    "POWERTOOLS_LOG_LEVEL": "WARNING",
+    "POWERTOOLS_TRACER_CAPTURE_RESPONSE": "false",
+    "XRAY_SDK_TRACING": "false",
+    "FLUX_SECRET_ID": "arn:aws:secretsmanager:us-east-1:123456789012:secret:flux-key",
+    "IMAGES_BUCKET": "probe-images",
+    "IMAGES_TABLE": "probe-images",
+    "JOBS_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/probe-jobs",
+    "JOBS_DLQ_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/probe-jobs-dlq",
+    "EVENT_BUS_NAME": "probe-bus",
+    "WEBHOOK_SECRET_ID": "arn:aws:secretsmanager:us-east-1:123456789012:secret:webhook",
+    "IDEMPOTENCY_TABLE": "probe-idempotency",
+    "CORS_ALLOWED_ORIGINS": "https://app.example.com",
+    "ENABLE_DOCS": "true",
+}
+
+
+def probe_argv(function: ArtefactFunction, mode: str, payload: str, *, watch: bool = False) -> list[str]:
+    """A bare child running ``devstack/artefact_probe.py`` (``mode`` ``handler``: ``payload`` is JSON with
+    ``module``, ``kind`` and ``event``; ``floor``: ``payload`` is import lines); its last output line is JSON."""
+    probe = (Path(__file__).parent / "artefact_probe.py").read_text(encoding="utf-8")
+    code = f"{probe}\nmain(*sys.argv[1:])\n"
+    return [*bare_argv(function, code), mode, payload, "watch" if watch else "-"]
+
+
 # ------------------------------------------------------------------------------------------ host compatible
 
 
