@@ -22,6 +22,7 @@ import importlib
 import os
 import platform
 import signal
+import subprocess
 import sys
 import threading
 import warnings
@@ -29,7 +30,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from devstack.artefact import ArtefactError
+from devstack.artefact import ArtefactError, ensure_built
 from devstack.aws import LocalAws, Resources, service_environment
 from devstack.flux_emulator import FluxEmulator
 from devstack.gateway import (
@@ -372,12 +373,14 @@ def main(argv: list[str] | None = None) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
+        if args.built:
+            ensure_built()  # `make build` when .aws-sam/build is missing or older than the sources
         stack.start()
     except OSError as exc:
         print(f"devstack: could not start: {exc} (is a port in use? set PORT / MOTO_PORT / FLUX_EMULATOR_PORT)")
         stack.stop()
         return 1
-    except ArtefactError as exc:
+    except (ArtefactError, subprocess.CalledProcessError) as exc:
         print(f"devstack: could not start: {exc}")
         stack.stop()
         return 1
