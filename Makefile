@@ -40,7 +40,7 @@ run: venv ## Run the service locally: moto + Flux emulator + local API Gateway o
 	@PYTHONPATH=$(PYTHONPATH_DEV) $(PY) -m devstack
 
 .PHONY: run-built
-run-built: venv tools ## As make run, but the functions run from the sam build artefact (rebuilt when stale) in child processes
+run-built: venv ## make run, with the functions run from the sam build artefact (rebuilt when stale) in child processes
 	@PYTHONPATH=local $(PY) -m devstack --built
 
 .PHONY: test

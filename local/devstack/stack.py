@@ -131,6 +131,7 @@ class LocalStack:
             self._build_dir = BUILD_DIR if built is True else Path(built)
         self.runtime: Any = None  # devstack.runtime.LocalRuntime in built mode
         self.swapped: list[str] = []  # name==version of the extension modules swapped for the host's
+        self.build_arch: str | None = None  # the architecture the artefact was built for
 
     @property
     def built(self) -> bool:
@@ -207,12 +208,13 @@ class LocalStack:
 
     def _start_runtime(self, env: dict[str, str], routes: list[Route], mappings: list[SqsMapping]) -> Any:
         """Built mode: the artefact's functions in child processes (``devstack.runtime``), made host-compatible."""
-        from devstack.artefact import host_compatible, load_artefact, swapped_distributions
+        from devstack.artefact import build_arch, host_compatible, load_artefact, swapped_distributions
         from devstack.runtime import LocalFunction, LocalRuntime
 
         assert self._build_dir is not None
         runnable = host_compatible(self._build_dir)
         self.swapped = swapped_distributions(runnable)
+        self.build_arch = {"aarch64": "arm64"}.get(build_arch(self._build_dir) or "", build_arch(self._build_dir))
         artefact = load_artefact(runnable)
         settings = _function_settings(self._template)
         # The API: as many environments as the gateway invokes at once; the worker: its mapping's MaximumConcurrency.
@@ -276,7 +278,7 @@ class LocalStack:
     def mode(self) -> list[str]:
         """The banner's lines saying what runs the functions."""
         if self.runtime is None:
-            return ["  Functions      the source tree (functions/, layers/), imported into this process"]
+            return ["  Functions      the source tree (functions/, layers/) imported into this process"]
         assert self._build_dir is not None
         try:
             where = self._build_dir.resolve().relative_to(Path.cwd())
@@ -284,13 +286,15 @@ class LocalStack:
             where = self._build_dir
         first = next(iter(self.runtime.functions.values()))
         lines = [
-            f"  Functions      the built artefact {where}/ (sam build), each in child processes of",
-            f"                 {first.python} -I -S (function folder, then its layers in Lambda's order)",
+            f"  Functions      the built artefact {where}/ (make build), not the source tree: each function in",
+            f"                 child processes of {first.python} -I -S,",
+            "                 its folder then its layers on sys.path, as Lambda lays them out",
         ]
         if self.swapped:
+            host = platform.machine()
             lines += [
-                f"                 extension modules swapped for this host's ({platform.machine()}) builds of the same",
-                f"                 versions: {', '.join(self.swapped)}",
+                f"  Swapped        the build's {self.build_arch} extension modules for the host's {host} builds",
+                f"                 of the same versions: {', '.join(self.swapped)}",
             ]
         return lines
 
