@@ -160,10 +160,9 @@ class LocalFunction:
                 "AWS_LAMBDA_FUNCTION_NAME": self.name,
                 "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
                 "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(self.memory_mb),
-                "AWS_LAMBDA_FUNCTION_TIMEOUT": f"{self.timeout_s:g}",
                 "AWS_LAMBDA_LOG_GROUP_NAME": f"/aws/lambda/{self.name}",
+                "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
                 "AWS_EXECUTION_ENV": "AWS_Lambda_python3.12",
-                "AWS_LAMBDA_RUNTIME_API": "127.0.0.1:9001",  # a placeholder: invocations come over pipes here
                 "LAMBDA_TASK_ROOT": str(self.function.code_dir),
                 "_HANDLER": self.function.handler,
                 "TZ": ":UTC",
