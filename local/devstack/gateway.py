@@ -1130,8 +1130,14 @@ class LocalApiGateway:
         def run() -> None:
             try:
                 outcome["result"] = self._invoke(route.function_id, event, context)
-            except BaseException:  # noqa: BLE001 - reported to the client as a Lambda function error
-                outcome["error"] = traceback.format_exc().rstrip()
+            except BaseException as exc:  # noqa: BLE001 - reported to the client as a Lambda function error
+                # A function run in a child process (devstack.runtime) fails with Lambda's error document; its
+                # traceback is already in that function's log.
+                error = getattr(exc, "error", None)
+                if isinstance(error, dict) and "errorType" in error:
+                    outcome["error"] = f"{error['errorType']}: {error.get('errorMessage')}"
+                else:
+                    outcome["error"] = traceback.format_exc().rstrip()
             finally:
                 done.set()
 

@@ -50,12 +50,13 @@ class LambdaContext:
         return max(int((self._deadline - time.monotonic()) * 1000), 0)
 
 
-def _error(exc, error_type=None):
-    frames = traceback.extract_tb(exc.__traceback__)
+def _error(exc, error_type=None, request_id="", skip_frames=0):
+    """Lambda's error document; ``skip_frames`` leaves out the bootstrap's own frames (Lambda shows the handler's)."""
+    frames = traceback.extract_tb(exc.__traceback__)[skip_frames:]
     return {
         "errorMessage": str(exc),
         "errorType": error_type or type(exc).__name__,
-        "requestId": "",
+        "requestId": request_id,
         "stackTrace": [line.rstrip("\n") for line in traceback.format_list(frames)],
     }
 
@@ -108,7 +109,7 @@ def main(argv):
         try:
             result = handler(request["event"], context)
         except Exception as exc:  # noqa: BLE001 - any raise is the invocation's error
-            error = _error(exc)
+            error = _error(exc, request_id=context.aws_request_id, skip_frames=1)
             _log_error(error)
             _write(results, {"error": error})
             continue
@@ -116,7 +117,7 @@ def main(argv):
         try:
             _write(results, {"result": result})
         except (TypeError, ValueError) as exc:
-            error = _error(exc, "Runtime.MarshalError")
+            error = _error(exc, "Runtime.MarshalError", request_id=context.aws_request_id, skip_frames=1)
             error["errorMessage"] = f"Unable to marshal response: {exc}"
             _log_error(error)
             _write(results, {"error": error})
