@@ -28,9 +28,17 @@ import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from devstack.artefact import ArtefactError, ensure_built
+from devstack.artefact import (
+    BUILD_DIR,
+    ArtefactError,
+    build_arch,
+    ensure_built,
+    host_compatible,
+    load_artefact,
+    swapped_distributions,
+)
 from devstack.aws import LocalAws, Resources, service_environment
 from devstack.flux_emulator import FluxEmulator
 from devstack.gateway import (
@@ -42,6 +50,9 @@ from devstack.gateway import (
     load_sqs_mappings,
     load_template,
 )
+
+if TYPE_CHECKING:
+    from devstack.runtime import LocalRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -71,9 +82,10 @@ def _function_settings(template: Path) -> dict[str, tuple[float, int]]:
             continue
         properties = {**defaults, **(resource.get("Properties") or {})}
         timeout, memory = properties.get("Timeout", 3), properties.get("MemorySize", 128)
+        # A literal, or Lambda's default when the template computes it (an intrinsic function).
         settings[logical_id] = (
-            float(timeout) if isinstance(timeout, int | float | str) and str(timeout).isdigit() else 3.0,
-            int(memory) if isinstance(memory, int | str) and str(memory).isdigit() else 128,
+            float(timeout) if isinstance(timeout, int | float) else 3.0,
+            int(memory) if isinstance(memory, int) else 128,
         )
     return settings
 
@@ -124,12 +136,8 @@ class LocalStack:
         self._worker_parameters = worker_parameters or {}
         self._throttle = throttle  # (rate, burst) instead of the template's usage plan, e.g. for a fuzzing client
         # The built artefact's folder (True: .aws-sam/build), or False for the source tree in this process.
-        self._build_dir: Path | None = None
-        if built:
-            from devstack.artefact import BUILD_DIR
-
-            self._build_dir = BUILD_DIR if built is True else Path(built)
-        self.runtime: Any = None  # devstack.runtime.LocalRuntime in built mode
+        self._build_dir: Path | None = None if built is False else BUILD_DIR if built is True else Path(built)
+        self.runtime: LocalRuntime | None = None  # built mode: the functions' child processes
         self.swapped: list[str] = []  # name==version of the extension modules swapped for the host's
         self.build_arch: str | None = None  # the architecture the artefact was built for
 
@@ -206,15 +214,15 @@ class LocalStack:
         self.handlers[module_name] = module
         return module
 
-    def _start_runtime(self, env: dict[str, str], routes: list[Route], mappings: list[SqsMapping]) -> Any:
+    def _start_runtime(self, env: dict[str, str], routes: list[Route], mappings: list[SqsMapping]) -> LocalRuntime:
         """Built mode: the artefact's functions in child processes (``devstack.runtime``), made host-compatible."""
-        from devstack.artefact import build_arch, host_compatible, load_artefact, swapped_distributions
         from devstack.runtime import LocalFunction, LocalRuntime
 
         assert self._build_dir is not None
         runnable = host_compatible(self._build_dir)
         self.swapped = swapped_distributions(runnable)
-        self.build_arch = {"aarch64": "arm64"}.get(build_arch(self._build_dir) or "", build_arch(self._build_dir))
+        arch = build_arch(self._build_dir)
+        self.build_arch = "arm64" if arch == "aarch64" else arch
         artefact = load_artefact(runnable)
         settings = _function_settings(self._template)
         # The API: as many environments as the gateway invokes at once; the worker: its mapping's MaximumConcurrency.
