@@ -304,7 +304,10 @@ class LocalFunction:
             if answer is None:
                 with self._condition:
                     self.errors += 1
-                code = environment.process.wait(timeout=5)
+                try:
+                    code: int | None = environment.process.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    code = None  # its pipes broke but it lingers: killed on release
                 raise _lambda_error("Runtime.ExitError", f"RequestId: {context.aws_request_id} Error: exit {code}")
             healthy = True
             if "error" in answer:
