@@ -39,6 +39,10 @@ tools: $(UV) ## Install the isolated template tools (SAM CLI, cfn-lint, checkov)
 run: venv ## Run the service locally: moto + Flux emulator + local API Gateway on http://127.0.0.1:$${PORT:-3000}
 	@PYTHONPATH=$(PYTHONPATH_DEV) $(PY) -m devstack
 
+.PHONY: run-built
+run-built: venv ## make run, with the functions run from the sam build artefact (rebuilt when stale) in child processes
+	@PYTHONPATH=local $(PY) -m devstack --built
+
 .PHONY: test
 test: venv tools lint requirements-check ## Every check CI runs: lint, unit, integration, template, local-stack tests
 	@PYTHONPATH= $(PY) -m pytest

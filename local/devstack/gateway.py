@@ -17,7 +17,8 @@ Behaviour chosen to match real API Gateway:
   (literal segment before ``{param}`` before ``{proxy+}``, left to right), and the first one declaring
   the request's method (or ``ANY``) wins; so ``OPTIONS /v1/images`` reaches ``OPTIONS /{proxy+}`` when
   ``/v1/images`` declares only ``POST``. No candidate: ``403 {"message":"Missing Authentication Token"}``.
-  (Measured on AWS and published in ministackorg/ministack#1423 and floci-io/floci#3399.)
+  (Measured on AWS and published in ministackorg/ministack#1423 and floci-io/floci#3399.) Any other method
+  (TRACE, CONNECT, PROPFIND, any token) matches no route, ``ANY`` included: the same answer, never http.server's 501.
 * ``path`` and ``pathParameters`` keep the client's percent-encoding; query-string values are decoded.
   A greedy ``{proxy+}`` parameter holds the rest of the path without a leading slash.
 * The service is served at the root (``http://127.0.0.1:3000/v1/images``), as ``sam local start-api``
@@ -726,6 +727,13 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     do_DELETE = do_GET = do_HEAD = do_OPTIONS = do_PATCH = do_POST = do_PUT = _dispatch
 
+    def __getattr__(self, name: str) -> Any:
+        # http.server answers a method without a ``do_<METHOD>`` (TRACE, CONNECT, PROPFIND, any token) with its own
+        # bare 501 page; API Gateway answers it like any unrouted request. Every method goes through the routing.
+        if name.startswith("do_"):
+            return self._dispatch
+        raise AttributeError(name)
+
 
 class LocalApiGateway:
     """A local REST API (Lambda proxy integration) in front of in-process Lambda handlers.
@@ -972,7 +980,8 @@ class LocalApiGateway:
         request_id: str,
         apigw_id: str,
     ) -> GatewayResponse | str:
-        resolved = _resolve(self._resources, method, path)
+        # ``ANY`` stands for API Gateway's seven methods; another method (TRACE, CONNECT, ...) matches no route.
+        resolved = _resolve(self._resources, method, path) if method in HTTP_METHODS else None
         if resolved is None:
             return "MISSING_AUTHENTICATION_TOKEN"
         route, path_params = resolved
@@ -1121,8 +1130,14 @@ class LocalApiGateway:
         def run() -> None:
             try:
                 outcome["result"] = self._invoke(route.function_id, event, context)
-            except BaseException:  # noqa: BLE001 - reported to the client as a Lambda function error
-                outcome["error"] = traceback.format_exc().rstrip()
+            except BaseException as exc:  # noqa: BLE001 - reported to the client as a Lambda function error
+                # A function run in a child process (devstack.runtime) fails with Lambda's error document; its
+                # traceback is already in that function's log.
+                error = getattr(exc, "error", None)
+                if isinstance(error, dict) and "errorType" in error:
+                    outcome["error"] = f"{error['errorType']}: {error.get('errorMessage')}"
+                else:
+                    outcome["error"] = traceback.format_exc().rstrip()
             finally:
                 done.set()
 

@@ -51,9 +51,10 @@ class StackProcess:
 
 @contextlib.contextmanager
 def stack_process(
-    *, emulator_latency_s: float, api_key: str = LOAD_KEY, timeout_s: float = 90
+    *, emulator_latency_s: float, api_key: str = LOAD_KEY, timeout_s: float = 90, built: bool = False
 ) -> Iterator[StackProcess]:
-    """``python -m devstack`` (what ``make run`` runs) on free loopback ports, with the template's usage plan."""
+    """``python -m devstack`` (what ``make run`` runs; ``built``: ``make run-built``) on free loopback ports, with
+    the template's usage plan. ``output`` holds every line it writes, also after the start."""
     port, moto_port = free_port(), free_port()
     inherited = ("PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR")  # not a test session's service variables
     env = {
@@ -66,8 +67,10 @@ def stack_process(
         "FLUX_EMULATOR_LATENCY": str(emulator_latency_s),
         "POWERTOOLS_LOG_LEVEL": "WARNING",  # a line per request would cost the child more than the work
     }
+    if built:  # the functions run from the artefact: the stack's own process needs none of their code
+        env["PYTHONPATH"] = str(ROOT / "local")
     process = subprocess.Popen(  # noqa: S603 - this interpreter, a fixed module
-        [sys.executable, "-m", "devstack"],
+        [sys.executable, "-m", "devstack", *(["--built"] if built else [])],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -81,6 +84,7 @@ def stack_process(
         assert process.stdout is not None
         with contextlib.suppress(OSError, ValueError):
             for line in process.stdout:
+                stack.output.append(line)
                 lines.put(line)
         lines.put(None)
 
@@ -95,7 +99,6 @@ def stack_process(
                 raise RuntimeError("the local stack did not start in time:\n" + "".join(stack.output)) from None
             if line is None:
                 raise RuntimeError("the local stack exited:\n" + "".join(stack.output))
-            stack.output.append(line)
             if "Ctrl-C" in line:
                 break
         yield stack

@@ -470,7 +470,9 @@ class EventSourceMapping:
             with self._lock:
                 self.timeouts += 1
         elif invocation.error is not None:
-            outcome, failed = f"error {type(invocation.error).__name__}", set(message_ids)
+            # A function run in a child process (devstack.runtime) names Lambda's errorType (Sandbox.Timedout, ...).
+            kind = getattr(invocation.error, "error_type", None) or type(invocation.error).__name__
+            outcome, failed = f"error {kind}", set(message_ids)
             with self._lock:
                 self.errors += 1
         else:

@@ -3,7 +3,13 @@
 - a moto server (S3, DynamoDB, Secrets Manager) seeded like template.yaml;
 - the Flux Schnell emulator (or any upstream: ``FLUX_API_URL``, the real vendor included);
 - a local API Gateway that reads the routes from template.yaml, enforces ``x-api-key`` like a usage plan and
-  invokes the real ``lambda_handler`` with genuine REST API proxy events and a Lambda-like context.
+  invokes the real ``lambda_handler`` with genuine REST API proxy events and a Lambda-like context;
+- the worker behind the jobs queue, through a local SQS event source mapping configured like the template's.
+
+The functions run in one of two modes. By default (``make run``) the source tree is imported into this process.
+With ``built`` (``make run-built``, ``python -m devstack --built``) they run from what ``sam build`` produced, each
+in child processes of a bare Python 3.12 with the layers in Lambda's order (``devstack.runtime``), with the
+artefact's arm64 extension modules swapped for the host's builds of the same versions (``devstack.artefact``).
 
 Development tooling only: nothing here is deployed.
 """
@@ -14,17 +20,39 @@ import argparse
 import contextlib
 import importlib
 import os
+import platform
 import signal
+import subprocess
 import sys
 import threading
 import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from devstack.artefact import (
+    BUILD_DIR,
+    ArtefactError,
+    build_arch,
+    ensure_built,
+    host_compatible,
+    load_artefact,
+    swapped_distributions,
+)
 from devstack.aws import LocalAws, Resources, service_environment
 from devstack.flux_emulator import FluxEmulator
-from devstack.gateway import LocalApiGateway, load_api_config, load_routes, load_sqs_mappings, load_template
+from devstack.gateway import (
+    LocalApiGateway,
+    Route,
+    SqsMapping,
+    load_api_config,
+    load_routes,
+    load_sqs_mappings,
+    load_template,
+)
+
+if TYPE_CHECKING:
+    from devstack.runtime import LocalRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
@@ -42,6 +70,24 @@ def one_at_a_time(handler: Any) -> Any:
             return handler(event, context)
 
     return invoke
+
+
+def _function_settings(template: Path) -> dict[str, tuple[float, int]]:
+    """Each function's Timeout (s) and MemorySize (MB) from the template (Globals.Function, Lambda's defaults)."""
+    document = load_template(template)
+    defaults = (document.get("Globals") or {}).get("Function") or {}
+    settings = {}
+    for logical_id, resource in (document.get("Resources") or {}).items():
+        if not isinstance(resource, dict) or resource.get("Type") != "AWS::Serverless::Function":
+            continue
+        properties = {**defaults, **(resource.get("Properties") or {})}
+        timeout, memory = properties.get("Timeout", 3), properties.get("MemorySize", 128)
+        # A literal, or Lambda's default when the template computes it (an intrinsic function).
+        settings[logical_id] = (
+            float(timeout) if isinstance(timeout, int | float) else 3.0,
+            int(memory) if isinstance(memory, int) else 128,
+        )
+    return settings
 
 
 class LocalStack:
@@ -62,6 +108,7 @@ class LocalStack:
         extra_env: dict[str, str] | None = None,
         worker_parameters: dict[str, str] | None = None,
         throttle: tuple[float, int] | None = None,
+        built: bool | Path = False,
     ) -> None:
         self.host = host
         self.port = port
@@ -88,6 +135,15 @@ class LocalStack:
         self.pollers: list[Any] = []
         self._worker_parameters = worker_parameters or {}
         self._throttle = throttle  # (rate, burst) instead of the template's usage plan, e.g. for a fuzzing client
+        # The built artefact's folder (True: .aws-sam/build), or False for the source tree in this process.
+        self._build_dir: Path | None = None if built is False else BUILD_DIR if built is True else Path(built)
+        self.runtime: LocalRuntime | None = None  # built mode: the functions' child processes
+        self.swapped: list[str] = []  # name==version of the extension modules swapped for the host's
+        self.build_arch: str | None = None  # the architecture the artefact was built for
+
+    @property
+    def built(self) -> bool:
+        return self._build_dir is not None
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def _code_on_path(self) -> None:
@@ -102,7 +158,8 @@ class LocalStack:
                 sys.path.insert(0, str(folder))
 
     def start(self) -> LocalStack:
-        self._code_on_path()
+        if not self.built:
+            self._code_on_path()
         self.aws.start()
         self.seeded = self.aws.seed(self.resources)
         if self.emulator is not None:
@@ -123,18 +180,19 @@ class LocalStack:
             allow_local_images=local_images,
             extra=self._extra_env,
         )
-        os.environ.update(env)  # the in-process "Lambda" reads its configuration like the real one does
-        # Requests that publish no metric (a 422, the docs) make Powertools warn; in Lambda nobody sees it.
-        warnings.filterwarnings("ignore", "No application metrics to publish", UserWarning)
         routes = load_routes(self._template)
-        handlers: dict[str, Any] = {}
-        for route in routes:
-            module_name = HANDLER_MODULES.get(route.handler or "")
-            if module_name is None:
-                raise RuntimeError(f"{route}: no local module for handler {route.handler!r}")
-            module = self.handlers.get(module_name) or importlib.import_module(module_name)
-            self.handlers[module_name] = module
-            handlers[route.function_id] = one_at_a_time(module.lambda_handler)
+        mappings = load_sqs_mappings(self._template, parameters=self._worker_parameters)
+        handlers: dict[str, Any] | Any
+        if self.built:
+            handlers = self._start_runtime(env, routes, mappings).invoke
+        else:
+            os.environ.update(env)  # the in-process "Lambda" reads its configuration like the real one does
+            # Requests that publish no metric (a 422, the docs) make Powertools warn; in Lambda nobody sees it.
+            warnings.filterwarnings("ignore", "No application metrics to publish", UserWarning)
+            handlers = {}
+            for route in routes:
+                module = self._module(route.function_id, route.handler)
+                handlers[route.function_id] = one_at_a_time(module.lambda_handler)
         # The template's stage, usage-plan throttle and gateway responses, so local errors look like deployed ones.
         api_config = load_api_config(self._template).gateway_kwargs()
         if self._throttle is not None:
@@ -144,22 +202,56 @@ class LocalStack:
         )
         self.gateway.start()
         self.port = self.gateway.port
-        self._start_workers()
+        self._start_workers(mappings)
         return self
 
-    def _start_workers(self) -> None:
-        """The worker behind the jobs queue, through a local event source mapping configured like the template's."""
-        for mapping in load_sqs_mappings(self._template, parameters=self._worker_parameters):
-            from devstack.sqs_poller import EventSourceMapping
+    def _module(self, function_id: str, handler: str | None) -> ModuleType:
+        """In-process mode: the handler's module of the source tree, imported once."""
+        module_name = HANDLER_MODULES.get(handler or "")
+        if module_name is None:
+            raise RuntimeError(f"{function_id}: no local module for handler {handler!r}")
+        module = self.handlers.get(module_name) or importlib.import_module(module_name)
+        self.handlers[module_name] = module
+        return module
 
-            module_name = HANDLER_MODULES.get(mapping.handler or "")
-            if module_name is None:
-                raise RuntimeError(f"{mapping.function_id}: no local module for handler {mapping.handler!r}")
-            module = self.handlers.get(module_name) or importlib.import_module(module_name)
-            self.handlers[module_name] = module
+    def _start_runtime(self, env: dict[str, str], routes: list[Route], mappings: list[SqsMapping]) -> LocalRuntime:
+        """Built mode: the artefact's functions in child processes (``devstack.runtime``), made host-compatible."""
+        from devstack.runtime import LocalFunction, LocalRuntime
+
+        assert self._build_dir is not None
+        runnable = host_compatible(self._build_dir)
+        self.swapped = swapped_distributions(runnable)
+        arch = build_arch(self._build_dir)
+        self.build_arch = "arm64" if arch == "aarch64" else arch
+        artefact = load_artefact(runnable)
+        settings = _function_settings(self._template)
+        # The API: as many environments as the gateway invokes at once; the worker: its mapping's MaximumConcurrency.
+        concurrency: dict[str, int | None] = {route.function_id: None for route in routes}
+        for mapping in mappings:
+            concurrency.setdefault(mapping.function_id, mapping.maximum_concurrency)
+        functions = {}
+        for function_id, limit in concurrency.items():
+            if function_id not in artefact:
+                raise RuntimeError(f"{function_id} is not in the build at {self._build_dir}: run `make build`")
+            timeout_s, memory_mb = settings.get(function_id, (3.0, 128))
+            functions[function_id] = LocalFunction(
+                artefact[function_id], env, timeout_s=timeout_s, memory_mb=memory_mb, max_concurrency=limit
+            )
+        self.runtime = LocalRuntime(functions)
+        return self.runtime
+
+    def _start_workers(self, mappings: list[SqsMapping]) -> None:
+        """The worker behind the jobs queue, through a local event source mapping configured like the template's."""
+        from devstack.sqs_poller import EventSourceMapping
+
+        for mapping in mappings:
+            if self.runtime is not None:
+                handler = self.runtime.handler(mapping.function_id)
+            else:
+                handler = self._module(mapping.function_id, mapping.handler).lambda_handler
             poller = EventSourceMapping(
                 self.seeded.jobs_queue_url,
-                module.lambda_handler,
+                handler,
                 endpoint_url=self.aws.endpoint_url,
                 batch_size=mapping.batch_size,
                 batching_window_s=mapping.batching_window_s,
@@ -175,6 +267,8 @@ class LocalStack:
             poller.stop()
         if self.gateway is not None:
             self.gateway.stop()
+        if self.runtime is not None:
+            self.runtime.stop()
         if self.emulator is not None:
             self.emulator.stop()
         self.aws.stop()
@@ -188,6 +282,29 @@ class LocalStack:
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    def mode(self) -> list[str]:
+        """The banner's lines saying what runs the functions."""
+        if self.runtime is None:
+            return ["  Functions      the source tree (functions/, layers/) imported into this process"]
+        assert self._build_dir is not None
+        try:
+            where = self._build_dir.resolve().relative_to(Path.cwd())
+        except ValueError:
+            where = self._build_dir
+        first = next(iter(self.runtime.functions.values()))
+        lines = [
+            f"  Functions      the built artefact {where}/ (make build), not the source tree: each function in",
+            f"                 child processes of {first.python} -I -S,",
+            "                 its folder then its layers on sys.path, as Lambda lays them out",
+        ]
+        if self.swapped:
+            host = platform.machine()
+            lines += [
+                f"  Swapped        the build's {self.build_arch} extension modules for the host's {host} builds",
+                f"                 of the same versions: {', '.join(self.swapped)}",
+            ]
+        return lines
 
     def banner(self) -> str:
         upstream = self.emulator.url if self.emulator else self._flux_api_url
@@ -205,6 +322,7 @@ class LocalStack:
                 f"  Worker         jobs queue {self.resources.jobs_queue} -> "
                 + ", ".join(f"{p.function_name} (up to {p.maximum_concurrency} at once)" for p in self.pollers),
                 f"  Events         copied to the SQS queue {self.resources.events_capture_queue}",
+                *self.mode(),
                 "",
                 "Try it:",
                 f"  curl -s -X POST {self.url}/v1/images -H 'x-api-key: {self.api_key}' \\",
@@ -242,6 +360,13 @@ def main(argv: list[str] | None = None) -> int:
         help="emulator latency in seconds (env FLUX_EMULATOR_LATENCY)",
     )
     parser.add_argument("--moto-port", type=int, default=int(os.environ.get("MOTO_PORT", "5001")))
+    parser.add_argument(
+        "--built",
+        action="store_true",
+        default=os.environ.get("DEVSTACK_BUILT", "").lower() in ("1", "true", "yes"),
+        help="run the functions from .aws-sam/build (make build) in child processes, as Lambda runs the artefact,\n"
+        "instead of importing the source tree (env DEVSTACK_BUILT=1); make run-built",
+    )
     parser.add_argument("--emulator-port", type=int, default=int(os.environ.get("FLUX_EMULATOR_PORT", "8081")))
     args = parser.parse_args(argv)
 
@@ -255,13 +380,20 @@ def main(argv: list[str] | None = None) -> int:
         emulator_latency_s=args.latency,
         moto_port=args.moto_port,
         emulator_port=args.emulator_port,
+        built=args.built,
     )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
+        if args.built:
+            ensure_built()  # `make build` when .aws-sam/build is missing or older than the sources
         stack.start()
     except OSError as exc:
         print(f"devstack: could not start: {exc} (is a port in use? set PORT / MOTO_PORT / FLUX_EMULATOR_PORT)")
+        stack.stop()
+        return 1
+    except (ArtefactError, subprocess.CalledProcessError) as exc:
+        print(f"devstack: could not start: {exc}")
         stack.stop()
         return 1
     print(stack.banner(), flush=True)

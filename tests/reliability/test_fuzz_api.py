@@ -36,7 +36,7 @@ from support.secrets_under_test import API_KEY
 MIN_CASES = 1000  # per run, across the operations
 EXAMPLES = {GenerationMode.POSITIVE: 70, GenerationMode.NEGATIVE: 110}  # generated per operation, after coverage
 HEADERS = {"x-api-key": API_KEY}
-# The methods API Gateway routes; the local gateway (http.server) answers others, e.g. TRACE, with its own 501.
+# The methods API Gateway routes (others, e.g. TRACE, get its 404 too: test_schemathesis_cli runs every one).
 UNEXPECTED_METHODS = ["get", "put", "post", "delete", "options", "patch"]
 CONFORMANCE = [
     not_a_server_error,

@@ -351,6 +351,27 @@ def test_unknown_route_or_method_is_missing_authentication_token(
     assert recorder.calls == []
 
 
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "PROPFIND", "BREW", "X-FLUX_1"])
+@pytest.mark.parametrize("path", ["/v1/images", "/docs", "/anything/else"])
+def test_any_other_method_gets_the_gateway_answer_not_a_bare_501(
+    start_gateway: GatewayFactory, template_path: Path, recorder: Recorder, method: str, path: str
+) -> None:
+    # Given the fixture routes plus an ANY route, and the template's customised MISSING_AUTHENTICATION_TOKEN (404)
+    routes = [*load_routes(template_path), Route(path="/{proxy+}", method="ANY", function_id=FUNCTION)]
+    gateway = start_gateway(routes, gateway_responses=load_api_config(template_path).gateway_responses)
+
+    # When a method that API Gateway does not route (http.server has no do_<METHOD> for it) is sent
+    status, headers, body = raw_request(gateway, method, path, [("x-api-key", API_KEY), ("Host", "localhost")])
+
+    # Then it is the gateway's own answer from the template (ANY does not cover it), and no function runs
+    answer = dict(headers)
+    assert status == 404, body
+    assert json.loads(body) == {"error": {"code": "not_found", "request_id": answer["x-amzn-RequestId"]}}
+    assert answer["x-amzn-ErrorType"] == "MissingAuthenticationTokenException"
+    assert recorder.calls == []
+    assert f"{method} {path} 404" in log_text(gateway)
+
+
 def test_routing_ignores_one_trailing_slash(
     gateway: LocalApiGateway, recorder: Recorder, session: requests.Session
 ) -> None:
