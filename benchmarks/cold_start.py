@@ -13,8 +13,9 @@ measured are settings, AWS clients, the batch processor and record validation, n
 points at a closed local port so nothing could reach AWS anyway).
 
 The floor is what the handler cannot avoid importing, from the same artefact: for the API, Powertools Logger,
-Metrics and the REST resolver with its validation (pydantic); for the worker, Logger, Metrics and pydantic (its
-models). ``floor_first`` adds what the first event cannot avoid (the worker: boto3, requests, the batch utility).
+Metrics and the REST resolver with its validation (pydantic); for the worker, Logger, Metrics, the batch utility
+(asyncio and Powertools' event data classes come with it) and pydantic. ``floor_first`` adds what the first event
+cannot avoid (the worker: boto3 and requests).
 Samples alternate (handler, floor, ...) so machine noise hits both alike; medians are reported.
 
     PYTHONPATH=layers/shared:functions/api:functions/worker:local .venv/bin/python benchmarks/cold_start.py --artefact
@@ -48,11 +49,11 @@ from pydantic import BaseModel
 """
 WORKER_FLOOR = """
 from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.utilities.batch import BatchProcessor, process_partial_response
 from pydantic import BaseModel
 """
 WORKER_FIRST = """
 import boto3, requests
-from aws_lambda_powertools.utilities.batch import BatchProcessor, process_partial_response
 """
 FLOORS = {"ApiFunction": (API_FLOOR, API_FLOOR), "WorkerFunction": (WORKER_FLOOR, WORKER_FLOOR + WORKER_FIRST)}
 KINDS = {"ApiFunction": "api", "WorkerFunction": "worker"}
