@@ -15,9 +15,8 @@ points at a closed local port so nothing could reach AWS anyway).
 The floor is what the handler cannot avoid importing, from the same artefact: for the API, Powertools Logger,
 Metrics and the REST resolver with its validation (pydantic); for the worker, Logger, Metrics, the batch utility
 (asyncio and Powertools' event data classes come with it) and pydantic. ``floor_first`` adds what the first event
-cannot avoid (the worker: boto3 and requests). Each floor defines one constrained pydantic model: pydantic's first
-model class loads its plugin machinery (``importlib.metadata``, ``email``) and constraint types, which any user of
-``BaseModel`` pays.
+cannot avoid (the worker: boto3 and requests). Each floor defines one constrained pydantic model, its validator
+deferred as the project's models defer theirs (``defer_build``): the class machinery any user of ``BaseModel`` pays.
 Samples alternate (handler, floor, ...) so machine noise hits both alike; medians are reported.
 
     PYTHONPATH=layers/shared:functions/api:functions/worker:local .venv/bin/python benchmarks/cold_start.py --artefact
@@ -47,15 +46,17 @@ API_FLOOR = """
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver
 from aws_lambda_powertools.event_handler.openapi.params import Body
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 class Floor(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     x: int = Field(ge=0)
 """
 WORKER_FLOOR = """
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.utilities.batch import BatchProcessor, process_partial_response
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 class Floor(BaseModel):
+    model_config = ConfigDict(defer_build=True)
     x: int = Field(ge=0)
 """
 WORKER_FIRST = """

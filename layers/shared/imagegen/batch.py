@@ -25,15 +25,16 @@ from pydantic import BaseModel, ConfigDict
 
 
 class QueueAttributes(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     ApproximateReceiveCount: str
 
 
 class QueueRecord(BaseModel):
-    """An SQS record as the event source mapping delivers it (field names as in the event and Powertools' model)."""
+    """An SQS record as the event source mapping delivers it (field names as in the event and Powertools' model).
+    Its validator is built on the first batch, as the other models' are (``defer_build``)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
     messageId: str
     receiptHandle: str

@@ -39,7 +39,9 @@ NetworkList = Annotated[list[str], BeforeValidator(_split_csv), AfterValidator(_
 class Settings(BaseModel):
     """Every knob of the service. Field aliases are the environment variable names."""
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+    # defer_build: the validator is built when the settings are first parsed (the first request or batch), not at
+    # import; the API's import needs only HttpSettings.
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore", defer_build=True)
 
     # Upstream
     flux_api_url: str = Field(VENDOR_API_URL, alias="FLUX_API_URL", pattern=r"^https?://")
