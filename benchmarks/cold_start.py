@@ -27,9 +27,11 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +95,19 @@ def ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 1)
 
 
-def run(runs: int) -> dict[str, Any]:
+def run(runs: int, *, without_bytecode: bool = False) -> dict[str, Any]:
     build_dir = artefact.ensure_built()
     directory = artefact.host_compatible(build_dir)
+    if without_bytecode:  # what SAM's Python builder shipped: the same files without any .pyc
+        with tempfile.TemporaryDirectory(prefix="no-pyc-", dir=directory.parent) as scratch:
+            copy = Path(scratch) / "build"
+            shutil.copytree(directory, copy, ignore=shutil.ignore_patterns("__pycache__"))
+            return measure(copy, runs, label=f"{directory.relative_to(ROOT)} without bytecode")
+    return measure(directory, runs, label=str(directory.relative_to(ROOT)))
+
+
+def measure(directory: Path, runs: int, *, label: str) -> dict[str, Any]:
+    build_dir = artefact.BUILD_DIR
     functions = artefact.load_artefact(directory)
     jobs = []
     for logical_id, kind in KINDS.items():
@@ -119,7 +131,7 @@ def run(runs: int) -> dict[str, Any]:
                 samples[logical_id]["floor_first"].append(sample(function, "floor", floor_first)["import_s"])
     result: dict[str, Any] = {
         "runs": runs,
-        "artefact": str(directory.relative_to(ROOT)),
+        "artefact": label,
         "host": platform.machine(),
         "build_arch": artefact.build_arch(build_dir),
         "swapped_for_host": artefact.swapped_distributions(directory),
@@ -167,8 +179,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=15)
     parser.add_argument("--artefact", action="store_true", default=True, help="measure the built artefact (default)")
+    parser.add_argument(
+        "--without-bytecode", action="store_true", help="the same artefact with every .pyc removed (the old build)"
+    )
     args = parser.parse_args()
-    result = run(max(args.runs, 1))
+    result = run(max(args.runs, 1), without_bytecode=args.without_bytecode)
     print(json.dumps(result, indent=2))
     print(table(result))
     return 0
