@@ -411,11 +411,11 @@ def host_compatible(build_dir: Path = BUILD_DIR) -> Path:
     build_dir = Path(build_dir).resolve()
     load_artefact(build_dir)
     host = platform.machine()
+    target = HOST_DIR / f"{host}-{_build_key(build_dir)}"
+    if (target / ".complete").is_file():  # made for this very build: its extensions were foreign
+        return target
     if build_arch(build_dir) in (None, host):
         return build_dir
-    target = HOST_DIR / f"{host}-{_build_key(build_dir)}"
-    if (target / ".complete").is_file():
-        return target
     HOST_DIR.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=HOST_DIR))
     try:
