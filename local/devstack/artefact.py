@@ -355,7 +355,7 @@ def _host_wheel(name: str, version: str, host: str) -> Path:
     return sorted(wheels)[-1]
 
 
-def _copy_tree(source: Path, target: Path) -> None:
+def link_tree(source: Path, target: Path) -> None:
     """Hard links where the file system allows (the copy costs no space), else copies."""
 
     def link(src: str, dst: str) -> None:
@@ -420,7 +420,7 @@ def host_compatible(build_dir: Path = BUILD_DIR) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=HOST_DIR))
     try:
         copy = staging / "build"
-        _copy_tree(build_dir, copy)
+        link_tree(build_dir, copy)
         swapped = []
         for distribution in _foreign_distributions(build_dir, host):
             site = copy / distribution.site.relative_to(build_dir)

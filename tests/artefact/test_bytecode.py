@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +115,7 @@ def test_every_pyc_is_hash_based_unchecked_for_python_312(build_dir: Path, host_
 def test_a_missing_pyc_is_caught(host_dir: Path, tmp_path: Path) -> None:
     # Given a copy of the artefact with the bytecode of one module the API imports deleted
     copy = tmp_path / "build"
-    shutil.copytree(host_dir, copy, copy_function=os.link)
+    artefact.link_tree(host_dir, copy)
     settings_pyc = copy / "SharedLayer" / "python" / "imagegen" / "__pycache__" / "settings.cpython-312.pyc"
     settings_pyc.unlink()
     # When the handler is probed, then the module compiled from source is reported
