@@ -9,7 +9,9 @@
   same versions (the build targets arm64; a host is often x86_64).
 * :func:`bare_argv` and :func:`bare_env` start a Python 3.12 with nothing on ``sys.path`` but the standard library
   and the artefact: no site-packages, no dev virtual environment, no ``PYTHON*`` variables, no bytecode written
-  (Lambda's ``/var/task`` and ``/opt`` are read-only).
+  (Lambda's ``/var/task`` and ``/opt`` are read-only). :func:`probe_argv` runs ``artefact_probe.py`` in one (the
+  artefact test and ``benchmarks/cold_start.py``), with :data:`LAMBDA_ENV` as its environment.
+* :func:`ensure_built` runs ``make build`` when ``.aws-sam/build`` is missing or older than the sources.
 """
 
 from __future__ import annotations
@@ -31,15 +33,21 @@ from .gateway import load_template
 
 __all__ = [
     "BUILD_DIR",
+    "LAMBDA_ENV",
     "ArtefactError",
     "ArtefactFunction",
     "bare_argv",
     "bare_env",
+    "bootstrap",
     "build_arch",
     "ensure_built",
     "host_compatible",
+    "is_stale",
+    "link_tree",
     "load_artefact",
+    "probe_argv",
     "python312",
+    "swapped_distributions",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
