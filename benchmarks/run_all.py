@@ -11,7 +11,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BENCHMARKS = [
-    ("Cold start (import + init of the API module vs the dependency floor)", ["cold_start.py", "--runs", "15"]),
+    ("Cold start of both functions on the built artefact, vs their floors", ["cold_start.py", "--runs", "15"]),
     ("Memory (mirroring a 64 MB image)", ["mirror_memory.py", "--runs", "3"]),
     ("Overhead on the local stack (emulator at 1 s)", ["local_overhead.py", "--requests", "20"]),
     ("Bulk: 200 items, emulator at 1 s and 16 concurrent; vendor sample serial", ["bulk_jobs.py"]),

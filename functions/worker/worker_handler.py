@@ -7,27 +7,48 @@ the item; a message nobody can read goes to the dead-letter queue with the reaso
 """
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import EventType, process_partial_response
-from aws_lambda_powertools.utilities.parser.models import SqsRecordModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from imagegen.batch import ConcurrentBatchProcessor
+from imagegen.batch import ConcurrentBatchProcessor, QueueRecord
 from imagegen.budget import Deadline
-from imagegen.jobs import ItemProcessor
 from imagegen.models import ItemError, JobMessage
 from imagegen.observability import tracer_from_env
 from imagegen.settings import get_settings
 from imagegen.snapstart import register_hooks
-from imagegen.wiring import item_processor, job_queue, job_repository
 from pydantic import ValidationError
+
+if TYPE_CHECKING:
+    from imagegen.adapters.jobs_table import JobRepository
+    from imagegen.adapters.queue import JobQueue
+    from imagegen.jobs import ItemProcessor
 
 register_hooks()  # SnapStart only (EnableSnapStart): each restored environment re-seeds and rebuilds
 logger = Logger()
 tracer = tracer_from_env()
 metrics = Metrics()
+
+
+def item_processor() -> "ItemProcessor":
+    """The service's pieces, built on the first batch (boto3, requests and the adapters load then, not at import)."""
+    from imagegen.wiring import item_processor as build_once
+
+    return build_once()
+
+
+def job_queue() -> "JobQueue":
+    from imagegen.wiring import job_queue as build_once
+
+    return build_once()
+
+
+def job_repository() -> "JobRepository":
+    from imagegen.wiring import job_repository as build_once
+
+    return build_once()
 
 
 class RetryLater(Exception):
@@ -40,7 +61,7 @@ def _first_error(error: ValidationError) -> str:
     return f"{where}: {first.get('msg', 'invalid')}"
 
 
-def _reject(record: SqsRecordModel, reason: str) -> None:
+def _reject(record: QueueRecord, reason: str) -> None:
     """A message that cannot be processed, ever: record the failure on its item when it names one, else DLQ."""
     metrics.add_metric(name="InvalidMessages", unit=MetricUnit.Count, value=1)
     logger.warning("invalid message", message_id=record.messageId, reason=reason[:300])
@@ -61,7 +82,7 @@ def _reject(record: SqsRecordModel, reason: str) -> None:
     job_queue().dead_letter(record.body, reason, record.messageId)
 
 
-def _handle(record: SqsRecordModel, processor: ItemProcessor, deadline: Deadline) -> None:
+def _handle(record: QueueRecord, processor: "ItemProcessor", deadline: Deadline) -> None:
     try:
         message = JobMessage.model_validate_json(record.body)
     except ValidationError as exc:
@@ -89,7 +110,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     settings = get_settings()
     deadline = Deadline.from_context(context, cap_s=900, reserve_s=settings.worker_reserve_s)
     processor = item_processor()
-    batch = ConcurrentBatchProcessor(EventType.SQS, model=SqsRecordModel, max_workers=settings.worker_threads)
+    batch = ConcurrentBatchProcessor(EventType.SQS, model=QueueRecord, max_workers=settings.worker_threads)
     return process_partial_response(
         event=event,
         record_handler=lambda record: _handle(record, processor, deadline),

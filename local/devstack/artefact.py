@@ -9,7 +9,9 @@
   same versions (the build targets arm64; a host is often x86_64).
 * :func:`bare_argv` and :func:`bare_env` start a Python 3.12 with nothing on ``sys.path`` but the standard library
   and the artefact: no site-packages, no dev virtual environment, no ``PYTHON*`` variables, no bytecode written
-  (Lambda's ``/var/task`` and ``/opt`` are read-only).
+  (Lambda's ``/var/task`` and ``/opt`` are read-only). :func:`probe_argv` runs ``artefact_probe.py`` in one (the
+  artefact test and ``benchmarks/cold_start.py``), with :data:`LAMBDA_ENV` as its environment.
+* :func:`ensure_built` runs ``make build`` when ``.aws-sam/build`` is missing or older than the sources.
 """
 
 from __future__ import annotations
@@ -31,15 +33,21 @@ from .gateway import load_template
 
 __all__ = [
     "BUILD_DIR",
+    "LAMBDA_ENV",
     "ArtefactError",
     "ArtefactFunction",
     "bare_argv",
     "bare_env",
+    "bootstrap",
     "build_arch",
     "ensure_built",
     "host_compatible",
+    "is_stale",
+    "link_tree",
     "load_artefact",
+    "probe_argv",
     "python312",
+    "swapped_distributions",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -355,7 +363,7 @@ def _host_wheel(name: str, version: str, host: str) -> Path:
     return sorted(wheels)[-1]
 
 
-def _copy_tree(source: Path, target: Path) -> None:
+def link_tree(source: Path, target: Path) -> None:
     """Hard links where the file system allows (the copy costs no space), else copies."""
 
     def link(src: str, dst: str) -> None:
@@ -411,16 +419,16 @@ def host_compatible(build_dir: Path = BUILD_DIR) -> Path:
     build_dir = Path(build_dir).resolve()
     load_artefact(build_dir)
     host = platform.machine()
+    target = HOST_DIR / f"{host}-{_build_key(build_dir)}"
+    if (target / ".complete").is_file():  # made for this very build: its extensions were foreign
+        return target
     if build_arch(build_dir) in (None, host):
         return build_dir
-    target = HOST_DIR / f"{host}-{_build_key(build_dir)}"
-    if (target / ".complete").is_file():
-        return target
     HOST_DIR.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=HOST_DIR))
     try:
         copy = staging / "build"
-        _copy_tree(build_dir, copy)
+        link_tree(build_dir, copy)
         swapped = []
         for distribution in _foreign_distributions(build_dir, host):
             site = copy / distribution.site.relative_to(build_dir)

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -117,9 +115,23 @@ def test_every_pyc_is_hash_based_unchecked_for_python_312(build_dir: Path, host_
 def test_a_missing_pyc_is_caught(host_dir: Path, tmp_path: Path) -> None:
     # Given a copy of the artefact with the bytecode of one module the API imports deleted
     copy = tmp_path / "build"
-    shutil.copytree(host_dir, copy, copy_function=os.link)
+    artefact.link_tree(host_dir, copy)
     settings_pyc = copy / "SharedLayer" / "python" / "imagegen" / "__pycache__" / "settings.cpython-312.pyc"
     settings_pyc.unlink()
     # When the handler is probed, then the module compiled from source is reported
     result = probe(copy, "ApiFunction")
     assert result["compiled"] == [str(copy / "SharedLayer" / "python" / "imagegen" / "settings.py")]
+
+
+# Loaded only when asked for (XRAY_SDK_TRACING=true) or never needed: the X-Ray SDK and wrapt (~200 ms, see
+# imagegen.observability), and Powertools' parser models (~160 ms; Powertools' batch utility imports them when
+# pydantic is loaded before it, see imagegen.batch).
+NEVER_LOADED = ("aws_xray_sdk", "wrapt", "aws_lambda_powertools.utilities.parser")
+
+
+@pytest.mark.parametrize("logical_id", sorted(HANDLERS))
+def test_handler_loads_no_tracing_sdk_nor_parser_models(host_dir: Path, logical_id: str) -> None:
+    result = probe(host_dir, logical_id)
+    loaded = sorted(name for name in result["modules"] if name.split(".")[0] in NEVER_LOADED[:2])
+    loaded += sorted(name for name in result["modules"] if name.startswith(NEVER_LOADED[2]))
+    assert loaded == [], f"{logical_id} loaded {loaded[:10]} with XRAY_SDK_TRACING=false"

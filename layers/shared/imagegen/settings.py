@@ -39,7 +39,9 @@ NetworkList = Annotated[list[str], BeforeValidator(_split_csv), AfterValidator(_
 class Settings(BaseModel):
     """Every knob of the service. Field aliases are the environment variable names."""
 
-    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+    # defer_build: the validator is built when the settings are first parsed (the first request or batch), not at
+    # import; the API's import needs only HttpSettings.
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore", defer_build=True)
 
     # Upstream
     flux_api_url: str = Field(VENDOR_API_URL, alias="FLUX_API_URL", pattern=r"^https?://")
@@ -128,7 +130,7 @@ def get_settings() -> Settings:
 class HttpSettings(BaseModel):
     """The few settings the API needs while its routes are declared (CORS, docs). Cheap, and no AWS calls."""
 
-    model_config = ConfigDict(frozen=True, extra="ignore")
+    model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)  # built by the API's first parse
 
     cors_allowed_origins: CsvList = Field(default_factory=list, alias="CORS_ALLOWED_ORIGINS")
     enable_docs: bool = Field(True, alias="ENABLE_DOCS")
