@@ -36,13 +36,16 @@ from flux_images_cli.inputs import (
     MAX_ITEMS_PER_JOB,
     MAX_JOB_BODY_BYTES,
     JobPlan,
+    UploadPlan,
     check_metadata,
     check_webhook_url,
     field_problem,
     load_items,
     plan_jobs,
+    plan_uploads,
 )
 from flux_images_cli.jobs import MAX_POLL_INTERVAL
+from flux_images_cli.uploads import Uploader, UploadLedger, UploadsUnsupported
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 ENV_URL, ENV_KEY = "FLUX_IMAGES_API_URL", "FLUX_IMAGES_API_KEY"
@@ -359,8 +362,15 @@ def _detail_label(plan: JobPlan) -> Callable[[dict[str, Any]], str | None]:
     return label
 
 
-def _download(client: ApiClient, job_id: str, directory: Path, console: Console) -> int:
-    report: DownloadReport = Downloader(client, directory, progress=not console.quiet, notify=console.info).run(job_id)
+def _download(
+    client: ApiClient,
+    job_id: str,
+    directory: Path,
+    console: Console,
+    requests_: list[dict[str, Any]] | None = None,
+) -> int:
+    downloader = Downloader(client, directory, progress=not console.quiet, notify=console.info)
+    report: DownloadReport = downloader.run(job_id, known_requests=requests_)
     job = report.job
     parts = [f"{report.downloaded} downloaded", f"{report.present} already present"]
     if report.failures:
@@ -407,44 +417,37 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
         raise UsageError("nothing to submit: give a prompts file (JSONL or CSV, '-' for stdin) or --prompt TEXT")
     defaults = {name: getattr(args, name) for name in FIELDS if name != "prompt" and getattr(args, name) is not None}
     items = load_items(args.prompts_file, args.prompt, defaults, fmt=args.format)
-    plans = plan_jobs(
-        items,
-        webhook_url=check_webhook_url(args.webhook_url),
-        metadata=check_metadata(args.metadata),
-        idempotency_key=args.idempotency_key,
-    )
-    if len(plans) > 1:
-        ranges = ", ".join(f"{plan.first:,}–{plan.first + plan.size - 1:,}" for plan in plans)
-        console.info(
-            f"{len(items):,} prompts are submitted as {len(plans)} jobs (a job takes at most "
-            f"{MAX_ITEMS_PER_JOB:,} items and {MAX_JOB_BODY_BYTES // 2**20} MiB of JSON): prompts {ranges}"
-        )
+    options: dict[str, Any] = {
+        "webhook_url": check_webhook_url(args.webhook_url),
+        "metadata": check_metadata(args.metadata),
+        "idempotency_key": args.idempotency_key,
+    }
+    uploads = plan_uploads(items, **options) if len(items) > MAX_ITEMS_PER_JOB else []
     if args.dry_run:
-        for number, plan in enumerate(plans, start=1):
-            console.out(f"job {number}: {plan.size} items ({plan.sources[0]} … {plan.sources[-1]})")
+        if uploads:
+            for number, upload in enumerate(uploads, start=1):
+                console.out(
+                    f"job {number}: {upload.size} items from an upload of {upload.file_bytes:,} bytes "
+                    f"({upload.sources[0]} … {upload.sources[-1]})"
+                )
+            console.info(
+                f"(a deployment without POST /v1/uploads gets {len(plan_jobs(items, **options))} jobs of at most "
+                f"{MAX_ITEMS_PER_JOB:,} items instead)"
+            )
+        else:
+            for number, plan in enumerate(plan_jobs(items, **options), start=1):
+                console.out(f"job {number}: {plan.size} items ({plan.sources[0]} … {plan.sources[-1]})")
         console.info("input OK; nothing was sent (--dry-run)")
         return EXIT_OK
 
     client = make_client(args, console)
-    job_ids: list[str] = []
     try:
-        for plan in plans:
-            try:
-                document, _ = client.create_job(plan.body, plan.idempotency_key)
-            except (ApiError, NetworkError) as exc:
-                if isinstance(exc, ApiError):
-                    exc.detail_labels = _detail_label(plan)
-                if job_ids:
-                    exc.message += (
-                        f"\n  already submitted: {', '.join(job_ids)}; run the same command again to submit the rest "
-                        "(the jobs already created are found again, not duplicated)"
-                    )
-                raise
-            job_id = _job_id(document)
-            job_ids.append(job_id)
-            console.out(job_id)
-            where = f" (prompts {plan.first:,}–{plan.first + plan.size - 1:,})" if len(plans) > 1 else ""
-            console.info(f"submitted {job_id}: {plan.size} item{'s' if plan.size != 1 else ''}{where}")
+        submitted: list[tuple[str, list[dict[str, Any]]]] = []  # (job id, its item requests in index order)
+        if uploads:
+            submitted = _submit_uploads(client, uploads, console)
+        if not submitted:
+            submitted = _submit_inline(client, plan_jobs(items, **options), console)
+        job_ids = [job_id for job_id, _ in submitted]
 
         if not args.wait:
             for job_id in job_ids:
@@ -457,11 +460,11 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
             directories = [Path(args.out) / job_id if args.out else Path(f"flux-images-{job_id}") for job_id in job_ids]
 
         codes: list[int] = []
-        for number, (job_id, directory) in enumerate(zip(job_ids, directories, strict=True)):
+        for number, ((job_id, requests_), directory) in enumerate(zip(submitted, directories, strict=True)):
             try:
                 job = jobs.wait_for(client, job_id, poll_interval=args.poll_interval, progress=not console.quiet)
                 codes.append(_report_job(client, job, console))
-                codes.append(_download(client, job_id, directory, console))
+                codes.append(_download(client, job_id, directory, console, requests_))
             except KeyboardInterrupt:
                 lines = ["stopped; nothing was canceled, the job(s) keep running. Resume with the same command, or:"]
                 for rest_id, rest_dir in zip(job_ids[number:], directories[number:], strict=True):
@@ -471,6 +474,69 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
         return _worst(codes)
     finally:
         client.close()
+
+
+def _submitted_so_far(exc: CliError, job_ids: list[str]) -> None:
+    if job_ids:
+        exc.message += (
+            f"\n  already submitted: {', '.join(job_ids)}; run the same command again to submit the rest "
+            "(the jobs already created are found again, not duplicated)"
+        )
+
+
+def _submit_uploads(
+    client: ApiClient, plans: list[UploadPlan], console: Console
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """One job per upload; an empty list when the deployment has no uploads (the caller then submits inline)."""
+    uploader = Uploader(client, UploadLedger(client.base_url), progress=not console.quiet, notify=console.info)
+    submitted: list[tuple[str, list[dict[str, Any]]]] = []
+    for plan in plans:
+        try:
+            document = uploader.submit(plan)
+        except UploadsUnsupported:
+            if submitted:
+                message = "the route disappeared in the middle of the run"
+                raise ApiError(404, "not_found", message, context="POST /v1/uploads") from None
+            total = sum(upload.size for upload in plans)
+            console.warn(
+                f"this deployment has no POST /v1/uploads (an older version): the {total:,} prompts are submitted "
+                f"as jobs of at most {MAX_ITEMS_PER_JOB:,} items instead"
+            )
+            return []
+        except CliError as exc:
+            _submitted_so_far(exc, [job_id for job_id, _ in submitted])
+            raise
+        job_id = _job_id(document)
+        submitted.append((job_id, [item.request for item in plan.items]))
+        console.out(job_id)
+        where = f" (prompts {plan.first:,}–{plan.first + plan.size - 1:,})" if len(plans) > 1 else ""
+        console.info(f"submitted {job_id}: {plan.size:,} items from an upload{where}")
+    return submitted
+
+
+def _submit_inline(client: ApiClient, plans: list[JobPlan], console: Console) -> list[tuple[str, list[dict[str, Any]]]]:
+    if len(plans) > 1:
+        ranges = ", ".join(f"{plan.first:,}–{plan.first + plan.size - 1:,}" for plan in plans)
+        total = sum(plan.size for plan in plans)
+        console.info(
+            f"{total:,} prompts are submitted as {len(plans)} jobs (a job takes at most "
+            f"{MAX_ITEMS_PER_JOB:,} items and {MAX_JOB_BODY_BYTES // 2**20} MiB of JSON): prompts {ranges}"
+        )
+    submitted: list[tuple[str, list[dict[str, Any]]]] = []
+    for plan in plans:
+        try:
+            document, _ = client.create_job(plan.body, plan.idempotency_key)
+        except (ApiError, NetworkError) as exc:
+            if isinstance(exc, ApiError):
+                exc.detail_labels = _detail_label(plan)
+            _submitted_so_far(exc, [job_id for job_id, _ in submitted])
+            raise
+        job_id = _job_id(document)
+        submitted.append((job_id, plan.body["items"]))
+        console.out(job_id)
+        where = f" (prompts {plan.first:,}–{plan.first + plan.size - 1:,})" if len(plans) > 1 else ""
+        console.info(f"submitted {job_id}: {plan.size} item{'s' if plan.size != 1 else ''}{where}")
+    return submitted
 
 
 def cmd_wait(args: argparse.Namespace, console: Console) -> int:

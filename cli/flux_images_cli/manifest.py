@@ -72,6 +72,33 @@ def row_for(job_id: str, item: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def row_for_result(job_id: str, record: dict[str, Any], request: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest record of a line of the job's ``results.jsonl``. The file names no prompt: it comes from the
+    image document for a succeeded item, and from ``request`` (the submitted item, when known) otherwise."""
+    request = request or {}
+    error = record.get("error") or {}
+
+    def pick(name: str) -> Any:
+        return record[name] if record.get(name) is not None else request.get(name)
+
+    return {
+        "job_id": job_id,
+        "index": record.get("index"),
+        "status": record.get("status"),
+        "prompt": request.get("prompt"),
+        "seed": pick("seed"),
+        "num_steps": request.get("num_steps"),
+        "width": pick("width"),
+        "height": pick("height"),
+        "file": None,
+        "sha256": None,
+        "bytes": None,
+        "image_id": record.get("image_id"),
+        "error_code": error.get("code"),
+        "error_message": error.get("message"),
+    }
+
+
 def write(directory: Path, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
     """Write both manifests atomically (a reader never sees half a file); rows are sorted by index."""
     ordered = sorted(rows, key=lambda row: (row.get("job_id") or "", row.get("index") or 0))
