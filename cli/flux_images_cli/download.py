@@ -1,13 +1,19 @@
 """Download a job's images into a directory: verified, resumable, one manifest.
 
-Each succeeded item's image (the presigned ``image.image.url`` of its image document) is saved as
-``<index:04d>-<slug of the prompt>.<ext>`` (extension from the content type). The body goes to ``<name>.part``
-while it streams, and is renamed to its final name only once complete and matching the document's sha256, so a
-file under its final name is always whole and verified. A re-run skips the files already there with the right
-sha256 and fetches the rest. An expired URL (403, or S3's 400 ``ExpiredToken``) is renewed by reading the job
-page again, which answers with fresh URLs.
+Which items there are and how they ended comes from the job's ``results.jsonl`` when the job document has
+``results`` (a finished job on a deployment that writes one): one GET of its presigned URL instead of a page per
+100 items; each succeeded item's image URL then comes from ``GET /v1/images/{id}``. Otherwise (an older
+deployment, a job not finished, a results file that cannot be read) the job's pages are read, as before, and
+their items carry the image URLs.
 
-Image URLs are fetched with their own session: the API key is never sent to the bucket.
+Each succeeded item's image is saved as ``<index:04d>-<slug of the prompt>.<ext>`` (extension from the content
+type). The body goes to ``<name>.part`` while it streams, and is renamed to its final name only once complete and
+matching the sha256 of the results file or job document, so a file under its final name is always whole and
+verified. A re-run skips the files already there with the right sha256 (on the results path, those named by the
+manifest of the earlier run need no API call at all) and fetches the rest. An expired URL (403, or S3's 400
+``ExpiredToken``) is renewed by reading the job page, the image or the job again, which answer with fresh URLs.
+
+Image and results URLs are fetched with their own session: the API key is never sent to the bucket.
 """
 
 from __future__ import annotations
@@ -213,9 +219,14 @@ class Downloader:
                 request = known[index] if index < len(known) else None
                 row = manifest.row_for_result(job_id, record, request)
                 report.rows.append(row)
-                if record.get("status") == "succeeded" and record.get("image_id"):
-                    self._result_item(record, row, previous.get(index), report)
-                    bar.update(1)
+                if record.get("status") != "succeeded":
+                    continue
+                if not isinstance(record.get("image_id"), str):
+                    row.update(status="download_failed", error_code="download_error", error_message="no image id")
+                    report.failures.append(row)
+                    continue
+                self._result_item(record, row, previous.get(index), report)
+                bar.update(1)
         return report
 
     def _result_item(

@@ -35,6 +35,7 @@ from flux_images_cli.inputs import (
     FIELDS,
     MAX_ITEMS_PER_JOB,
     MAX_JOB_BODY_BYTES,
+    MAX_LINES_PER_UPLOAD,
     JobPlan,
     UploadPlan,
     check_metadata,
@@ -197,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "submit",
         parents=[common],
         formatter_class=formatter,
-        help="submit prompts as one or more jobs, then (by default) wait and download",
+        help="submit prompts as a job (uploaded as a file above 1,000), then (by default) wait and download",
         description=f"""\
 Submit prompts as jobs (POST /v1/jobs), then by default wait for them and download the images.
 
@@ -210,11 +211,16 @@ Prompts come from a file (or '-' for standard input) and/or --prompt arguments:
 --width/--height/--num-steps/--seed are defaults: a line's own value wins. Everything is checked before
 anything is sent; each problem names its file:line and field.
 
-A job takes at most {MAX_ITEMS_PER_JOB:,} items: a larger input is split into several jobs (each downloaded into its
-own directory). Each job is sent with an Idempotency-Key derived from its content (or from
---idempotency-key), so running the same command again after a network error or Ctrl-C finds the same job
-instead of creating a second one, and carries on waiting and downloading. To generate the same input again
-as a new job, pass a new --idempotency-key.""",
+A job sent inline takes at most {MAX_ITEMS_PER_JOB:,} items. A larger input is uploaded as a JSONL file
+(POST /v1/uploads, then a PUT to the URL it gives) and submitted as ONE job from that file, or one job per
+{MAX_LINES_PER_UPLOAD:,} items. Against an older deployment without POST /v1/uploads it is split into jobs of at
+most {MAX_ITEMS_PER_JOB:,} items instead (each downloaded into its own directory).
+
+Each job is sent with an Idempotency-Key derived from its content (or from --idempotency-key), so running the
+same command again after a network error or Ctrl-C finds the same job instead of creating a second one, and
+carries on waiting and downloading (the upload a job was made from is remembered under
+$XDG_CACHE_HOME/flux-images, ~/.cache by default, so a re-run sends the same request). To generate the same
+input again as a new job, pass a new --idempotency-key.""",
         epilog="""\
 examples:
   flux-images submit prompts.jsonl
@@ -290,9 +296,15 @@ Download every succeeded item's image into DIR as <index:04d>-<slug of the promp
 the sha256 of the job document, and write manifest.jsonl and manifest.csv (one record per item: index, status,
 prompt, seed, file, sha256, bytes, width, height, error code and message).
 
+A finished job's results file (results.jsonl) gives every item's outcome in one read; each image's URL then
+comes from GET /v1/images/{id}. Without a results file (an older deployment, or a job still running) the items
+are read from the job's pages. The results file names no prompts: failed and canceled items have an empty
+prompt in the manifest, unless `submit` downloads the job it has just submitted.
+
 Resumable: files already present with the right sha256 are not fetched again, and a file is written as
-<name>.part and renamed only once complete and verified. Expired image URLs are renewed by reading the job
-again. A job that is still running can be downloaded: what has succeeded so far is fetched; run it again later.""",
+<name>.part and renamed only once complete and verified. Expired URLs are renewed by reading the job (or the
+image) again. A job that is still running can be downloaded: what has succeeded so far is fetched; run it
+again later.""",
         epilog="example:\n  flux-images download job_5f0e... --out ./images",
     )
     download.add_argument("job_id", metavar="JOB_ID")
@@ -304,7 +316,8 @@ again. A job that is still running can be downloaded: what has succeeded so far 
         parents=[common],
         formatter_class=formatter,
         help="one-shot summary of a job",
-        description="Print a job's status, counts, first failures, dates, webhook delivery and metadata. "
+        description="Print a job's status, counts, first failures, dates, results file (s3_uri), webhook delivery and "
+        "metadata. "
         "Exit code 1 when some items failed or were canceled.",
     )
     status.add_argument("job_id", metavar="JOB_ID")

@@ -9,6 +9,8 @@ error_message``
 or ``download_failed`` when the item succeeded but its image could not be downloaded or verified (``error_code``
 then says why: ``sha256_mismatch``, ``size_mismatch``, ``url_expired``, ``download_error``, ``not_found``, …).
 ``file``, ``sha256`` and ``bytes`` describe the verified local file (``file`` is relative to the manifest).
+Read from the job's ``results.jsonl`` (``row_for_result``), a failed or canceled item has no ``prompt`` or
+``num_steps`` unless the caller knows the request it submitted: the results file does not carry them.
 """
 
 from __future__ import annotations
