@@ -256,14 +256,18 @@ class Downloader:
                 row[key] = parameters[key]
 
         def fresh() -> dict[str, Any]:
-            info = dict(self.client.get_image(image_id).get("image") or {})
+            try:
+                info = dict(self.client.get_image(image_id).get("image") or {})
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                raise _ItemFailed("url_refresh_failed", f"image {image_id} is no longer found (404)") from None
             return {**info, "sha256": expected or info.get("sha256"), "bytes": record.get("bytes") or info.get("bytes")}
 
         info = dict(document.get("image") or {})
         info.update(sha256=expected or info.get("sha256"), bytes=record.get("bytes") or info.get("bytes"))
         self._save(index, row.get("prompt") or "", info, fresh, row, report)
 
-    # ------------------------------------------------------------------------------------------- one item
     # ------------------------------------------------------------------------------------------- one item
     def _item(
         self, job_id: str, cursor: str | None, item: dict[str, Any], row: dict[str, Any], report: DownloadReport
@@ -314,10 +318,8 @@ class Downloader:
                 break
             except _UrlExpired:
                 if refreshes >= MAX_URL_REFRESHES:
-                    raise _ItemFailed(
-                        "url_expired", "the image URL was refused even after renewing it by reading the job again"
-                    ) from None
-                self.notify(f"item {index:04d}: the image URL was refused (expired?); reading the job for a fresh one")
+                    raise _ItemFailed("url_expired", "the image URL was refused even after renewing it") from None
+                self.notify(f"item {index:04d}: the image URL was refused (expired?); asking for a fresh one")
                 info = refresh()
                 refreshes += 1
         expected = (info.get("sha256") or "").lower() or None

@@ -9,7 +9,8 @@
   sha256 in its document.
 - Succeeded items point at presigned-style image URLs on this server, serving real PNG bytes (different per item).
 - Faults: ``fail(route, status, ...)`` queues error answers for a route (``create``, ``get``, ``delete``,
-  ``image``); ``expire_image_fetches = n`` answers the next n image fetches with S3's expired-URL 403.
+  ``image``, ``upload_create``, ``upload_put``, ``image_doc``); ``expire_image_fetches = n`` answers the next n
+  image fetches with S3's expired-URL 403.
 - Uploads (issue 9): ``POST /v1/uploads`` hands out an upload URL on this server (``PUT /upload/{id}``, no API key,
   a ``Content-Length`` required as S3 requires it); ``POST /v1/jobs {"items_upload_id"}`` makes a job of the file's
   non-blank lines, a line that is not a valid item becoming a failed item (``invalid_request``, its line number in
@@ -340,6 +341,9 @@ class FakeJobsApi:
         return 201, {"Content-Type": "application/json"}, _dumps(document)
 
     def _put_upload(self, path: str, headers: dict[str, str], body: bytes) -> Any:
+        if self._faults["upload_put"]:
+            fault = self._faults["upload_put"].popleft()
+            return fault.status, fault.headers, b"<Error><Code>SlowDown</Code></Error>"
         if self.expire_upload_puts > 0:
             self.expire_upload_puts -= 1
             return 403, {"Content-Type": "application/xml"}, b"<Error><Code>AccessDenied</Code></Error>"

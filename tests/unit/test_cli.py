@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cli_fake_server import FakeJobsApi, tiny_png
 from flux_images_cli import api, download, inputs, manifest, uploads
 from flux_images_cli.main import main
@@ -686,12 +687,35 @@ def test_an_expired_upload_url_gets_a_new_upload(run: Runner, fake: FakeJobsApi,
     assert refused.code == 3 and "the upload URL was refused 3 times in a row" in refused.err
 
 
-def test_upload_put_errors_are_retried_honouring_retry_after(run: Runner, fake: FakeJobsApi, tmp_path: Path) -> None:
-    fake.fail("upload_create", 503, code="upstream_unavailable", headers={"Retry-After": "0.5"})
+def test_api_gateways_403_for_a_missing_route_also_means_no_uploads(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    # A REST API answers a route it does not have with 403 {"message": "Missing Authentication Token"}
+    gateway = {"x-amzn-ErrorType": "MissingAuthenticationTokenException"}
+    fake.fail("upload_create", 403, message="Missing Authentication Token", headers=gateway)
     result = run("submit", many(tmp_path / "big.jsonl", 1001), "--no-wait")
     assert result.code == 0, result.err
-    assert result.sleeps == [0.5]
-    assert len(fake.requests_to("upload_create")) == 2 and len(fake.jobs) == 1
+    assert "this deployment has no POST /v1/uploads" in result.err
+    assert len(result.out.split()) == 2 and [len(s.json["items"]) for s in fake.requests_to("create")] == [1000, 1]
+
+    fake.fail("upload_create", 403, code="invalid_api_key", message="Forbidden")  # a real 403 is not a fallback
+    refused = run("submit", many(tmp_path / "other.jsonl", 1002), "--no-wait")
+    assert refused.code == 3 and "HTTP 403 invalid_api_key" in refused.err
+
+
+def test_upload_errors_are_retried_honouring_retry_after(run: Runner, fake: FakeJobsApi, tmp_path: Path) -> None:
+    fake.fail("upload_create", 503, code="upstream_unavailable", headers={"Retry-After": "0.5"})
+    fake.fail("upload_put", 503, headers={"Retry-After": "0.25"})
+    result = run("submit", many(tmp_path / "big.jsonl", 1001), "--no-wait")
+    assert result.code == 0, result.err
+    assert result.sleeps == [0.5, 0.25]
+    assert "PUT upload: HTTP 503; retrying in 0.2 s (attempt 2)" in result.err
+    assert len(fake.requests_to("upload_create")) == 2 and len(fake.requests_to("upload_put")) == 2
+    assert len(fake.jobs) == 1
+
+    fake.fail("upload_put", 503, headers={"Retry-After": "0"}, times=4)  # bounded: 4 attempts
+    gave_up = run("submit", many(tmp_path / "other.jsonl", 1003), "--no-wait")
+    assert gave_up.code == 3 and "PUT upload: HTTP 503 (gave up after 4 attempts)" in gave_up.err
 
 
 def test_download_through_the_results_file_with_failed_and_canceled_items(
@@ -762,6 +786,14 @@ def test_an_expired_results_url_is_renewed_by_reading_the_job_again(
     assert len(signatures) == 2 and signatures[0] != signatures[1]  # the retry used the renewed URL
     assert len(fake.requests_to("image")) == 2
 
+    # An expired image URL on this path is renewed through GET /v1/images/{id}
+    fake.expire_image_fetches = 1
+    docs = len(fake.requests_to("image_doc"))
+    renewed = run("download", job_id, "--out", "renewed")
+    assert renewed.code == 0, renewed.err
+    assert "item 0000: the image URL was refused (expired?); asking for a fresh one" in renewed.err
+    assert len(fake.requests_to("image_doc")) == docs + 3  # two images, the first one twice
+
     # A results file that stays refused: the items are read from the job's pages instead
     fake.expire_results_fetches = 10
     fallback = run("download", job_id, "--out", "again")
@@ -801,3 +833,23 @@ def test_uploads_are_split_at_100000_lines_and_keyed_by_content() -> None:
     keyed = inputs.plan_uploads(items, idempotency_key="k", per_upload=2)
     assert [plan.idempotency_key for plan in keyed] == ["k-part1of3", "k-part2of3", "k-part3of3"]
     assert inputs.plan_uploads(items)[0].size == 5 and inputs.MAX_LINES_PER_UPLOAD == 100_000
+
+
+def test_the_fake_turns_an_invalid_upload_line_into_a_failed_item(fake: FakeJobsApi) -> None:
+    # The contract the CLI is written against: blank lines ignored, a bad line a failed item with its line number
+    with requests.Session() as session:
+        session.headers["x-api-key"] = API_KEY
+        upload = session.post(f"{fake.url}/v1/uploads", json={}).json()
+        assert upload["id"].startswith("upl_") and upload["max_lines"] == 100_000
+        data = b'{"prompt": "a"}\n\n{"prompt": 3}\n{"prompt": "b"}\n'
+        assert requests.put(upload["upload_url"], data=data, timeout=5).status_code == 200
+        body, key = {"items_upload_id": upload["id"]}, {"Idempotency-Key": "k"}
+        job = session.post(f"{fake.url}/v1/jobs", json=body, headers=key)
+        assert job.status_code == 202 and job.json()["total"] == 3 and job.json()["results"] is None
+        job_id = job.json()["id"]
+        for _ in range(3):
+            document = session.get(f"{fake.url}/v1/jobs/{job_id}").json()
+    assert document["items"][1]["error"] == {"code": "invalid_request", "message": "line 3: not a valid image request"}
+    statuses = [record["status"] for record in fake.results_lines(fake.jobs[job_id])]
+    assert statuses == ["succeeded", "failed", "succeeded"]
+    assert document["results"]["s3_uri"] == f"s3://bucket/jobs/{job_id}/results.jsonl"
