@@ -17,7 +17,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -267,7 +267,9 @@ class ApiClient:
             params["limit"] = limit
         return self._request("GET", f"/v1/jobs/{quote(job_id, safe='')}", params=params)[0]
 
-    def iter_job_pages(self, job_id: str, limit: int = PAGE_LIMIT) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    def iter_job_pages(
+        self, job_id: str, limit: int = PAGE_LIMIT
+    ) -> Generator[tuple[str | None, dict[str, Any]], None, None]:
         """Every page of the job: ``(cursor used, page)``; the cursor lets a caller fetch that page again."""
         cursor: str | None = None
         seen: set[str] = set()
