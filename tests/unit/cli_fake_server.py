@@ -308,9 +308,10 @@ class FakeJobsApi:
             except _Refused as refused:
                 return refused.answer
         else:
-            items = request.get("items")
-            if not isinstance(items, list) or not 1 <= len(items) <= 1000:
+            inline = request.get("items")
+            if not isinstance(inline, list) or not 1 <= len(inline) <= 1000:
                 return _error(422, "validation_error", "items: 1-1,000 items")
+            items = inline
         job = FakeJob(
             id=f"job_{uuid.uuid4().hex}",
             requests=items,
