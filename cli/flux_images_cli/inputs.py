@@ -376,6 +376,7 @@ class UploadPlan:
     idempotency_key: str
     first: int  # 1-based position of its first item in the whole input
     file_bytes: int  # the size of the JSONL file (``jsonl_line`` of every item)
+    content_key: str  # the derived key of the content, also when --idempotency-key names the job
 
     @property
     def size(self) -> int:
@@ -427,6 +428,6 @@ def plan_uploads(
     for number, chunk in enumerate(chunks, start=1):
         derived, size = _streamed_key(chunk, extras)
         job_key = derived if key is None else key if len(chunks) == 1 else key + _part_suffix(number, len(chunks))
-        plans.append(UploadPlan(chunk, extras, job_key, first, size))
+        plans.append(UploadPlan(chunk, extras, job_key, first, size, derived))
         first += len(chunk)
     return plans

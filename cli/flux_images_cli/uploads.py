@@ -72,7 +72,7 @@ class JsonlBody:
 
 
 class UploadLedger:
-    """Which upload each (API URL, Idempotency-Key) was submitted with: one small JSON file per pair under
+    """Which upload each (API URL, Idempotency-Key and content) was submitted with: one small JSON file each under
     ``$XDG_CACHE_HOME/flux-images/uploads`` (``~/.cache`` by default). Best effort: a cache that cannot be read or
     written only costs a re-run its upload."""
 
@@ -130,7 +130,8 @@ class Uploader:
     policy: RetryPolicy = field(default_factory=lambda: RetryPolicy(max_attempts=4))
 
     def submit(self, plan: UploadPlan) -> dict[str, Any]:
-        key = plan.idempotency_key
+        # The content too: under the same --idempotency-key, other content must not find the earlier upload.
+        key = f"{plan.idempotency_key}\n{plan.content_key}"
         remembered = self.ledger.get(key)
         if remembered is not None:
             try:
@@ -150,8 +151,9 @@ class Uploader:
         except ApiError as exc:
             if exc.code == "idempotency_key_reused":
                 exc.message += (
-                    " (a job was already created from this content with an upload this machine does not remember: "
-                    "find its id in that run's output, or pass a new --idempotency-key to create another job)"
+                    " (a job was already created under this key from another upload: this content uploaded by a run "
+                    "this machine does not remember, or other content under the same --idempotency-key; find the "
+                    "job id in that run's output, or pass a new --idempotency-key to create another job)"
                 )
             raise
 

@@ -665,6 +665,11 @@ def test_the_upload_job_key_is_stable_across_runs_and_a_rerun_finds_the_same_job
     assert "the upload of an earlier run was refused (not_found); uploading the file again" in again.err
     assert len(fake.requests_to("upload_put")) == 2 and len(fake.jobs) == 2
 
+    # Other content under the same --idempotency-key does not find the earlier upload: the service's 422
+    keyed = submit_no_wait(run, prompts, "--idempotency-key", "order-7")
+    changed = run("submit", many(tmp_path / "changed.jsonl", 1501), "--idempotency-key", "order-7", "--no-wait")
+    assert changed.code == 3 and "HTTP 422 idempotency_key_reused" in changed.err and keyed not in changed.out
+
     # Another machine (no record of the upload) gets the service's 422, explained
     shutil.rmtree(tmp_path / "cache")
     elsewhere = run("submit", prompts, "--no-wait")
