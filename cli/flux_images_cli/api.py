@@ -3,7 +3,8 @@
 429 and 503 (and the gateway's 502/504) are retried honouring ``Retry-After``; connection errors and timeouts are
 retried with exponential backoff and full jitter. Every retry is bounded, both in attempts and in the longest wait
 the client agrees to. Every request the client makes is safe to repeat: reads, ``DELETE``, and ``POST /v1/jobs``
-always carries an ``Idempotency-Key``.
+always carries an ``Idempotency-Key``; a repeated ``POST /v1/uploads`` at worst leaves an unused upload behind, which
+expires.
 
 The API key travels only in the ``x-api-key`` header of requests to the API URL: redirects are not followed (a
 redirect to another host would carry the header along), and no message or exception text ever contains it.
@@ -16,7 +17,7 @@ import json
 import random
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -79,6 +80,7 @@ class ApiError(CliError):
         self.request_id = request_id
         self.retry_after = retry_after
         self.context = context
+        self.error_type: str | None = None  # API Gateway's own x-amzn-ErrorType, when it answered itself
         # Filled in by callers that can point at the input behind a detail (``body.items.3`` → ``prompts.csv:5``).
         self.detail_labels: Callable[[dict[str, Any]], str | None] | None = None
 
@@ -100,7 +102,7 @@ class ApiError(CliError):
             message = document["message"]  # API Gateway's own default shape: {"message": "Forbidden"}
         if not message:
             message = response.reason or "no message"
-        return cls(
+        error = cls(
             response.status_code,
             code,
             _printable(message),
@@ -109,6 +111,14 @@ class ApiError(CliError):
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
             context=context,
         )
+        error.error_type = (response.headers.get("x-amzn-ErrorType") or "").split(":")[0] or None
+        return error
+
+    @property
+    def no_such_route(self) -> bool:
+        """The deployment has no such route: the API's 404, or API Gateway's 403 for a resource it does not know
+        (``x-amzn-ErrorType: MissingAuthenticationTokenException``), told apart by type, not by message."""
+        return self.status == 404 or self.error_type == "MissingAuthenticationTokenException"
 
     def render(self) -> str:
         head = f"{self.context}: " if self.context else ""
@@ -240,6 +250,15 @@ class ApiClient:
         headers = {"Idempotency-Key": idempotency_key, "Content-Type": "application/json"}
         return self._request("POST", "/v1/jobs", data=data, headers=headers)
 
+    def create_upload(self) -> dict[str, Any]:
+        """``POST /v1/uploads``: ``{"id", "upload_url", "expires_at", "max_bytes", "max_lines"}``."""
+        headers = {"Content-Type": "application/json"}
+        return self._request("POST", "/v1/uploads", data=b"{}", headers=headers)[0]
+
+    def get_image(self, image_id: str) -> dict[str, Any]:
+        """``GET /v1/images/{id}``: the image document, with a fresh presigned URL."""
+        return self._request("GET", f"/v1/images/{quote(image_id, safe='')}")[0]
+
     def get_job(self, job_id: str, *, cursor: str | None = None, limit: int | None = None) -> dict[str, Any]:
         params: dict[str, Any] = {}
         if cursor:
@@ -248,7 +267,9 @@ class ApiClient:
             params["limit"] = limit
         return self._request("GET", f"/v1/jobs/{quote(job_id, safe='')}", params=params)[0]
 
-    def iter_job_pages(self, job_id: str, limit: int = PAGE_LIMIT) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    def iter_job_pages(
+        self, job_id: str, limit: int = PAGE_LIMIT
+    ) -> Generator[tuple[str | None, dict[str, Any]], None, None]:
         """Every page of the job: ``(cursor used, page)``; the cursor lets a caller fetch that page again."""
         cursor: str | None = None
         seen: set[str] = set()

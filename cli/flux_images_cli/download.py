@@ -1,24 +1,32 @@
 """Download a job's images into a directory: verified, resumable, one manifest.
 
-Each succeeded item's image (the presigned ``image.image.url`` of its image document) is saved as
-``<index:04d>-<slug of the prompt>.<ext>`` (extension from the content type). The body goes to ``<name>.part``
-while it streams, and is renamed to its final name only once complete and matching the document's sha256, so a
-file under its final name is always whole and verified. A re-run skips the files already there with the right
-sha256 and fetches the rest. An expired URL (403, or S3's 400 ``ExpiredToken``) is renewed by reading the job
-page again, which answers with fresh URLs.
+Which items there are and how they ended comes from the job's ``results.jsonl`` when the job document has
+``results`` (a finished job on a deployment that writes one): one GET of its presigned URL instead of a page per
+100 items; each succeeded item's image URL then comes from ``GET /v1/images/{id}``. Otherwise (an older
+deployment, a job not finished, a results file that cannot be read) the job's pages are read, as before, and
+their items carry the image URLs.
 
-Image URLs are fetched with their own session: the API key is never sent to the bucket.
+Each succeeded item's image is saved as ``<index:04d>-<slug of the prompt>.<ext>`` (extension from the content
+type). The body goes to ``<name>.part`` while it streams, and is renamed to its final name only once complete and
+matching the sha256 of the results file or job document, so a file under its final name is always whole and
+verified. A re-run skips the files already there with the right sha256 (on the results path, those named by the
+manifest of the earlier run need no API call at all) and fetches the rest. An expired URL (403, or S3's 400
+``ExpiredToken``) is renewed by reading the job page, the image or the job again, which answer with fresh URLs.
+
+Image and results URLs are fetched with their own session: the API key is never sent to the bucket.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
+import json
 import os
 import re
 import sys
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -124,38 +132,141 @@ class Downloader:
         self.images = requests.Session()  # no x-api-key: a presigned URL carries its own authorization
         self.images.headers["User-Agent"] = api.user_agent()
 
-    def run(self, job_id: str) -> DownloadReport:
+    def run(self, job_id: str, *, known_requests: Sequence[dict[str, Any]] | None = None) -> DownloadReport:
+        """Download the job's images and write the manifests. ``known_requests`` (the job's item requests in index
+        order, when the caller submitted it) fill in the prompts of failed items on the results-file path."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        report: DownloadReport | None = None
-        bar: tqdm[Any] | None = None
         try:
-            for cursor, page in self.client.iter_job_pages(job_id):
-                if report is None:
-                    job = {key: value for key, value in page.items() if key not in {"items", "next_cursor"}}
-                    report = DownloadReport(job=job, rows=[], directory=self.directory)
-                    succeeded = int((job.get("counts") or {}).get("succeeded") or 0)
-                    bar = tqdm(
-                        total=succeeded,
-                        desc="download",
-                        unit="img",
-                        file=sys.stderr,
-                        disable=not self.progress,
-                        dynamic_ncols=True,
-                    )
+            pages = self.client.iter_job_pages(job_id)
+            first = next(pages)
+            job = {key: value for key, value in first[1].items() if key not in {"items", "next_cursor"}}
+            records = self._read_results(job_id, job)
+            if records is not None:
+                pages.close()
+                report = self._from_results(job_id, job, records, known_requests)
+            else:
+                report = self._from_pages(job_id, job, itertools.chain([first], pages))
+        finally:
+            self.images.close()
+        report.manifests = manifest.write(self.directory, report.rows)
+        return report
+
+    def _bar(self, total: int) -> tqdm[Any]:
+        return tqdm(
+            total=total, desc="download", unit="img", file=sys.stderr, disable=not self.progress, dynamic_ncols=True
+        )
+
+    def _from_pages(
+        self, job_id: str, job: dict[str, Any], pages: Iterator[tuple[str | None, dict[str, Any]]]
+    ) -> DownloadReport:
+        """Every item from the job's pages (an older deployment, or a job not finished yet)."""
+        report = DownloadReport(job=job, rows=[], directory=self.directory)
+        with self._bar(int((job.get("counts") or {}).get("succeeded") or 0)) as bar:
+            for cursor, page in pages:
                 for item in page.get("items") or []:
                     row = manifest.row_for(job_id, item)
                     report.rows.append(row)
                     if item.get("status") == "succeeded" and isinstance(item.get("image"), dict):
                         self._item(job_id, cursor, item, row, report)
-                        if bar is not None:
-                            bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
-            self.images.close()
-        assert report is not None
-        report.manifests = manifest.write(self.directory, report.rows)
+                        bar.update(1)
         return report
+
+    # ------------------------------------------------------------------------------------------- results file
+    def _read_results(self, job_id: str, job: dict[str, Any]) -> list[dict[str, Any]] | None:
+        """The records of the job's ``results.jsonl``, or None when it has none or it cannot be read (then the
+        caller pages through the items, as for an older deployment)."""
+        results = job.get("results")
+        refreshes = 0
+        while isinstance(results, dict) and isinstance(results.get("url"), str):
+            try:
+                return _parse_results(self._get_results(str(results["url"])), results.get("items"), job.get("total"))
+            except _UrlExpired:
+                if refreshes >= MAX_URL_REFRESHES:
+                    self.notify("the results file URL was refused even after renewing it; reading the job's items")
+                    return None
+                self.notify("the results file URL was refused (expired?); reading the job for a fresh one")
+                results = self.client.get_job(job_id, limit=1).get("results")
+                refreshes += 1
+            except _ItemFailed as failure:
+                self.notify(f"the results file could not be used ({failure.message}); reading the job's items")
+                return None
+        return None
+
+    def _get_results(self, url: str) -> list[bytes]:
+        if not url.startswith(("https://", "http://")):
+            raise _ItemFailed("download_error", "the job document has no usable results URL")
+        lines: list[bytes] = []
+        status = self._get(url, lambda response: lines.extend(response.iter_lines()))
+        if status is not None:
+            raise _ItemFailed("download_error", status)
+        return lines
+
+    def _from_results(
+        self,
+        job_id: str,
+        job: dict[str, Any],
+        records: list[dict[str, Any]],
+        known_requests: Sequence[dict[str, Any]] | None,
+    ) -> DownloadReport:
+        """Every item's outcome from the results file; each succeeded image through ``GET /v1/images/{id}``."""
+        report = DownloadReport(job=job, rows=[], directory=self.directory)
+        previous = _previous_rows(self.directory, job_id)
+        known = list(known_requests or [])
+        succeeded = [record for record in records if record.get("status") == "succeeded" and record.get("image_id")]
+        with self._bar(len(succeeded)) as bar:
+            for record in records:
+                index = record["index"]
+                request = known[index] if index < len(known) else None
+                row = manifest.row_for_result(job_id, record, request)
+                report.rows.append(row)
+                if record.get("status") != "succeeded":
+                    continue
+                if not isinstance(record.get("image_id"), str):
+                    row.update(status="download_failed", error_code="download_error", error_message="no image id")
+                    report.failures.append(row)
+                    continue
+                self._result_item(record, row, previous.get(index), report)
+                bar.update(1)
+        return report
+
+    def _result_item(
+        self, record: dict[str, Any], row: dict[str, Any], before: dict[str, Any] | None, report: DownloadReport
+    ) -> None:
+        index, image_id = int(record["index"]), str(record["image_id"])
+        expected = str(record.get("sha256") or "").lower() or None
+        name = before.get("file") if before else None
+        if before and expected and isinstance(name, str) and name == Path(name).name:
+            target = self.directory / name  # a file of an earlier run, named in its manifest: no API call needed
+            if target.is_file() and sha256_file(target) == expected:
+                row.update({key: before.get(key) for key in ("prompt", "num_steps") if row.get(key) is None})
+                row.update(file=name, sha256=expected, bytes=target.stat().st_size)
+                report.present += 1
+                return
+        try:
+            document = self.client.get_image(image_id)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            row.update(status="download_failed", error_code="not_found", error_message=f"image {image_id}: 404")
+            report.failures.append(row)
+            return
+        parameters = document.get("parameters") or {}
+        for key in ("prompt", "num_steps", "seed"):
+            if row.get(key) is None and parameters.get(key) is not None:
+                row[key] = parameters[key]
+
+        def fresh() -> dict[str, Any]:
+            try:
+                info = dict(self.client.get_image(image_id).get("image") or {})
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+                raise _ItemFailed("url_refresh_failed", f"image {image_id} is no longer found (404)") from None
+            return {**info, "sha256": expected or info.get("sha256"), "bytes": record.get("bytes") or info.get("bytes")}
+
+        info = dict(document.get("image") or {})
+        info.update(sha256=expected or info.get("sha256"), bytes=record.get("bytes") or info.get("bytes"))
+        self._save(index, row.get("prompt") or "", info, fresh, row, report)
 
     # ------------------------------------------------------------------------------------------- one item
     def _item(
@@ -163,8 +274,20 @@ class Downloader:
     ) -> None:
         index = int(item["index"])
         info = dict(item["image"].get("image") or {})
+        self._save(index, row.get("prompt") or "", info, lambda: self._refresh(job_id, cursor, index), row, report)
+
+    def _save(
+        self,
+        index: int,
+        prompt: str,
+        info: dict[str, Any],
+        refresh: Callable[[], dict[str, Any]],
+        row: dict[str, Any],
+        report: DownloadReport,
+    ) -> None:
+        """Keep the file already there when its sha256 is right, else fetch it to ``.part``, verify, rename."""
         expected = (info.get("sha256") or "").lower() or None
-        name = file_name(index, row.get("prompt") or "", info.get("content_type"))
+        name = file_name(index, prompt, info.get("content_type"))
         target = self.directory / name
         if expected and target.is_file() and sha256_file(target) == expected:
             row.update(file=name, sha256=expected, bytes=target.stat().st_size)
@@ -172,7 +295,7 @@ class Downloader:
             return
         part = target.with_name(name + ".part")
         try:
-            digest, size = self._fetch_verified(job_id, cursor, index, info, part)
+            digest, size = self._fetch_verified(index, info, refresh, part)
         except _ItemFailed as failure:
             part.unlink(missing_ok=True)
             row.update(status="download_failed", error_code=failure.code, error_message=failure.message)
@@ -183,23 +306,21 @@ class Downloader:
         report.downloaded += 1
 
     def _fetch_verified(
-        self, job_id: str, cursor: str | None, index: int, info: dict[str, Any], part: Path
+        self, index: int, info: dict[str, Any], refresh: Callable[[], dict[str, Any]], part: Path
     ) -> tuple[str, int]:
         refreshes = 0
         while True:
             if not info.get("url") or (_expired(info) and refreshes < MAX_URL_REFRESHES):
-                info = self._refresh(job_id, cursor, index)
+                info = refresh()
                 refreshes += 1
             try:
                 digest, size = self._fetch(str(info.get("url") or ""), part)
                 break
             except _UrlExpired:
                 if refreshes >= MAX_URL_REFRESHES:
-                    raise _ItemFailed(
-                        "url_expired", "the image URL was refused even after renewing it by reading the job again"
-                    ) from None
-                self.notify(f"item {index:04d}: the image URL was refused (expired?); reading the job for a fresh one")
-                info = self._refresh(job_id, cursor, index)
+                    raise _ItemFailed("url_expired", "the image URL was refused even after renewing it") from None
+                self.notify(f"item {index:04d}: the image URL was refused (expired?); asking for a fresh one")
+                info = refresh()
                 refreshes += 1
         expected = (info.get("sha256") or "").lower() or None
         if expected and digest != expected:
@@ -231,6 +352,20 @@ class Downloader:
     def _fetch(self, url: str, part: Path) -> tuple[str, int]:
         if not url.startswith(("https://", "http://")):
             raise _ItemFailed("download_error", "the job document has no usable image URL")
+        result: list[tuple[str, int]] = []
+
+        def save(response: requests.Response) -> None:
+            with open(part, "wb") as handle:
+                result.append(copy_body(response, handle))
+
+        problem = self._get(url, save)
+        if problem is not None:
+            raise _ItemFailed("download_error", problem)
+        return result[0]
+
+    def _get(self, url: str, consume: Callable[[requests.Response], None]) -> str | None:
+        """GET a presigned URL (no API key) and hand a 200's response to ``consume``; 429/5xx and connection errors
+        retried (bounded). None when done, else why not; ``_UrlExpired`` on 401/403 or S3's expired 400."""
         policy = self.policy
         for attempt in range(1, policy.max_attempts + 1):
             last = attempt == policy.max_attempts
@@ -242,10 +377,10 @@ class Downloader:
                     if status == 400 and b"expired" in response.content.lower():
                         raise _UrlExpired
                     if status == 404:
-                        raise _ItemFailed("not_found", "the image URL answered 404 (the object is gone?)")
+                        raise _ItemFailed("not_found", "the URL answered 404 (the object is gone?)")
                     if status == 429 or status >= 500:
                         if last:
-                            raise _ItemFailed("download_error", f"HTTP {status} (gave up after {attempt} attempts)")
+                            return f"HTTP {status} (gave up after {attempt} attempts)"
                         retry_after = api.parse_retry_after(response.headers.get("Retry-After"))
                         delay = min(
                             retry_after if retry_after is not None else policy.backoff(attempt), policy.max_wait_s
@@ -253,13 +388,13 @@ class Downloader:
                         api._sleep(delay)
                         continue
                     if status != 200:
-                        raise _ItemFailed("download_error", f"the image URL answered HTTP {status}")
-                    with open(part, "wb") as handle:
-                        return copy_body(response, handle)
+                        return f"the URL answered HTTP {status}"
+                    consume(response)
+                    return None
             except requests.RequestException as exc:
                 reason = describe_exception(exc)  # never the URL: its query string is a credential
                 if last:
-                    raise _ItemFailed("download_error", f"{reason} (gave up after {attempt} attempts)") from None
+                    return f"{reason} (gave up after {attempt} attempts)"
                 api._sleep(policy.backoff(attempt))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -272,3 +407,42 @@ def _find(page: dict[str, Any], index: int) -> dict[str, Any] | None:
                 return dict(image["image"])
             return None
     return None
+
+
+RESULT_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+
+
+def _parse_results(lines: list[bytes], items: Any, total: Any) -> list[dict[str, Any]]:
+    """The records of ``results.jsonl``, checked: one per item, indexes 0…n-1 in order; else ``_ItemFailed``."""
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise _ItemFailed("bad_results", f"line {number} is not JSON") from None
+        if (
+            not isinstance(record, dict)
+            or record.get("index") != len(records)
+            or record.get("status") not in RESULT_STATUSES
+        ):
+            raise _ItemFailed("bad_results", f"line {number} is not the record of item {len(records)}")
+        records.append(record)
+    for expected in (items, total):
+        if isinstance(expected, int) and expected != len(records):
+            raise _ItemFailed("bad_results", f"{len(records):,} records for {expected:,} items")
+    return records
+
+
+def _previous_rows(directory: Path, job_id: str) -> dict[int, dict[str, Any]]:
+    """The rows of the manifest an earlier run left in ``directory`` for this job, by index (empty if none)."""
+    try:
+        rows = manifest.read_jsonl(directory / manifest.JSONL_NAME)
+    except (OSError, ValueError):
+        return {}
+    return {
+        row["index"]: row
+        for row in rows
+        if isinstance(row, dict) and row.get("job_id") == job_id and isinstance(row.get("index"), int)
+    }

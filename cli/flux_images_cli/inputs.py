@@ -356,3 +356,78 @@ def plan_jobs(
         plans.append(JobPlan(body, job_key, [item.source for item in chunk], first))
         first += len(chunk)
     return plans
+
+
+# ------------------------------------------------------------------------------------------------ uploads
+MAX_LINES_PER_UPLOAD = 100_000
+
+
+def jsonl_line(request: dict[str, Any]) -> bytes:
+    """One line of an uploaded items file: the request as canonical JSON (the form ``derived_key`` hashes), ``\\n``."""
+    return json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+
+
+@dataclass(frozen=True)
+class UploadPlan:
+    """One job from an uploaded JSONL file: its items, the other fields of its body, its Idempotency-Key."""
+
+    items: list[Item]
+    extras: dict[str, Any]  # webhook_url / metadata, when given
+    idempotency_key: str
+    first: int  # 1-based position of its first item in the whole input
+    file_bytes: int  # the size of the JSONL file (``jsonl_line`` of every item)
+    content_key: str  # the derived key of the content, also when --idempotency-key names the job
+
+    @property
+    def size(self) -> int:
+        return len(self.items)
+
+    @property
+    def sources(self) -> list[str]:
+        return [item.source for item in self.items]
+
+    def body(self, upload_id: str) -> dict[str, Any]:
+        return {"items_upload_id": upload_id, **self.extras}
+
+
+def _streamed_key(items: list[Item], extras: dict[str, Any]) -> tuple[str, int]:
+    """``(derived_key of {"items": [...], **extras}, bytes of the JSONL file)`` in one pass, without building the
+    body or the file: the key is the one ``derived_key`` gives the same content as an inline body."""
+    digest = hashlib.sha256(b'{"items":[')
+    size = 0
+    for number, item in enumerate(items):
+        line = jsonl_line(item.request)
+        size += len(line)
+        digest.update((b"," if number else b"") + line[:-1])
+    digest.update(b"]")
+    for name in sorted(extras):  # "items" < "metadata" < "webhook_url": sort_keys order
+        value = json.dumps(extras[name], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        digest.update(f",{json.dumps(name)}:{value}".encode())
+    digest.update(b"}")
+    return "flux-images-" + digest.hexdigest(), size
+
+
+def plan_uploads(
+    items: list[Item],
+    *,
+    webhook_url: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    idempotency_key: str | None = None,
+    per_upload: int = MAX_LINES_PER_UPLOAD,
+) -> list[UploadPlan]:
+    """The upload jobs for ``items``: in order, at most ``per_upload`` lines each."""
+    extras: dict[str, Any] = {}
+    if webhook_url is not None:
+        extras["webhook_url"] = webhook_url
+    if metadata is not None:
+        extras["metadata"] = metadata
+    chunks = [items[start : start + per_upload] for start in range(0, len(items), per_upload)]
+    key = check_idempotency_key(idempotency_key, len(chunks))
+    plans: list[UploadPlan] = []
+    first = 1
+    for number, chunk in enumerate(chunks, start=1):
+        derived, size = _streamed_key(chunk, extras)
+        job_key = derived if key is None else key if len(chunks) == 1 else key + _part_suffix(number, len(chunks))
+        plans.append(UploadPlan(chunk, extras, job_key, first, size, derived))
+        first += len(chunk)
+    return plans

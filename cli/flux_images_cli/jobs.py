@@ -127,6 +127,9 @@ def status_text(job: dict[str, Any], failures: list[dict[str, Any]]) -> str:
     lines.append(f"created:   {job.get('created_at')}")
     if job.get("completed_at"):
         lines.append(f"completed: {job.get('completed_at')}")
+    results = job.get("results")
+    if isinstance(results, dict) and results.get("s3_uri"):
+        lines.append(f"results:   {results.get('s3_uri')} ({results.get('items')} items)")
     webhook = job.get("webhook")
     if isinstance(webhook, dict):
         attempts = webhook.get("attempts")

@@ -35,14 +35,18 @@ from flux_images_cli.inputs import (
     FIELDS,
     MAX_ITEMS_PER_JOB,
     MAX_JOB_BODY_BYTES,
+    MAX_LINES_PER_UPLOAD,
     JobPlan,
+    UploadPlan,
     check_metadata,
     check_webhook_url,
     field_problem,
     load_items,
     plan_jobs,
+    plan_uploads,
 )
 from flux_images_cli.jobs import MAX_POLL_INTERVAL
+from flux_images_cli.uploads import Uploader, UploadLedger, UploadsUnsupported
 
 EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 ENV_URL, ENV_KEY = "FLUX_IMAGES_API_URL", "FLUX_IMAGES_API_KEY"
@@ -194,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
         "submit",
         parents=[common],
         formatter_class=formatter,
-        help="submit prompts as one or more jobs, then (by default) wait and download",
+        help="submit prompts as a job (uploaded as a file above 1,000), then (by default) wait and download",
         description=f"""\
 Submit prompts as jobs (POST /v1/jobs), then by default wait for them and download the images.
 
@@ -207,11 +211,16 @@ Prompts come from a file (or '-' for standard input) and/or --prompt arguments:
 --width/--height/--num-steps/--seed are defaults: a line's own value wins. Everything is checked before
 anything is sent; each problem names its file:line and field.
 
-A job takes at most {MAX_ITEMS_PER_JOB:,} items: a larger input is split into several jobs (each downloaded into its
-own directory). Each job is sent with an Idempotency-Key derived from its content (or from
---idempotency-key), so running the same command again after a network error or Ctrl-C finds the same job
-instead of creating a second one, and carries on waiting and downloading. To generate the same input again
-as a new job, pass a new --idempotency-key.""",
+A job sent inline takes at most {MAX_ITEMS_PER_JOB:,} items. A larger input is uploaded as a JSONL file
+(POST /v1/uploads, then a PUT to the URL it gives) and submitted as ONE job from that file, or one job per
+{MAX_LINES_PER_UPLOAD:,} items. Against an older deployment without POST /v1/uploads it is split into jobs of at
+most {MAX_ITEMS_PER_JOB:,} items instead (each downloaded into its own directory).
+
+Each job is sent with an Idempotency-Key derived from its content (or from --idempotency-key), so running the
+same command again after a network error or Ctrl-C finds the same job instead of creating a second one, and
+carries on waiting and downloading (the upload a job was made from is remembered under
+$XDG_CACHE_HOME/flux-images, ~/.cache by default, so a re-run sends the same request). To generate the same
+input again as a new job, pass a new --idempotency-key.""",
         epilog="""\
 examples:
   flux-images submit prompts.jsonl
@@ -287,9 +296,15 @@ Download every succeeded item's image into DIR as <index:04d>-<slug of the promp
 the sha256 of the job document, and write manifest.jsonl and manifest.csv (one record per item: index, status,
 prompt, seed, file, sha256, bytes, width, height, error code and message).
 
+A finished job's results file (results.jsonl) gives every item's outcome in one read; each image's URL then
+comes from GET /v1/images/{id}. Without a results file (an older deployment, or a job still running) the items
+are read from the job's pages. The results file names no prompts: failed and canceled items have an empty
+prompt in the manifest, unless `submit` downloads the job it has just submitted.
+
 Resumable: files already present with the right sha256 are not fetched again, and a file is written as
-<name>.part and renamed only once complete and verified. Expired image URLs are renewed by reading the job
-again. A job that is still running can be downloaded: what has succeeded so far is fetched; run it again later.""",
+<name>.part and renamed only once complete and verified. Expired URLs are renewed by reading the job (or the
+image) again. A job that is still running can be downloaded: what has succeeded so far is fetched; run it
+again later.""",
         epilog="example:\n  flux-images download job_5f0e... --out ./images",
     )
     download.add_argument("job_id", metavar="JOB_ID")
@@ -301,7 +316,8 @@ again. A job that is still running can be downloaded: what has succeeded so far 
         parents=[common],
         formatter_class=formatter,
         help="one-shot summary of a job",
-        description="Print a job's status, counts, first failures, dates, webhook delivery and metadata. "
+        description="Print a job's status, counts, first failures, dates, results file (s3_uri), webhook delivery and "
+        "metadata. "
         "Exit code 1 when some items failed or were canceled.",
     )
     status.add_argument("job_id", metavar="JOB_ID")
@@ -359,8 +375,15 @@ def _detail_label(plan: JobPlan) -> Callable[[dict[str, Any]], str | None]:
     return label
 
 
-def _download(client: ApiClient, job_id: str, directory: Path, console: Console) -> int:
-    report: DownloadReport = Downloader(client, directory, progress=not console.quiet, notify=console.info).run(job_id)
+def _download(
+    client: ApiClient,
+    job_id: str,
+    directory: Path,
+    console: Console,
+    requests_: list[dict[str, Any]] | None = None,
+) -> int:
+    downloader = Downloader(client, directory, progress=not console.quiet, notify=console.info)
+    report: DownloadReport = downloader.run(job_id, known_requests=requests_)
     job = report.job
     parts = [f"{report.downloaded} downloaded", f"{report.present} already present"]
     if report.failures:
@@ -407,44 +430,37 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
         raise UsageError("nothing to submit: give a prompts file (JSONL or CSV, '-' for stdin) or --prompt TEXT")
     defaults = {name: getattr(args, name) for name in FIELDS if name != "prompt" and getattr(args, name) is not None}
     items = load_items(args.prompts_file, args.prompt, defaults, fmt=args.format)
-    plans = plan_jobs(
-        items,
-        webhook_url=check_webhook_url(args.webhook_url),
-        metadata=check_metadata(args.metadata),
-        idempotency_key=args.idempotency_key,
-    )
-    if len(plans) > 1:
-        ranges = ", ".join(f"{plan.first:,}–{plan.first + plan.size - 1:,}" for plan in plans)
-        console.info(
-            f"{len(items):,} prompts are submitted as {len(plans)} jobs (a job takes at most "
-            f"{MAX_ITEMS_PER_JOB:,} items and {MAX_JOB_BODY_BYTES // 2**20} MiB of JSON): prompts {ranges}"
-        )
+    options: dict[str, Any] = {
+        "webhook_url": check_webhook_url(args.webhook_url),
+        "metadata": check_metadata(args.metadata),
+        "idempotency_key": args.idempotency_key,
+    }
+    uploads = plan_uploads(items, **options) if len(items) > MAX_ITEMS_PER_JOB else []
     if args.dry_run:
-        for number, plan in enumerate(plans, start=1):
-            console.out(f"job {number}: {plan.size} items ({plan.sources[0]} … {plan.sources[-1]})")
+        if uploads:
+            for number, upload in enumerate(uploads, start=1):
+                console.out(
+                    f"job {number}: {upload.size} items from an upload of {upload.file_bytes:,} bytes "
+                    f"({upload.sources[0]} … {upload.sources[-1]})"
+                )
+            console.info(
+                f"(a deployment without POST /v1/uploads gets {len(plan_jobs(items, **options))} jobs of at most "
+                f"{MAX_ITEMS_PER_JOB:,} items instead)"
+            )
+        else:
+            for number, plan in enumerate(plan_jobs(items, **options), start=1):
+                console.out(f"job {number}: {plan.size} items ({plan.sources[0]} … {plan.sources[-1]})")
         console.info("input OK; nothing was sent (--dry-run)")
         return EXIT_OK
 
     client = make_client(args, console)
-    job_ids: list[str] = []
     try:
-        for plan in plans:
-            try:
-                document, _ = client.create_job(plan.body, plan.idempotency_key)
-            except (ApiError, NetworkError) as exc:
-                if isinstance(exc, ApiError):
-                    exc.detail_labels = _detail_label(plan)
-                if job_ids:
-                    exc.message += (
-                        f"\n  already submitted: {', '.join(job_ids)}; run the same command again to submit the rest "
-                        "(the jobs already created are found again, not duplicated)"
-                    )
-                raise
-            job_id = _job_id(document)
-            job_ids.append(job_id)
-            console.out(job_id)
-            where = f" (prompts {plan.first:,}–{plan.first + plan.size - 1:,})" if len(plans) > 1 else ""
-            console.info(f"submitted {job_id}: {plan.size} item{'s' if plan.size != 1 else ''}{where}")
+        submitted: list[tuple[str, list[dict[str, Any]]]] = []  # (job id, its item requests in index order)
+        if uploads:
+            submitted = _submit_uploads(client, uploads, console)
+        if not submitted:
+            submitted = _submit_inline(client, plan_jobs(items, **options), console)
+        job_ids = [job_id for job_id, _ in submitted]
 
         if not args.wait:
             for job_id in job_ids:
@@ -457,11 +473,11 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
             directories = [Path(args.out) / job_id if args.out else Path(f"flux-images-{job_id}") for job_id in job_ids]
 
         codes: list[int] = []
-        for number, (job_id, directory) in enumerate(zip(job_ids, directories, strict=True)):
+        for number, ((job_id, requests_), directory) in enumerate(zip(submitted, directories, strict=True)):
             try:
                 job = jobs.wait_for(client, job_id, poll_interval=args.poll_interval, progress=not console.quiet)
                 codes.append(_report_job(client, job, console))
-                codes.append(_download(client, job_id, directory, console))
+                codes.append(_download(client, job_id, directory, console, requests_))
             except KeyboardInterrupt:
                 lines = ["stopped; nothing was canceled, the job(s) keep running. Resume with the same command, or:"]
                 for rest_id, rest_dir in zip(job_ids[number:], directories[number:], strict=True):
@@ -471,6 +487,69 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
         return _worst(codes)
     finally:
         client.close()
+
+
+def _submitted_so_far(exc: CliError, job_ids: list[str]) -> None:
+    if job_ids:
+        exc.message += (
+            f"\n  already submitted: {', '.join(job_ids)}; run the same command again to submit the rest "
+            "(the jobs already created are found again, not duplicated)"
+        )
+
+
+def _submit_uploads(
+    client: ApiClient, plans: list[UploadPlan], console: Console
+) -> list[tuple[str, list[dict[str, Any]]]]:
+    """One job per upload; an empty list when the deployment has no uploads (the caller then submits inline)."""
+    uploader = Uploader(client, UploadLedger(client.base_url), progress=not console.quiet, notify=console.info)
+    submitted: list[tuple[str, list[dict[str, Any]]]] = []
+    for plan in plans:
+        try:
+            document = uploader.submit(plan)
+        except UploadsUnsupported:
+            if submitted:
+                message = "the route disappeared in the middle of the run"
+                raise ApiError(404, "not_found", message, context="POST /v1/uploads") from None
+            total = sum(upload.size for upload in plans)
+            console.warn(
+                f"this deployment has no POST /v1/uploads (an older version): the {total:,} prompts are submitted "
+                f"as jobs of at most {MAX_ITEMS_PER_JOB:,} items instead"
+            )
+            return []
+        except CliError as exc:
+            _submitted_so_far(exc, [job_id for job_id, _ in submitted])
+            raise
+        job_id = _job_id(document)
+        submitted.append((job_id, [item.request for item in plan.items]))
+        console.out(job_id)
+        where = f" (prompts {plan.first:,}–{plan.first + plan.size - 1:,})" if len(plans) > 1 else ""
+        console.info(f"submitted {job_id}: {plan.size:,} items from an upload{where}")
+    return submitted
+
+
+def _submit_inline(client: ApiClient, plans: list[JobPlan], console: Console) -> list[tuple[str, list[dict[str, Any]]]]:
+    if len(plans) > 1:
+        ranges = ", ".join(f"{plan.first:,}–{plan.first + plan.size - 1:,}" for plan in plans)
+        total = sum(plan.size for plan in plans)
+        console.info(
+            f"{total:,} prompts are submitted as {len(plans)} jobs (a job takes at most "
+            f"{MAX_ITEMS_PER_JOB:,} items and {MAX_JOB_BODY_BYTES // 2**20} MiB of JSON): prompts {ranges}"
+        )
+    submitted: list[tuple[str, list[dict[str, Any]]]] = []
+    for plan in plans:
+        try:
+            document, _ = client.create_job(plan.body, plan.idempotency_key)
+        except (ApiError, NetworkError) as exc:
+            if isinstance(exc, ApiError):
+                exc.detail_labels = _detail_label(plan)
+            _submitted_so_far(exc, [job_id for job_id, _ in submitted])
+            raise
+        job_id = _job_id(document)
+        submitted.append((job_id, plan.body["items"]))
+        console.out(job_id)
+        where = f" (prompts {plan.first:,}–{plan.first + plan.size - 1:,})" if len(plans) > 1 else ""
+        console.info(f"submitted {job_id}: {plan.size} item{'s' if plan.size != 1 else ''}{where}")
+    return submitted
 
 
 def cmd_wait(args: argparse.Namespace, console: Console) -> int:

@@ -9,6 +9,8 @@ error_message``
 or ``download_failed`` when the item succeeded but its image could not be downloaded or verified (``error_code``
 then says why: ``sha256_mismatch``, ``size_mismatch``, ``url_expired``, ``download_error``, ``not_found``, …).
 ``file``, ``sha256`` and ``bytes`` describe the verified local file (``file`` is relative to the manifest).
+Read from the job's ``results.jsonl`` (``row_for_result``), a failed or canceled item has no ``prompt`` or
+``num_steps`` unless the caller knows the request it submitted: the results file does not carry them.
 """
 
 from __future__ import annotations
@@ -67,6 +69,33 @@ def row_for(job_id: str, item: dict[str, Any]) -> dict[str, Any]:
         "sha256": None,
         "bytes": None,
         "image_id": image.get("id"),
+        "error_code": error.get("code"),
+        "error_message": error.get("message"),
+    }
+
+
+def row_for_result(job_id: str, record: dict[str, Any], request: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest record of a line of the job's ``results.jsonl``. The file names no prompt: it comes from the
+    image document for a succeeded item, and from ``request`` (the submitted item, when known) otherwise."""
+    request = request or {}
+    error = record.get("error") or {}
+
+    def pick(name: str) -> Any:
+        return record[name] if record.get(name) is not None else request.get(name)
+
+    return {
+        "job_id": job_id,
+        "index": record.get("index"),
+        "status": record.get("status"),
+        "prompt": request.get("prompt"),
+        "seed": pick("seed"),
+        "num_steps": request.get("num_steps"),
+        "width": pick("width"),
+        "height": pick("height"),
+        "file": None,
+        "sha256": None,
+        "bytes": None,
+        "image_id": record.get("image_id"),
         "error_code": error.get("code"),
         "error_message": error.get("message"),
     }

@@ -9,7 +9,16 @@
   sha256 in its document.
 - Succeeded items point at presigned-style image URLs on this server, serving real PNG bytes (different per item).
 - Faults: ``fail(route, status, ...)`` queues error answers for a route (``create``, ``get``, ``delete``,
-  ``image``); ``expire_image_fetches = n`` answers the next n image fetches with S3's expired-URL 403.
+  ``image``, ``upload_create``, ``upload_put``, ``image_doc``); ``expire_image_fetches = n`` answers the next n
+  image fetches with S3's expired-URL 403.
+- Uploads (issue 9): ``POST /v1/uploads`` hands out an upload URL on this server (``PUT /upload/{id}``, no API key,
+  a ``Content-Length`` required as S3 requires it); ``POST /v1/jobs {"items_upload_id"}`` makes a job of the file's
+  non-blank lines, a line that is not a valid item becoming a failed item (``invalid_request``, its line number in
+  the message). ``uploads_enabled = False`` answers ``POST /v1/uploads`` with the 404 of an older deployment;
+  ``expire_upload_puts = n`` answers the next n PUTs with S3's expired-URL 403.
+- A finished job's document has ``results`` (``null`` before): a presigned-style URL of its ``results.jsonl`` on
+  this server; ``results_enabled = False`` leaves it out (an older deployment); ``expire_results_fetches = n``
+  answers the next n results fetches with a 403. ``GET /v1/images/{id}`` answers an item's image document.
 - Every request is recorded in ``seen`` (method, path, query, headers, body).
 """
 
@@ -30,7 +39,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-ROUTES = ("create", "get", "delete", "image")
+ROUTES = ("create", "get", "delete", "image", "upload_create", "upload_put", "results", "image_doc")
+UPLOAD_MAX_LINES = 100_000
+UPLOAD_MAX_BYTES = 64 * 1024 * 1024
+ITEM_FIELDS = frozenset({"prompt", "num_steps", "seed", "width", "height"})
 
 
 def tiny_png(width: int = 2, height: int = 2, rgb: tuple[int, int, int] = (0, 0, 0)) -> bytes:
@@ -68,6 +80,7 @@ class FakeJob:
     ticks: int = 0
     cancel_from: int | None = None
     url_generation: int = 0
+    invalid: dict[int, str] = field(default_factory=dict)  # index → why its upload line is not an item
 
     @property
     def total(self) -> int:
@@ -87,6 +100,12 @@ class FakeJobsApi:
     items_per_tick: int | None = None  # None: a third of the job per tick
     max_page: int = 100
     expire_image_fetches: int = 0
+    uploads_enabled: bool = True
+    results_enabled: bool = True
+    expire_upload_puts: int = 0
+    expire_results_fetches: int = 0
+    upload_max_bytes: int = UPLOAD_MAX_BYTES
+    uploads: dict[str, bytes | None] = field(default_factory=dict)  # upload id → the file PUT (None: not yet)
     jobs: dict[str, FakeJob] = field(default_factory=dict)
     seen: list[Seen] = field(default_factory=list)
 
@@ -94,6 +113,7 @@ class FakeJobsApi:
         self._lock = threading.RLock()
         self._faults: dict[str, deque[_Fault]] = {route: deque() for route in ROUTES}
         self._idempotency: dict[str, tuple[str, int, bytes]] = {}
+        self._images: dict[str, tuple[str, int]] = {}  # image id → (job id, index)
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
@@ -137,7 +157,10 @@ class FakeJobsApi:
 
     # ------------------------------------------------------------------------------------------- the model
     def _outcome(self, job: FakeJob, index: int) -> str:
-        return "failed" if "[fail]" in job.requests[index]["prompt"] else "succeeded"
+        return "failed" if index in job.invalid or "[fail]" in job.requests[index]["prompt"] else "succeeded"
+
+    def image_id(self, job_id: str, index: int) -> str:
+        return f"img_{hashlib.md5(f'{job_id}/{index}'.encode()).hexdigest()}"
 
     def _item_status(self, job: FakeJob, index: int) -> str:
         if job.cancel_from is not None and index >= job.cancel_from:
@@ -161,14 +184,16 @@ class FakeJobsApi:
     def _item_document(self, job: FakeJob, index: int, status: str) -> dict[str, Any]:
         request = {"num_steps": 4, "width": 1024, "height": 1024, **job.requests[index]}
         document: dict[str, Any] = {"index": index, "status": status, "request": request, "error": None, "image": None}
-        if status == "failed":
+        if status == "failed" and index in job.invalid:
+            document["error"] = {"code": "invalid_request", "message": job.invalid[index]}
+        elif status == "failed":
             document["error"] = {"code": "upstream_rejected", "message": "Flux Schnell refused the parameters"}
         if status == "succeeded":
             body = self.image_bytes(job.id, index)
             sha = hashlib.sha256(body + (b"x" if "[badsha]" in request["prompt"] else b"")).hexdigest()
             expires = (dt.datetime.now(dt.UTC) + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
             document["image"] = {
-                "id": f"img_{hashlib.md5(f'{job.id}/{index}'.encode()).hexdigest()}",
+                "id": self.image_id(job.id, index),
                 "status": "succeeded",
                 "parameters": {**request, "seed": request.get("seed") or 1000 + index},
                 "image": {
@@ -205,6 +230,14 @@ class FakeJobsApi:
             "items": [],
             "next_cursor": None,
         }
+        if self.results_enabled:
+            document["results"] = None
+            if document["completed_at"]:
+                document["results"] = {
+                    "url": f"{self.url}/results/{job.id}/results.jsonl?X-Amz-Signature=sig{job.url_generation}",
+                    "s3_uri": f"s3://bucket/jobs/{job.id}/results.jsonl",
+                    "items": job.total,
+                }
         if offset is not None:
             end = min(job.total, offset + limit)
             document["items"] = [self._item_document(job, i, statuses[i]) for i in range(offset, end)]
@@ -220,6 +253,12 @@ class FakeJobsApi:
             self.seen.append(Seen(method, path, query, headers, body))
             if route == "image":
                 return self._image(path)
+            if route == "upload_put":
+                return self._put_upload(path, headers, body)
+            if route == "results":
+                return self._results(path)
+            if route == "upload_create" and not self.uploads_enabled:
+                return _error(404, "not_found", f"no route for {method} {path}")
             if route is None:
                 return _error(404, "not_found", "no such route")
             if headers.get("x-api-key") != self.api_key:
@@ -234,6 +273,10 @@ class FakeJobsApi:
             job_id = _strip_stage(path).removeprefix("/v1/jobs").strip("/")
             if route == "create":
                 return self._create(headers.get("idempotency-key"), body)
+            if route == "upload_create":
+                return self._create_upload()
+            if route == "image_doc":
+                return self._image_document(_strip_stage(path).removeprefix("/v1/images/"))
             job = self.jobs.get(job_id)
             if job is None:
                 return _error(404, "not_found", f"no job {job_id}")
@@ -254,9 +297,21 @@ class FakeJobsApi:
             request = json.loads(body)
         except ValueError:
             return _error(400, "malformed_json", "the body is not JSON")
-        items = request.get("items") if isinstance(request, dict) else None
-        if not isinstance(items, list) or not 1 <= len(items) <= 1000:
-            return _error(422, "validation_error", "items: 1-1,000 items")
+        if not isinstance(request, dict):
+            return _error(422, "validation_error", "the body must be an object")
+        invalid: dict[int, str] = {}
+        if "items_upload_id" in request:
+            if "items" in request:
+                return _error(422, "validation_error", "items and items_upload_id: give one of them")
+            try:
+                items, invalid = self._upload_items(request["items_upload_id"])
+            except _Refused as refused:
+                return refused.answer
+        else:
+            inline = request.get("items")
+            if not isinstance(inline, list) or not 1 <= len(inline) <= 1000:
+                return _error(422, "validation_error", "items: 1-1,000 items")
+            items = inline
         job = FakeJob(
             id=f"job_{uuid.uuid4().hex}",
             requests=items,
@@ -264,12 +319,118 @@ class FakeJobsApi:
             metadata=request.get("metadata"),
             webhook_url=request.get("webhook_url"),
             created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            invalid=invalid,
         )
         self.jobs[job.id] = job
+        self._images.update((self.image_id(job.id, index), (job.id, index)) for index in range(job.total))
         answer = _dumps(self._job_document(job))
         if key is not None:
             self._idempotency[key] = (hashlib.sha256(body).hexdigest(), 202, answer)
         return 202, {"Content-Type": "application/json", "Location": f"/v1/jobs/{job.id}"}, answer
+
+    def _create_upload(self) -> Any:
+        upload_id = f"upl_{uuid.uuid4().hex}"
+        self.uploads[upload_id] = None
+        expires = (dt.datetime.now(dt.UTC) + dt.timedelta(minutes=15)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        document = {
+            "id": upload_id,
+            "upload_url": f"{self.url}/upload/{upload_id}?X-Amz-Expires=900&X-Amz-Signature=sig",
+            "expires_at": expires,
+            "max_bytes": self.upload_max_bytes,
+            "max_lines": UPLOAD_MAX_LINES,
+        }
+        return 201, {"Content-Type": "application/json"}, _dumps(document)
+
+    def _put_upload(self, path: str, headers: dict[str, str], body: bytes) -> Any:
+        if self._faults["upload_put"]:
+            fault = self._faults["upload_put"].popleft()
+            return fault.status, fault.headers, b"<Error><Code>SlowDown</Code></Error>"
+        if self.expire_upload_puts > 0:
+            self.expire_upload_puts -= 1
+            return 403, {"Content-Type": "application/xml"}, b"<Error><Code>AccessDenied</Code></Error>"
+        if "content-length" not in headers:  # S3: a presigned PUT needs a Content-Length, chunked is refused
+            return 501, {"Content-Type": "application/xml"}, b"<Error><Code>NotImplemented</Code></Error>"
+        upload_id = path.rsplit("/", 1)[1]
+        if upload_id not in self.uploads:
+            return 403, {"Content-Type": "application/xml"}, b"<Error><Code>AccessDenied</Code></Error>"
+        if len(body) > self.upload_max_bytes:
+            return 400, {"Content-Type": "application/xml"}, b"<Error><Code>EntityTooLarge</Code></Error>"
+        self.uploads[upload_id] = body
+        return 200, {"ETag": f'"{hashlib.md5(body).hexdigest()}"'}, b""
+
+    def _upload_items(self, upload_id: Any) -> tuple[list[dict[str, Any]], dict[int, str]]:
+        """``(requests, invalid lines)`` of an upload's file; ``_Refused`` with the error answer."""
+        if not isinstance(upload_id, str) or upload_id not in self.uploads:
+            raise _Refused(_error(404, "not_found", f"no upload {upload_id}"))
+        data = self.uploads[upload_id]
+        if data is None:
+            raise _Refused(_error(422, "validation_error", f"nothing was uploaded to {upload_id}"))
+        requests: list[dict[str, Any]] = []
+        invalid: dict[int, str] = {}
+        for number, line in enumerate(data.decode("utf-8").split("\n"), start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except ValueError:
+                value = None
+            valid = (
+                isinstance(value, dict)
+                and isinstance(value.get("prompt"), str)
+                and bool(value["prompt"].strip())
+                and set(value) <= ITEM_FIELDS
+            )
+            if not valid:
+                invalid[len(requests)] = f"line {number}: not a valid image request"
+            requests.append(value if valid else {"prompt": ""})
+        if not requests:
+            raise _Refused(_error(422, "validation_error", "the upload has no items"))
+        if len(requests) > UPLOAD_MAX_LINES:
+            raise _Refused(_error(422, "validation_error", f"at most {UPLOAD_MAX_LINES} lines"))
+        return requests, invalid
+
+    def results_lines(self, job: FakeJob) -> list[dict[str, Any]]:
+        lines = []
+        for index in range(job.total):
+            status = self._item_status(job, index)
+            item = self._item_document(job, index, status)
+            image = item["image"] or {}
+            info = image.get("image") or {}
+            lines.append(
+                {
+                    "index": index,
+                    "status": status,
+                    "image_id": image.get("id"),
+                    "s3_uri": info.get("s3_uri"),
+                    "sha256": info.get("sha256"),
+                    "bytes": info.get("bytes"),
+                    "width": info.get("width"),
+                    "height": info.get("height"),
+                    "seed": (image.get("parameters") or {}).get("seed"),
+                    "error": item["error"],
+                }
+            )
+        return lines
+
+    def _results(self, path: str) -> Any:
+        if self.expire_results_fetches > 0:
+            self.expire_results_fetches -= 1
+            body = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
+            return 403, {"Content-Type": "application/xml"}, body
+        job = self.jobs.get(path.split("/")[2])
+        if job is None:
+            return 404, {"Content-Type": "application/xml"}, b"<Error><Code>NoSuchKey</Code></Error>"
+        text = "".join(json.dumps(line) + "\n" for line in self.results_lines(job))
+        return 200, {"Content-Type": "application/x-ndjson"}, text.encode("utf-8")
+
+    def _image_document(self, image_id: str) -> Any:
+        job_id, index = self._images.get(image_id, ("", -1))
+        job = self.jobs.get(job_id)
+        if job is None or self._item_status(job, index) != "succeeded":
+            return _error(404, "not_found", f"no image {image_id}")
+        job.url_generation += 1
+        document = self._item_document(job, index, "succeeded")["image"]
+        return 200, {"Content-Type": "application/json"}, _dumps(document)
 
     def _get(self, job: FakeJob, query: dict[str, str]) -> Any:
         try:
@@ -302,6 +463,12 @@ class FakeJobsApi:
         return 200, {"Content-Type": "image/png"}, self.image_bytes(job_id, index)
 
 
+class _Refused(Exception):
+    def __init__(self, answer: Any) -> None:
+        super().__init__()
+        self.answer = answer
+
+
 def _strip_stage(path: str) -> str:
     return path.removeprefix("/prod")
 
@@ -310,6 +477,14 @@ def _route_of(method: str, path: str) -> str | None:
     path = _strip_stage(path)
     if path.startswith("/bucket/") and method == "GET":
         return "image"
+    if path.startswith("/upload/") and method == "PUT":
+        return "upload_put"
+    if path.startswith("/results/") and method == "GET":
+        return "results"
+    if path == "/v1/uploads" and method == "POST":
+        return "upload_create"
+    if path.startswith("/v1/images/") and path.count("/") == 3 and method == "GET":
+        return "image_doc"
     if path == "/v1/jobs" and method == "POST":
         return "create"
     if path.startswith("/v1/jobs/") and path.count("/") == 3:
@@ -347,6 +522,6 @@ def _handler(api: FakeJobsApi) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(answer)
 
-        do_GET = do_POST = do_DELETE = _serve
+        do_GET = do_POST = do_DELETE = do_PUT = _serve
 
     return Handler

@@ -7,9 +7,11 @@ tests replace with a recorder, so nothing here sleeps for real. Every run is che
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -19,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from cli_fake_server import FakeJobsApi, tiny_png
-from flux_images_cli import api, download, inputs
+from flux_images_cli import api, download, inputs, manifest, uploads
 from flux_images_cli.main import main
 
 API_KEY = "fake-api-key-s3cr3t-0123456789abcdef"
@@ -65,6 +68,7 @@ def run(
 ) -> Runner:
     monkeypatch.setenv("FLUX_IMAGES_API_URL", fake.url)
     monkeypatch.setenv("FLUX_IMAGES_API_KEY", API_KEY)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the upload ledger
     monkeypatch.chdir(tmp_path)
     sleeps: list[float] = []
     monkeypatch.setattr(api, "_sleep", sleeps.append)
@@ -214,6 +218,7 @@ def test_file_names_are_index_and_slug() -> None:
 def test_submit_waits_and_downloads_every_image_with_manifests(
     run: Runner, fake: FakeJobsApi, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    fake.results_enabled = False  # an older deployment: the images come from the job's pages
     fake.max_page = 2  # 5 items: three pages
     monkeypatch.setenv("FLUX_IMAGES_API_URL", fake.url + "/prod/")  # a deployed stage URL, trailing slash
     prompts = jsonl(
@@ -365,14 +370,17 @@ def test_partial_failure_exits_1_with_a_summary(run: Runner, fake: FakeJobsApi, 
     assert "partially_failed" in status.out and "upstream_rejected" in status.out
 
 
-def test_more_than_1000_prompts_go_in_two_jobs_and_a_rerun_creates_nothing(
+def test_without_uploads_more_than_1000_prompts_go_in_two_jobs_and_a_rerun_creates_nothing(
     run: Runner, fake: FakeJobsApi, tmp_path: Path
 ) -> None:
+    fake.uploads_enabled = False  # an older deployment: POST /v1/uploads is a 404
     prompts = write(tmp_path / "big.csv", "prompt\n" + "".join(f"prompt {n}\n" for n in range(1001)))
     result = run("submit", prompts, "--no-wait")
     assert result.code == 0, result.err
     job_ids = result.out.split()
     assert len(job_ids) == 2
+    assert result.err.count("this deployment has no POST /v1/uploads (an older version)") == 1
+    assert len(fake.requests_to("upload_create")) == 1 and fake.requests_to("upload_put") == []
     assert "1,001 prompts are submitted as 2 jobs (a job takes at most 1,000 items" in result.err
     assert "prompts 1–1,000, 1,001–1,001" in result.err
     creates = fake.requests_to("create")
@@ -496,6 +504,7 @@ def test_api_key_from_the_environment_or_the_option_and_never_printed(
 def test_an_expired_image_url_is_renewed_by_reading_the_job_again(
     run: Runner, fake: FakeJobsApi, tmp_path: Path
 ) -> None:
+    fake.results_enabled = False  # an older deployment: fresh URLs come from the job's pages
     job_id = submit_no_wait(run, "--prompt", "a", "--prompt", "b")
     assert run("wait", job_id).code == 0
     fake.expire_image_fetches = 1
@@ -585,3 +594,267 @@ def test_polls_back_off_while_nothing_moves(monkeypatch: pytest.MonkeyPatch) -> 
 
     assert jobs.wait_for(Client(), "job_x", poll_interval=2, progress=False)["status"] == "succeeded"  # type: ignore[arg-type]
     assert sleeps == [2, 3, 4.5, 6.75, 2]
+
+
+# ------------------------------------------------------------------------------------------------ uploads (issue 9)
+def many(path: Path, count: int, *, succeed: tuple[int, ...] = ()) -> str:
+    """``count`` prompts; all but the indexes in ``succeed`` fail in the fake (so few images are downloaded)."""
+    lines = [f"prompt {n}" if n in succeed else f"[fail] prompt {n}" for n in range(count)]
+    return jsonl(path, *lines)
+
+
+def test_2500_prompts_go_in_one_upload_and_one_job_then_download_through_the_results_file(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    # Given 2,500 prompts (over the 1,000 of an inline job), of which items 7 and 2,499 succeed
+    prompts = many(tmp_path / "big.jsonl", 2500, succeed=(7, 2499))
+
+    # When they are submitted, waited for and downloaded
+    result = run("submit", prompts, "--width", "512", "--metadata", '{"batch": "b1"}', "--out", "out")
+
+    # Then one upload and one job, not three jobs
+    assert result.code == 1, result.err  # partially failed
+    (job_id,) = result.out.split()
+    assert len(fake.requests_to("upload_create")) == 1
+    (put,) = fake.requests_to("upload_put")
+    (create,) = fake.requests_to("create")
+    upload_id = create.json["items_upload_id"]
+    assert create.json == {"items_upload_id": upload_id, "metadata": {"batch": "b1"}}
+    assert put.path == f"/upload/{upload_id}" and "x-api-key" not in put.headers  # a plain presigned URL
+    assert put.headers["content-type"] == "application/x-ndjson"
+    assert int(put.headers["content-length"]) == len(put.body)  # streamed with its length: S3 refuses chunked
+    lines = put.body.decode("utf-8").splitlines()
+    assert len(lines) == 2500 and json.loads(lines[7]) == {"prompt": "prompt 7", "width": 512}
+    items = [{"prompt": line, "width": 512} for line in (json.loads(x)["prompt"] for x in lines)]
+    assert create.headers["idempotency-key"] == inputs.derived_key({"items": items, "metadata": {"batch": "b1"}})
+    assert fake.jobs[job_id].total == 2500
+    assert "upload" in result.err and f"submitted {job_id}: 2,500 items from an upload" in result.err
+
+    # And the download read the results file instead of paging through 2,500 items
+    assert len(fake.requests_to("results")) == 1
+    assert not any("cursor" in seen.query for seen in fake.requests_to("get"))  # 25 pages of items never read
+    assert [seen.path for seen in fake.requests_to("image_doc")] == [
+        f"/v1/images/{fake.image_id(job_id, 7)}",
+        f"/v1/images/{fake.image_id(job_id, 2499)}",
+    ]
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.glob("*.png")) == ["0007-prompt-7.png", "2499-prompt-2499.png"]
+    rows = manifest.read_jsonl(out / "manifest.jsonl")
+    assert len(rows) == 2500 and rows[7]["file"] == "0007-prompt-7.png" and rows[7]["prompt"] == "prompt 7"
+    assert rows[0]["status"] == "failed" and rows[0]["error_code"] == "upstream_rejected"
+    assert rows[0]["prompt"] == "[fail] prompt 0"  # submit knows the prompts the results file does not carry
+
+
+def test_the_upload_job_key_is_stable_across_runs_and_a_rerun_finds_the_same_job(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    prompts = many(tmp_path / "big.jsonl", 1500)
+    first = submit_no_wait(run, prompts)
+
+    # A re-run (after a crash, say) sends the same key and the same body: the same job, no second upload
+    assert submit_no_wait(run, prompts) == first
+    keys = {seen.headers["idempotency-key"] for seen in fake.requests_to("create")}
+    assert len(keys) == 1 and len(fake.jobs) == 1
+    assert len(fake.requests_to("upload_put")) == 1
+
+    # The upload of the earlier run is gone (and the key forgotten): the file is uploaded again
+    fake.uploads.clear()
+    fake._idempotency.clear()
+    again = run("submit", prompts, "--no-wait")
+    assert again.code == 0, again.err
+    assert "the upload of an earlier run was refused (not_found); uploading the file again" in again.err
+    assert len(fake.requests_to("upload_put")) == 2 and len(fake.jobs) == 2
+
+    # Other content under the same --idempotency-key does not find the earlier upload: the service's 422
+    keyed = submit_no_wait(run, prompts, "--idempotency-key", "order-7")
+    changed = run("submit", many(tmp_path / "changed.jsonl", 1501), "--idempotency-key", "order-7", "--no-wait")
+    assert changed.code == 3 and "HTTP 422 idempotency_key_reused" in changed.err and keyed not in changed.out
+
+    # Another machine (no record of the upload) gets the service's 422, explained
+    shutil.rmtree(tmp_path / "cache")
+    elsewhere = run("submit", prompts, "--no-wait")
+    assert elsewhere.code == 3
+    assert "HTTP 422 idempotency_key_reused" in elsewhere.err and "--idempotency-key" in elsewhere.err
+
+
+def test_an_expired_upload_url_gets_a_new_upload(run: Runner, fake: FakeJobsApi, tmp_path: Path) -> None:
+    prompts = many(tmp_path / "big.jsonl", 1200)
+    fake.expire_upload_puts = 1
+    job_id = submit_no_wait(run, prompts)
+    assert len(fake.requests_to("upload_create")) == 2
+    first, second = (seen.path.rsplit("/", 1)[1] for seen in fake.requests_to("upload_put"))
+    assert fake.uploads[first] is None and fake.uploads[second] is not None
+    assert fake.requests_to("create")[0].json["items_upload_id"] == second
+    assert fake.jobs[job_id].total == 1200
+
+    fake.expire_upload_puts = 10
+    refused = run("submit", prompts, "--idempotency-key", "other", "--no-wait")
+    assert refused.code == 3 and "the upload URL was refused 3 times in a row" in refused.err
+
+
+def test_api_gateways_403_for_a_missing_route_also_means_no_uploads(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    # A REST API answers a route it does not have with 403 {"message": "Missing Authentication Token"}
+    gateway = {"x-amzn-ErrorType": "MissingAuthenticationTokenException"}
+    fake.fail("upload_create", 403, message="Missing Authentication Token", headers=gateway)
+    result = run("submit", many(tmp_path / "big.jsonl", 1001), "--no-wait")
+    assert result.code == 0, result.err
+    assert "this deployment has no POST /v1/uploads" in result.err
+    assert len(result.out.split()) == 2 and [len(s.json["items"]) for s in fake.requests_to("create")] == [1000, 1]
+
+    fake.fail("upload_create", 403, code="invalid_api_key", message="Forbidden")  # a real 403 is not a fallback
+    refused = run("submit", many(tmp_path / "other.jsonl", 1002), "--no-wait")
+    assert refused.code == 3 and "HTTP 403 invalid_api_key" in refused.err
+
+
+def test_upload_errors_are_retried_honouring_retry_after(run: Runner, fake: FakeJobsApi, tmp_path: Path) -> None:
+    fake.fail("upload_create", 503, code="upstream_unavailable", headers={"Retry-After": "0.5"})
+    fake.fail("upload_put", 503, headers={"Retry-After": "0.25"})
+    result = run("submit", many(tmp_path / "big.jsonl", 1001), "--no-wait")
+    assert result.code == 0, result.err
+    assert result.sleeps == [0.5, 0.25]
+    assert "PUT upload: HTTP 503; retrying in 0.2 s (attempt 2)" in result.err
+    assert len(fake.requests_to("upload_create")) == 2 and len(fake.requests_to("upload_put")) == 2
+    assert len(fake.jobs) == 1
+
+    fake.fail("upload_put", 503, headers={"Retry-After": "0"}, times=4)  # bounded: 4 attempts
+    gave_up = run("submit", many(tmp_path / "other.jsonl", 1003), "--no-wait")
+    assert gave_up.code == 3 and "PUT upload: HTTP 503 (gave up after 4 attempts)" in gave_up.err
+
+
+def test_download_through_the_results_file_with_failed_and_canceled_items(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    # Given a finished job with a failed item (0) and two canceled ones (3, 4)
+    fake.items_per_tick = 1
+    job_id = submit_no_wait(run, *[arg for p in ["[fail] a", "b", "c", "d", "e"] for arg in ("--prompt", p)])
+    assert "running" in run("status", job_id).out  # two reads: item 0 failed, 1 succeeded, 2 running
+    assert run("cancel", job_id).code == 0  # 2 finishes, 3 and 4 never start
+    assert run("wait", job_id).code == 1
+    gets, pages = len(fake.requests_to("get")), [s for s in fake.requests_to("get") if "cursor" in s.query]
+
+    # When it is downloaded
+    result = run("download", job_id, "--out", "out")
+
+    # Then one job read, one results file read, one image document and one fetch per succeeded image; no paging
+    assert result.code == 1, result.err
+    assert len(fake.requests_to("get")) == gets + 1
+    assert [s for s in fake.requests_to("get") if "cursor" in s.query] == pages
+    assert len(fake.requests_to("results")) == 1
+    assert len(fake.requests_to("image_doc")) == 2 and len(fake.requests_to("image")) == 2
+    rows = manifest.read_jsonl(tmp_path / "out" / "manifest.jsonl")
+    assert [row["status"] for row in rows] == ["failed", "succeeded", "succeeded", "canceled", "canceled"]
+    assert rows[0]["error_code"] == "upstream_rejected" and rows[0]["file"] is None
+    assert rows[0]["prompt"] is None  # the results file has no prompts, and this command did not submit the job
+    assert rows[3]["error_code"] is None and rows[3]["file"] is None and rows[3]["image_id"] is None
+    body = fake.image_bytes(job_id, 2)
+    assert rows[2] | {"image_id": None} == {
+        "job_id": job_id,
+        "index": 2,
+        "status": "succeeded",
+        "prompt": "c",
+        "seed": 1002,
+        "num_steps": 4,
+        "width": 1024,
+        "height": 1024,
+        "file": "0002-c.png",
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "bytes": len(body),
+        "image_id": None,
+        "error_code": None,
+        "error_message": None,
+    }
+    assert rows[2]["image_id"] == fake.image_id(job_id, 2)
+    assert (tmp_path / "out" / "0002-c.png").read_bytes() == body
+
+    # And a second run finds every file in place from the manifest: no image document, no fetch
+    again = run("download", job_id, "--out", "out")
+    assert again.code == 1 and "0 downloaded, 2 already present" in again.err
+    assert len(fake.requests_to("image_doc")) == 2 and len(fake.requests_to("image")) == 2
+    assert manifest.read_jsonl(tmp_path / "out" / "manifest.jsonl") == rows
+
+
+def test_an_expired_results_url_is_renewed_by_reading_the_job_again(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    job_id = submit_no_wait(run, "--prompt", "a", "--prompt", "b")
+    assert run("wait", job_id).code == 0
+    fake.expire_results_fetches = 1
+    gets = len(fake.requests_to("get"))
+    result = run("download", job_id, "--out", "out")
+    assert result.code == 0, result.err
+    assert "the results file URL was refused (expired?); reading the job for a fresh one" in result.err
+    rereads = fake.requests_to("get")[gets:]
+    assert [seen.query.get("limit") for seen in rereads] == ["100", "1"]  # the job, then the job again
+    signatures = [seen.query["X-Amz-Signature"] for seen in fake.requests_to("results")]
+    assert len(signatures) == 2 and signatures[0] != signatures[1]  # the retry used the renewed URL
+    assert len(fake.requests_to("image")) == 2
+
+    # An expired image URL on this path is renewed through GET /v1/images/{id}
+    fake.expire_image_fetches = 1
+    docs = len(fake.requests_to("image_doc"))
+    renewed = run("download", job_id, "--out", "renewed")
+    assert renewed.code == 0, renewed.err
+    assert "item 0000: the image URL was refused (expired?); asking for a fresh one" in renewed.err
+    assert len(fake.requests_to("image_doc")) == docs + 3  # two images, the first one twice
+
+    # A results file that stays refused: the items are read from the job's pages instead
+    fake.expire_results_fetches = 10
+    fallback = run("download", job_id, "--out", "again")
+    assert fallback.code == 0, fallback.err
+    assert "the results file URL was refused even after renewing it; reading the job's items" in fallback.err
+    assert len(manifest.read_jsonl(tmp_path / "again" / "manifest.jsonl")) == 2
+
+
+def test_status_shows_the_results_file(run: Runner, fake: FakeJobsApi) -> None:
+    fake.items_per_tick = 1
+    job_id = submit_no_wait(run, "--prompt", "a", "--prompt", "b")
+    assert "results:" not in run("status", job_id).out  # not finished yet: results is null
+    run("wait", job_id)
+    status = run("status", job_id)
+    assert f"results:   s3://bucket/jobs/{job_id}/results.jsonl (2 items)" in status.out
+
+
+def test_dry_run_shows_the_upload_jobs(run: Runner, tmp_path: Path) -> None:
+    prompts = many(tmp_path / "big.jsonl", 2500)
+    result = run("submit", prompts, "--dry-run")
+    assert result.code == 0, result.err
+    assert result.out.startswith("job 1: 2500 items from an upload of ")
+    assert "gets 3 jobs of at most 1,000 items instead" in result.err
+
+
+def test_uploads_are_split_at_100000_lines_and_keyed_by_content() -> None:
+    items = [inputs.Item({"prompt": f"p{n}", "seed": None if n % 2 else n}, f"f:{n}") for n in range(5)]
+    plans = inputs.plan_uploads(items, webhook_url="https://h.example.com/x", metadata={"k": "日本"}, per_upload=2)
+    assert [(plan.first, plan.size) for plan in plans] == [(1, 2), (3, 2), (5, 1)]
+    for plan in plans:  # the same key the same content would have inline, computed without building the body
+        body = {"items": [item.request for item in plan.items], "webhook_url": "https://h.example.com/x"}
+        assert plan.idempotency_key == inputs.derived_key({**body, "metadata": {"k": "日本"}})
+        reader = uploads.JsonlBody(plan)
+        data = b"".join(iter(functools.partial(reader.read, 7), b""))  # small reads, as a socket asks
+        assert len(data) == plan.file_bytes == len(uploads.JsonlBody(plan))
+        assert [json.loads(line) for line in data.splitlines()] == [item.request for item in plan.items]
+    keyed = inputs.plan_uploads(items, idempotency_key="k", per_upload=2)
+    assert [plan.idempotency_key for plan in keyed] == ["k-part1of3", "k-part2of3", "k-part3of3"]
+    assert inputs.plan_uploads(items)[0].size == 5 and inputs.MAX_LINES_PER_UPLOAD == 100_000
+
+
+def test_the_fake_turns_an_invalid_upload_line_into_a_failed_item(fake: FakeJobsApi) -> None:
+    # The contract the CLI is written against: blank lines ignored, a bad line a failed item with its line number
+    with requests.Session() as session:
+        session.headers["x-api-key"] = API_KEY
+        upload = session.post(f"{fake.url}/v1/uploads", json={}).json()
+        assert upload["id"].startswith("upl_") and upload["max_lines"] == 100_000
+        data = b'{"prompt": "a"}\n\n{"prompt": 3}\n{"prompt": "b"}\n'
+        assert requests.put(upload["upload_url"], data=data, timeout=5).status_code == 200
+        body, key = {"items_upload_id": upload["id"]}, {"Idempotency-Key": "k"}
+        job = session.post(f"{fake.url}/v1/jobs", json=body, headers=key)
+        assert job.status_code == 202 and job.json()["total"] == 3 and job.json()["results"] is None
+        job_id = job.json()["id"]
+        for _ in range(3):
+            document = session.get(f"{fake.url}/v1/jobs/{job_id}").json()
+    assert document["items"][1]["error"] == {"code": "invalid_request", "message": "line 3: not a valid image request"}
+    statuses = [record["status"] for record in fake.results_lines(fake.jobs[job_id])]
+    assert statuses == ["succeeded", "failed", "succeeded"]
+    assert document["results"]["s3_uri"] == f"s3://bucket/jobs/{job_id}/results.jsonl"
