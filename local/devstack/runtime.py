@@ -185,6 +185,10 @@ class LocalFunction:
                 stderr=subprocess.PIPE,
                 pass_fds=(requests_read, results_write),
             )
+        except BaseException:
+            os.close(requests_write)  # no child to talk to: the parent's ends go too
+            os.close(results_read)
+            raise
         finally:
             os.close(requests_read)
             os.close(results_write)

@@ -891,11 +891,12 @@ LAMBDA_DEPLOYMENT_TYPES = {
 }
 # The alarms each function's deployment must roll back on: what a bad release of that function raises.
 ROLLBACK_ALARMS = {
-    FUNCTION_ID: {"ApiFunctionErrorsAlarm", "Api5xxErrorRateAlarm", "InternalErrorsAlarm"},
+    FUNCTION_ID: {"ApiFunctionErrorsAlarm", "InternalErrorsAlarm"},
     WORKER_ID: {"WorkerErrorsAlarm"},
 }
-# Alarms that stay raised until someone acts (a full DLQ, an old backlog): rolling back on them blocks releases.
-STICKY_ALARMS = {"JobsDlqDepthAlarm", "JobsOldestMessageAgeAlarm"}
+# Alarms that stay raised until someone acts (a full DLQ, an old backlog) or that measure the vendor (the API's 5XX
+# rate counts its own 503/504 for an upstream outage): rolling back on them blocks or undoes healthy releases.
+STICKY_ALARMS = {"JobsDlqDepthAlarm", "JobsOldestMessageAgeAlarm", "Api5xxErrorRateAlarm"}
 
 
 def check_safe_releases(t: dict[str, Any]) -> None:
@@ -917,6 +918,15 @@ def check_safe_releases(t: dict[str, Any]) -> None:
             assert _resource(t, alarm).get("Type") == "AWS::CloudWatch::Alarm", f"{alarm} is not an alarm"
         role = preference.get("Role")
         assert role == {"Fn::GetAtt": ["CodeDeployRole", "Arn"]}, f"{function_id}: not the scoped CodeDeploy role"
+        # What publishes a version: the function's properties as written, its layers' content, or a new ReleaseId.
+        assert props.get("AutoPublishCodeSha256") == {"Ref": "ReleaseId"}, f"{function_id}: ReleaseId names versions"
+        assert _is_true(_function_setting(t, "AutoPublishAliasAllProperties", function_id)), (
+            f"{function_id}: only a change of its own code would publish a version"
+        )
+        for layer in _as_list(props.get("Layers") or []):
+            publishes = _is_true(_props(t, layer["Ref"]).get("PublishLambdaVersion"))
+            assert publishes, f"{layer['Ref']}: a change of the layer would publish nothing"
+    assert ((t.get("Parameters") or {}).get("ReleaseId") or {}).get("Default") == "", "ReleaseId defaults to empty"
     statements = list(_statements(_props(t, "CodeDeployRole").get("Policies")))
     actions = {a for s in statements for a in _as_list(s.get("Action"))}
     assert actions == {
@@ -1565,9 +1575,21 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
         check_safe_releases,
         lambda t: t["Parameters"]["DeploymentType"]["AllowedValues"].append("HalfAtATime"),
     ),
-    "rollback-ignores-5xx": (
+    "rollback-ignores-internal-errors": (
         check_safe_releases,
-        lambda t: _p(t, FUNCTION_ID)["DeploymentPreference"]["Alarms"].remove({"Ref": "Api5xxErrorRateAlarm"}),
+        lambda t: _p(t, FUNCTION_ID)["DeploymentPreference"]["Alarms"].remove({"Ref": "InternalErrorsAlarm"}),
+    ),
+    "rollback-on-upstream-5xx-rate": (
+        check_safe_releases,
+        lambda t: _p(t, FUNCTION_ID)["DeploymentPreference"]["Alarms"].append({"Ref": "Api5xxErrorRateAlarm"}),
+    ),
+    "versions-ignore-layer-changes": (
+        check_safe_releases,
+        lambda t: _p(t, "SharedLayer").pop("PublishLambdaVersion"),
+    ),
+    "versions-hash-code-only": (
+        check_safe_releases,
+        lambda t: _p(t, WORKER_ID).pop("AutoPublishAliasAllProperties"),
     ),
     "rollback-on-dlq-depth": (
         check_safe_releases,
@@ -1876,6 +1898,26 @@ def test_transformed_releases_go_through_the_live_aliases(tmp_path: Path) -> Non
     (tmp_path / "mutated.json").write_text(json.dumps(mutated), encoding="utf-8")
     with pytest.raises(AssertionError, match="the API invokes"):
         _assert_invoked_through_live_aliases(_sam_transform(tmp_path / "mutated.json"))
+
+
+def _version_ids(transformed: dict[str, Any]) -> set[str]:
+    return set(_resources_of_type(transformed, "AWS::Lambda::Version"))
+
+
+@pytest.mark.timeout(300)
+def test_transformed_a_layer_change_or_a_new_release_id_publishes_new_versions(tmp_path: Path) -> None:
+    """The live aliases only move when SAM names a new version: a change of the shared layer (where the business
+    logic lives) or of ReleaseId must name one; the same template twice names the same."""
+    base = _version_ids(_sam_transform(TEMPLATE_PATH))
+    assert len(base) == len(FUNCTION_IDS)
+    assert _version_ids(_sam_transform(TEMPLATE_PATH)) == base
+    changed_layer = load_template()
+    _p(changed_layer, "SharedLayer")["ContentUri"] = "s3://artifacts/shared-layer-v2.zip"  # what `sam package` writes
+    (tmp_path / "layer.json").write_text(json.dumps(changed_layer), encoding="utf-8")
+    assert not _version_ids(_sam_transform(tmp_path / "layer.json")) & base
+    released = _version_ids(_sam_transform(TEMPLATE_PATH, {"ReleaseId": "20261129a"}))
+    assert not released & base
+    assert not released & _version_ids(_sam_transform(TEMPLATE_PATH, {"ReleaseId": "20261129b"}))
 
 
 @pytest.mark.timeout(300)
