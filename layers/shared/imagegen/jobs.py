@@ -8,24 +8,29 @@ already succeeded is acknowledged without another upstream call.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from enum import Enum
+from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import ValidationError
 
-from imagegen.adapters.events import EventPublisher
-from imagegen.adapters.jobs_table import Item, Job, JobRepository, JobUnavailable, LeaseHeld, TransitionConflict
+from imagegen.adapters.jobs_table import JobRepository
 from imagegen.adapters.queue import JobQueue
-from imagegen.adapters.webhooks import WebhookSender
 from imagegen.budget import Deadline
+from imagegen.entities import Item, ItemStore, Job, JobUnavailable, LeaseHeld, TransitionConflict
 from imagegen.errors import EnqueueError, InvalidRequestError, NotFoundError, ServiceError
 from imagegen.models import (
+    MAX_JOB_ITEMS,
     MAX_SEED,
+    ImageDocument,
+    ImageRecord,
     ImageRequest,
     ItemError,
     JobDocument,
@@ -178,16 +183,94 @@ class JobService:
         )
 
 
+def _names_item(body: str) -> tuple[str | None, int | None]:
+    """The job and index an unreadable message names, if it names them at all (read leniently: the message is
+    already known to be invalid, and its item is where the failure belongs)."""
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    job_id, index = raw.get("job_id"), raw.get("index")
+    if isinstance(job_id, str) and isinstance(index, int) and not isinstance(index, bool):
+        return job_id, index
+    return None, None
+
+
+class OutcomeKind(Enum):
+    ACK = "ack"  # done with the message: delete it
+    RETRY = "retry"  # put it back, visible again after ``after_s``
+    REJECT = "reject"  # it can never be processed: already recorded on its item or dead-lettered
+
+
 @dataclass(frozen=True)
 class Outcome:
-    """What the worker tells the queue: acknowledge, or retry after ``delay_s``."""
+    """What became of one message, for the entry point to tell the queue. Build with the named constructors."""
 
-    ack: bool
-    delay_s: int = 0
-    reason: str = ""
+    kind: OutcomeKind
+    after_s: int = 0
+    why: str = ""
+
+    @classmethod
+    def ack(cls) -> Outcome:
+        return cls(OutcomeKind.ACK)
+
+    @classmethod
+    def retry(cls, after_s: int, why: str) -> Outcome:
+        return cls(OutcomeKind.RETRY, max(0, int(after_s)), why)
+
+    @classmethod
+    def reject(cls, why: str) -> Outcome:
+        return cls(OutcomeKind.REJECT, why=why)
+
+    @property
+    def retries(self) -> bool:
+        return self.kind is OutcomeKind.RETRY
 
 
-ACK = Outcome(True)
+class ImageGenerator(Protocol):
+    """What the item processor needs of the image service (``ImageService``; a fake in the unit tests)."""
+
+    def generate_record(
+        self,
+        request: ImageRequest,
+        deadline: Deadline,
+        *,
+        image_id: str | None = None,
+        key_stem: str | None = None,
+        store: bool = True,
+    ) -> ImageRecord: ...
+
+    def record_item(self, record: ImageRecord) -> dict[str, Any]: ...
+
+    def document(self, record: ImageRecord) -> ImageDocument: ...
+
+
+class EventSink(Protocol):
+    def publish(self, detail_type: str, detail: dict[str, Any]) -> object: ...
+
+
+class WebhookDelivery(Protocol):
+    @property
+    def delivered(self) -> bool: ...
+
+    @property
+    def attempts(self) -> int: ...
+
+
+class WebhookSink(Protocol):
+    def deliver(self, url: str, message_id: str, payload: dict[str, Any]) -> WebhookDelivery: ...
+
+
+class DeadLetters(Protocol):
+    def dead_letter(self, body: str, reason: str, message_id: str) -> None: ...
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "message"
+    return f"{where}: {first.get('msg', 'invalid')}"
 
 
 class ItemProcessor:
@@ -195,10 +278,11 @@ class ItemProcessor:
 
     def __init__(
         self,
-        repository: JobRepository,
-        images: ImageService,
-        events: EventPublisher,
-        webhooks: WebhookSender,
+        repository: ItemStore,
+        images: ImageGenerator,
+        events: EventSink,
+        webhooks: WebhookSink,
+        dead_letters: DeadLetters,
         *,
         max_receive_count: int = 5,
         lease_margin_s: float = 35.0,
@@ -207,10 +291,28 @@ class ItemProcessor:
         self._images = images
         self._events = events
         self._webhooks = webhooks
+        self._dead_letters = dead_letters
         self._max_receive_count = max_receive_count
         self._lease_margin_s = lease_margin_s
 
-    def process(self, message: JobMessage, *, message_id: str, receive_count: int, deadline: Deadline) -> Outcome:
+    def handle(self, body: str, *, message_id: str, receive_count: int, deadline: Deadline) -> Outcome:
+        """One message body as the queue delivered it: parse it, then process it (or reject it)."""
+        try:
+            message = JobMessage.model_validate_json(body)
+        except ValidationError as exc:
+            why = f"the message does not match the job message schema: {_first_error(exc)}"
+            return self._reject(body, why, message_id)
+        return self.process(message, message_id=message_id, receive_count=receive_count, deadline=deadline, body=body)
+
+    def process(
+        self,
+        message: JobMessage,
+        *,
+        message_id: str,
+        receive_count: int,
+        deadline: Deadline,
+        body: str | None = None,
+    ) -> Outcome:
         job_id, index = message.job_id, message.index if message.index is not None else 0
         request = message.request
         if job_id is None:
@@ -220,7 +322,7 @@ class ItemProcessor:
             # Put back for an invocation with more time, but never on the last receive: SQS would then move the
             # message to the dead-letter queue with its item never started and the job never complete. There it
             # is tried with the time left: generation keeps to the deadline, so the item still ends terminal.
-            return Outcome(False, 0, "not enough time left in this invocation")
+            return Outcome.retry(0, "not enough time left in this invocation")
         # The item is held for as long as this invocation can live (its deadline, i.e. the function's Timeout as
         # Lambda reports it, less the reserve) plus the margin: a live delivery always finishes within its lease.
         lease_s = deadline.remaining() + self._lease_margin_s
@@ -230,26 +332,52 @@ class ItemProcessor:
             item = Item(job_id, index, "running", request, attempts=1, correlation_id=message.correlation_id)
         except (TransitionConflict, JobUnavailable):
             claimed = self._look_again(job_id, index, lease_s)
+            if claimed is None:
+                why = f"job {job_id} has no item {index}"
+                return self._reject(
+                    body if body is not None else message.model_dump_json(exclude_none=True), why, message_id
+                )
             if isinstance(claimed, Outcome):
                 return claimed
             item = claimed
         return self._run(item, receive_count, deadline, message.correlation_id)
 
-    def _look_again(self, job_id: str, index: int, lease_s: float) -> Item | Outcome:
-        """The claim failed: a redelivery, a canceled job, or an item a dead invocation left running."""
+    def _reject(self, body: str, why: str, message_id: str) -> Outcome:
+        """A message that can never be processed: record the failure on its item when it names one still open,
+        else move it to the dead-letter queue with the reason. Either way the queue is done with it."""
+        metrics.add_metric(name="InvalidMessages", unit=MetricUnit.Count, value=1)
+        logger.warning("invalid message", message_id=message_id, reason=why[:300])
+        job_id, index = _names_item(body)
+        if job_id is not None and index is not None:
+            item = self._repository.get_item(job_id, index) if 0 <= index < MAX_JOB_ITEMS else None
+            if item is not None and item.status in ("queued", "running"):
+                error = ItemError(code="invalid_message", message=why[:500])
+                try:
+                    completed = self._repository.transition(item, "failed", error=error)
+                except TransitionConflict:
+                    return Outcome.retry(1, "the item moved under us; look again")
+                if completed:
+                    self.announce(job_id)
+                return Outcome.reject(why)
+        self._dead_letters.dead_letter(body, why, message_id)
+        return Outcome.reject(why)
+
+    def _look_again(self, job_id: str, index: int, lease_s: float) -> Item | Outcome | None:
+        """The claim failed: a redelivery, a canceled job, or an item a dead invocation left running. None when
+        there is no such item (nothing to record a failure on)."""
         item, job = self._repository.get_item_and_job(job_id, index)
         if item is None:
-            return Outcome(False, reason="unknown_item")  # the caller dead-letters it: nothing to record it on
+            return None
         if item.status in ("succeeded", "failed", "canceled"):
             metrics.add_metric(name="DuplicateDeliveries", unit=MetricUnit.Count, value=1)
             if job is not None and job.remaining == 0 and job.completed_at is None:
                 self.finish(job_id)  # e.g. a cancelation whose completion the API did not get to write
-            return ACK  # done already: a redelivery never calls the upstream again
+            return Outcome.ack()  # done already: a redelivery never calls the upstream again
         if job is None:
-            return ACK  # the job expired (TTL): nothing left to record the item on
+            return Outcome.ack()  # the job expired (TTL): nothing left to record the item on
         if job.canceled:
             self._settle(item, "canceled")
-            return ACK
+            return Outcome.ack()
         try:
             if item.status == "queued":
                 self._repository.transition(item, "running", lease_s=lease_s)
@@ -257,9 +385,9 @@ class ItemProcessor:
                 self._repository.reclaim(item, lease_s=lease_s)  # the previous attempt died with the item running
         except LeaseHeld as held:
             # A duplicate delivery while the first is still generating: never a second upstream call.
-            return Outcome(False, int(held.seconds_left) + 1, "another delivery is generating this item")
+            return Outcome.retry(int(held.seconds_left) + 1, "another delivery is generating this item")
         except TransitionConflict:
-            return Outcome(False, 1, "the item moved under us; look again")
+            return Outcome.retry(1, "the item moved under us; look again")
         return item
 
     def _run(self, item: Item, receive_count: int, deadline: Deadline, correlation_id: str | None) -> Outcome:
@@ -277,24 +405,24 @@ class ItemProcessor:
                 delay = exc.retry_after if exc.retry_after is not None else self._backoff(receive_count)
                 self._release(item)
                 logger.info("item will be retried", job_id=item.job_id, index=item.index, code=exc.code, delay_s=delay)
-                return Outcome(False, delay, exc.code)
+                return Outcome.retry(delay, exc.code)
             message = (
                 exc.message
                 if not (exc.retryable and last_receive)
                 else f"{exc.message} (gave up after {receive_count} attempts)"
             )
             self._settle(item, "failed", ItemError(code=exc.code, message=message), correlation_id)
-            return ACK
+            return Outcome.ack()
         except Exception:
             logger.exception("unexpected error while generating an item", job_id=item.job_id, index=item.index)
             if receive_count < self._max_receive_count:
                 self._release(item)
-                return Outcome(False, self._backoff(receive_count), "internal_error")
+                return Outcome.retry(self._backoff(receive_count), "internal_error")
             error = ItemError(code="internal_error", message="an unexpected error occurred; the item was not generated")
             self._settle(item, "failed", error, correlation_id)
-            return ACK
+            return Outcome.ack()
         self._settle(item, "succeeded", record=record, correlation_id=correlation_id)
-        return ACK
+        return Outcome.ack()
 
     def _settle(
         self,

@@ -148,6 +148,7 @@ def item_processor() -> ItemProcessor:
             allow_http=settings.webhook_allow_http,
             allowed_private_networks=settings.webhook_allowed_private_networks,
         ),
+        job_queue(),  # its dead-letter queue takes the messages nobody can process
         max_receive_count=settings.max_receive_count,
         # The deadline stops settings.worker_reserve_s before the invocation ends; the lease outlives the end.
         lease_margin_s=settings.worker_reserve_s + settings.item_lease_margin_s,

@@ -16,7 +16,6 @@ import json
 import random
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +23,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from imagegen.adapters.images_table import plain
+from imagegen.entities import Item, Job, JobUnavailable, LeaseHeld, TransitionConflict
 from imagegen.errors import InvalidRequestError
 from imagegen.models import (
     TERMINAL_ITEM_STATUSES,
@@ -32,9 +32,11 @@ from imagegen.models import (
     ItemError,
     ItemStatus,
     JobCounts,
-    JobStatus,
     WebhookInfo,
 )
+
+# The entities live in the domain; re-exported here for the modules that imported them from the adapter.
+__all__ = ["Item", "Job", "JobRepository", "JobUnavailable", "LeaseHeld", "TransitionConflict"]
 
 _RETRYABLE_REASONS = frozenset(
     {None, "None", "TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
@@ -60,62 +62,6 @@ def _now() -> datetime:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
-
-
-@dataclass
-class Job:
-    id: str
-    total: int
-    created_at: datetime
-    counts: JobCounts
-    remaining: int
-    canceled: bool = False
-    completed_at: datetime | None = None
-    metadata: dict[str, Any] | None = None
-    webhook: WebhookInfo | None = None
-    direct: bool = False  # created on the fly for a message a producer put on the queue itself
-
-    @property
-    def status(self) -> JobStatus:
-        counts = self.counts
-        if self.completed_at is not None:
-            if counts.succeeded == self.total:
-                return "succeeded"
-            if self.canceled and counts.canceled:
-                return "canceled"
-            return "failed" if counts.succeeded == 0 else "partially_failed"
-        if self.canceled:
-            return "canceled"
-        return "queued" if counts.queued == self.total else "running"
-
-
-@dataclass
-class Item:
-    job_id: str
-    index: int
-    status: ItemStatus
-    request: ImageRequest
-    attempts: int = 0
-    error: ItemError | None = None
-    record: ImageRecord | None = None
-    correlation_id: str | None = None
-    lease_until: float = 0.0  # epoch seconds: a delivery working on the item holds it until then
-
-
-class TransitionConflict(Exception):
-    """The item was no longer in the expected status (someone else moved it)."""
-
-
-class LeaseHeld(TransitionConflict):
-    """Another delivery of the same message is working on the item right now (its lease has not expired)."""
-
-    def __init__(self, seconds_left: float) -> None:
-        super().__init__(f"the item is leased for {seconds_left:.0f} s more")
-        self.seconds_left = seconds_left
-
-
-class JobUnavailable(Exception):
-    """The job was canceled (or no longer exists): its queued items must not start."""
 
 
 class JobRepository:

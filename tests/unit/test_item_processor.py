@@ -1,0 +1,196 @@
+"""The item state machine, on in-memory fakes: no stack, no sockets, well under a second for the file.
+
+Each case is one delivery of one queue message to ``ItemProcessor.handle``, and checks the outcome the queue is
+told, the item's and job's state afterwards, and the paid upstream calls (``FakeImages.calls``).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from imagegen.budget import Deadline
+from imagegen.entities import Job
+from imagegen.errors import UpstreamRejectedError, UpstreamUnavailableError
+from imagegen.jobs import ItemProcessor, Outcome, OutcomeKind
+from imagegen.models import ImageRequest, JobMessage
+from support.job_fakes import FakeDeadLetters, FakeEvents, FakeImages, FakeWebhooks, MemoryItemStore
+
+JOB_ID = "job_" + "a" * 32
+MAX_RECEIVES = 5
+
+
+class World:
+    """A processor wired to fakes, with a one-item job (or more) recorded as the API records one."""
+
+    def __init__(self, items: int = 1, webhook: str | None = None) -> None:
+        self.now = 1_000_000.0
+        self.store = MemoryItemStore(clock=lambda: self.now)
+        self.images = FakeImages()
+        self.events = FakeEvents()
+        self.webhooks = FakeWebhooks()
+        self.dead = FakeDeadLetters()
+        self.processor = ItemProcessor(
+            self.store,
+            self.images,
+            self.events,
+            self.webhooks,
+            self.dead,
+            max_receive_count=MAX_RECEIVES,
+            lease_margin_s=35,
+        )
+        from imagegen.models import WebhookInfo
+
+        job = Job(
+            id=JOB_ID,
+            total=items,
+            created_at=datetime.now(UTC),
+            counts=None,  # type: ignore[arg-type]  # set by the store
+            remaining=items,
+            webhook=WebhookInfo(url=webhook) if webhook else None,
+        )
+        self.store.create(job, [ImageRequest(prompt=f"p{i}", seed=i) for i in range(items)])
+
+    def deliver(self, index: int = 0, *, receive_count: int = 1, body: str | None = None, time_left_s: float = 120):
+        if body is None:
+            message = JobMessage(request=ImageRequest(prompt=f"p{index}", seed=index), job_id=JOB_ID, index=index)
+            body = message.model_dump_json(exclude_none=True)
+        deadline = Deadline.after(time_left_s, clock=lambda: 0.0)
+        return self.processor.handle(body, message_id=f"m{index}", receive_count=receive_count, deadline=deadline)
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def test_outcomes_are_values_built_by_name():
+    assert Outcome.ack().kind is OutcomeKind.ACK and not Outcome.ack().retries
+    retry = Outcome.retry(30, "upstream_unavailable")
+    assert (retry.kind, retry.after_s, retry.why, retry.retries) == (
+        OutcomeKind.RETRY,
+        30,
+        "upstream_unavailable",
+        True,
+    )
+    assert Outcome.reject("unreadable").kind is OutcomeKind.REJECT
+
+
+def test_first_delivery_generates_settles_and_completes_the_job():
+    # Given a one-item job with a webhook
+    world = World(webhook="https://hooks.example.com/x")
+    # When its message is delivered
+    outcome = world.deliver()
+    # Then one paid call, the item succeeded with its record, the job completed and was announced once
+    assert outcome == Outcome.ack()
+    assert world.images.calls == 1
+    item = world.store.item(JOB_ID)
+    assert item.status == "succeeded" and item.record is not None and item.attempts == 1
+    job = world.store.job(JOB_ID)
+    assert job.counts.succeeded == 1 and job.remaining == 0 and job.completed_at is not None
+    assert world.events.types() == ["Image Generated", "Job Completed"]
+    assert world.webhooks.sent == [("https://hooks.example.com/x", JOB_ID)]
+    assert world.store.webhooks[JOB_ID] == ("delivered", 1)
+
+
+def test_redelivery_of_a_finished_item_never_calls_the_upstream_again(world):
+    world.deliver()
+    # When the same message comes again (at-least-once delivery)
+    outcome = world.deliver(receive_count=2)
+    # Then it is acknowledged with no call and no second announcement
+    assert outcome == Outcome.ack()
+    assert world.images.calls == 1
+    assert world.events.types() == ["Image Generated", "Job Completed"]
+
+
+def test_duplicate_while_leased_waits_out_the_lease_without_paying(world):
+    # Given a delivery that claimed the item and is still generating (its lease is live)
+    world.store.claim(JOB_ID, 0, lease_s=155)
+    # When a duplicate arrives
+    outcome = world.deliver(receive_count=2)
+    # Then it is put back until the lease runs out, and nobody called the upstream
+    assert outcome.kind is OutcomeKind.RETRY and 155 <= outcome.after_s <= 156
+    assert world.images.calls == 0
+    assert world.store.item(JOB_ID).status == "running"
+
+
+def test_item_left_running_by_a_dead_delivery_is_taken_over_once_its_lease_expired(world):
+    world.store.claim(JOB_ID, 0, lease_s=155)
+    world.now += 200  # the first delivery died; its lease ran out
+    assert world.deliver(receive_count=2) == Outcome.ack()
+    item = world.store.item(JOB_ID)
+    assert item.status == "succeeded" and item.attempts == 2 and world.images.calls == 1
+
+
+def test_canceled_job_settles_the_item_canceled_without_a_call(world):
+    # Given a job flagged canceled whose item is still queued
+    world.store.jobs[JOB_ID].canceled = True
+    # When its message is delivered
+    outcome = world.deliver()
+    # Then the item is canceled, the job completes (canceled) and is announced, nothing is paid
+    assert outcome == Outcome.ack()
+    assert world.images.calls == 0
+    assert world.store.item(JOB_ID).status == "canceled"
+    job = world.store.job(JOB_ID)
+    assert job.status == "canceled" and job.completed_at is not None
+    assert world.events.types() == ["Job Completed"]
+
+
+def test_retryable_failure_puts_the_message_back_after_retry_after_and_releases_the_lease(world):
+    world.images.fail_next(UpstreamUnavailableError("down", retry_after=3600))
+    outcome = world.deliver()
+    assert outcome == Outcome.retry(3600, "upstream_unavailable")
+    item = world.store.item(JOB_ID)
+    assert item.lease_until == 0.0 and item.status != "failed"
+    assert world.events.types() == []  # no "Image Failed" on a retry
+
+
+def test_permanent_failure_is_recorded_and_acknowledged(world):
+    world.images.fail_next(UpstreamRejectedError("the Flux Schnell API rejected the request: bad prompt"))
+    outcome = world.deliver()
+    assert outcome == Outcome.ack()
+    item = world.store.item(JOB_ID)
+    assert item.status == "failed" and item.error is not None and item.error.code == "upstream_rejected"
+    assert world.store.job(JOB_ID).status == "failed"
+    assert world.events.types() == ["Image Failed", "Job Completed"]
+    assert world.images.calls == 1
+
+
+def test_last_receive_fails_the_item_instead_of_retrying(world):
+    world.images.fail_next(UpstreamUnavailableError("down", retry_after=5))
+    outcome = world.deliver(receive_count=MAX_RECEIVES)
+    assert outcome == Outcome.ack()
+    item = world.store.item(JOB_ID)
+    assert item.status == "failed" and item.error is not None
+    assert item.error.code == "upstream_unavailable" and f"gave up after {MAX_RECEIVES} attempts" in item.error.message
+
+
+def test_not_enough_time_puts_the_message_back_at_once_before_the_last_receive(world):
+    assert world.deliver(time_left_s=5) == Outcome.retry(0, "not enough time left in this invocation")
+    assert world.store.item(JOB_ID).status == "queued" and world.images.calls == 0
+
+
+def test_unknown_item_is_dead_lettered_with_the_reason(world):
+    body = json.dumps({"request": {"prompt": "x"}, "job_id": JOB_ID, "index": 42})
+    outcome = world.deliver(body=body)
+    assert outcome.kind is OutcomeKind.REJECT
+    assert world.dead.messages == [(body, f"job {JOB_ID} has no item 42")]
+    assert world.images.calls == 0
+
+
+def test_invalid_message_naming_its_item_fails_the_item_instead_of_the_dlq(world):
+    body = json.dumps({"request": {"prompt": "x", "stepz": 3}, "job_id": JOB_ID, "index": 0})
+    outcome = world.deliver(body=body)
+    assert outcome.kind is OutcomeKind.REJECT and "stepz" in outcome.why
+    item = world.store.item(JOB_ID)
+    assert item.status == "failed" and item.error is not None and item.error.code == "invalid_message"
+    assert world.dead.messages == []
+    assert world.events.types() == ["Job Completed"]
+
+
+def test_unreadable_message_is_dead_lettered(world):
+    outcome = world.deliver(body="not json at all")
+    assert outcome.kind is OutcomeKind.REJECT
+    assert [body for body, _ in world.dead.messages] == ["not json at all"]
+    assert "job message schema" in world.dead.messages[0][1]
