@@ -133,10 +133,14 @@ class MemoryItemStore:
         stored.lease_until = now + lease_s
         item.attempts = stored.attempts
 
-    def release(self, item: Item) -> None:
+    def release(self, item: Item, *, bad_output: bool = False) -> None:
         stored = self.items[(item.job_id, item.index)]
-        if stored.status == "running":
-            stored.lease_until = 0.0
+        if stored.status != "running":
+            raise TransitionConflict(f"{item.job_id}#{item.index} is no longer running")
+        stored.lease_until = 0.0
+        if bad_output:
+            stored.bad_outputs += 1
+            item.bad_outputs = stored.bad_outputs
 
     def complete_if_done(self, job_id: str) -> Job | None:
         job = self.jobs.get(job_id)

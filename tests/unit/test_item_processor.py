@@ -12,7 +12,12 @@ from datetime import UTC, datetime
 import pytest
 from imagegen.budget import Deadline
 from imagegen.entities import Job
-from imagegen.errors import UpstreamRejectedError, UpstreamUnavailableError
+from imagegen.errors import (
+    ImageRejectedError,
+    UpstreamBadResponseError,
+    UpstreamRejectedError,
+    UpstreamUnavailableError,
+)
 from imagegen.jobs import ItemProcessor, Outcome, OutcomeKind
 from imagegen.models import ImageRequest, JobMessage
 from support.job_fakes import FakeDeadLetters, FakeEvents, FakeImages, FakeWebhooks, MemoryItemStore
@@ -194,3 +199,44 @@ def test_unreadable_message_is_dead_lettered(world):
     assert outcome.kind is OutcomeKind.REJECT
     assert [body for body, _ in world.dead.messages] == ["not json at all"]
     assert "job message schema" in world.dead.messages[0][1]
+
+
+# ------------------------------------------------------------------------------------------ paid refusals
+def test_a_refused_output_is_permanent_after_one_paid_call(world):
+    # Given a paid 200 whose output the service refuses (a URL not https, an address, not an image, ...)
+    world.images.fail_next(ImageRejectedError("the upstream's output URL scheme 'http' is refused (https only)"))
+    # When the item is delivered
+    outcome = world.deliver()
+    # Then it fails at once: acknowledged, never retried, one paid call
+    assert outcome == Outcome.ack()
+    item = world.store.item(JOB_ID)
+    assert item.status == "failed" and item.error is not None and item.error.code == "image_rejected"
+    assert world.images.calls == 1
+
+
+def test_a_200_without_output_is_retried_once_per_item_then_failed(world):
+    # Given an upstream that keeps answering 200 without a usable output
+    no_output = UpstreamBadResponseError("the Flux Schnell API answered 200 without a usable output URL")
+    world.images.fail_next(no_output, no_output, no_output)
+    # When the message is delivered, then redelivered after the backoff
+    first = world.deliver()
+    second = world.deliver(receive_count=2)
+    # Then the first is retried (the count kept on the item), the second fails the item: two paid calls in all
+    assert first.kind is OutcomeKind.RETRY and first.why == "upstream_bad_response"
+    assert second == Outcome.ack()
+    item = world.store.item(JOB_ID)
+    assert item.bad_outputs == 1
+    assert item.status == "failed" and item.error is not None and item.error.code == "upstream_bad_response"
+    assert "2 paid calls" in item.error.message
+    assert world.images.calls == 2
+
+
+def test_other_retryable_failures_do_not_use_up_the_bad_output_retry(world):
+    world.images.fail_next(
+        UpstreamUnavailableError("down", retry_after=1),
+        UpstreamBadResponseError("no output"),
+        UpstreamUnavailableError("down", retry_after=1),
+    )
+    outcomes = [world.deliver(receive_count=n) for n in (1, 2, 3, 4)]
+    assert [o.kind for o in outcomes] == [OutcomeKind.RETRY] * 3 + [OutcomeKind.ACK]
+    assert world.store.item(JOB_ID).status == "succeeded" and world.images.calls == 4

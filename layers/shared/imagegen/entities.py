@@ -51,6 +51,7 @@ class Item:
     record: ImageRecord | None = None
     correlation_id: str | None = None
     lease_until: float = 0.0  # epoch seconds: a delivery working on the item holds it until then
+    bad_outputs: int = 0  # paid 200s without a usable output so far (each retry of one is another paid call)
 
 
 class TransitionConflict(Exception):
@@ -103,8 +104,9 @@ class ItemStore(Protocol):
 
     def reclaim(self, item: Item, *, lease_s: float) -> None: ...
 
-    def release(self, item: Item) -> None:
-        """Give the lease back after a retryable failure."""
+    def release(self, item: Item, *, bad_output: bool = False) -> None:
+        """Give the lease back after a retryable failure; ``bad_output`` counts one more paid 200 without a usable
+        output on the item (``Item.bad_outputs``), so the count holds across deliveries."""
         ...
 
     def complete_if_done(self, job_id: str) -> Job | None: ...

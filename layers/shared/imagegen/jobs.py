@@ -25,7 +25,13 @@ from imagegen.adapters.jobs_table import JobRepository
 from imagegen.adapters.queue import JobQueue
 from imagegen.budget import Deadline
 from imagegen.entities import Item, ItemStore, Job, JobUnavailable, LeaseHeld, TransitionConflict
-from imagegen.errors import EnqueueError, InvalidRequestError, NotFoundError, ServiceError
+from imagegen.errors import (
+    EnqueueError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceError,
+    UpstreamBadResponseError,
+)
 from imagegen.models import (
     MAX_JOB_ITEMS,
     MAX_SEED,
@@ -46,6 +52,8 @@ metrics = Metrics()
 
 MIN_ITEM_TIME_S = 15.0  # an item does not start with less time left in the invocation than this
 MAX_BACKOFF_S = 900
+# A paid 200 without a usable output may be a passing fault: retried once per item, never more (each try is paid).
+MAX_BAD_OUTPUT_RETRIES = 1
 
 
 def new_job_id() -> str:
@@ -401,9 +409,15 @@ class ItemProcessor:
             )
         except ServiceError as exc:
             last_receive = receive_count >= self._max_receive_count
+            bad_output = isinstance(exc, UpstreamBadResponseError)
+            if bad_output and item.bad_outputs >= MAX_BAD_OUTPUT_RETRIES:
+                # Every try of a 200 without a usable output is paid: one more, and no further.
+                message = f"{exc.message} (again: {item.bad_outputs + 1} paid calls without an image, not retried)"
+                self._settle(item, "failed", ItemError(code=exc.code, message=message), correlation_id)
+                return Outcome.ack()
             if exc.retryable and not last_receive:
                 delay = exc.retry_after if exc.retry_after is not None else self._backoff(receive_count)
-                self._release(item)
+                self._release(item, bad_output=bad_output)
                 logger.info("item will be retried", job_id=item.job_id, index=item.index, code=exc.code, delay_s=delay)
                 return Outcome.retry(delay, exc.code)
             message = (
@@ -505,9 +519,9 @@ class ItemProcessor:
             )
         return job_id
 
-    def _release(self, item: Item) -> None:
+    def _release(self, item: Item, *, bad_output: bool = False) -> None:
         try:
-            self._repository.release(item)
+            self._repository.release(item, bad_output=bad_output)
         except Exception:  # noqa: BLE001 - the lease then simply expires
             logger.warning("could not release the item's lease", job_id=item.job_id, index=item.index)
 

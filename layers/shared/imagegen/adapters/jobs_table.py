@@ -290,16 +290,24 @@ class JobRepository:
             raise
         item.attempts += 1
 
-    def release(self, item: Item) -> None:
-        """Give the lease back (a retryable failure): the message's next delivery may take the item at once."""
+    def release(self, item: Item, *, bad_output: bool = False) -> None:
+        """Give the lease back (a retryable failure): the message's next delivery may take the item at once.
+        ``bad_output`` also counts a paid 200 without a usable output on the item (``bad_outputs``)."""
+        update = "SET lease_until = :zero"
+        values: dict[str, Any] = {":zero": {"N": "0"}, ":running": {"S": "running"}}
+        if bad_output:
+            update += " ADD bad_outputs :one"
+            values[":one"] = {"N": "1"}
         self._client.update_item(
             TableName=self._table,
             Key=item_key(item.job_id, item.index),
-            UpdateExpression="SET lease_until = :zero",
+            UpdateExpression=update,
             ConditionExpression="#status = :running",
             ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":zero": {"N": "0"}, ":running": {"S": "running"}},
+            ExpressionAttributeValues=values,
         )
+        if bad_output:
+            item.bad_outputs += 1
 
     def cancel(self, job_id: str) -> bool:
         """Flag the job canceled (unless complete) and cancel its queued items; False when it had completed."""
@@ -514,4 +522,5 @@ def _item(raw: dict[str, Any]) -> Item:
         record=ImageRecord.model_validate(data["record"]) if data.get("record") else None,
         correlation_id=data.get("correlation_id"),
         lease_until=float(data.get("lease_until", 0) or 0),
+        bad_outputs=int(data.get("bad_outputs", 0) or 0),
     )
