@@ -31,7 +31,7 @@ def test_job_202_then_every_item_succeeds_with_events(api, emulator, events):
     # And it completes: every item succeeded, each upstream call made once, each image downloadable
     done = wait_for_job(api, job["id"])
     assert done["status"] == "succeeded"
-    assert done["counts"] == {"queued": 0, "running": 0, "succeeded": 3, "failed": 0, "canceled": 0}
+    assert done["counts"] == {"queued": 0, "running": 0, "succeeded": 3, "failed": 0, "canceled": 0, "waiting": 0}
     assert done["completed_at"] is not None
     assert sorted(item["index"] for item in done["items"]) == [0, 1, 2]
     for item in done["items"]:

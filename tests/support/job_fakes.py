@@ -76,16 +76,23 @@ class MemoryItemStore:
 
     def claim(self, job_id: str, index: int, *, lease_s: float) -> None:
         item = self.items.get((job_id, index))
-        if item is None or item.status != "queued":
-            raise TransitionConflict(f"{job_id}#{index} is not queued")
+        if item is None or item.status != "queued" or item.attempts != 0:
+            raise TransitionConflict(f"{job_id}#{index} is not a queued item that never ran")
         job = self.jobs.get(job_id)
         if job is None or job.canceled:
             raise JobUnavailable(f"job {job_id} is canceled or gone")
         self._to_running(item, lease_s)
 
+    def _leave(self, item: Item, to: str) -> None:
+        deltas = {item.status: -1, to: 1}
+        if item.status == "queued" and item.retry_at is not None:
+            deltas["waiting"] = -1
+        self._move(item.job_id, deltas)
+        item.status = to  # type: ignore[assignment]
+        item.retry_at = None
+
     def _to_running(self, item: Item, lease_s: float) -> None:
-        self._move(item.job_id, {item.status: -1, "running": 1})
-        item.status = "running"
+        self._leave(item, "running")
         item.attempts += 1
         item.lease_until = self.clock() + lease_s
 
@@ -105,18 +112,19 @@ class MemoryItemStore:
         job = self.jobs.get(item.job_id)
         if stored is None or stored.status != item.status or job is None:
             raise TransitionConflict("the item was no longer in the expected status")
+        if (stored.retry_at is None) != (item.retry_at is None):
+            raise TransitionConflict("the item was deferred (or picked up) since it was read")
         if to == "running":
             if lease_s is None:
                 raise ValueError("moving an item to running needs its lease (lease_s)")
             self._to_running(stored, lease_s)
         else:
-            self._move(item.job_id, {stored.status: -1, to: 1})
-            stored.status = to
+            self._leave(stored, to)
         stored.error = error or stored.error
         stored.record = record or stored.record
         if also_put is not None:
             self.image_records.append(also_put)
-        item.status, item.attempts = stored.status, stored.attempts
+        item.status, item.attempts, item.retry_at = stored.status, stored.attempts, None
         if to in TERMINAL_ITEM_STATUSES and job.remaining == 0 and job.completed_at is None:
             job.completed_at = datetime.now(UTC)
             return True
@@ -133,14 +141,15 @@ class MemoryItemStore:
         stored.lease_until = now + lease_s
         item.attempts = stored.attempts
 
-    def release(self, item: Item, *, bad_output: bool = False) -> None:
+    def defer(self, item: Item, retry_at: datetime, *, bad_output: bool = False) -> None:
         stored = self.items[(item.job_id, item.index)]
         if stored.status != "running":
             raise TransitionConflict(f"{item.job_id}#{item.index} is no longer running")
-        stored.lease_until = 0.0
+        self._move(item.job_id, {"running": -1, "queued": 1, "waiting": 1})
+        stored.status, stored.retry_at, stored.lease_until = "queued", retry_at, 0.0
         if bad_output:
             stored.bad_outputs += 1
-            item.bad_outputs = stored.bad_outputs
+        item.status, item.retry_at, item.lease_until, item.bad_outputs = "queued", retry_at, 0.0, stored.bad_outputs
 
     def complete_if_done(self, job_id: str) -> Job | None:
         job = self.jobs.get(job_id)
@@ -158,8 +167,7 @@ class MemoryItemStore:
         self.jobs[job_id].canceled = True
         for item in self.items.values():
             if item.job_id == job_id and item.status == "queued":
-                self._move(job_id, {"queued": -1, "canceled": 1})
-                item.status = "canceled"
+                self._leave(item, "canceled")
 
     def item(self, job_id: str, index: int = 0) -> Item:
         return self.items[(job_id, index)]

@@ -142,13 +142,54 @@ def test_canceled_job_settles_the_item_canceled_without_a_call(world):
     assert world.events.types() == ["Job Completed"]
 
 
-def test_retryable_failure_puts_the_message_back_after_retry_after_and_releases_the_lease(world):
+def test_retryable_failure_puts_the_item_back_to_queued_until_its_retry_at(world):
+    # Given an upstream that is rate limited for an hour
     world.images.fail_next(UpstreamUnavailableError("down", retry_after=3600))
+    # When the item is delivered
     outcome = world.deliver()
+    # Then the message comes back in an hour; meanwhile the item is honestly queued, waiting, its lease released
     assert outcome == Outcome.retry(3600, "upstream_unavailable")
     item = world.store.item(JOB_ID)
-    assert item.lease_until == 0.0 and item.status != "failed"
+    assert item.status == "queued" and item.lease_until == 0.0 and item.retry_at is not None
+    assert 3590 < (item.retry_at - datetime.now(UTC)).total_seconds() <= 3600
+    job = world.store.job(JOB_ID)
+    assert (job.counts.queued, job.counts.running, job.counts.waiting) == (1, 0, 1)
+    assert job.status == "queued"
     assert world.events.types() == []  # no "Image Failed" on a retry
+
+
+def test_a_waiting_item_is_claimed_from_queued_by_the_next_delivery(world):
+    world.images.fail_next(UpstreamUnavailableError("down", retry_after=60))
+    world.deliver()
+    # When the message comes back after its delay
+    outcome = world.deliver(receive_count=2)
+    # Then the item is claimed again and succeeds; it no longer counts as waiting
+    assert outcome == Outcome.ack()
+    item = world.store.item(JOB_ID)
+    assert item.status == "succeeded" and item.retry_at is None and item.attempts == 2
+    job = world.store.job(JOB_ID)
+    assert (job.counts.queued, job.counts.waiting, job.counts.succeeded) == (0, 0, 1)
+    assert world.images.calls == 2
+
+
+def test_a_job_with_one_item_waiting_and_one_running_reads_running():
+    world = World(items=2)
+    world.images.fail_next(UpstreamUnavailableError("down", retry_after=60))
+    world.deliver(0)
+    world.store.claim(JOB_ID, 1, lease_s=100)
+    job = world.store.job(JOB_ID)
+    assert job.status == "running"
+    assert (job.counts.queued, job.counts.waiting, job.counts.running) == (1, 1, 1)
+
+
+def test_canceling_a_job_cancels_its_waiting_item_and_the_counts_agree(world):
+    world.images.fail_next(UpstreamUnavailableError("down", retry_after=60))
+    world.deliver()
+    world.store.jobs[JOB_ID].canceled = True  # the flag only: the worker settles the item on its next delivery
+    assert world.deliver(receive_count=2) == Outcome.ack()
+    job = world.store.job(JOB_ID)
+    assert (job.counts.queued, job.counts.waiting, job.counts.canceled) == (0, 0, 1)
+    assert job.status == "canceled" and world.images.calls == 1
 
 
 def test_permanent_failure_is_recorded_and_acknowledged(world):

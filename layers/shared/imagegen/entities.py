@@ -37,6 +37,8 @@ class Job:
             return "failed" if counts.succeeded == 0 else "partially_failed"
         if self.canceled:
             return "canceled"
+        # An item deferred after a retryable failure is queued again: a job whose every item is queued (waiting
+        # or not yet started) has nothing running, and says so.
         return "queued" if counts.queued == self.total else "running"
 
 
@@ -52,6 +54,7 @@ class Item:
     correlation_id: str | None = None
     lease_until: float = 0.0  # epoch seconds: a delivery working on the item holds it until then
     bad_outputs: int = 0  # paid 200s without a usable output so far (each retry of one is another paid call)
+    retry_at: datetime | None = None  # queued again after a retryable failure: its next try is not before then
 
 
 class TransitionConflict(Exception):
@@ -87,8 +90,8 @@ class ItemStore(Protocol):
     def get_item_and_job(self, job_id: str, index: int) -> tuple[Item | None, Job | None]: ...
 
     def claim(self, job_id: str, index: int, *, lease_s: float) -> None:
-        """queued → running without reading the item first: TransitionConflict when it is not queued,
-        JobUnavailable when its job is canceled or gone."""
+        """queued → running without reading the item first, for an item that never ran: TransitionConflict when
+        it is not queued or ran before (deferred), JobUnavailable when its job is canceled or gone."""
         ...
 
     def transition(
@@ -104,9 +107,10 @@ class ItemStore(Protocol):
 
     def reclaim(self, item: Item, *, lease_s: float) -> None: ...
 
-    def release(self, item: Item, *, bad_output: bool = False) -> None:
-        """Give the lease back after a retryable failure; ``bad_output`` counts one more paid 200 without a usable
-        output on the item (``Item.bad_outputs``), so the count holds across deliveries."""
+    def defer(self, item: Item, retry_at: datetime, *, bad_output: bool = False) -> None:
+        """A retryable failure: running → queued until ``retry_at``, its lease given back, the job's counters
+        (``waiting`` included) with it. ``bad_output`` counts one more paid 200 without a usable output on the
+        item (``Item.bad_outputs``), so the count holds across deliveries."""
         ...
 
     def complete_if_done(self, job_id: str) -> Job | None: ...

@@ -13,7 +13,7 @@ import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Protocol
 
@@ -188,6 +188,7 @@ class JobService:
             request=item.request,
             error=item.error,
             image=self._images.document(item.record) if item.record is not None else None,
+            retry_at=item.retry_at if item.status == "queued" else None,
         )
 
 
@@ -417,7 +418,7 @@ class ItemProcessor:
                 return Outcome.ack()
             if exc.retryable and not last_receive:
                 delay = exc.retry_after if exc.retry_after is not None else self._backoff(receive_count)
-                self._release(item, bad_output=bad_output)
+                self._defer(item, delay, bad_output=bad_output)
                 logger.info("item will be retried", job_id=item.job_id, index=item.index, code=exc.code, delay_s=delay)
                 return Outcome.retry(delay, exc.code)
             message = (
@@ -430,8 +431,9 @@ class ItemProcessor:
         except Exception:
             logger.exception("unexpected error while generating an item", job_id=item.job_id, index=item.index)
             if receive_count < self._max_receive_count:
-                self._release(item)
-                return Outcome.retry(self._backoff(receive_count), "internal_error")
+                delay = self._backoff(receive_count)
+                self._defer(item, delay)
+                return Outcome.retry(delay, "internal_error")
             error = ItemError(code="internal_error", message="an unexpected error occurred; the item was not generated")
             self._settle(item, "failed", error, correlation_id)
             return Outcome.ack()
@@ -519,11 +521,12 @@ class ItemProcessor:
             )
         return job_id
 
-    def _release(self, item: Item, *, bad_output: bool = False) -> None:
+    def _defer(self, item: Item, delay_s: int, *, bad_output: bool = False) -> None:
+        """Back to queued until the retry (its lease released): the item is waiting, not running."""
         try:
-            self._repository.release(item, bad_output=bad_output)
-        except Exception:  # noqa: BLE001 - the lease then simply expires
-            logger.warning("could not release the item's lease", job_id=item.job_id, index=item.index)
+            self._repository.defer(item, datetime.now(UTC) + timedelta(seconds=delay_s), bad_output=bad_output)
+        except Exception:  # noqa: BLE001 - the item stays running and its lease simply expires
+            logger.warning("could not defer the item", job_id=item.job_id, index=item.index)
 
     @staticmethod
     def _backoff(receive_count: int) -> int:

@@ -275,11 +275,18 @@ class ItemError(Model):
 
 
 class JobCounts(Model):
-    queued: int = 0
-    running: int = 0
+    queued: int = Field(0, description="Items not started, or queued again to wait out a retry (`waiting`).")
+    running: int = Field(0, description="Items being generated right now.")
     succeeded: int = 0
     failed: int = 0
     canceled: int = 0
+    waiting: int = Field(
+        0,
+        description=(
+            "Of the `queued` items, those deferred by a retryable failure (rate limit, upstream down) until their "
+            "`retry_at`; counted in `queued` too."
+        ),
+    )
 
 
 class WebhookInfo(Model):
@@ -294,6 +301,10 @@ class JobItemDocument(Model):
     request: ImageRequest
     error: ItemError | None = None
     image: ImageDocument | None = None
+    retry_at: datetime | None = Field(
+        None,
+        description="A queued item deferred by a retryable failure is tried again at (or after) this time.",
+    )
 
 
 class JobDocument(Model):

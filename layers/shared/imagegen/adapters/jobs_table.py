@@ -44,6 +44,8 @@ _RETRYABLE_REASONS = frozenset(
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 STATUSES: tuple[ItemStatus, ...] = ("queued", "running", "succeeded", "failed", "canceled")
+# The job's counters: one per status, and ``waiting`` (queued items deferred to their ``retry_at``, also queued).
+COUNTERS: tuple[str, ...] = (*STATUSES, "waiting")
 TRANSACTION_ITEMS = 100
 BATCH_WRITE_ITEMS = 25
 
@@ -89,7 +91,7 @@ class JobRepository:
             "canceled": {"BOOL": False},
             "direct": {"BOOL": job.direct},
             "expires_at": {"N": expires},
-            **{f"c_{status}": {"N": str(job.total if status == "queued" else 0)} for status in STATUSES},
+            **{f"c_{counter}": {"N": str(job.total if counter == "queued" else 0)} for counter in COUNTERS},
         }
         if job.metadata is not None:
             item["metadata"] = _serializer.serialize(job.metadata)
@@ -222,12 +224,24 @@ class JobRepository:
         to ``running`` takes a lease of ``lease_s`` seconds."""
         if to == item.status:
             raise ValueError("a transition changes the status")
+        waiting = item.status == "queued" and item.retry_at is not None
         operations = [
-            self._status_update(item.job_id, item.index, item.status, to, error=error, record=record, lease_s=lease_s)
+            self._status_update(
+                item.job_id,
+                item.index,
+                item.status,
+                to,
+                error=error,
+                record=record,
+                lease_s=lease_s,
+                waiting=waiting,
+            )
         ]
         if also_put is not None:
             operations.append({"Put": {"TableName": self._table, "Item": also_put}})
         deltas: dict[str, int] = {item.status: -1, to: 1}
+        if waiting:
+            deltas["waiting"] = -1
         completed = False
         if to in TERMINAL_ITEM_STATUSES:
             # Not the last item (the usual case): one transaction, guarded by "others remain". When the guard
@@ -246,15 +260,17 @@ class JobRepository:
             except _JobGuardFailed as exc:
                 raise TransitionConflict(f"job {item.job_id} no longer exists") from exc
         item.status = to
+        item.retry_at = None
         if to == "running":
             item.attempts += 1
         return completed
 
     def claim(self, job_id: str, index: int, *, lease_s: float) -> None:
         """queued → running in one transaction, without reading first (the common case of a first delivery),
-        holding the item for ``lease_s`` seconds: TransitionConflict when the item is not queued, JobUnavailable
+        holding the item for ``lease_s`` seconds: TransitionConflict when the item is not a queued item that never
+        ran (one deferred after a failure is read first: its counters and ``bad_outputs`` matter), JobUnavailable
         when the job is canceled or gone."""
-        operations = [self._status_update(job_id, index, "queued", "running", lease_s=lease_s)]
+        operations = [self._status_update(job_id, index, "queued", "running", lease_s=lease_s, never_ran=True)]
         job_update = self._count_update(job_id, {"queued": -1, "running": 1})
         job_update["Update"]["ConditionExpression"] += " AND canceled = :false"
         job_update["Update"]["ExpressionAttributeValues"][":false"] = {"BOOL": False}
@@ -290,22 +306,37 @@ class JobRepository:
             raise
         item.attempts += 1
 
-    def release(self, item: Item, *, bad_output: bool = False) -> None:
-        """Give the lease back (a retryable failure): the message's next delivery may take the item at once.
-        ``bad_output`` also counts a paid 200 without a usable output on the item (``bad_outputs``)."""
-        update = "SET lease_until = :zero"
-        values: dict[str, Any] = {":zero": {"N": "0"}, ":running": {"S": "running"}}
+    def defer(self, item: Item, retry_at: datetime, *, bad_output: bool = False) -> None:
+        """A retryable failure: running → queued until ``retry_at``, the lease given back, with the job's counters
+        (``waiting`` too) in the same transaction. ``bad_output`` also counts a paid 200 without a usable output on
+        the item (``bad_outputs``). The message's next delivery claims the item from queued again."""
+        sets = ["#status = :queued", "updated_at = :now", "retry_at = :retry_at", "lease_until = :zero"]
+        values: dict[str, Any] = {
+            ":queued": {"S": "queued"},
+            ":running": {"S": "running"},
+            ":now": {"S": _iso(_now())},
+            ":retry_at": {"S": _iso(retry_at)},
+            ":zero": {"N": "0"},
+        }
+        update = "SET " + ", ".join(sets)
         if bad_output:
             update += " ADD bad_outputs :one"
             values[":one"] = {"N": "1"}
-        self._client.update_item(
-            TableName=self._table,
-            Key=item_key(item.job_id, item.index),
-            UpdateExpression=update,
-            ConditionExpression="#status = :running",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues=values,
-        )
+        operation = {
+            "Update": {
+                "TableName": self._table,
+                "Key": item_key(item.job_id, item.index),
+                "UpdateExpression": update,
+                "ConditionExpression": "#status = :running",
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": values,
+            }
+        }
+        try:
+            self._transact([operation, self._count_update(item.job_id, {"running": -1, "queued": 1, "waiting": 1})])
+        except _JobGuardFailed as exc:
+            raise TransitionConflict(f"job {item.job_id} no longer exists") from exc
+        item.status, item.retry_at, item.lease_until = "queued", retry_at, 0.0
         if bad_output:
             item.bad_outputs += 1
 
@@ -333,8 +364,15 @@ class JobRepository:
         for _ in range(5):
             if not items:
                 return
-            updates = [self._status_update(job_id, item.index, "queued", "canceled") for item in items]
-            updates.append(self._count_update(job_id, {"queued": -len(items), "canceled": len(items)}))
+            updates = [
+                self._status_update(job_id, item.index, "queued", "canceled", waiting=item.retry_at is not None)
+                for item in items
+            ]
+            deltas = {"queued": -len(items), "canceled": len(items)}
+            waiting = sum(item.retry_at is not None for item in items)
+            if waiting:
+                deltas["waiting"] = -waiting
+            updates.append(self._count_update(job_id, deltas))
             try:
                 self._transact(updates)
                 return
@@ -379,9 +417,13 @@ class JobRepository:
         error: ItemError | None = None,
         record: ImageRecord | None = None,
         lease_s: float | None = None,
+        waiting: bool = False,
+        never_ran: bool = False,
     ) -> dict[str, Any]:
         """The item's half of a transition: conditional on its status still being ``current``. Moving to
-        ``running`` counts an attempt and takes a lease of ``lease_s`` seconds (required then)."""
+        ``running`` counts an attempt and takes a lease of ``lease_s`` seconds (required then). A queued item is
+        also conditional on whether it is ``waiting`` (deferred, with ``retry_at``), which leaves with it, so the
+        job's ``waiting`` counter moves exactly; ``never_ran`` requires that it never ran (no attempts)."""
         sets = ["#status = :to", "updated_at = :now"]
         values: dict[str, Any] = {":to": {"S": to}, ":from": {"S": current}, ":now": {"S": _iso(_now())}}
         names = {"#status": "status"}
@@ -399,12 +441,21 @@ class JobRepository:
             sets.extend(["attempts = attempts + :one", "lease_until = :lease"])
             values[":one"] = {"N": "1"}
             values[":lease"] = {"N": str(int(time.time() + lease_s))}
+        condition = "#status = :from"
+        update = "SET " + ", ".join(sets)
+        if current == "queued":
+            condition += " AND attribute_exists(retry_at)" if waiting else " AND attribute_not_exists(retry_at)"
+            if waiting:
+                update += " REMOVE retry_at"
+        if never_ran:
+            condition += " AND attempts = :zero_attempts"
+            values[":zero_attempts"] = {"N": "0"}
         return {
             "Update": {
                 "TableName": self._table,
                 "Key": item_key(job_id, index),
-                "UpdateExpression": "SET " + ", ".join(sets),
-                "ConditionExpression": "#status = :from",
+                "UpdateExpression": update,
+                "ConditionExpression": condition,
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": values,
             }
@@ -500,7 +551,7 @@ def _job(raw: dict[str, Any]) -> Job:
         id=data["id"],
         total=data["total"],
         created_at=datetime.fromisoformat(data["created_at"]),
-        counts=JobCounts(**{status: max(0, data.get(f"c_{status}", 0)) for status in STATUSES}),
+        counts=JobCounts(**{counter: max(0, data.get(f"c_{counter}", 0)) for counter in COUNTERS}),
         remaining=data["remaining"],
         canceled=bool(data.get("canceled")),
         completed_at=datetime.fromisoformat(data["completed_at"]) if data.get("completed_at") else None,
@@ -523,4 +574,5 @@ def _item(raw: dict[str, Any]) -> Item:
         correlation_id=data.get("correlation_id"),
         lease_until=float(data.get("lease_until", 0) or 0),
         bad_outputs=int(data.get("bad_outputs", 0) or 0),
+        retry_at=datetime.fromisoformat(data["retry_at"]) if data.get("retry_at") else None,
     )
