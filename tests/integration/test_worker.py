@@ -236,8 +236,9 @@ def test_worker_canceling_a_job_with_a_waiting_item_keeps_the_counts_exact(worke
     emulator.inject("unavailable", count=1, retry_after=600)
     worker.lambda_handler(sqs_event(messages(job_id, 1)), make_context("WorkerFunction", 120))
     assert repository.get_job(job_id).counts.waiting == 1
-    # When the job is canceled
+    # When the job is canceled and its queued items settled (what the worker does with the cancel message)
     assert repository.cancel(job_id)
+    assert repository.cancel_queued_page(job_id, None) is None
     # Then the waiting item is canceled with the counters (waiting back to 0), and the job can complete
     job = repository.get_job(job_id)
     assert (job.counts.queued, job.counts.waiting, job.counts.canceled, job.remaining) == (0, 0, 1, 0)

@@ -186,7 +186,7 @@ def queue_path(stack, worker, emulator, monkeypatch) -> Iterator[QueuePath]:
     url = sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "30", "RedrivePolicy": redrive})["QueueUrl"]
     queue = CompressedQueue(sqs, url, dlq_url)
     monkeypatch.setattr(worker, "job_queue", lambda: queue)
-    monkeypatch.setattr(worker.item_processor(), "_dead_letters", queue)  # the processor dead-letters itself
+    monkeypatch.setattr(worker.item_processor(), "_queue", queue)  # the processor dead-letters itself
     path = QueuePath(stack, worker, sqs, url, dlq_url, queue)
     try:
         yield path
@@ -535,7 +535,7 @@ def test_dlq_path_an_item_that_kills_every_invocation_reaches_the_dlq_and_comple
     # When the operator fixes the cause and redrives the DLQ (the message starts again at receive 1)
     monkeypatch.undo()
     monkeypatch.setattr(queue_path.worker, "job_queue", lambda: queue_path.queue)
-    monkeypatch.setattr(queue_path.worker.item_processor(), "_dead_letters", queue_path.queue)
+    monkeypatch.setattr(queue_path.worker.item_processor(), "_queue", queue_path.queue)
     assert queue_path.redrive() == 2
     queue_path.wait_settled(repository, job_id)
     # Then the item completes once, the job with it, the batch-mate is acknowledged without a call, and the DLQ

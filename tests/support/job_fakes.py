@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,6 +17,7 @@ from typing import Any
 from imagegen.entities import Item, Job, JobUnavailable, LeaseHeld, TransitionConflict
 from imagegen.models import (
     TERMINAL_ITEM_STATUSES,
+    ControlMessage,
     GenerationParameters,
     ImageDocument,
     ImageInfo,
@@ -25,6 +26,7 @@ from imagegen.models import (
     ItemError,
     ItemStatus,
     JobCounts,
+    JobMessage,
     StoredImage,
     Timings,
 )
@@ -36,6 +38,7 @@ class MemoryItemStore:
         self.items: dict[tuple[str, int], Item] = {}
         self.image_records: list[dict[str, Any]] = []
         self.webhooks: dict[str, tuple[str, int]] = {}
+        self.pages = 0
         self.clock = clock
 
     # ------------------------------------------------------------------------------------------ create / read
@@ -151,6 +154,18 @@ class MemoryItemStore:
             stored.bad_outputs += 1
         item.status, item.retry_at, item.lease_until, item.bad_outputs = "queued", retry_at, 0.0, stored.bad_outputs
 
+    def cancel_queued_page(self, job_id: str, cursor: str | None, limit: int = 100) -> str | None:
+        self.pages += 1
+        start = int(cursor) if cursor else 0
+        indexes = sorted(index for (owner, index) in self.items if owner == job_id)
+        page = [index for index in indexes if index >= start][:limit]
+        for index in page:
+            item = self.items[(job_id, index)]
+            if item.status == "queued":
+                self._leave(item, "canceled")
+        rest = [index for index in indexes if index >= start][limit:]
+        return str(rest[0]) if rest else None
+
     def complete_if_done(self, job_id: str) -> Job | None:
         job = self.jobs.get(job_id)
         if job is None or job.remaining != 0 or job.completed_at is not None:
@@ -162,12 +177,13 @@ class MemoryItemStore:
         self.webhooks[job_id] = (status, attempts)
 
     # ------------------------------------------------------------------------------------------ test helpers
-    def cancel(self, job_id: str) -> None:
-        """As the API cancels: the job flagged, its queued items canceled with their counters."""
-        self.jobs[job_id].canceled = True
-        for item in self.items.values():
-            if item.job_id == job_id and item.status == "queued":
-                self._leave(item, "canceled")
+    def cancel(self, job_id: str) -> bool:
+        """As the API cancels: the flag only (the worker settles the queued items)."""
+        job = self.jobs.get(job_id)
+        if job is None or job.completed_at is not None:
+            return False
+        job.canceled = True
+        return True
 
     def item(self, job_id: str, index: int = 0) -> Item:
         return self.items[(job_id, index)]
@@ -262,17 +278,33 @@ class FakeWebhooks:
 
 
 @dataclass
-class FakeDeadLetters:
-    messages: list[tuple[str, str]] = field(default_factory=list)  # (body, reason)
+class FakeQueue:
+    """The jobs queue: what was dead-lettered (body, reason) and the control messages sent."""
+
+    messages: list[tuple[str, str]] = field(default_factory=list)
+    controls: list[str] = field(default_factory=list)
+    sent: list[str] = field(default_factory=list)
+    refuse: set[int] = field(default_factory=set)  # positions ``send`` reports as not enqueued
+    on_send: Callable[[list[str]], None] | None = None  # e.g. a worker that is quicker than the API
+
+    def send(self, messages: Sequence[JobMessage]) -> list[int]:
+        bodies = [m.model_dump_json(exclude_none=True) for i, m in enumerate(messages) if i not in self.refuse]
+        self.sent.extend(bodies)
+        if self.on_send is not None:
+            self.on_send(bodies)
+        return sorted(self.refuse)
 
     def dead_letter(self, body: str, reason: str, message_id: str) -> None:
         self.messages.append((body, reason))
 
+    def send_control(self, message: ControlMessage) -> None:
+        self.controls.append(message.model_dump_json(exclude_none=True))
+
 
 __all__ = [
-    "FakeDeadLetters",
     "FakeEvents",
     "FakeImages",
+    "FakeQueue",
     "FakeWebhooks",
     "MemoryItemStore",
     "image_record",

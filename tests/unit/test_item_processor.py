@@ -20,7 +20,7 @@ from imagegen.errors import (
 )
 from imagegen.jobs import ItemProcessor, Outcome, OutcomeKind
 from imagegen.models import ImageRequest, JobMessage
-from support.job_fakes import FakeDeadLetters, FakeEvents, FakeImages, FakeWebhooks, MemoryItemStore
+from support.job_fakes import FakeEvents, FakeImages, FakeQueue, FakeWebhooks, MemoryItemStore
 
 JOB_ID = "job_" + "a" * 32
 MAX_RECEIVES = 5
@@ -35,13 +35,13 @@ class World:
         self.images = FakeImages()
         self.events = FakeEvents()
         self.webhooks = FakeWebhooks()
-        self.dead = FakeDeadLetters()
+        self.queue = FakeQueue()
         self.processor = ItemProcessor(
             self.store,
             self.images,
             self.events,
             self.webhooks,
-            self.dead,
+            self.queue,
             max_receive_count=MAX_RECEIVES,
             lease_margin_s=35,
         )
@@ -221,7 +221,7 @@ def test_unknown_item_is_dead_lettered_with_the_reason(world):
     body = json.dumps({"request": {"prompt": "x"}, "job_id": JOB_ID, "index": 42})
     outcome = world.deliver(body=body)
     assert outcome.kind is OutcomeKind.REJECT
-    assert world.dead.messages == [(body, f"job {JOB_ID} has no item 42")]
+    assert world.queue.messages == [(body, f"job {JOB_ID} has no item 42")]
     assert world.images.calls == 0
 
 
@@ -231,15 +231,15 @@ def test_invalid_message_naming_its_item_fails_the_item_instead_of_the_dlq(world
     assert outcome.kind is OutcomeKind.REJECT and "stepz" in outcome.why
     item = world.store.item(JOB_ID)
     assert item.status == "failed" and item.error is not None and item.error.code == "invalid_message"
-    assert world.dead.messages == []
+    assert world.queue.messages == []
     assert world.events.types() == ["Job Completed"]
 
 
 def test_unreadable_message_is_dead_lettered(world):
     outcome = world.deliver(body="not json at all")
     assert outcome.kind is OutcomeKind.REJECT
-    assert [body for body, _ in world.dead.messages] == ["not json at all"]
-    assert "job message schema" in world.dead.messages[0][1]
+    assert [body for body, _ in world.queue.messages] == ["not json at all"]
+    assert "job message schema" in world.queue.messages[0][1]
 
 
 # ------------------------------------------------------------------------------------------ paid refusals
@@ -281,3 +281,108 @@ def test_other_retryable_failures_do_not_use_up_the_bad_output_retry(world):
     outcomes = [world.deliver(receive_count=n) for n in (1, 2, 3, 4)]
     assert [o.kind for o in outcomes] == [OutcomeKind.RETRY] * 3 + [OutcomeKind.ACK]
     assert world.store.item(JOB_ID).status == "succeeded" and world.images.calls == 4
+
+
+# ------------------------------------------------------------------------------------------ cancel, announce
+class SteppingClock:
+    """A clock that moves ``step`` seconds each time it is read: each page of cancelations takes time."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def cancel_body(cursor: str | None = None) -> str:
+    order: dict[str, str] = {"job_id": JOB_ID}
+    if cursor is not None:
+        order["cursor"] = cursor
+    return json.dumps({"cancel": order})
+
+
+def test_cancel_message_settles_every_queued_item_completes_and_announces_once():
+    # Given a job of 250 items, two already finished, canceled by the API (the flag only)
+    world = World(items=250, webhook="https://hooks.example.com/x")
+    world.deliver(0)
+    world.deliver(1)
+    assert world.store.cancel(JOB_ID)
+    # When the worker gets the cancel control message
+    outcome = world.deliver(body=cancel_body())
+    # Then every queued item is canceled, in pages, the job completes and is announced once, nothing is paid for
+    assert outcome == Outcome.ack()
+    job = world.store.job(JOB_ID)
+    assert (job.counts.succeeded, job.counts.canceled, job.counts.queued, job.remaining) == (2, 248, 0, 0)
+    assert job.status == "canceled" and job.completed_at is not None
+    assert world.store.pages == 3
+    assert world.events.types().count("Job Completed") == 1 and len(world.webhooks.sent) == 1
+    assert world.images.calls == 2
+    # And a replay of the message moves nothing and announces nothing again
+    assert world.deliver(body=cancel_body()) == Outcome.ack()
+    assert world.events.types().count("Job Completed") == 1 and len(world.webhooks.sent) == 1
+
+
+def test_cancel_out_of_time_continues_in_a_new_message_from_where_it_stopped():
+    world = World(items=250)
+    world.store.cancel(JOB_ID)
+    # Given an invocation with time for two pages only (each read of the clock takes 4 s; 5 s are needed per page)
+    deadline = Deadline.after(10, clock=SteppingClock(step=2))
+    # When the cancel message is handled
+    outcome = world.processor.handle(cancel_body(), message_id="c", receive_count=1, deadline=deadline)
+    # Then two pages were canceled, the rest is handed to a new control message with the next cursor
+    assert outcome == Outcome.ack()
+    assert world.store.job(JOB_ID).counts.canceled == 200 and world.store.job(JOB_ID).completed_at is None
+    assert world.queue.controls == [cancel_body("200").replace(" ", "")]
+    # When that continuation is handled, then the job completes
+    assert world.deliver(body=world.queue.controls[0]) == Outcome.ack()
+    job = world.store.job(JOB_ID)
+    assert job.counts.canceled == 250 and job.completed_at is not None
+    assert world.events.types() == ["Job Completed"]
+
+
+def test_cancel_message_for_a_job_not_canceled_is_dead_lettered(world):
+    outcome = world.deliver(body=cancel_body())
+    assert outcome.kind is OutcomeKind.REJECT
+    assert world.store.item(JOB_ID).status == "queued"
+    assert world.queue.messages == [(cancel_body(), f"job {JOB_ID} is not canceled")]
+
+
+def test_item_message_after_the_cancel_never_calls_the_upstream(world):
+    world.store.cancel(JOB_ID)
+    assert world.deliver() == Outcome.ack()
+    assert world.images.calls == 0 and world.store.item(JOB_ID).status == "canceled"
+
+
+def test_job_service_cancel_is_one_write_and_a_control_message_and_announces_nothing():
+    from imagegen.jobs import JobService
+
+    world = World(items=3)
+    service = JobService(world.store, world.queue, world.images)  # type: ignore[arg-type]
+    # When the API cancels the job
+    document = service.cancel(JOB_ID)
+    # Then it answers at once, canceled, with the items still to be settled by the worker; nothing announced
+    assert document.status == "canceled" and document.counts.queued == 3
+    assert world.queue.controls == [cancel_body().replace(" ", "")]
+    assert world.events.published == [] and world.webhooks.sent == []
+
+
+def test_a_completion_made_by_the_api_is_announced_by_the_worker():
+    from imagegen.jobs import JobService
+    from imagegen.models import JobRequest
+
+    # Given an enqueue where the second message is refused, and a worker that finishes the first one meanwhile
+    world = World(items=0)
+    service = JobService(world.store, world.queue, world.images)  # type: ignore[arg-type]
+    world.queue.refuse = {1}
+    world.queue.on_send = lambda bodies: [
+        world.processor.handle(body, message_id="m", receive_count=1, deadline=Deadline.after(120, lambda: 0.0))
+        for body in bodies
+    ]
+    # When the API fails the unsent item, which completes the job
+    job = service.submit(JobRequest(items=[ImageRequest(prompt="a"), ImageRequest(prompt="b")]))
+    # Then the API announced nothing itself: it queued an announce message, which the worker turns into the event
+    assert world.events.types() == ["Image Generated"]
+    assert world.queue.controls == [json.dumps({"announce": {"job_id": job.id}}).replace(" ", "")]
+    assert world.deliver(body=world.queue.controls[0]) == Outcome.ack()
+    assert world.events.types() == ["Image Generated", "Job Completed"]

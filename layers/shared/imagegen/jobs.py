@@ -33,8 +33,12 @@ from imagegen.errors import (
     UpstreamBadResponseError,
 )
 from imagegen.models import (
+    CONTROL_KEYS,
     MAX_JOB_ITEMS,
     MAX_SEED,
+    AnnounceOrder,
+    CancelOrder,
+    ControlMessage,
     ImageDocument,
     ImageRecord,
     ImageRequest,
@@ -54,6 +58,7 @@ MIN_ITEM_TIME_S = 15.0  # an item does not start with less time left in the invo
 MAX_BACKOFF_S = 900
 # A paid 200 without a usable output may be a passing fault: retried once per item, never more (each try is paid).
 MAX_BAD_OUTPUT_RETRIES = 1
+MIN_CANCEL_PAGE_TIME_S = 5.0  # a page of cancelations (100 items, two transactions) does not start with less
 
 
 def new_job_id() -> str:
@@ -107,7 +112,8 @@ class JobService:
         self._queue = queue
         self._images = images
         self._allow_http_webhooks = allow_http_webhooks
-        self._on_complete = on_complete or (lambda job_id: None)
+        # A completion the API makes (a partly failed enqueue) is announced by the worker, never in a request.
+        self._on_complete = on_complete or self._announce_from_the_queue
 
     def submit(self, request: JobRequest) -> JobDocument:
         if request.webhook_url and not request.webhook_url.startswith("https://") and not self._allow_http_webhooks:
@@ -170,12 +176,25 @@ class JobService:
         return job_document(job, [self.item_document(item) for item in items], next_cursor)
 
     def cancel(self, job_id: str) -> JobDocument:
+        """One conditional write, whatever the job's size: the job is canceled from then on (no item of it starts).
+        Its queued items are settled on the queue side (a cancel control message), which completes the job."""
         if self._repository.get_job(job_id) is None:
             raise NotFoundError(f"job {job_id} not found")
         if self._repository.cancel(job_id):
             logger.info("job canceled", job_id=job_id)
-            self._complete(job_id)
+            try:
+                self._queue.send_control(ControlMessage(cancel=CancelOrder(job_id=job_id)))
+            except Exception:  # the cancel holds: each queued item is canceled when its own message comes
+                logger.exception("could not queue the cancelation of the job's items", job_id=job_id)
+                metrics.add_metric(name="CancelOrdersNotQueued", unit=MetricUnit.Count, value=1)
         return self.get(job_id, limit=0)
+
+    def _announce_from_the_queue(self, job_id: str) -> None:
+        try:
+            self._queue.send_control(ControlMessage(announce=AnnounceOrder(job_id=job_id)))
+        except Exception:  # the job is complete and readable; only its announcement is lost (metric, log)
+            logger.exception("could not queue the job's announcement", job_id=job_id)
+            metrics.add_metric(name="AnnouncementsNotQueued", unit=MetricUnit.Count, value=1)
 
     def _complete(self, job_id: str) -> None:
         if self._repository.complete_if_done(job_id) is not None:
@@ -205,6 +224,15 @@ def _names_item(body: str) -> tuple[str | None, int | None]:
     if isinstance(job_id, str) and isinstance(index, int) and not isinstance(index, bool):
         return job_id, index
     return None, None
+
+
+def _is_control(body: str) -> bool:
+    """A control message (``{"cancel": …}`` or ``{"announce": …}``), told apart from an item's by its keys."""
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(raw, dict) and bool(CONTROL_KEYS & raw.keys())
 
 
 class OutcomeKind(Enum):
@@ -272,8 +300,12 @@ class WebhookSink(Protocol):
     def deliver(self, url: str, message_id: str, payload: dict[str, Any]) -> WebhookDelivery: ...
 
 
-class DeadLetters(Protocol):
+class WorkQueue(Protocol):
+    """The jobs queue as the item processor uses it: its dead-letter queue, and control messages to itself."""
+
     def dead_letter(self, body: str, reason: str, message_id: str) -> None: ...
+
+    def send_control(self, message: ControlMessage) -> None: ...
 
 
 def _first_error(error: ValidationError) -> str:
@@ -291,7 +323,7 @@ class ItemProcessor:
         images: ImageGenerator,
         events: EventSink,
         webhooks: WebhookSink,
-        dead_letters: DeadLetters,
+        queue: WorkQueue,
         *,
         max_receive_count: int = 5,
         lease_margin_s: float = 35.0,
@@ -300,12 +332,14 @@ class ItemProcessor:
         self._images = images
         self._events = events
         self._webhooks = webhooks
-        self._dead_letters = dead_letters
+        self._queue = queue
         self._max_receive_count = max_receive_count
         self._lease_margin_s = lease_margin_s
 
     def handle(self, body: str, *, message_id: str, receive_count: int, deadline: Deadline) -> Outcome:
         """One message body as the queue delivered it: parse it, then process it (or reject it)."""
+        if _is_control(body):
+            return self._control(body, message_id, deadline)
         try:
             message = JobMessage.model_validate_json(body)
         except ValidationError as exc:
@@ -368,8 +402,43 @@ class ItemProcessor:
                 if completed:
                     self.announce(job_id)
                 return Outcome.reject(why)
-        self._dead_letters.dead_letter(body, why, message_id)
+        self._queue.dead_letter(body, why, message_id)
         return Outcome.reject(why)
+
+    # ------------------------------------------------------------------------------------------ control messages
+    def _control(self, body: str, message_id: str, deadline: Deadline) -> Outcome:
+        try:
+            control = ControlMessage.model_validate_json(body)
+        except ValidationError as exc:
+            return self._reject(body, f"the control message is invalid: {_first_error(exc)}", message_id)
+        if control.announce is not None:
+            job = self._repository.get_job(control.announce.job_id)
+            if job is not None and job.completed_at is not None:
+                self.announce(job.id)
+            return Outcome.ack()
+        assert control.cancel is not None
+        return self._cancel(control.cancel, body, message_id, deadline)
+
+    def _cancel(self, order: CancelOrder, body: str, message_id: str, deadline: Deadline) -> Outcome:
+        """Settle a canceled job's queued items, a page at a time, within this invocation's deadline; when out of
+        time, continue in a new control message from where this one stopped. Safe to replay: only items still
+        queued move, and the job completes (and is announced) once."""
+        job = self._repository.get_job(order.job_id)
+        if job is None:
+            return Outcome.ack()  # expired (TTL): nothing left to cancel
+        if not job.canceled:
+            return self._reject(body, f"job {order.job_id} is not canceled", message_id)
+        cursor = order.cursor
+        while True:
+            if deadline.remaining() < MIN_CANCEL_PAGE_TIME_S:
+                self._queue.send_control(ControlMessage(cancel=CancelOrder(job_id=order.job_id, cursor=cursor)))
+                logger.info("cancelation continues in a new message", job_id=order.job_id)
+                return Outcome.ack()
+            cursor = self._repository.cancel_queued_page(order.job_id, cursor)
+            if cursor is None:
+                break
+        self.finish(order.job_id)
+        return Outcome.ack()
 
     def _look_again(self, job_id: str, index: int, lease_s: float) -> Item | Outcome | None:
         """The claim failed: a redelivery, a canceled job, or an item a dead invocation left running. None when
@@ -491,7 +560,8 @@ class ItemProcessor:
             self.announce(job_id)
 
     def announce(self, job_id: str) -> None:
-        """The job just completed: "Job Completed" on the bus, and the signed webhook when it has one."""
+        """The job just completed: "Job Completed" on the bus, and the signed webhook when it has one. Only the
+        worker announces: the API hands a completion it made to the worker (an announce control message)."""
         job = self._repository.get_job(job_id)
         if job is None:
             return

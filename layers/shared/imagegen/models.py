@@ -322,6 +322,39 @@ class JobDocument(Model):
     next_cursor: str | None = None
 
 
+class CancelOrder(Model):
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    cursor: str | None = Field(None, max_length=256, description="Where the previous page of items stopped.")
+
+
+class AnnounceOrder(Model):
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+
+
+class ControlMessage(Model):
+    """A message the service puts on the jobs queue for its own worker (never a producer's): cancel a job's queued
+    items, a page at a time (``{"cancel": {"job_id": …}}``), or announce a job the API side completed
+    (``{"announce": {"job_id": …}}``). Exactly one of the two."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    cancel: CancelOrder | None = None
+    announce: AnnounceOrder | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ControlMessage:
+        if (self.cancel is None) == (self.announce is None):
+            raise ValueError("a control message is either cancel or announce")
+        return self
+
+
+CONTROL_KEYS = frozenset({"cancel", "announce"})
+
+
 class JobMessage(Model):
     """One queue message: one image. Producers other than the API send ``request`` (and a correlation id)."""
 

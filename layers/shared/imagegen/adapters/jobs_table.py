@@ -341,7 +341,9 @@ class JobRepository:
             item.bad_outputs += 1
 
     def cancel(self, job_id: str) -> bool:
-        """Flag the job canceled (unless complete) and cancel its queued items; False when it had completed."""
+        """Flag the job canceled, unless it completed: one conditional write, whatever the job's size. From then
+        on no item of it is claimed (``claim`` checks the flag); ``cancel_queued_page`` settles the queued ones.
+        False when the job had completed (or does not exist)."""
         try:
             self._client.update_item(
                 TableName=self._table,
@@ -354,10 +356,16 @@ class JobRepository:
             if _code(exc) == "ConditionalCheckFailedException":
                 return False
             raise
-        queued = [item for item in self.iter_items(job_id) if item.status == "queued"]
+        return True
+
+    def cancel_queued_page(self, job_id: str, cursor: str | None, limit: int = 100) -> str | None:
+        """Cancel the queued items of one page of a canceled job (with the counters, a transaction per 99 items);
+        return the cursor of the next page, None after the last. Safe to replay: only items still queued move."""
+        items, next_cursor = self.items_page(job_id, limit, cursor)
+        queued = [item for item in items if item.status == "queued"]
         for chunk in _chunks(queued, TRANSACTION_ITEMS - 1):
             self._cancel_queued(job_id, chunk)
-        return True
+        return next_cursor
 
     def _cancel_queued(self, job_id: str, items: list[Item]) -> None:
         """Cancel queued items in one transaction; on a conflict, retry with those still queued."""
