@@ -469,6 +469,7 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("sqs:GetQueueAttributes", _QUEUE),
         ("sqs:ChangeMessageVisibility", _QUEUE),
         ("sqs:SendMessage", _DLQ),  # unparseable messages, moved by the worker itself
+        ("sqs:SendMessage", _QUEUE),  # a cancelation out of time continues in a new control message
         ("dynamodb:BatchGetItem", _IMAGES_TABLE),  # a redelivery reads item and job in one round trip
         # Its own role replaces SAM's generated one: logs to its own group, traces (no resource-level permissions).
         ("logs:CreateLogStream", json.dumps({"Fn::GetAtt": ["WorkerFunctionLogGroup", "Arn"]})),
