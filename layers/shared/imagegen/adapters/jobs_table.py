@@ -1,11 +1,12 @@
 """Jobs and their items in the service's single DynamoDB table.
 
-``JOB#<id>`` / ``JOB`` holds the job with one counter per item status (``c_queued`` … ``c_canceled``) and
-``remaining`` (items not yet terminal). ``JOB#<id>`` / ``ITEM#<index>`` holds each item. Every status change of
-an item is a transaction: the item's conditional update (its status must still be the one read) together with
-the job's counters, so counts are exact under concurrency and redelivery. The transition that brings
-``remaining`` to 0 is followed by one conditional write of ``completed_at``: exactly one caller wins it and
-announces the completion.
+``JOB#<id>`` / ``JOB`` holds the job with one counter per item status (``c_queued`` … ``c_canceled``),
+``c_waiting`` (queued items deferred to their ``retry_at``, also in ``c_queued``) and ``remaining`` (items not yet
+terminal). ``JOB#<id>`` / ``ITEM#<index>`` holds each item. Every status change of an item is a transaction: the
+item's conditional update (its status must still be the one read) together with the job's counters, so counts
+are exact under concurrency and redelivery. The transition that makes the last item terminal also writes
+``completed_at``, in the same transaction (or, after a cancel's pages, one conditional write does): exactly one
+caller wins it and announces the completion.
 """
 
 from __future__ import annotations
