@@ -457,7 +457,7 @@ class JobRepository:
             if waiting:
                 update += " REMOVE retry_at"
         if never_ran:
-            condition += " AND attempts = :zero_attempts"
+            condition += " AND (attribute_not_exists(attempts) OR attempts = :zero_attempts)"
             values[":zero_attempts"] = {"N": "0"}
         return {
             "Update": {
