@@ -447,8 +447,9 @@ class JobRepository:
         if to == "running":
             if lease_s is None:
                 raise ValueError("moving an item to running needs its lease (lease_s)")
-            sets.extend(["attempts = attempts + :one", "lease_until = :lease"])
+            sets.extend(["attempts = if_not_exists(attempts, :no_attempts) + :one", "lease_until = :lease"])
             values[":one"] = {"N": "1"}
+            values[":no_attempts"] = {"N": "0"}
             values[":lease"] = {"N": str(int(time.time() + lease_s))}
         condition = "#status = :from"
         update = "SET " + ", ".join(sets)
