@@ -375,10 +375,12 @@ def test_a_completion_made_by_the_api_is_announced_by_the_worker():
     world = World(items=0)
     service = JobService(world.store, world.queue, world.images)  # type: ignore[arg-type]
     world.queue.refuse = {1}
-    world.queue.on_send = lambda bodies: [
-        world.processor.handle(body, message_id="m", receive_count=1, deadline=Deadline.after(120, lambda: 0.0))
-        for body in bodies
-    ]
+
+    def a_quick_worker(bodies: list[str]) -> None:
+        for body in bodies:
+            world.processor.handle(body, message_id="m", receive_count=1, deadline=Deadline.after(120, lambda: 0.0))
+
+    world.queue.on_send = a_quick_worker
     # When the API fails the unsent item, which completes the job
     job = service.submit(JobRequest(items=[ImageRequest(prompt="a"), ImageRequest(prompt="b")]))
     # Then the API announced nothing itself: it queued an announce message, which the worker turns into the event
