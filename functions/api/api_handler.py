@@ -349,7 +349,10 @@ def get_job(
 @app.delete(
     "/v1/jobs/<job_id>",
     summary="Cancel a job",
-    description="Items not yet started are never sent upstream and end `canceled`; running items finish.",
+    description=(
+        "Answers at once, with the job `canceled`: items not yet started are never sent upstream and end "
+        "`canceled` shortly after (the worker settles them); running items finish."
+    ),
     responses={
         200: {"description": "The job after cancelation.", "content": {"application/json": {"model": JobDocument}}},
         404: _error_content("No job with this id."),

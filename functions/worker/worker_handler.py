@@ -1,28 +1,23 @@
 """Queue entry point: SQS (event source mapping with ReportBatchItemFailures) → one item per message.
 
-Thin by design: parse, hand each message to the shared ``ItemProcessor``, and turn its outcome into the
-partial batch response. A retryable failure sets the message's own visibility timeout (its backoff or the
-upstream's Retry-After) and is reported failed; a permanent one is acknowledged with the failure recorded on
-the item; a message nobody can read goes to the dead-letter queue with the reason, without blocking its batch.
+Thin by design: parse the SQS record, hand its body to the shared ``ItemProcessor``, and turn the outcome into the
+partial batch response. A retry sets the message's own visibility timeout (its backoff or the upstream's
+Retry-After) and is reported failed; an ack or a reject is acknowledged (the processor has recorded a permanent
+failure on the item, or moved a message nobody can read to the dead-letter queue with the reason).
 """
 
-import json
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
-from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagegen.batch import ConcurrentBatchProcessor, QueueRecord
 from imagegen.budget import Deadline
-from imagegen.models import ItemError, JobMessage
 from imagegen.observability import tracer_from_env
 from imagegen.settings import get_settings
 from imagegen.snapstart import register_hooks
-from pydantic import ValidationError
 
 if TYPE_CHECKING:
-    from imagegen.adapters.jobs_table import JobRepository
     from imagegen.adapters.queue import JobQueue
     from imagegen.jobs import ItemProcessor
 
@@ -45,62 +40,21 @@ def job_queue() -> "JobQueue":
     return build_once()
 
 
-def job_repository() -> "JobRepository":
-    from imagegen.wiring import job_repository as build_once
-
-    return build_once()
-
-
 class RetryLater(Exception):
     """Reported as a batch item failure: the message comes back after its (adjusted) visibility timeout."""
 
 
-def _first_error(error: ValidationError) -> str:
-    first = error.errors()[0]
-    where = ".".join(str(part) for part in first.get("loc", ())) or "message"
-    return f"{where}: {first.get('msg', 'invalid')}"
-
-
-def _reject(record: QueueRecord, reason: str) -> None:
-    """A message that cannot be processed, ever: record the failure on its item when it names one, else DLQ."""
-    metrics.add_metric(name="InvalidMessages", unit=MetricUnit.Count, value=1)
-    logger.warning("invalid message", message_id=record.messageId, reason=reason[:300])
-    try:
-        raw = json.loads(record.body)
-    except ValueError:
-        raw = None
-    job_id = raw.get("job_id") if isinstance(raw, dict) else None
-    index = raw.get("index") if isinstance(raw, dict) else None
-    if isinstance(job_id, str) and isinstance(index, int) and not isinstance(index, bool):
-        repository = job_repository()
-        item = repository.get_item(job_id, index) if 0 <= index < 10_000 else None
-        if item is not None and item.status in ("queued", "running"):
-            error = ItemError(code="invalid_message", message=reason[:500])
-            if repository.transition(item, "failed", error=error):
-                item_processor().announce(job_id)
-            return
-    job_queue().dead_letter(record.body, reason, record.messageId)
-
-
 def _handle(record: QueueRecord, processor: "ItemProcessor", deadline: Deadline) -> None:
-    try:
-        message = JobMessage.model_validate_json(record.body)
-    except ValidationError as exc:
-        _reject(record, f"the message does not match the job message schema: {_first_error(exc)}")
-        return
-    outcome = processor.process(
-        message,
+    outcome = processor.handle(
+        record.body,
         message_id=record.messageId,
         receive_count=int(record.attributes.ApproximateReceiveCount),
         deadline=deadline,
     )
-    if outcome.ack:
-        return
-    if outcome.reason == "unknown_item":
-        _reject(record, f"job {message.job_id} has no item {message.index}")
-        return
-    job_queue().delay(record.receiptHandle, outcome.delay_s)
-    raise RetryLater(outcome.reason)
+    if outcome.retries:
+        job_queue().delay(record.receiptHandle, outcome.after_s)
+        raise RetryLater(outcome.why)
+    # ack, or reject (already recorded on its item or moved to the dead-letter queue by the processor): done
 
 
 @logger.inject_lambda_context(log_event=False)

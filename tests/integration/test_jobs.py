@@ -31,7 +31,7 @@ def test_job_202_then_every_item_succeeds_with_events(api, emulator, events):
     # And it completes: every item succeeded, each upstream call made once, each image downloadable
     done = wait_for_job(api, job["id"])
     assert done["status"] == "succeeded"
-    assert done["counts"] == {"queued": 0, "running": 0, "succeeded": 3, "failed": 0, "canceled": 0}
+    assert done["counts"] == {"queued": 0, "running": 0, "succeeded": 3, "failed": 0, "canceled": 0, "waiting": 0}
     assert done["completed_at"] is not None
     assert sorted(item["index"] for item in done["items"]) == [0, 1, 2]
     for item in done["items"]:
@@ -103,7 +103,7 @@ def test_job_partial_failure_is_recorded_per_item_with_events(api, emulator, eve
     assert kinds == ["Image Failed", "Image Generated", "Image Generated", "Job Completed"]
 
 
-def test_job_cancel_stops_items_that_have_not_started(api, emulator):
+def test_job_cancel_stops_items_that_have_not_started(api, emulator, events):
     # Given a slow upstream and a job larger than the worker can start at once
     emulator.set_latency(3.0)
     try:
@@ -112,6 +112,8 @@ def test_job_cancel_stops_items_that_have_not_started(api, emulator):
         # When it is canceled right away
         canceled = api("DELETE", f"/v1/jobs/{job_id}")
         assert canceled.status_code == 200
+        # (answered at once, canceled: its queued items are settled by the worker from a cancel message)
+        assert canceled.json()["status"] == "canceled"
         # Then the items not started end canceled and were never sent upstream; started ones finish
         job = wait_for_job(api, job_id, timeout_s=60)
     finally:
@@ -124,6 +126,10 @@ def test_job_cancel_stops_items_that_have_not_started(api, emulator):
     # and canceling a finished job changes nothing
     again = api("DELETE", f"/v1/jobs/{job_id}").json()
     assert again["counts"] == counts
+    # and the completion was announced once, by the worker
+    seen = events(counts["succeeded"] + counts["failed"] + 1)
+    completed = [e for e in seen if e["detail-type"] == "Job Completed" and e["detail"]["job"]["id"] == job_id]
+    assert len(completed) == 1 and completed[0]["detail"]["job"]["status"] == "canceled"
 
 
 def test_job_idempotency_key_returns_the_original_answer(api, emulator):

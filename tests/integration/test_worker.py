@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -191,3 +192,54 @@ def test_worker_arbitrary_bodies_never_crash_nor_block_their_batch(worker, repos
     # Then nothing is left to retry for the garbage (recorded or dead-lettered) and the good item succeeded
     assert answer == {"batchItemFailures": []}
     assert repository.get_item(job_id, 0).status == "succeeded"
+
+
+def test_worker_an_item_deferred_by_a_retry_waits_queued_with_its_retry_at_then_is_claimed_again(
+    worker, repository, emulator, api, monkeypatch
+):
+    # Given an upstream rate limited for an hour, and a job of two items whose first item is being retried
+    job_id = make_job(repository, ["deferred", "other"])
+    delays: list[int] = []
+    monkeypatch.setattr(worker.job_queue(), "delay", lambda receipt, seconds: delays.append(seconds))
+    emulator.inject("rate_limit", count=1, retry_after=3600)
+    bodies = messages(job_id, 2)
+    # When its message is delivered and the upstream answers 429 with Retry-After: 3600
+    answer = worker.lambda_handler(sqs_event(bodies[:1]), make_context("WorkerFunction", 120))
+    # Then the message comes back in an hour, and meanwhile the item is queued (not running) with its retry_at,
+    # its lease released, counted as waiting; the job (nothing started, nothing running) reads queued
+    assert len(answer["batchItemFailures"]) == 1 and delays and delays[0] >= 3600
+    item = repository.get_item(job_id, 0)
+    assert item.status == "queued" and item.lease_until == 0 and item.retry_at is not None
+    document = api("GET", f"/v1/jobs/{job_id}").json()
+    assert document["status"] == "queued"
+    assert document["counts"] == {"queued": 2, "running": 0, "succeeded": 0, "failed": 0, "canceled": 0, "waiting": 1}
+    shown = document["items"][0]
+    assert shown["status"] == "queued" and shown["retry_at"] is not None
+    waited = datetime.fromisoformat(shown["retry_at"].replace("Z", "+00:00")) - datetime.now(UTC)
+    assert 3500 < waited.total_seconds() <= 3600
+    assert document["items"][1]["retry_at"] is None
+    # When its message comes back (the upstream has recovered), with the other item's first delivery
+    answer = worker.lambda_handler(sqs_event(bodies, receive_count=2), make_context("WorkerFunction", 120))
+    # Then it is claimed from queued again and succeeds; nothing is waiting, the job completed
+    assert answer == {"batchItemFailures": []}
+    item = repository.get_item(job_id, 0)
+    assert item.status == "succeeded" and item.retry_at is None and item.attempts == 2
+    job = repository.get_job(job_id)
+    assert job.counts.waiting == 0 and job.counts.succeeded == 2 and job.status == "succeeded"
+    assert emulator.calls == 3
+
+
+def test_worker_canceling_a_job_with_a_waiting_item_keeps_the_counts_exact(worker, repository, emulator, monkeypatch):
+    # Given a job whose only item waits out a retry
+    job_id = make_job(repository, ["deferred"])
+    monkeypatch.setattr(worker.job_queue(), "delay", lambda receipt, seconds: None)
+    emulator.inject("unavailable", count=1, retry_after=600)
+    worker.lambda_handler(sqs_event(messages(job_id, 1)), make_context("WorkerFunction", 120))
+    assert repository.get_job(job_id).counts.waiting == 1
+    # When the job is canceled and its queued items settled (what the worker does with the cancel message)
+    assert repository.cancel(job_id)
+    assert repository.cancel_queued_page(job_id, None) is None
+    # Then the waiting item is canceled with the counters (waiting back to 0), and the job can complete
+    job = repository.get_job(job_id)
+    assert (job.counts.queued, job.counts.waiting, job.counts.canceled, job.remaining) == (0, 0, 1, 0)
+    assert repository.get_item(job_id, 0).status == "canceled"

@@ -36,6 +36,7 @@ from typing import Any
 
 import pytest
 from devstack.sqs_poller import EventSourceMapping
+from imagegen.adapters.mirror import UrlGuard
 from imagegen.adapters.queue import JobQueue
 from imagegen.service import item_image_id
 from support.stack_fixtures import expire_lease, make_job, messages, s3_keys
@@ -185,6 +186,7 @@ def queue_path(stack, worker, emulator, monkeypatch) -> Iterator[QueuePath]:
     url = sqs.create_queue(QueueName=name, Attributes={"VisibilityTimeout": "30", "RedrivePolicy": redrive})["QueueUrl"]
     queue = CompressedQueue(sqs, url, dlq_url)
     monkeypatch.setattr(worker, "job_queue", lambda: queue)
+    monkeypatch.setattr(worker.item_processor(), "_queue", queue)  # the processor dead-letters itself
     path = QueuePath(stack, worker, sqs, url, dlq_url, queue)
     try:
         yield path
@@ -533,6 +535,7 @@ def test_dlq_path_an_item_that_kills_every_invocation_reaches_the_dlq_and_comple
     # When the operator fixes the cause and redrives the DLQ (the message starts again at receive 1)
     monkeypatch.undo()
     monkeypatch.setattr(queue_path.worker, "job_queue", lambda: queue_path.queue)
+    monkeypatch.setattr(queue_path.worker.item_processor(), "_queue", queue_path.queue)
     assert queue_path.redrive() == 2
     queue_path.wait_settled(repository, job_id)
     # Then the item completes once, the job with it, the batch-mate is acknowledged without a call, and the DLQ
@@ -544,6 +547,101 @@ def test_dlq_path_an_item_that_kills_every_invocation_reaches_the_dlq_and_comple
         "Queue faults",
         "DLQ path: item kills every invocation, then redriven (real queue)",
         "killer + batch-mate in the DLQ after 5 receives (killer's item running); 2/2 after the redrive, 2 calls",
+        **figures,
+        receives=queue_path.stats()["records_delivered"],
+    )
+
+
+# ------------------------------------------------------------------------------------------------ paid refusals
+METADATA_URL = "http://169.254.169.254/latest/meta-data/iam/security-credentials/"
+
+
+@dataclass(frozen=True)
+class PaidFault:
+    """A 200 the upstream was paid for, whose output is of no use: how many paid calls the item may make."""
+
+    name: str
+    mode: str
+    code: str
+    calls: int
+    params: Callable[[Any], dict[str, Any]] = lambda emulator: {}
+    guard: str = "local"  # "local": the stack's; "https": the deployed scheme rule; "any-host": allowlist '*'
+
+
+REFUSALS = [
+    PaidFault("output over http, as deployed (https only)", "output_http", "image_rejected", 1, guard="https"),
+    PaidFault(
+        "output with credentials", "output_custom", "image_rejected", 1, lambda e: {"url": "http://u:p@127.0.0.1/x.png"}
+    ),
+    PaidFault(
+        "output on a host off the allowlist",
+        "output_custom",
+        "image_rejected",
+        1,
+        lambda e: {"url": "https://images.evil.example/x.png"},
+    ),
+    PaidFault(
+        "output on a link-local address (allowlist '*')",
+        "output_custom",
+        "image_rejected",
+        1,
+        lambda e: {"url": "http://169.254.169.254/x.png"},
+        guard="any-host",
+    ),
+    PaidFault(
+        "output redirecting to 169.254.169.254", "redirect", "image_rejected", 1, lambda e: {"location": METADATA_URL}
+    ),
+    PaidFault(
+        "output redirecting to 169.254.169.254 (allowlist '*')",
+        "redirect",
+        "image_rejected",
+        1,
+        lambda e: {"location": METADATA_URL},
+        guard="any-host",
+    ),
+    PaidFault("output is not an image", "not_image", "image_rejected", 1),
+    PaidFault("output too large", "oversized", "image_rejected", 1, lambda e: {"size": 33 << 20}),
+    PaidFault("output truncated", "truncated", "image_rejected", 1),
+    PaidFault(
+        "image host answers 404",
+        "output_custom",
+        "image_rejected",
+        1,
+        lambda e: {"url": f"{e.image_base_url}/images/gone.png"},
+    ),
+    PaidFault("200 without output, every time", "no_output", "upstream_bad_response", 2),
+]
+
+
+@pytest.mark.parametrize("fault", REFUSALS, ids=[fault.name for fault in REFUSALS])
+def test_a_paid_200_with_a_useless_output_is_never_paid_for_more_than_twice(
+    stack, repository, emulator, queue_path, monkeypatch, reliability, fault
+):
+    # Given an upstream whose every 200 points at an output the service refuses (or carries none)
+    images = queue_path.worker.item_processor()._images
+    if fault.guard == "https":
+        monkeypatch.setattr(images._flux, "_output_schemes", ("https",))
+    elif fault.guard == "any-host":
+        monkeypatch.setattr(images._mirror, "_guard", UrlGuard(("*",), allow_http=True))
+    job_id = make_job(repository, ["refused"])
+    emulator.inject(fault.mode, count=None, **fault.params(emulator))
+    queue_path.start()
+    # When its message goes through the real queue until nothing is left
+    queue_path.send(messages(job_id, 1))
+    queue_path.wait_settled(repository, job_id)
+    # Then the item failed with the class's code after exactly the paid calls the class allows: a refusal once,
+    # a 200 without output twice (its retry counted on the item), and nothing went to the DLQ or the bucket
+    item = repository.get_item(job_id, 0)
+    assert item.status == "failed" and item.error.code == fault.code, item.error
+    assert emulator.calls == fault.calls, emulator.calls
+    assert queue_path.stats()["records_delivered"] == fault.calls
+    assert queue_path.dead_letters() == []
+    # (every call here was a paid 200 that produced no image: all of them count as provoked)
+    figures = assert_invariants(stack, repository, emulator, job_id, retries=fault.calls)
+    reliability.record(
+        "Queue faults",
+        f"paid refusal: {fault.name} (real queue)",
+        f"failed ({fault.code}) after {fault.calls} paid call{'s' if fault.calls > 1 else ''}",
         **figures,
         receives=queue_path.stats()["records_delivered"],
     )

@@ -209,12 +209,13 @@ def test_output_over_plain_http_is_refused_as_deployed(invoke, emulator, stored,
     production_guard(("127.0.0.1",), allow_http=False)
     emulator.inject("output_http")
     before = stored()
-    # When a client asks for an image, then the URL is not fetched
+    # When a client asks for an image, then the URL is not fetched, and the answer is a refusal (image_rejected,
+    # as for any other refused output: a queued item is not retried for it) rather than a bad response
     response = invoke(load_event("post_image"))
-    fault = Fault("output over http", None, 502, "upstream_bad_response", 1, message="https")
+    fault = Fault("output over http", None, 502, "image_rejected", 1, message="https only")
     check(fault, response, emulator, before, stored())
     assert emulator.image_downloads == 0
-    reliability.record("Upstream faults", fault.name, "502 upstream_bad_response, nothing fetched", upstream_calls=1)
+    reliability.record("Upstream faults", fault.name, "502 image_rejected, nothing fetched", upstream_calls=1)
 
 
 @pytest.mark.parametrize(

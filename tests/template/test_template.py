@@ -445,8 +445,6 @@ _SHARED_GRANTS = _grants(
     ("dynamodb:BatchWriteItem", _IMAGES_TABLE),
     ("dynamodb:ConditionCheckItem", _IMAGES_TABLE),
     ("secretsmanager:GetSecretValue", json.dumps({"Ref": "FluxSecretArn"})),
-    ("secretsmanager:GetSecretValue", json.dumps({"Ref": WEBHOOK_SECRET_ID})),
-    ("events:PutEvents", _BUS),
     ("kms:Decrypt", _KEY),  # only when KmsKeyArn is set, and only through the data services (checked below)
     ("kms:GenerateDataKey", _KEY),
 )
@@ -462,12 +460,16 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     ),
     WORKER_ID: _SHARED_GRANTS
     | _grants(
+        # Only the worker announces (events, signed webhooks): the API queues an announce message instead.
+        ("secretsmanager:GetSecretValue", json.dumps({"Ref": WEBHOOK_SECRET_ID})),
+        ("events:PutEvents", _BUS),
         # The event source mapping polls with the worker's role; ChangeMessageVisibility is the worker's backoff.
         ("sqs:ReceiveMessage", _QUEUE),
         ("sqs:DeleteMessage", _QUEUE),
         ("sqs:GetQueueAttributes", _QUEUE),
         ("sqs:ChangeMessageVisibility", _QUEUE),
         ("sqs:SendMessage", _DLQ),  # unparseable messages, moved by the worker itself
+        ("sqs:SendMessage", _QUEUE),  # a cancelation out of time continues in a new control message
         ("dynamodb:BatchGetItem", _IMAGES_TABLE),  # a redelivery reads item and job in one round trip
         # Its own role replaces SAM's generated one: logs to its own group, traces (no resource-level permissions).
         ("logs:CreateLogStream", json.dumps({"Fn::GetAtt": ["WorkerFunctionLogGroup", "Arn"]})),
@@ -510,6 +512,22 @@ def check_function_data_access_scoped(t: dict[str, Any]) -> None:
         actions = {action for action, _ in granted}
         assert not actions & {"s3:DeleteObject", "s3:PutObjectAcl", "s3:PutBucketPolicy", "dynamodb:Scan"}
         assert ("dynamodb:DeleteItem", _IMAGES_TABLE) not in granted, f"{function_id} must not delete records"
+
+
+def check_api_never_announces(t: dict[str, Any]) -> None:
+    """Announcements come only from the queue side: the API role can neither publish events nor read the webhook
+    signing secret, on any resource (a request never publishes an event nor delivers a webhook)."""
+    webhook_secret = json.dumps({"Ref": WEBHOOK_SECRET_ID})
+    for statement in _permission_statements(t, FUNCTION_ID):
+        actions = [str(action) for action in _as_list(statement.get("Action"))]
+        resources = [json.dumps(resource) for resource in _as_list(statement.get("Resource"))]
+        assert not any(action.startswith("events:") or action == "*" for action in actions), (
+            f"the API must not publish events: {statement}"
+        )
+        reads_secrets = any(action.startswith("secretsmanager:") or action == "*" for action in actions)
+        assert not (reads_secrets and (webhook_secret in resources or json.dumps("*") in resources)), (
+            f"the API must not read the webhook signing secret: {statement}"
+        )
 
 
 def check_api_keys_on_v1_routes_only(t: dict[str, Any]) -> None:
@@ -1150,6 +1168,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_idempotency_table,
     check_no_wildcard_permissions,
     check_function_data_access_scoped,
+    check_api_never_announces,
     check_api_keys_on_v1_routes_only,
     check_gateway_responses,
     check_function_runtime,
@@ -1513,6 +1532,28 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
     "api-sends-to-dlq": (
         check_function_data_access_scoped,
         lambda t: _function_statement(t, "EnqueueJobs").update(Resource={"Fn::GetAtt": [DLQ_ID, "Arn"]}),
+    ),
+    "api-publishes-events": (
+        check_api_never_announces,
+        lambda t: _p(t, FUNCTION_ID)["Policies"][0]["Statement"].append(
+            {
+                "Sid": "PublishJobEvents",
+                "Effect": "Allow",
+                "Action": "events:PutEvents",
+                "Resource": {"Fn::GetAtt": [BUS_ID, "Arn"]},
+            }
+        ),
+    ),
+    "api-reads-webhook-secret": (
+        check_api_never_announces,
+        lambda t: _p(t, FUNCTION_ID)["Policies"][0]["Statement"].append(
+            {
+                "Sid": "ReadWebhookSecret",
+                "Effect": "Allow",
+                "Action": "secretsmanager:GetSecretValue",
+                "Resource": {"Ref": WEBHOOK_SECRET_ID},
+            }
+        ),
     ),
     "api-lost-enqueue": (
         check_function_data_access_scoped,

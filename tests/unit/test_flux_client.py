@@ -21,6 +21,7 @@ import requests
 from imagegen.adapters.flux import MIN_ATTEMPT_S, FluxClient, error_message, parse_retry_after
 from imagegen.budget import Deadline
 from imagegen.errors import (
+    ImageRejectedError,
     UpstreamAuthError,
     UpstreamBadResponseError,
     UpstreamError,
@@ -129,8 +130,6 @@ def test_flux_client_output_url_is_trimmed(http_server: Any, fake_clock: Any) ->
     "body",
     [
         json.dumps({"msg": "Image Getting Created"}),
-        json.dumps({"output": OUTPUT.replace("https://", "http://")}),
-        json.dumps({"output": "ftp://pub-1.r2.dev/x.png"}),
         json.dumps({"output": "https://"}),
         json.dumps({"output": ""}),
         json.dumps({"output": 42}),
@@ -139,16 +138,37 @@ def test_flux_client_output_url_is_trimmed(http_server: Any, fake_clock: Any) ->
         "<html>gateway</html>",
         "",
     ],
-    ids=["msg-only", "http", "ftp", "no-host", "empty", "number", "list", "array", "html", "no-body"],
+    ids=["msg-only", "no-host", "empty", "number", "list", "array", "html", "no-body"],
 )
-def test_flux_client_200_without_https_output_is_bad_response(http_server: Any, fake_clock: Any, body: str) -> None:
-    # Given a 200 that carries no usable https output URL
+def test_flux_client_200_without_usable_output_is_bad_response(http_server: Any, fake_clock: Any, body: str) -> None:
+    # Given a 200 that carries no usable output URL at all
     http_server.reply(200, body, {"Content-Type": "application/json"})
     # When an image is generated, Then it is not a success
     with pytest.raises(UpstreamBadResponseError) as caught:
         _client(http_server.url(PATH), fake_clock).generate(PARAMS, Deadline.after(30, fake_clock))
     assert caught.value.code == "upstream_bad_response"
     assert caught.value.retryable is True
+
+
+@pytest.mark.parametrize(
+    ("output", "why"),
+    [
+        (OUTPUT.replace("https://", "http://"), "scheme 'http'"),
+        ("ftp://pub-1.r2.dev/x.png", "scheme 'ftp'"),
+        (OUTPUT.replace("https://", "https://user:secret@"), "credentials"),
+    ],
+    ids=["http", "ftp", "credentials"],
+)
+def test_flux_client_200_with_a_refused_output_url_is_a_permanent_refusal(
+    http_server: Any, fake_clock: Any, output: str, why: str
+) -> None:
+    # Given a paid 200 whose output is a URL, but one the service refuses to fetch
+    http_server.reply_json(200, {"output": output})
+    # When an image is generated, Then it is an image refusal, not retryable: another call would pay again
+    with pytest.raises(ImageRejectedError, match=why) as caught:
+        _client(http_server.url(PATH), fake_clock).generate(PARAMS, Deadline.after(30, fake_clock))
+    assert caught.value.code == "image_rejected" and caught.value.retryable is False
+    assert "secret" not in caught.value.message
 
 
 def test_flux_client_http_output_accepted_only_when_allowed(http_server: Any, fake_clock: Any) -> None:

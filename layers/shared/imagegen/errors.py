@@ -83,7 +83,8 @@ class UpstreamAuthError(UpstreamError):
 
 
 class UpstreamBadResponseError(UpstreamError):
-    """A 200 without a usable ``output`` URL, or an answer we cannot interpret."""
+    """A 200 without a usable ``output`` (no output, not JSON, not a URL) or an oversized answer. Another call
+    might succeed, but each is paid: a job item retries it once, never more (``Item.bad_outputs``)."""
 
     status = 502
     code = "upstream_bad_response"
@@ -91,7 +92,8 @@ class UpstreamBadResponseError(UpstreamError):
 
 
 class ImageRejectedError(UpstreamError):
-    """The image the upstream pointed at was refused by the mirror guard (URL, address, type or size)."""
+    """A paid 200 whose output we refuse: its URL (scheme, credentials, host), address, type, size or download
+    (truncated, a 4xx/5xx from the image host). Permanent: asking again would only pay for another refusal."""
 
     status = 502
     code = "image_rejected"

@@ -8,24 +8,39 @@ already succeeded is acknowledged without another upstream call.
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from enum import Enum
+from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import ValidationError
 
-from imagegen.adapters.events import EventPublisher
-from imagegen.adapters.jobs_table import Item, Job, JobRepository, JobUnavailable, LeaseHeld, TransitionConflict
+from imagegen.adapters.jobs_table import JobRepository
 from imagegen.adapters.queue import JobQueue
-from imagegen.adapters.webhooks import WebhookSender
 from imagegen.budget import Deadline
-from imagegen.errors import EnqueueError, InvalidRequestError, NotFoundError, ServiceError
+from imagegen.entities import Item, ItemStore, Job, JobUnavailable, LeaseHeld, TransitionConflict
+from imagegen.errors import (
+    EnqueueError,
+    InvalidRequestError,
+    NotFoundError,
+    ServiceError,
+    UpstreamBadResponseError,
+)
 from imagegen.models import (
+    CONTROL_KEYS,
+    MAX_JOB_ITEMS,
     MAX_SEED,
+    AnnounceOrder,
+    CancelOrder,
+    ControlMessage,
+    ImageDocument,
+    ImageRecord,
     ImageRequest,
     ItemError,
     JobDocument,
@@ -41,6 +56,9 @@ metrics = Metrics()
 
 MIN_ITEM_TIME_S = 15.0  # an item does not start with less time left in the invocation than this
 MAX_BACKOFF_S = 900
+# A paid 200 without a usable output may be a passing fault: retried once per item, never more (each try is paid).
+MAX_BAD_OUTPUT_RETRIES = 1
+MIN_CANCEL_PAGE_TIME_S = 5.0  # a page of cancelations (100 items, two transactions) does not start with less
 
 
 def new_job_id() -> str:
@@ -94,7 +112,8 @@ class JobService:
         self._queue = queue
         self._images = images
         self._allow_http_webhooks = allow_http_webhooks
-        self._on_complete = on_complete or (lambda job_id: None)
+        # A completion the API makes (a partly failed enqueue) is announced by the worker, never in a request.
+        self._on_complete = on_complete or self._announce_from_the_queue
 
     def submit(self, request: JobRequest) -> JobDocument:
         if request.webhook_url and not request.webhook_url.startswith("https://") and not self._allow_http_webhooks:
@@ -157,12 +176,25 @@ class JobService:
         return job_document(job, [self.item_document(item) for item in items], next_cursor)
 
     def cancel(self, job_id: str) -> JobDocument:
+        """One conditional write, whatever the job's size: the job is canceled from then on (no item of it starts).
+        Its queued items are settled on the queue side (a cancel control message), which completes the job."""
         if self._repository.get_job(job_id) is None:
             raise NotFoundError(f"job {job_id} not found")
         if self._repository.cancel(job_id):
             logger.info("job canceled", job_id=job_id)
-            self._complete(job_id)
+            try:
+                self._queue.send_control(ControlMessage(cancel=CancelOrder(job_id=job_id)))
+            except Exception:  # the cancel holds: each queued item is canceled when its own message comes
+                logger.exception("could not queue the cancelation of the job's items", job_id=job_id)
+                metrics.add_metric(name="CancelOrdersNotQueued", unit=MetricUnit.Count, value=1)
         return self.get(job_id, limit=0)
+
+    def _announce_from_the_queue(self, job_id: str) -> None:
+        try:
+            self._queue.send_control(ControlMessage(announce=AnnounceOrder(job_id=job_id)))
+        except Exception:  # the job is complete and readable; only its announcement is lost (metric, log)
+            logger.exception("could not queue the job's announcement", job_id=job_id)
+            metrics.add_metric(name="AnnouncementsNotQueued", unit=MetricUnit.Count, value=1)
 
     def _complete(self, job_id: str) -> None:
         if self._repository.complete_if_done(job_id) is not None:
@@ -175,19 +207,111 @@ class JobService:
             request=item.request,
             error=item.error,
             image=self._images.document(item.record) if item.record is not None else None,
+            retry_at=item.retry_at if item.status == "queued" else None,
         )
+
+
+def _names_item(body: str) -> tuple[str | None, int | None]:
+    """The job and index an unreadable message names, if it names them at all (read leniently: the message is
+    already known to be invalid, and its item is where the failure belongs)."""
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        return None, None
+    if not isinstance(raw, dict):
+        return None, None
+    job_id, index = raw.get("job_id"), raw.get("index")
+    if isinstance(job_id, str) and isinstance(index, int) and not isinstance(index, bool):
+        return job_id, index
+    return None, None
+
+
+def _is_control(body: str) -> bool:
+    """A control message (``{"cancel": …}`` or ``{"announce": …}``), told apart from an item's by its keys."""
+    try:
+        raw = json.loads(body)
+    except ValueError:
+        return False
+    return isinstance(raw, dict) and bool(CONTROL_KEYS & raw.keys())
+
+
+class OutcomeKind(Enum):
+    ACK = "ack"  # done with the message: delete it
+    RETRY = "retry"  # put it back, visible again after ``after_s``
+    REJECT = "reject"  # it can never be processed: already recorded on its item or dead-lettered
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the worker tells the queue: acknowledge, or retry after ``delay_s``."""
+    """What became of one message, for the entry point to tell the queue. Build with the named constructors."""
 
-    ack: bool
-    delay_s: int = 0
-    reason: str = ""
+    kind: OutcomeKind
+    after_s: int = 0
+    why: str = ""
+
+    @classmethod
+    def ack(cls) -> Outcome:
+        return cls(OutcomeKind.ACK)
+
+    @classmethod
+    def retry(cls, after_s: int, why: str) -> Outcome:
+        return cls(OutcomeKind.RETRY, max(0, int(after_s)), why)
+
+    @classmethod
+    def reject(cls, why: str) -> Outcome:
+        return cls(OutcomeKind.REJECT, why=why)
+
+    @property
+    def retries(self) -> bool:
+        return self.kind is OutcomeKind.RETRY
 
 
-ACK = Outcome(True)
+class ImageGenerator(Protocol):
+    """What the item processor needs of the image service (``ImageService``; a fake in the unit tests)."""
+
+    def generate_record(
+        self,
+        request: ImageRequest,
+        deadline: Deadline,
+        *,
+        image_id: str | None = None,
+        key_stem: str | None = None,
+        store: bool = True,
+    ) -> ImageRecord: ...
+
+    def record_item(self, record: ImageRecord) -> dict[str, Any]: ...
+
+    def document(self, record: ImageRecord) -> ImageDocument: ...
+
+
+class EventSink(Protocol):
+    def publish(self, detail_type: str, detail: dict[str, Any]) -> object: ...
+
+
+class WebhookDelivery(Protocol):
+    @property
+    def delivered(self) -> bool: ...
+
+    @property
+    def attempts(self) -> int: ...
+
+
+class WebhookSink(Protocol):
+    def deliver(self, url: str, message_id: str, payload: dict[str, Any]) -> WebhookDelivery: ...
+
+
+class WorkQueue(Protocol):
+    """The jobs queue as the item processor uses it: its dead-letter queue, and control messages to itself."""
+
+    def dead_letter(self, body: str, reason: str, message_id: str) -> None: ...
+
+    def send_control(self, message: ControlMessage) -> None: ...
+
+
+def _first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ())) or "message"
+    return f"{where}: {first.get('msg', 'invalid')}"
 
 
 class ItemProcessor:
@@ -195,10 +319,11 @@ class ItemProcessor:
 
     def __init__(
         self,
-        repository: JobRepository,
-        images: ImageService,
-        events: EventPublisher,
-        webhooks: WebhookSender,
+        repository: ItemStore,
+        images: ImageGenerator,
+        events: EventSink,
+        webhooks: WebhookSink,
+        queue: WorkQueue,
         *,
         max_receive_count: int = 5,
         lease_margin_s: float = 35.0,
@@ -207,10 +332,30 @@ class ItemProcessor:
         self._images = images
         self._events = events
         self._webhooks = webhooks
+        self._queue = queue
         self._max_receive_count = max_receive_count
         self._lease_margin_s = lease_margin_s
 
-    def process(self, message: JobMessage, *, message_id: str, receive_count: int, deadline: Deadline) -> Outcome:
+    def handle(self, body: str, *, message_id: str, receive_count: int, deadline: Deadline) -> Outcome:
+        """One message body as the queue delivered it: parse it, then process it (or reject it)."""
+        if _is_control(body):
+            return self._control(body, message_id, deadline)
+        try:
+            message = JobMessage.model_validate_json(body)
+        except ValidationError as exc:
+            why = f"the message does not match the job message schema: {_first_error(exc)}"
+            return self._reject(body, why, message_id)
+        return self.process(message, message_id=message_id, receive_count=receive_count, deadline=deadline, body=body)
+
+    def process(
+        self,
+        message: JobMessage,
+        *,
+        message_id: str,
+        receive_count: int,
+        deadline: Deadline,
+        body: str | None = None,
+    ) -> Outcome:
         job_id, index = message.job_id, message.index if message.index is not None else 0
         request = message.request
         if job_id is None:
@@ -220,7 +365,7 @@ class ItemProcessor:
             # Put back for an invocation with more time, but never on the last receive: SQS would then move the
             # message to the dead-letter queue with its item never started and the job never complete. There it
             # is tried with the time left: generation keeps to the deadline, so the item still ends terminal.
-            return Outcome(False, 0, "not enough time left in this invocation")
+            return Outcome.retry(0, "not enough time left in this invocation")
         # The item is held for as long as this invocation can live (its deadline, i.e. the function's Timeout as
         # Lambda reports it, less the reserve) plus the margin: a live delivery always finishes within its lease.
         lease_s = deadline.remaining() + self._lease_margin_s
@@ -230,26 +375,87 @@ class ItemProcessor:
             item = Item(job_id, index, "running", request, attempts=1, correlation_id=message.correlation_id)
         except (TransitionConflict, JobUnavailable):
             claimed = self._look_again(job_id, index, lease_s)
+            if claimed is None:
+                why = f"job {job_id} has no item {index}"
+                return self._reject(
+                    body if body is not None else message.model_dump_json(exclude_none=True), why, message_id
+                )
             if isinstance(claimed, Outcome):
                 return claimed
             item = claimed
         return self._run(item, receive_count, deadline, message.correlation_id)
 
-    def _look_again(self, job_id: str, index: int, lease_s: float) -> Item | Outcome:
-        """The claim failed: a redelivery, a canceled job, or an item a dead invocation left running."""
+    def _reject(self, body: str, why: str, message_id: str) -> Outcome:
+        """A message that can never be processed: record the failure on its item when it names one still open,
+        else move it to the dead-letter queue with the reason. Either way the queue is done with it."""
+        metrics.add_metric(name="InvalidMessages", unit=MetricUnit.Count, value=1)
+        logger.warning("invalid message", message_id=message_id, reason=why[:300])
+        job_id, index = _names_item(body)
+        if job_id is not None and index is not None:
+            item = self._repository.get_item(job_id, index) if 0 <= index < MAX_JOB_ITEMS else None
+            if item is not None and item.status in ("queued", "running"):
+                error = ItemError(code="invalid_message", message=why[:500])
+                try:
+                    completed = self._repository.transition(item, "failed", error=error)
+                except TransitionConflict:
+                    return Outcome.retry(1, "the item moved under us; look again")
+                if completed:
+                    self.announce(job_id)
+                return Outcome.reject(why)
+        self._queue.dead_letter(body, why, message_id)
+        return Outcome.reject(why)
+
+    # ------------------------------------------------------------------------------------------ control messages
+    def _control(self, body: str, message_id: str, deadline: Deadline) -> Outcome:
+        try:
+            control = ControlMessage.model_validate_json(body)
+        except ValidationError as exc:
+            return self._reject(body, f"the control message is invalid: {_first_error(exc)}", message_id)
+        if control.announce is not None:
+            job = self._repository.get_job(control.announce.job_id)
+            if job is not None and job.completed_at is not None:
+                self.announce(job.id)
+            return Outcome.ack()
+        assert control.cancel is not None
+        return self._cancel(control.cancel, body, message_id, deadline)
+
+    def _cancel(self, order: CancelOrder, body: str, message_id: str, deadline: Deadline) -> Outcome:
+        """Settle a canceled job's queued items, a page at a time, within this invocation's deadline; when out of
+        time, continue in a new control message from where this one stopped. Safe to replay: only items still
+        queued move, and the job completes (and is announced) once."""
+        job = self._repository.get_job(order.job_id)
+        if job is None:
+            return Outcome.ack()  # expired (TTL): nothing left to cancel
+        if not job.canceled:
+            return self._reject(body, f"job {order.job_id} is not canceled", message_id)
+        cursor = order.cursor
+        while True:
+            if deadline.remaining() < MIN_CANCEL_PAGE_TIME_S:
+                self._queue.send_control(ControlMessage(cancel=CancelOrder(job_id=order.job_id, cursor=cursor)))
+                logger.info("cancelation continues in a new message", job_id=order.job_id)
+                return Outcome.ack()
+            cursor = self._repository.cancel_queued_page(order.job_id, cursor)
+            if cursor is None:
+                break
+        self.finish(order.job_id)
+        return Outcome.ack()
+
+    def _look_again(self, job_id: str, index: int, lease_s: float) -> Item | Outcome | None:
+        """The claim failed: a redelivery, a canceled job, or an item a dead invocation left running. None when
+        there is no such item (nothing to record a failure on)."""
         item, job = self._repository.get_item_and_job(job_id, index)
         if item is None:
-            return Outcome(False, reason="unknown_item")  # the caller dead-letters it: nothing to record it on
+            return None
         if item.status in ("succeeded", "failed", "canceled"):
             metrics.add_metric(name="DuplicateDeliveries", unit=MetricUnit.Count, value=1)
             if job is not None and job.remaining == 0 and job.completed_at is None:
                 self.finish(job_id)  # e.g. a cancelation whose completion the API did not get to write
-            return ACK  # done already: a redelivery never calls the upstream again
+            return Outcome.ack()  # done already: a redelivery never calls the upstream again
         if job is None:
-            return ACK  # the job expired (TTL): nothing left to record the item on
+            return Outcome.ack()  # the job expired (TTL): nothing left to record the item on
         if job.canceled:
             self._settle(item, "canceled")
-            return ACK
+            return Outcome.ack()
         try:
             if item.status == "queued":
                 self._repository.transition(item, "running", lease_s=lease_s)
@@ -257,9 +463,9 @@ class ItemProcessor:
                 self._repository.reclaim(item, lease_s=lease_s)  # the previous attempt died with the item running
         except LeaseHeld as held:
             # A duplicate delivery while the first is still generating: never a second upstream call.
-            return Outcome(False, int(held.seconds_left) + 1, "another delivery is generating this item")
+            return Outcome.retry(int(held.seconds_left) + 1, "another delivery is generating this item")
         except TransitionConflict:
-            return Outcome(False, 1, "the item moved under us; look again")
+            return Outcome.retry(1, "the item moved under us; look again")
         return item
 
     def _run(self, item: Item, receive_count: int, deadline: Deadline, correlation_id: str | None) -> Outcome:
@@ -273,28 +479,35 @@ class ItemProcessor:
             )
         except ServiceError as exc:
             last_receive = receive_count >= self._max_receive_count
+            bad_output = isinstance(exc, UpstreamBadResponseError)
+            if bad_output and item.bad_outputs >= MAX_BAD_OUTPUT_RETRIES:
+                # Every try of a 200 without a usable output is paid: one more, and no further.
+                message = f"{exc.message} (again: {item.bad_outputs + 1} paid calls without an image, not retried)"
+                self._settle(item, "failed", ItemError(code=exc.code, message=message), correlation_id)
+                return Outcome.ack()
             if exc.retryable and not last_receive:
                 delay = exc.retry_after if exc.retry_after is not None else self._backoff(receive_count)
-                self._release(item)
+                self._defer(item, delay, bad_output=bad_output)
                 logger.info("item will be retried", job_id=item.job_id, index=item.index, code=exc.code, delay_s=delay)
-                return Outcome(False, delay, exc.code)
+                return Outcome.retry(delay, exc.code)
             message = (
                 exc.message
                 if not (exc.retryable and last_receive)
                 else f"{exc.message} (gave up after {receive_count} attempts)"
             )
             self._settle(item, "failed", ItemError(code=exc.code, message=message), correlation_id)
-            return ACK
+            return Outcome.ack()
         except Exception:
             logger.exception("unexpected error while generating an item", job_id=item.job_id, index=item.index)
             if receive_count < self._max_receive_count:
-                self._release(item)
-                return Outcome(False, self._backoff(receive_count), "internal_error")
+                delay = self._backoff(receive_count)
+                self._defer(item, delay)
+                return Outcome.retry(delay, "internal_error")
             error = ItemError(code="internal_error", message="an unexpected error occurred; the item was not generated")
             self._settle(item, "failed", error, correlation_id)
-            return ACK
+            return Outcome.ack()
         self._settle(item, "succeeded", record=record, correlation_id=correlation_id)
-        return ACK
+        return Outcome.ack()
 
     def _settle(
         self,
@@ -347,7 +560,8 @@ class ItemProcessor:
             self.announce(job_id)
 
     def announce(self, job_id: str) -> None:
-        """The job just completed: "Job Completed" on the bus, and the signed webhook when it has one."""
+        """The job just completed: "Job Completed" on the bus, and the signed webhook when it has one. Only the
+        worker announces: the API hands a completion it made to the worker (an announce control message)."""
         job = self._repository.get_job(job_id)
         if job is None:
             return
@@ -377,11 +591,12 @@ class ItemProcessor:
             )
         return job_id
 
-    def _release(self, item: Item) -> None:
+    def _defer(self, item: Item, delay_s: int, *, bad_output: bool = False) -> None:
+        """Back to queued until the retry (its lease released): the item is waiting, not running."""
         try:
-            self._repository.release(item)
-        except Exception:  # noqa: BLE001 - the lease then simply expires
-            logger.warning("could not release the item's lease", job_id=item.job_id, index=item.index)
+            self._repository.defer(item, datetime.now(UTC) + timedelta(seconds=delay_s), bad_output=bad_output)
+        except Exception:  # noqa: BLE001 - the item stays running and its lease simply expires
+            logger.warning("could not defer the item", job_id=item.job_id, index=item.index)
 
     @staticmethod
     def _backoff(receive_count: int) -> int:

@@ -275,11 +275,18 @@ class ItemError(Model):
 
 
 class JobCounts(Model):
-    queued: int = 0
-    running: int = 0
+    queued: int = Field(0, description="Items not started, or queued again to wait out a retry (`waiting`).")
+    running: int = Field(0, description="Items being generated right now.")
     succeeded: int = 0
     failed: int = 0
     canceled: int = 0
+    waiting: int = Field(
+        0,
+        description=(
+            "Of the `queued` items, those deferred by a retryable failure (rate limit, upstream down) until their "
+            "`retry_at`; counted in `queued` too."
+        ),
+    )
 
 
 class WebhookInfo(Model):
@@ -294,6 +301,10 @@ class JobItemDocument(Model):
     request: ImageRequest
     error: ItemError | None = None
     image: ImageDocument | None = None
+    retry_at: datetime | None = Field(
+        None,
+        description="A queued item deferred by a retryable failure is tried again at (or after) this time.",
+    )
 
 
 class JobDocument(Model):
@@ -309,6 +320,39 @@ class JobDocument(Model):
     webhook: WebhookInfo | None = None
     items: list[JobItemDocument] = Field(default_factory=list)
     next_cursor: str | None = None
+
+
+class CancelOrder(Model):
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    cursor: str | None = Field(None, max_length=256, description="Where the previous page of items stopped.")
+
+
+class AnnounceOrder(Model):
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+
+
+class ControlMessage(Model):
+    """A message the service puts on the jobs queue for its own worker (never a producer's): cancel a job's queued
+    items, a page at a time (``{"cancel": {"job_id": …}}``), or announce a job the API side completed
+    (``{"announce": {"job_id": …}}``). Exactly one of the two."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    cancel: CancelOrder | None = None
+    announce: AnnounceOrder | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> ControlMessage:
+        if (self.cancel is None) == (self.announce is None):
+            raise ValueError("a control message is either cancel or announce")
+        return self
+
+
+CONTROL_KEYS = frozenset({"cancel", "announce"})
 
 
 class JobMessage(Model):

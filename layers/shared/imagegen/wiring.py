@@ -124,7 +124,7 @@ def job_service() -> JobService:
         job_queue(),
         image_service(),
         allow_http_webhooks=settings.webhook_allow_http,
-        on_complete=lambda job_id: item_processor().announce(job_id),
+        # no on_complete: the API announces nothing itself, it queues an announce message for the worker
     )
 
 
@@ -148,6 +148,7 @@ def item_processor() -> ItemProcessor:
             allow_http=settings.webhook_allow_http,
             allowed_private_networks=settings.webhook_allowed_private_networks,
         ),
+        job_queue(),  # its DLQ takes the messages nobody can process; control messages continue a cancelation
         max_receive_count=settings.max_receive_count,
         # The deadline stops settings.worker_reserve_s before the invocation ends; the lease outlives the end.
         lease_margin_s=settings.worker_reserve_s + settings.item_lease_margin_s,

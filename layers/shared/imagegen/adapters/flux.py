@@ -30,6 +30,7 @@ from imagegen.adapters.http import (
 )
 from imagegen.budget import Deadline
 from imagegen.errors import (
+    ImageRejectedError,
     UpstreamAuthError,
     UpstreamBadResponseError,
     UpstreamError,
@@ -249,18 +250,24 @@ class FluxClient:
         raise UpstreamError(f"the Flux Schnell API answered an unexpected HTTP {status}", code="upstream_bad_response")
 
     def _output_url(self, body: bytes) -> str:
+        """The output URL of a 200. Two kinds of failure, told apart by whether another paid call could succeed:
+        no usable output at all (not JSON, no ``output``, not a string, not a URL) is a bad response, worth one more
+        try; a URL we refuse (a scheme other than https, credentials in it) is an image refusal, permanent: the
+        upstream answered as it meant to, and asking again would only pay for the same refusal."""
         try:
             document = json.loads(body)
         except ValueError:
             document = None
         output = document.get("output") if isinstance(document, dict) else None
-        if isinstance(output, str):
-            parts = urlsplit(output.strip())
-            if parts.scheme in self._output_schemes and parts.hostname:
-                return output.strip()
-        raise UpstreamBadResponseError(
-            f"the Flux Schnell API answered 200 without a valid {'/'.join(self._output_schemes)} output URL"
-        )
+        parts = urlsplit(output.strip()) if isinstance(output, str) else None
+        if parts is None or not parts.scheme or not parts.hostname:
+            raise UpstreamBadResponseError("the Flux Schnell API answered 200 without a usable output URL")
+        if parts.scheme not in self._output_schemes:
+            allowed = " or ".join(self._output_schemes)
+            raise ImageRejectedError(f"the upstream's output URL scheme {parts.scheme!r} is refused ({allowed} only)")
+        if parts.username or parts.password:
+            raise ImageRejectedError("the upstream's output URL must not carry credentials")
+        return str(output).strip()
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

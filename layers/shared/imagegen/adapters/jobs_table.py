@@ -1,11 +1,12 @@
 """Jobs and their items in the service's single DynamoDB table.
 
-``JOB#<id>`` / ``JOB`` holds the job with one counter per item status (``c_queued`` … ``c_canceled``) and
-``remaining`` (items not yet terminal). ``JOB#<id>`` / ``ITEM#<index>`` holds each item. Every status change of
-an item is a transaction: the item's conditional update (its status must still be the one read) together with
-the job's counters, so counts are exact under concurrency and redelivery. The transition that brings
-``remaining`` to 0 is followed by one conditional write of ``completed_at``: exactly one caller wins it and
-announces the completion.
+``JOB#<id>`` / ``JOB`` holds the job with one counter per item status (``c_queued`` … ``c_canceled``),
+``c_waiting`` (queued items deferred to their ``retry_at``, also in ``c_queued``) and ``remaining`` (items not yet
+terminal). ``JOB#<id>`` / ``ITEM#<index>`` holds each item. Every status change of an item is a transaction: the
+item's conditional update (its status must still be the one read) together with the job's counters, so counts
+are exact under concurrency and redelivery. The transition that makes the last item terminal also writes
+``completed_at``, in the same transaction (or, after a cancel's pages, one conditional write does): exactly one
+caller wins it and announces the completion.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import json
 import random
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -24,6 +24,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from imagegen.adapters.images_table import plain
+from imagegen.entities import Item, Job, JobUnavailable, LeaseHeld, TransitionConflict
 from imagegen.errors import InvalidRequestError
 from imagegen.models import (
     TERMINAL_ITEM_STATUSES,
@@ -32,9 +33,11 @@ from imagegen.models import (
     ItemError,
     ItemStatus,
     JobCounts,
-    JobStatus,
     WebhookInfo,
 )
+
+# The entities live in the domain; re-exported here for the modules that imported them from the adapter.
+__all__ = ["Item", "Job", "JobRepository", "JobUnavailable", "LeaseHeld", "TransitionConflict"]
 
 _RETRYABLE_REASONS = frozenset(
     {None, "None", "TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
@@ -42,6 +45,8 @@ _RETRYABLE_REASONS = frozenset(
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 STATUSES: tuple[ItemStatus, ...] = ("queued", "running", "succeeded", "failed", "canceled")
+# The job's counters: one per status, and ``waiting`` (queued items deferred to their ``retry_at``, also queued).
+COUNTERS: tuple[str, ...] = (*STATUSES, "waiting")
 TRANSACTION_ITEMS = 100
 BATCH_WRITE_ITEMS = 25
 
@@ -60,62 +65,6 @@ def _now() -> datetime:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
-
-
-@dataclass
-class Job:
-    id: str
-    total: int
-    created_at: datetime
-    counts: JobCounts
-    remaining: int
-    canceled: bool = False
-    completed_at: datetime | None = None
-    metadata: dict[str, Any] | None = None
-    webhook: WebhookInfo | None = None
-    direct: bool = False  # created on the fly for a message a producer put on the queue itself
-
-    @property
-    def status(self) -> JobStatus:
-        counts = self.counts
-        if self.completed_at is not None:
-            if counts.succeeded == self.total:
-                return "succeeded"
-            if self.canceled and counts.canceled:
-                return "canceled"
-            return "failed" if counts.succeeded == 0 else "partially_failed"
-        if self.canceled:
-            return "canceled"
-        return "queued" if counts.queued == self.total else "running"
-
-
-@dataclass
-class Item:
-    job_id: str
-    index: int
-    status: ItemStatus
-    request: ImageRequest
-    attempts: int = 0
-    error: ItemError | None = None
-    record: ImageRecord | None = None
-    correlation_id: str | None = None
-    lease_until: float = 0.0  # epoch seconds: a delivery working on the item holds it until then
-
-
-class TransitionConflict(Exception):
-    """The item was no longer in the expected status (someone else moved it)."""
-
-
-class LeaseHeld(TransitionConflict):
-    """Another delivery of the same message is working on the item right now (its lease has not expired)."""
-
-    def __init__(self, seconds_left: float) -> None:
-        super().__init__(f"the item is leased for {seconds_left:.0f} s more")
-        self.seconds_left = seconds_left
-
-
-class JobUnavailable(Exception):
-    """The job was canceled (or no longer exists): its queued items must not start."""
 
 
 class JobRepository:
@@ -143,7 +92,7 @@ class JobRepository:
             "canceled": {"BOOL": False},
             "direct": {"BOOL": job.direct},
             "expires_at": {"N": expires},
-            **{f"c_{status}": {"N": str(job.total if status == "queued" else 0)} for status in STATUSES},
+            **{f"c_{counter}": {"N": str(job.total if counter == "queued" else 0)} for counter in COUNTERS},
         }
         if job.metadata is not None:
             item["metadata"] = _serializer.serialize(job.metadata)
@@ -276,12 +225,24 @@ class JobRepository:
         to ``running`` takes a lease of ``lease_s`` seconds."""
         if to == item.status:
             raise ValueError("a transition changes the status")
+        waiting = item.status == "queued" and item.retry_at is not None
         operations = [
-            self._status_update(item.job_id, item.index, item.status, to, error=error, record=record, lease_s=lease_s)
+            self._status_update(
+                item.job_id,
+                item.index,
+                item.status,
+                to,
+                error=error,
+                record=record,
+                lease_s=lease_s,
+                waiting=waiting,
+            )
         ]
         if also_put is not None:
             operations.append({"Put": {"TableName": self._table, "Item": also_put}})
         deltas: dict[str, int] = {item.status: -1, to: 1}
+        if waiting:
+            deltas["waiting"] = -1
         completed = False
         if to in TERMINAL_ITEM_STATUSES:
             # Not the last item (the usual case): one transaction, guarded by "others remain". When the guard
@@ -300,15 +261,17 @@ class JobRepository:
             except _JobGuardFailed as exc:
                 raise TransitionConflict(f"job {item.job_id} no longer exists") from exc
         item.status = to
+        item.retry_at = None
         if to == "running":
             item.attempts += 1
         return completed
 
     def claim(self, job_id: str, index: int, *, lease_s: float) -> None:
         """queued → running in one transaction, without reading first (the common case of a first delivery),
-        holding the item for ``lease_s`` seconds: TransitionConflict when the item is not queued, JobUnavailable
+        holding the item for ``lease_s`` seconds: TransitionConflict when the item is not a queued item that never
+        ran (one deferred after a failure is read first: its counters and ``bad_outputs`` matter), JobUnavailable
         when the job is canceled or gone."""
-        operations = [self._status_update(job_id, index, "queued", "running", lease_s=lease_s)]
+        operations = [self._status_update(job_id, index, "queued", "running", lease_s=lease_s, never_ran=True)]
         job_update = self._count_update(job_id, {"queued": -1, "running": 1})
         job_update["Update"]["ConditionExpression"] += " AND canceled = :false"
         job_update["Update"]["ExpressionAttributeValues"][":false"] = {"BOOL": False}
@@ -344,19 +307,44 @@ class JobRepository:
             raise
         item.attempts += 1
 
-    def release(self, item: Item) -> None:
-        """Give the lease back (a retryable failure): the message's next delivery may take the item at once."""
-        self._client.update_item(
-            TableName=self._table,
-            Key=item_key(item.job_id, item.index),
-            UpdateExpression="SET lease_until = :zero",
-            ConditionExpression="#status = :running",
-            ExpressionAttributeNames={"#status": "status"},
-            ExpressionAttributeValues={":zero": {"N": "0"}, ":running": {"S": "running"}},
-        )
+    def defer(self, item: Item, retry_at: datetime, *, bad_output: bool = False) -> None:
+        """A retryable failure: running → queued until ``retry_at``, the lease given back, with the job's counters
+        (``waiting`` too) in the same transaction. ``bad_output`` also counts a paid 200 without a usable output on
+        the item (``bad_outputs``). The message's next delivery claims the item from queued again."""
+        sets = ["#status = :queued", "updated_at = :now", "retry_at = :retry_at", "lease_until = :zero"]
+        values: dict[str, Any] = {
+            ":queued": {"S": "queued"},
+            ":running": {"S": "running"},
+            ":now": {"S": _iso(_now())},
+            ":retry_at": {"S": _iso(retry_at)},
+            ":zero": {"N": "0"},
+        }
+        update = "SET " + ", ".join(sets)
+        if bad_output:
+            update += " ADD bad_outputs :one"
+            values[":one"] = {"N": "1"}
+        operation = {
+            "Update": {
+                "TableName": self._table,
+                "Key": item_key(item.job_id, item.index),
+                "UpdateExpression": update,
+                "ConditionExpression": "#status = :running",
+                "ExpressionAttributeNames": {"#status": "status"},
+                "ExpressionAttributeValues": values,
+            }
+        }
+        try:
+            self._transact([operation, self._count_update(item.job_id, {"running": -1, "queued": 1, "waiting": 1})])
+        except _JobGuardFailed as exc:
+            raise TransitionConflict(f"job {item.job_id} no longer exists") from exc
+        item.status, item.retry_at, item.lease_until = "queued", retry_at, 0.0
+        if bad_output:
+            item.bad_outputs += 1
 
     def cancel(self, job_id: str) -> bool:
-        """Flag the job canceled (unless complete) and cancel its queued items; False when it had completed."""
+        """Flag the job canceled, unless it completed: one conditional write, whatever the job's size. From then
+        on no item of it is claimed (``claim`` checks the flag); ``cancel_queued_page`` settles the queued ones.
+        False when the job had completed (or does not exist)."""
         try:
             self._client.update_item(
                 TableName=self._table,
@@ -369,18 +357,31 @@ class JobRepository:
             if _code(exc) == "ConditionalCheckFailedException":
                 return False
             raise
-        queued = [item for item in self.iter_items(job_id) if item.status == "queued"]
+        return True
+
+    def cancel_queued_page(self, job_id: str, cursor: str | None, limit: int = 100) -> str | None:
+        """Cancel the queued items of one page of a canceled job (with the counters, a transaction per 99 items);
+        return the cursor of the next page, None after the last. Safe to replay: only items still queued move."""
+        items, next_cursor = self.items_page(job_id, limit, cursor)
+        queued = [item for item in items if item.status == "queued"]
         for chunk in _chunks(queued, TRANSACTION_ITEMS - 1):
             self._cancel_queued(job_id, chunk)
-        return True
+        return next_cursor
 
     def _cancel_queued(self, job_id: str, items: list[Item]) -> None:
         """Cancel queued items in one transaction; on a conflict, retry with those still queued."""
         for _ in range(5):
             if not items:
                 return
-            updates = [self._status_update(job_id, item.index, "queued", "canceled") for item in items]
-            updates.append(self._count_update(job_id, {"queued": -len(items), "canceled": len(items)}))
+            updates = [
+                self._status_update(job_id, item.index, "queued", "canceled", waiting=item.retry_at is not None)
+                for item in items
+            ]
+            deltas = {"queued": -len(items), "canceled": len(items)}
+            waiting = sum(item.retry_at is not None for item in items)
+            if waiting:
+                deltas["waiting"] = -waiting
+            updates.append(self._count_update(job_id, deltas))
             try:
                 self._transact(updates)
                 return
@@ -425,9 +426,13 @@ class JobRepository:
         error: ItemError | None = None,
         record: ImageRecord | None = None,
         lease_s: float | None = None,
+        waiting: bool = False,
+        never_ran: bool = False,
     ) -> dict[str, Any]:
         """The item's half of a transition: conditional on its status still being ``current``. Moving to
-        ``running`` counts an attempt and takes a lease of ``lease_s`` seconds (required then)."""
+        ``running`` counts an attempt and takes a lease of ``lease_s`` seconds (required then). A queued item is
+        also conditional on whether it is ``waiting`` (deferred, with ``retry_at``), which leaves with it, so the
+        job's ``waiting`` counter moves exactly; ``never_ran`` requires that it never ran (no attempts)."""
         sets = ["#status = :to", "updated_at = :now"]
         values: dict[str, Any] = {":to": {"S": to}, ":from": {"S": current}, ":now": {"S": _iso(_now())}}
         names = {"#status": "status"}
@@ -442,15 +447,25 @@ class JobRepository:
         if to == "running":
             if lease_s is None:
                 raise ValueError("moving an item to running needs its lease (lease_s)")
-            sets.extend(["attempts = attempts + :one", "lease_until = :lease"])
+            sets.extend(["attempts = if_not_exists(attempts, :no_attempts) + :one", "lease_until = :lease"])
             values[":one"] = {"N": "1"}
+            values[":no_attempts"] = {"N": "0"}
             values[":lease"] = {"N": str(int(time.time() + lease_s))}
+        condition = "#status = :from"
+        update = "SET " + ", ".join(sets)
+        if current == "queued":
+            condition += " AND attribute_exists(retry_at)" if waiting else " AND attribute_not_exists(retry_at)"
+            if waiting:
+                update += " REMOVE retry_at"
+        if never_ran:
+            condition += " AND (attribute_not_exists(attempts) OR attempts = :zero_attempts)"
+            values[":zero_attempts"] = {"N": "0"}
         return {
             "Update": {
                 "TableName": self._table,
                 "Key": item_key(job_id, index),
-                "UpdateExpression": "SET " + ", ".join(sets),
-                "ConditionExpression": "#status = :from",
+                "UpdateExpression": update,
+                "ConditionExpression": condition,
                 "ExpressionAttributeNames": names,
                 "ExpressionAttributeValues": values,
             }
@@ -546,7 +561,7 @@ def _job(raw: dict[str, Any]) -> Job:
         id=data["id"],
         total=data["total"],
         created_at=datetime.fromisoformat(data["created_at"]),
-        counts=JobCounts(**{status: max(0, data.get(f"c_{status}", 0)) for status in STATUSES}),
+        counts=JobCounts(**{counter: max(0, data.get(f"c_{counter}", 0)) for counter in COUNTERS}),
         remaining=data["remaining"],
         canceled=bool(data.get("canceled")),
         completed_at=datetime.fromisoformat(data["completed_at"]) if data.get("completed_at") else None,
@@ -568,4 +583,6 @@ def _item(raw: dict[str, Any]) -> Item:
         record=ImageRecord.model_validate(data["record"]) if data.get("record") else None,
         correlation_id=data.get("correlation_id"),
         lease_until=float(data.get("lease_until", 0) or 0),
+        bad_outputs=int(data.get("bad_outputs", 0) or 0),
+        retry_at=datetime.fromisoformat(data["retry_at"]) if data.get("retry_at") else None,
     )

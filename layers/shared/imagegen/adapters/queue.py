@@ -9,7 +9,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from imagegen.models import JobMessage
+from imagegen.models import ControlMessage, JobMessage
 
 SEND_BATCH = 10  # SendMessageBatch's limit
 # SQS counts its 12 h maximum from the receive, and refuses more: keep a margin for the time already spent.
@@ -51,6 +51,10 @@ class JobQueue:
             if attempt + 1 < self._attempts:
                 time.sleep(min(1.0, 0.1 * 2**attempt))
         return pending + permanent
+
+    def send_control(self, message: ControlMessage) -> None:
+        """One control message for the worker (cancel a job's items, announce a completion)."""
+        self._client.send_message(QueueUrl=self._url, MessageBody=message.model_dump_json(exclude_none=True))
 
     def delay(self, receipt_handle: str, seconds: int) -> None:
         """Make a failed message reappear after ``seconds`` (its own backoff) instead of the queue default."""

@@ -1,0 +1,122 @@
+"""The bulk-job domain: a job, its items, and what the item processor needs from the store that keeps them.
+
+Entities only: how they are stored (DynamoDB attribute shapes, keys, counters) stays in
+``adapters/jobs_table.py``, which implements ``ItemStore``. The unit tests implement it in memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from imagegen.models import ImageRecord, ImageRequest, ItemError, ItemStatus, JobCounts, JobStatus, WebhookInfo
+
+
+@dataclass
+class Job:
+    id: str
+    total: int
+    created_at: datetime
+    counts: JobCounts
+    remaining: int
+    canceled: bool = False
+    completed_at: datetime | None = None
+    metadata: dict[str, Any] | None = None
+    webhook: WebhookInfo | None = None
+    direct: bool = False  # created on the fly for a message a producer put on the queue itself
+
+    @property
+    def status(self) -> JobStatus:
+        counts = self.counts
+        if self.completed_at is not None:
+            if counts.succeeded == self.total:
+                return "succeeded"
+            if self.canceled and counts.canceled:
+                return "canceled"
+            return "failed" if counts.succeeded == 0 else "partially_failed"
+        if self.canceled:
+            return "canceled"
+        # An item deferred after a retryable failure is queued again: a job whose every item is queued (waiting
+        # or not yet started) has nothing running, and says so.
+        return "queued" if counts.queued == self.total else "running"
+
+
+@dataclass
+class Item:
+    job_id: str
+    index: int
+    status: ItemStatus
+    request: ImageRequest
+    attempts: int = 0
+    error: ItemError | None = None
+    record: ImageRecord | None = None
+    correlation_id: str | None = None
+    lease_until: float = 0.0  # epoch seconds: a delivery working on the item holds it until then
+    bad_outputs: int = 0  # paid 200s without a usable output so far (each retry of one is another paid call)
+    retry_at: datetime | None = None  # queued again after a retryable failure: its next try is not before then
+
+
+class TransitionConflict(Exception):
+    """The item was no longer in the expected status (someone else moved it)."""
+
+
+class LeaseHeld(TransitionConflict):
+    """Another delivery of the same message is working on the item right now (its lease has not expired)."""
+
+    def __init__(self, seconds_left: float) -> None:
+        super().__init__(f"the item is leased for {seconds_left:.0f} s more")
+        self.seconds_left = seconds_left
+
+
+class JobUnavailable(Exception):
+    """The job was canceled (or no longer exists): its queued items must not start."""
+
+
+class ItemStore(Protocol):
+    """What the item processor needs from the jobs store. Every status change moves the job's counters with it,
+    atomically; a transition that makes the last item terminal completes the job (returns True), exactly once."""
+
+    def create(
+        self, job: Job, requests: list[ImageRequest], correlation_ids: list[str | None] | None = None
+    ) -> bool: ...
+
+    def ensure_item(self, job_id: str, index: int, request: ImageRequest, correlation_id: str | None) -> None: ...
+
+    def get_job(self, job_id: str) -> Job | None: ...
+
+    def get_item(self, job_id: str, index: int) -> Item | None: ...
+
+    def get_item_and_job(self, job_id: str, index: int) -> tuple[Item | None, Job | None]: ...
+
+    def claim(self, job_id: str, index: int, *, lease_s: float) -> None:
+        """queued → running without reading the item first, for an item that never ran: TransitionConflict when
+        it is not queued or ran before (deferred), JobUnavailable when its job is canceled or gone."""
+        ...
+
+    def transition(
+        self,
+        item: Item,
+        to: ItemStatus,
+        *,
+        error: ItemError | None = None,
+        record: ImageRecord | None = None,
+        also_put: dict[str, Any] | None = None,
+        lease_s: float | None = None,
+    ) -> bool: ...
+
+    def reclaim(self, item: Item, *, lease_s: float) -> None: ...
+
+    def defer(self, item: Item, retry_at: datetime, *, bad_output: bool = False) -> None:
+        """A retryable failure: running → queued until ``retry_at``, its lease given back, the job's counters
+        (``waiting`` included) with it. ``bad_output`` counts one more paid 200 without a usable output on the
+        item (``Item.bad_outputs``), so the count holds across deliveries."""
+        ...
+
+    def cancel_queued_page(self, job_id: str, cursor: str | None, limit: int = 100) -> str | None:
+        """Cancel the queued items of one page of a job's items; the next page's cursor, None after the last."""
+        ...
+
+    def complete_if_done(self, job_id: str) -> Job | None: ...
+
+    def record_webhook(self, job_id: str, status: str, attempts: int) -> None: ...
