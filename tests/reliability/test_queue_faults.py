@@ -339,9 +339,10 @@ def test_an_invocation_running_out_of_time_mid_batch_puts_unstarted_items_back(
     # eight start (16 s left after the 5 s reserve, >= 15 s), the last two would start with less than 15 s left
     job_id = make_job(repository, [f"late {i}" for i in range(10)])
     emulator.set_latency(1.5)
-    queue_path.start(function_timeout_s=21)
-    # When the mapping invokes the worker with that timeout
+    # When the mapping invokes the worker with that timeout, on all ten at once: they are on the queue before the
+    # pollers start (a poll while the send is under way could split them into batches of eight or less)
     queue_path.send(messages(job_id, 10))
+    queue_path.start(function_timeout_s=21)
     queue_path.wait_settled(repository, job_id)
     # Then the worker did not start what it could not finish: it put those back at once (delay 0), and their
     # redelivery completed them; nothing was lost or generated twice
