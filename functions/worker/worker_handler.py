@@ -1,9 +1,11 @@
 """Queue entry point: SQS (event source mapping with ReportBatchItemFailures) → one item per message.
 
-Thin by design: parse, hand each message to the shared ``ItemProcessor``, and turn its outcome into the
-partial batch response. A retryable failure sets the message's own visibility timeout (its backoff or the
-upstream's Retry-After) and is reported failed; a permanent one is acknowledged with the failure recorded on
-the item; a message nobody can read goes to the dead-letter queue with the reason, without blocking its batch.
+Thin by design: parse, hand each message to the shared ``ItemProcessor`` (an image), ``FanOut`` (the service's
+own control message turning a job's items object into item messages, or an ``Image Requested`` event from
+EventBridge), and turn the outcome into the partial batch response. A retryable failure sets the message's own
+visibility timeout (its backoff or the upstream's Retry-After) and is reported failed; a permanent one is
+acknowledged with the failure recorded on the item; a message nobody can read goes to the dead-letter queue with
+the reason, without blocking its batch.
 """
 
 import json
@@ -15,7 +17,7 @@ from aws_lambda_powertools.utilities.batch import EventType, process_partial_res
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagegen.batch import ConcurrentBatchProcessor, QueueRecord
 from imagegen.budget import Deadline
-from imagegen.models import ItemError, JobMessage
+from imagegen.models import FanoutMessage, ItemError, JobMessage
 from imagegen.observability import tracer_from_env
 from imagegen.settings import get_settings
 from imagegen.snapstart import register_hooks
@@ -24,6 +26,7 @@ from pydantic import ValidationError
 if TYPE_CHECKING:
     from imagegen.adapters.jobs_table import JobRepository
     from imagegen.adapters.queue import JobQueue
+    from imagegen.fanout import FanOut
     from imagegen.jobs import ItemProcessor
 
 register_hooks()  # SnapStart only (EnableSnapStart): each restored environment re-seeds and rebuilds
@@ -35,6 +38,12 @@ metrics = Metrics()
 def item_processor() -> "ItemProcessor":
     """The service's pieces, built on the first batch (boto3, requests and the adapters load then, not at import)."""
     from imagegen.wiring import item_processor as build_once
+
+    return build_once()
+
+
+def fan_out() -> "FanOut":
+    from imagegen.wiring import fan_out as build_once
 
     return build_once()
 
@@ -73,7 +82,7 @@ def _reject(record: QueueRecord, reason: str) -> None:
     index = raw.get("index") if isinstance(raw, dict) else None
     if isinstance(job_id, str) and isinstance(index, int) and not isinstance(index, bool):
         repository = job_repository()
-        item = repository.get_item(job_id, index) if 0 <= index < 10_000 else None
+        item = repository.get_item(job_id, index) if 0 <= index < 100_000 else None
         if item is not None and item.status in ("queued", "running"):
             error = ItemError(code="invalid_message", message=reason[:500])
             if repository.transition(item, "failed", error=error):
@@ -82,7 +91,38 @@ def _reject(record: QueueRecord, reason: str) -> None:
     job_queue().dead_letter(record.body, reason, record.messageId)
 
 
+def _fan_out(record: QueueRecord, body: dict[str, Any]) -> None:
+    """A control message of the service's own, or an ``Image Requested`` event: both safe to replay whole."""
+    from imagegen.fanout import FanoutIncomplete, InvalidEvent, is_eventbridge_envelope
+
+    try:
+        if is_eventbridge_envelope(body):
+            fan_out().from_event(body)
+        else:
+            fan_out().handle(FanoutMessage.model_validate(body))
+    except ValidationError as exc:
+        job_queue().dead_letter(record.body, f"not a fan-out message: {_first_error(exc)}", record.messageId)
+    except InvalidEvent as exc:
+        metrics.add_metric(name="InvalidMessages", unit=MetricUnit.Count, value=1)
+        logger.warning("invalid event", message_id=record.messageId, reason=str(exc)[:300])
+        job_queue().dead_letter(record.body, f"invalid Image Requested event: {exc}", record.messageId)
+    except FanoutIncomplete as exc:
+        job_queue().delay(record.receiptHandle, 5)
+        raise RetryLater(str(exc)) from None
+    except Exception:
+        logger.exception("fan-out failed; the message will be redelivered", message_id=record.messageId)
+        job_queue().delay(record.receiptHandle, 10)
+        raise
+
+
 def _handle(record: QueueRecord, processor: "ItemProcessor", deadline: Deadline) -> None:
+    try:
+        body = json.loads(record.body)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and ("kind" in body or "detail-type" in body):
+        _fan_out(record, body)
+        return
     try:
         message = JobMessage.model_validate_json(record.body)
     except ValidationError as exc:
