@@ -157,20 +157,20 @@ class JobService:
             logger.exception("the fan-out message could not be sent", job_id=job_id)
             not_sent = [0]
         if not_sent:
-            self._abandon(job_id, key)
+            self._abandon(job_id)
             raise EnqueueError("the jobs queue refused the job; nothing was enqueued, retry later", retry_after=5)
         metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
         metrics.add_metric(name="ItemsSubmitted", unit=MetricUnit.Count, value=total)
         logger.info("job submitted", job_id=job_id, items=total, upload=request.items_upload_id is not None)
         return job_document(job)
 
-    def _abandon(self, job_id: str, key: str) -> None:
-        """Nobody will fan this job out: remove it (GET answers 404, as for a job never created)."""
-        for undo in (lambda: self._repository.delete_job(job_id), lambda: self._objects.delete(key)):
-            try:
-                undo()
-            except Exception:
-                logger.exception("could not clean up an abandoned job", job_id=job_id)
+    def _abandon(self, job_id: str) -> None:
+        """Nobody will fan this job out: it ends failed at once (its items object expires with the bucket's
+        lifecycle). The caller got a 503 without the id, and a retry makes a new job."""
+        try:
+            self._repository.abandon(job_id)
+        except Exception:
+            logger.exception("could not mark an abandoned job failed", job_id=job_id)
 
     def _items_from_upload(self, upload_id: str, key: str) -> int:
         """Copy the uploaded file to the job's items object and count its items. Counting streams the copy once,
@@ -197,8 +197,7 @@ class JobService:
             )
         self._objects.copy(upload_key(upload_id), key)  # the copy, not the upload, is what gets counted and read
         total = self._objects.plan(key).items
-        if not 1 <= total <= MAX_UPLOAD_LINES:
-            self._objects.delete(key)
+        if not 1 <= total <= MAX_UPLOAD_LINES:  # the copy expires with the bucket's lifecycle (jobs/)
             reason = (
                 "has no items (no non-blank line)" if total == 0 else f"has {total} lines; at most {MAX_UPLOAD_LINES}"
             )

@@ -70,9 +70,6 @@ class JobObjects:
             MetadataDirective="REPLACE",
         )
 
-    def delete(self, key: str) -> None:
-        self._client.delete_object(Bucket=self._bucket, Key=key)
-
     def head(self, key: str) -> ObjectInfo | None:
         try:
             answer = self._client.head_object(Bucket=self._bucket, Key=key)

@@ -196,9 +196,19 @@ class JobRepository:
             self._batch_write(chunk)
         return True
 
-    def delete_job(self, job_id: str) -> None:
-        """Remove a job row nobody was told about (its fan-out could not be handed to the queue)."""
-        self._client.delete_item(TableName=self._table, Key=job_key(job_id))
+    def abandon(self, job_id: str) -> None:
+        """A job nobody was told about (its fan-out could not be handed to the queue): completed at once with every
+        item counted failed, so nothing looks alive. No item row exists yet; the records never get deleted."""
+        self._client.update_item(
+            TableName=self._table,
+            Key=job_key(job_id),
+            UpdateExpression=(
+                "SET completed_at = :now, remaining = :zero, c_queued = :zero, c_failed = #total, abandoned = :true"
+            ),
+            ConditionExpression="attribute_exists(pk) AND attribute_not_exists(completed_at)",
+            ExpressionAttributeNames={"#total": "total"},
+            ExpressionAttributeValues={":now": {"S": _iso(_now())}, ":zero": {"N": "0"}, ":true": {"BOOL": True}},
+        )
 
     def get_job_extras(self, job_id: str) -> tuple[Job | None, JobExtras]:
         answer = self._client.get_item(TableName=self._table, Key=job_key(job_id), ConsistentRead=True)
