@@ -22,7 +22,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
-from imagegen.adapters.job_objects import JobObjects, items_key
+from imagegen.adapters.job_objects import CHUNK_ITEMS, JobObjects, items_key
 from imagegen.adapters.jobs_table import Job, JobRepository
 from imagegen.adapters.queue import JobQueue
 from imagegen.jobs import with_seed
@@ -79,7 +79,9 @@ class FanOut:
         *,
         on_complete: Callable[[str], None],
         allow_http_webhooks: bool = False,
+        chunk_items: int = CHUNK_ITEMS,
     ) -> None:
+        self._chunk_items = chunk_items
         self._repository = repository
         self._objects = objects
         self._queue = queue
@@ -98,7 +100,7 @@ class FanOut:
         if job is None or extras.items_key is None:
             logger.info("nothing to fan out", job_id=job_id)
             return
-        plan = self._objects.plan(extras.items_key)
+        plan = self._objects.plan(extras.items_key, self._chunk_items)
         chunks = [FanoutMessage(job_id=job_id, chunk=chunk) for chunk in plan.chunks]
         if self._queue.send(chunks):
             raise FanoutIncomplete(f"not every chunk of {job_id} reached the queue")
@@ -173,6 +175,7 @@ class FanOut:
         if self._repository.create(job, [], items_key=key, correlation_id=detail.correlation_id):
             metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
             logger.info("job created from an event", job_id=job_id, items=len(requests))
-        for chunk in self._objects.plan(key).chunks:  # at most 10 chunks (1,000 requests): here, not queued again
+        # At most 10 chunks (1,000 requests): fanned out here, not through more messages. A redelivery redoes it.
+        for chunk in self._objects.plan(key, self._chunk_items).chunks:
             self.run_chunk(job_id, chunk)
         return job_id
