@@ -217,9 +217,7 @@ class LocalAws:
         events.put_rule(
             Name="image-requested",
             EventBusName=resources.event_bus,
-            EventPattern=json.dumps(
-                {"detail-type": ["Image Requested"], "source": [{"anything-but": [EVENT_SOURCE]}]}
-            ),
+            EventPattern=json.dumps({"detail-type": ["Image Requested"], "source": [{"anything-but": [EVENT_SOURCE]}]}),
         )
         events.put_targets(
             Rule="image-requested", EventBusName=resources.event_bus, Targets=[{"Id": "jobs", "Arn": queue_arn}]
