@@ -305,6 +305,8 @@ def create_image(
     ),
     responses={
         201: {"description": "Where to PUT the file.", "content": {"application/json": {"model": UploadDocument}}},
+        # Documented with the service's error shape (Powertools would list its own): the route takes no input.
+        422: _error_content("Never answered in practice: the route takes no body or parameters."),
         **GATEWAY_TIMEOUT,
         **COMMON_ERRORS,
     },
