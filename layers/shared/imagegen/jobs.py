@@ -19,7 +19,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from imagegen.adapters.events import EventPublisher
-from imagegen.adapters.job_objects import JobObjects, items_key, upload_key
+from imagegen.adapters.job_objects import CHUNK_ITEMS, JobObjects, items_key, upload_key
 from imagegen.adapters.jobs_table import (
     Item,
     Job,
@@ -37,6 +37,7 @@ from imagegen.models import (
     MAX_SEED,
     MAX_UPLOAD_BYTES,
     MAX_UPLOAD_LINES,
+    FanoutChunk,
     FanoutMessage,
     ImageRequest,
     ItemError,
@@ -135,9 +136,14 @@ class JobService:
             raise InvalidRequestError("must be an https URL", field="webhook_url", location="body")
         job_id = new_job_id()
         key = items_key(job_id)
+        # One message either way, so the job is handed over whole or not at all: the control message (the worker
+        # splits the object into chunks), or for a job of one chunk that chunk itself (one queue hop less).
+        control = FanoutMessage(job_id=job_id)
         if request.items is not None:
             total = len(request.items)
-            self._objects.put_lines(key, (item.model_dump_json(exclude_none=True) for item in request.items))
+            size = self._objects.put_lines(key, (item.model_dump_json(exclude_none=True) for item in request.items))
+            if total <= CHUNK_ITEMS:
+                control = FanoutMessage(job_id=job_id, chunk=FanoutChunk(index=0, line=1, offset=0, end=size))
         else:
             assert request.items_upload_id is not None  # JobRequest requires exactly one
             total = self._items_from_upload(request.items_upload_id, key)
@@ -152,7 +158,7 @@ class JobService:
         )
         self._repository.create(job, [], items_key=key)
         try:
-            not_sent = self._queue.send([FanoutMessage(job_id=job_id)])
+            not_sent = self._queue.send([control])
         except Exception:
             logger.exception("the fan-out message could not be sent", job_id=job_id)
             not_sent = [0]

@@ -57,9 +57,11 @@ class JobObjects:
     def s3_uri(self, key: str) -> str:
         return f"s3://{self._bucket}/{key}"
 
-    def put_lines(self, key: str, lines: Iterable[str]) -> None:
+    def put_lines(self, key: str, lines: Iterable[str]) -> int:
+        """Write one line per entry; returns the object's size in bytes."""
         body = "".join(f"{line}\n" for line in lines).encode("utf-8")
         self._client.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType=JSONL)
+        return len(body)
 
     def copy(self, source_key: str, key: str) -> None:
         self._client.copy_object(
