@@ -88,7 +88,7 @@ deploy: build ## sam deploy --guided (needs AWS credentials)
 	@$(TOOLS)/bin/sam deploy --guided
 
 .PHONY: docs
-docs: venv ## Regenerate docs/job-message.schema.json and docs/openapi.json from the code
+docs: venv ## Regenerate docs/job-message.schema.json, docs/image-requested.schema.json and docs/openapi.json from the code
 	@PYTHONPATH=$(PYTHONPATH_DEV) $(PY) scripts/export_schemas.py
 
 .PHONY: bench

@@ -1,5 +1,6 @@
-"""Write docs/job-message.schema.json (the queue message, for direct producers) and docs/openapi.json from the
-code. `make docs` runs it; a test fails when the committed files are stale."""
+"""Write docs/job-message.schema.json (the queue message, for direct producers),
+docs/image-requested.schema.json (the ``Image Requested`` event, for content workflows) and docs/openapi.json from
+the code. `make docs` runs it; a test fails when the committed files are stale."""
 
 from __future__ import annotations
 
@@ -16,6 +17,33 @@ def job_message_schema() -> str:
 
     schema = JobMessage.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    return json.dumps(schema, indent=2, sort_keys=True) + "\n"
+
+
+def image_requested_schema() -> str:
+    """The EventBridge event a workflow publishes on the service's bus: the envelope fields that matter, with the
+    ``detail`` model."""
+    from imagegen.models import ImageRequestedDetail
+
+    detail = ImageRequestedDetail.model_json_schema()
+    definitions = detail.pop("$defs", {})
+    schema = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "Image Requested event (EventBridge)",
+        "description": (
+            "Published on the service's bus (stack output EventBusName) with any source but flux-image-service; "
+            "one job per event id. Fields EventBridge adds (version, account, time, region, resources) are allowed."
+        ),
+        "type": "object",
+        "required": ["id", "detail-type", "source", "detail"],
+        "properties": {
+            "id": {"type": "string", "description": "Set by EventBridge; the job id derives from it."},
+            "detail-type": {"const": "Image Requested"},
+            "source": {"type": "string", "not": {"const": "flux-image-service"}},
+            "detail": detail,
+        },
+        "$defs": definitions,
+    }
     return json.dumps(schema, indent=2, sort_keys=True) + "\n"
 
 
@@ -37,7 +65,11 @@ def openapi_spec() -> str:
     return json.dumps(json.loads(api_handler.openapi_spec(servers)), indent=2, sort_keys=True) + "\n"
 
 
-OUTPUTS = {"docs/job-message.schema.json": job_message_schema, "docs/openapi.json": openapi_spec}
+OUTPUTS = {
+    "docs/job-message.schema.json": job_message_schema,
+    "docs/image-requested.schema.json": image_requested_schema,
+    "docs/openapi.json": openapi_spec,
+}
 
 
 def main() -> int:

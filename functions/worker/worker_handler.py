@@ -1,24 +1,31 @@
 """Queue entry point: SQS (event source mapping with ReportBatchItemFailures) → one item per message.
 
-Thin by design: parse the SQS record, hand its body to the shared ``ItemProcessor``, and turn the outcome into the
-partial batch response. A retry sets the message's own visibility timeout (its backoff or the upstream's
-Retry-After) and is reported failed; an ack or a reject is acknowledged (the processor has recorded a permanent
-failure on the item, or moved a message nobody can read to the dead-letter queue with the reason).
+Thin by design: parse the SQS record, hand its body to ``FanOut`` when it is the service's own fan-out message
+(a job's items object turned into item messages) or an ``Image Requested`` event from EventBridge, else to the
+shared ``ItemProcessor``, and turn the outcome into the partial batch response. A retry sets the message's own
+visibility timeout (its backoff or the upstream's Retry-After) and is reported failed; an ack or a reject is
+acknowledged (the processor has recorded a permanent failure on the item, or moved a message nobody can read to
+the dead-letter queue with the reason).
 """
 
+import json
 from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagegen.batch import ConcurrentBatchProcessor, QueueRecord
 from imagegen.budget import Deadline
+from imagegen.models import FanoutMessage
 from imagegen.observability import tracer_from_env
 from imagegen.settings import get_settings
 from imagegen.snapstart import register_hooks
+from pydantic import ValidationError
 
 if TYPE_CHECKING:
     from imagegen.adapters.queue import JobQueue
+    from imagegen.fanout import FanOut
     from imagegen.jobs import ItemProcessor
 
 register_hooks()  # SnapStart only (EnableSnapStart): each restored environment re-seeds and rebuilds
@@ -34,6 +41,12 @@ def item_processor() -> "ItemProcessor":
     return build_once()
 
 
+def fan_out() -> "FanOut":
+    from imagegen.wiring import fan_out as build_once
+
+    return build_once()
+
+
 def job_queue() -> "JobQueue":
     from imagegen.wiring import job_queue as build_once
 
@@ -44,7 +57,41 @@ class RetryLater(Exception):
     """Reported as a batch item failure: the message comes back after its (adjusted) visibility timeout."""
 
 
+def _fan_out(record: QueueRecord, body: dict[str, Any]) -> None:
+    """A fan-out message of the service's own, or an ``Image Requested`` event: both safe to replay whole."""
+    from imagegen.fanout import FanoutIncomplete, InvalidEvent, is_eventbridge_envelope
+
+    try:
+        if is_eventbridge_envelope(body):
+            fan_out().from_event(body)
+        else:
+            fan_out().handle(FanoutMessage.model_validate(body))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first.get("loc", ())) or "message"
+        why = f"not a fan-out message: {where}: {first.get('msg', 'invalid')}"
+        job_queue().dead_letter(record.body, why, record.messageId)
+    except InvalidEvent as exc:
+        metrics.add_metric(name="InvalidMessages", unit=MetricUnit.Count, value=1)
+        logger.warning("invalid event", message_id=record.messageId, reason=str(exc)[:300])
+        job_queue().dead_letter(record.body, f"invalid Image Requested event: {exc}", record.messageId)
+    except FanoutIncomplete as exc:
+        job_queue().delay(record.receiptHandle, 5)
+        raise RetryLater(str(exc)) from None
+    except Exception:
+        logger.exception("fan-out failed; the message will be redelivered", message_id=record.messageId)
+        job_queue().delay(record.receiptHandle, 10)
+        raise
+
+
 def _handle(record: QueueRecord, processor: "ItemProcessor", deadline: Deadline) -> None:
+    try:
+        body = json.loads(record.body)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and ("kind" in body or "detail-type" in body):
+        _fan_out(record, body)
+        return
     outcome = processor.handle(
         record.body,
         message_id=record.messageId,

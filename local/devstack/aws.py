@@ -212,6 +212,16 @@ class LocalAws:
         events.put_targets(
             Rule="capture-all", EventBusName=resources.event_bus, Targets=[{"Id": "capture", "Arn": events_queue_arn}]
         )
+        # template.yaml's ImageRequestedRule: "Image Requested" from any other source becomes a job.
+        queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        events.put_rule(
+            Name="image-requested",
+            EventBusName=resources.event_bus,
+            EventPattern=json.dumps({"detail-type": ["Image Requested"], "source": [{"anything-but": [EVENT_SOURCE]}]}),
+        )
+        events.put_targets(
+            Rule="image-requested", EventBusName=resources.event_bus, Targets=[{"Id": "jobs", "Arn": queue_arn}]
+        )
         return Seeded(
             secret_arn=str(secret["ARN"]),
             webhook_secret_arn=str(webhook_secret["ARN"]),

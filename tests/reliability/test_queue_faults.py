@@ -646,3 +646,63 @@ def test_a_paid_200_with_a_useless_output_is_never_paid_for_more_than_twice(
         **figures,
         receives=queue_path.stats()["records_delivered"],
     )
+
+
+# ------------------------------------------------------------------------------------------------ the fan-out
+@pytest.mark.parametrize("fault", ["every chunk message delivered twice", "a chunk killed after writing 2 rows"])
+def test_a_fan_out_chunk_delivered_twice_or_killed_midway_loses_and_duplicates_nothing(
+    stack, repository, emulator, queue_path, monkeypatch, reliability, fault
+):
+    # Given a job of 20 items submitted through the API's service: its control message on this queue, the fan-out
+    # cutting it into 4 chunks of 5
+    from imagegen import jobs, wiring
+    from imagegen.models import ImageRequest, JobRequest
+
+    monkeypatch.setattr(jobs, "CHUNK_ITEMS", 5)  # the API sends a job of one chunk as that chunk: not this one
+    fan_out = wiring.fan_out()
+    monkeypatch.setattr(fan_out, "_queue", queue_path.queue)
+    monkeypatch.setattr(fan_out, "_chunk_items", 5)
+    monkeypatch.setattr(wiring.job_service(), "_queue", queue_path.queue)
+    kills: list[int] = []
+    if fault.startswith("every chunk"):
+        # (at-least-once delivery) every chunk message is on the queue twice
+        real_send = queue_path.queue.send
+
+        def send_chunks_twice(bodies: list[Any]) -> list[int]:
+            if bodies and getattr(bodies[0], "chunk", None) is not None:
+                bodies = [body for body in bodies for _ in (0, 1)]
+            return real_send(bodies)
+
+        monkeypatch.setattr(queue_path.queue, "send", send_chunks_twice)
+    else:
+        # the runtime kills the invocation of the second chunk after 2 of its 5 rows were written (none sent)
+        real_put = repository.put_queued_items
+
+        def dies_midway(job: Any, requests: list[Any], correlation_id: Any) -> list[int]:
+            if not kills and requests and requests[0][0] == 5:
+                kills.append(5)
+                real_put(job, requests[:2], correlation_id)
+                raise Killed()
+            return real_put(job, requests, correlation_id)
+
+        monkeypatch.setattr(repository, "put_queued_items", dies_midway)
+    items = [ImageRequest(prompt=f"fan {i}", seed=i, width=256, height=256) for i in range(20)]
+    job_id = wiring.job_service().submit(JobRequest(items=items)).id
+    # When the worker fans it out and generates it through the real queue
+    queue_path.start()
+    queue_path.wait_settled(repository, job_id)
+    # Then every item is generated exactly once: none lost, none paid twice, one object each
+    figures = assert_invariants(stack, repository, emulator, job_id, retries=0)
+    assert figures["succeeded"] == 20 and emulator.calls == 20
+    per_item = calls_per_item(emulator)
+    assert all(per_item[index] == 1 for index in range(20)), per_item
+    if fault.startswith("a chunk killed"):
+        assert kills == [5] and queue_path.stats()["errors"] >= 1  # the invocation did die
+    assert queue_path.dead_letters() == []
+    reliability.record(
+        "Queue faults",
+        f"fan-out: {fault} (real queue)",
+        "20/20 succeeded, 0 lost, each generated once (20 upstream calls)",
+        **figures,
+        receives=queue_path.stats()["records_delivered"],
+    )

@@ -61,6 +61,11 @@ class MemoryItemStore:
         job = self.jobs.get(job_id)
         return copy.deepcopy(job) if job is not None else None
 
+    def get_job_extras(self, job_id: str) -> tuple[Job | None, Any]:
+        from imagegen.adapters.jobs_table import JobExtras
+
+        return self.get_job(job_id), JobExtras()
+
     def get_item(self, job_id: str, index: int) -> Item | None:
         item = self.items.get((job_id, index))
         return copy.deepcopy(item) if item is not None else None

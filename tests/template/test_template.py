@@ -337,6 +337,19 @@ def check_lifecycle_bound_to_retention(t: dict[str, Any]) -> None:
         and (rule.get("Prefix") or (rule.get("Filter") or {}).get("Prefix")) == "images/"
     ]
     assert expiring, f"{BUCKET_ID}: no enabled rule expiring images/ after the ImageRetentionDays parameter"
+
+    def expiry(prefix: str) -> list[Any]:
+        return [
+            rule.get("ExpirationInDays")
+            for rule in rules
+            if rule.get("Status") == "Enabled"
+            and (rule.get("Prefix") or (rule.get("Filter") or {}).get("Prefix")) == prefix
+        ]
+
+    assert expiry("jobs/") == [{"Ref": "ImageRetentionDays"}], (
+        f"{BUCKET_ID}: a job's items and results objects (jobs/) must expire with its images (ImageRetentionDays)"
+    )
+    assert expiry("uploads/") == [1], f"{BUCKET_ID}: uploaded job files (uploads/) must expire after 1 day"
     aborting = [
         rule
         for rule in rules
@@ -426,6 +439,8 @@ _IMAGES_TABLE = json.dumps({"Fn::GetAtt": [TABLE_ID, "Arn"]})
 _IDEMPOTENCY_TABLE = json.dumps({"Fn::GetAtt": [IDEMPOTENCY_TABLE_ID, "Arn"]})
 _QUEUE = json.dumps({"Fn::GetAtt": [QUEUE_ID, "Arn"]})
 _DLQ = json.dumps({"Fn::GetAtt": [DLQ_ID, "Arn"]})
+_JOB_OBJECTS = json.dumps({"Fn::Sub": "${" + BUCKET_ID + ".Arn}/jobs/*"})
+_UPLOADS = json.dumps({"Fn::Sub": "${" + BUCKET_ID + ".Arn}/uploads/*"})
 _BUS = json.dumps({"Fn::GetAtt": [BUS_ID, "Arn"]})
 _KEY = json.dumps({"Ref": "KmsKeyArn"})
 
@@ -453,6 +468,10 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     FUNCTION_ID: _SHARED_GRANTS
     | _grants(
         ("sqs:SendMessage", _QUEUE),  # also authorises SendMessageBatch
+        ("s3:PutObject", _JOB_OBJECTS),  # the job's items object (or the copy of an upload)
+        ("s3:GetObject", _JOB_OBJECTS),  # counting an upload's copy; presigned GET of the results file
+        ("s3:PutObject", _UPLOADS),  # the presigned PUT of POST /v1/uploads is signed with this role
+        ("s3:GetObject", _UPLOADS),  # HeadObject and CopyObject's source
         ("dynamodb:GetItem", _IDEMPOTENCY_TABLE),
         ("dynamodb:PutItem", _IDEMPOTENCY_TABLE),
         ("dynamodb:UpdateItem", _IDEMPOTENCY_TABLE),
@@ -469,7 +488,9 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
         ("sqs:GetQueueAttributes", _QUEUE),
         ("sqs:ChangeMessageVisibility", _QUEUE),
         ("sqs:SendMessage", _DLQ),  # unparseable messages, moved by the worker itself
-        ("sqs:SendMessage", _QUEUE),  # a cancelation out of time continues in a new control message
+        ("sqs:SendMessage", _QUEUE),  # the fan-out's messages; a cancelation out of time continues in a new one
+        ("s3:GetObject", _JOB_OBJECTS),  # the fan-out reads a job's items object by byte ranges
+        ("s3:PutObject", _JOB_OBJECTS),  # results files, and the items object of an event-driven job
         ("dynamodb:BatchGetItem", _IMAGES_TABLE),  # a redelivery reads item and job in one round trip
         # Its own role replaces SAM's generated one: logs to its own group, traces (no resource-level permissions).
         ("logs:CreateLogStream", json.dumps({"Fn::GetAtt": ["WorkerFunctionLogGroup", "Arn"]})),
@@ -557,7 +578,9 @@ def check_api_keys_on_v1_routes_only(t: dict[str, Any]) -> None:
         elif path.startswith("/v1/"):
             assert requires_key, f"{name} ({method} {path}) must require an API key"
             keyed_paths.add(path)
-    assert {"/v1/images", "/v1/images/{id}", "/v1/jobs", "/v1/jobs/{id}"} <= keyed_paths, "v1 routes are missing"
+    assert {"/v1/images", "/v1/images/{id}", "/v1/jobs", "/v1/jobs/{id}", "/v1/uploads"} <= keyed_paths, (
+        "v1 routes are missing"
+    )
     # /{proxy+} does not match paths that have sibling resources: each keyed path needs its own preflight.
     preflight_paths = {p.get("Path") for p in events.values() if str(p.get("Method", "")).upper() == "OPTIONS"}
     assert keyed_paths <= preflight_paths, f"no OPTIONS route for {sorted(keyed_paths - preflight_paths)}"
@@ -784,6 +807,47 @@ def check_event_bus_and_webhook_secret(t: dict[str, Any]) -> None:
     assert secret.get("KmsKeyId") == {"Fn::If": ["HasKmsKey", {"Ref": "KmsKeyArn"}, NO_VALUE]}, (
         "the signing secret must use the customer key when one is given"
     )
+
+
+def check_image_requested_events_reach_the_jobs_queue(t: dict[str, Any]) -> None:
+    """A rule on the service's bus sends "Image Requested" (never the service's own events) to the jobs queue, and
+    the queue lets EventBridge send through that rule only."""
+    rules = {
+        rule_id: props
+        for rule_id, resource in _resources_of_type(t, "AWS::Events::Rule").items()
+        if (props := resource.get("Properties") or {}).get("EventBusName") == {"Ref": BUS_ID}
+    }
+    routing = {
+        rule_id: props
+        for rule_id, props in rules.items()
+        if "Image Requested" in _as_list((props.get("EventPattern") or {}).get("detail-type"))
+        and any(target.get("Arn") == {"Fn::GetAtt": [QUEUE_ID, "Arn"]} for target in props.get("Targets") or [])
+    }
+    assert len(routing) == 1, "exactly one rule must route Image Requested events of EventBus to JobsQueue"
+    rule_id, rule = next(iter(routing.items()))
+    assert rule.get("State", "ENABLED") == "ENABLED"
+    pattern = rule["EventPattern"]
+    assert set(pattern.get("detail-type")) == {"Image Requested"}, "only Image Requested belongs on the jobs queue"
+    assert {"anything-but": ["flux-image-service"]} in _as_list(pattern.get("source")), (
+        "the service's own events (source flux-image-service) must never be fed back to its queue"
+    )
+    statements = [
+        statement
+        for resource in _resources_of_type(t, "AWS::SQS::QueuePolicy").values()
+        if {"Ref": QUEUE_ID} in _as_list((resource.get("Properties") or {}).get("Queues"))
+        for statement in _statements((resource.get("Properties") or {}).get("PolicyDocument"))
+        if statement.get("Effect") == "Allow"
+    ]
+    allowed = [
+        s
+        for s in statements
+        if s.get("Principal") == {"Service": "events.amazonaws.com"}
+        and _as_list(s.get("Action")) == ["sqs:SendMessage"]
+        and s.get("Resource") == {"Fn::GetAtt": [QUEUE_ID, "Arn"]}
+        and ((s.get("Condition") or {}).get("ArnEquals") or {}).get("aws:SourceArn") == {"Fn::GetAtt": [rule_id, "Arn"]}
+    ]
+    assert allowed, f"{QUEUE_ID}: no statement letting events.amazonaws.com send, conditioned on {rule_id}'s ARN"
+    assert len(statements) == len(allowed), f"{QUEUE_ID}: its policy allows more than the Image Requested rule"
 
 
 def _alarms_on(t: dict[str, Any], namespace: str, metric: str, dimension: dict[str, Any]) -> list[dict[str, Any]]:
@@ -1180,6 +1244,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_queues_deny_insecure_transport,
     check_worker_function,
     check_event_bus_and_webhook_secret,
+    check_image_requested_events_reach_the_jobs_queue,
     check_alarms,
     check_outputs,
     check_parameters_constrained,
@@ -1220,6 +1285,10 @@ def _function_statement(t: dict[str, Any], sid: str, function_id: str = FUNCTION
 
 def _worker_statement(t: dict[str, Any], sid: str) -> dict[str, Any]:
     return next(s for s in _permission_statements(t, WORKER_ID) if s.get("Sid") == sid)
+
+
+def _queue_statement(t: dict[str, Any], sid: str) -> dict[str, Any]:
+    return next(s for s in _p(t, "JobsQueuePolicy")["PolicyDocument"]["Statement"] if s.get("Sid") == sid)
 
 
 def _mapping(t: dict[str, Any]) -> dict[str, Any]:
@@ -1765,6 +1834,42 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
     "retained-log-group-fixed-name": (
         check_stateful_resources_retained,
         lambda t: _p(t, "ApiAccessLogGroup").update(LogGroupName={"Fn::Sub": "/aws/apigateway/${AWS::StackName}"}),
+    ),
+    "uploads-never-expire": (
+        check_lifecycle_bound_to_retention,
+        lambda t: _p(t, BUCKET_ID)["LifecycleConfiguration"]["Rules"].remove(_rule(t, "expire-uploads")),
+    ),
+    "image-requested-rule-removed": (
+        check_image_requested_events_reach_the_jobs_queue,
+        lambda t: t["Resources"].pop("ImageRequestedRule"),
+    ),
+    "image-requested-rule-feeds-back-own-events": (
+        check_image_requested_events_reach_the_jobs_queue,
+        lambda t: _p(t, "ImageRequestedRule")["EventPattern"].pop("source"),
+    ),
+    "jobs-queue-open-to-any-rule": (
+        check_image_requested_events_reach_the_jobs_queue,
+        lambda t: _queue_statement(t, "AllowImageRequestedRule").pop("Condition"),
+    ),
+    "jobs-queue-policy-without-events": (
+        check_image_requested_events_reach_the_jobs_queue,
+        lambda t: _p(t, "JobsQueuePolicy")["PolicyDocument"]["Statement"].remove(
+            _queue_statement(t, "AllowImageRequestedRule")
+        ),
+    ),
+    "upload-route-without-key": (
+        check_api_keys_on_v1_routes_only,
+        lambda t: _event(t, "CreateUpload").pop("Auth"),
+    ),
+    "worker-cannot-fan-out": (
+        check_function_data_access_scoped,
+        lambda t: _p(t, "WorkerFunctionRole")["Policies"][0]["PolicyDocument"]["Statement"].remove(
+            _worker_statement(t, "FanOutJobs")
+        ),
+    ),
+    "api-writes-job-objects-anywhere": (
+        check_function_data_access_scoped,
+        lambda t: _function_statement(t, "JobObjects").update(Resource={"Fn::Sub": "${ImagesBucket.Arn}/*"}),
     ),
     "throttled-without-retry-after": (
         check_gateway_responses,

@@ -358,33 +358,10 @@ def test_job_service_cancel_is_one_write_and_a_control_message_and_announces_not
     from imagegen.jobs import JobService
 
     world = World(items=3)
-    service = JobService(world.store, world.queue, world.images)  # type: ignore[arg-type]
+    service = JobService(world.store, world.queue, world.images, objects=None)  # type: ignore[arg-type]
     # When the API cancels the job
     document = service.cancel(JOB_ID)
     # Then it answers at once, canceled, with the items still to be settled by the worker; nothing announced
     assert document.status == "canceled" and document.counts.queued == 3
     assert world.queue.controls == [cancel_body().replace(" ", "")]
     assert world.events.published == [] and world.webhooks.sent == []
-
-
-def test_a_completion_made_by_the_api_is_announced_by_the_worker():
-    from imagegen.jobs import JobService
-    from imagegen.models import JobRequest
-
-    # Given an enqueue where the second message is refused, and a worker that finishes the first one meanwhile
-    world = World(items=0)
-    service = JobService(world.store, world.queue, world.images)  # type: ignore[arg-type]
-    world.queue.refuse = {1}
-
-    def a_quick_worker(bodies: list[str]) -> None:
-        for body in bodies:
-            world.processor.handle(body, message_id="m", receive_count=1, deadline=Deadline.after(120, lambda: 0.0))
-
-    world.queue.on_send = a_quick_worker
-    # When the API fails the unsent item, which completes the job
-    job = service.submit(JobRequest(items=[ImageRequest(prompt="a"), ImageRequest(prompt="b")]))
-    # Then the API announced nothing itself: it queued an announce message, which the worker turns into the event
-    assert world.events.types() == ["Image Generated"]
-    assert world.queue.controls == [json.dumps({"announce": {"job_id": job.id}}).replace(" ", "")]
-    assert world.deliver(body=world.queue.controls[0]) == Outcome.ack()
-    assert world.events.types() == ["Image Generated", "Job Completed"]

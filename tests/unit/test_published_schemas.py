@@ -31,3 +31,20 @@ def test_a_producer_message_valid_under_the_published_schema_is_accepted_by_the_
     assert schema["required"] == ["request"]
     assert schema["additionalProperties"] is False
     assert JobMessage.model_validate_json(json.dumps(example)).request.prompt == "a red fox"
+
+
+def test_the_sample_image_requested_event_is_valid_under_the_published_schema_and_the_worker_model():
+    import jsonschema
+    from imagegen.models import ImageRequestedDetail
+
+    schema = json.loads((ROOT / "docs/image-requested.schema.json").read_text())
+    event = json.loads((ROOT / "events/image_requested.json").read_text())
+    jsonschema.validate(event, schema)
+    assert len(ImageRequestedDetail.model_validate_json(json.dumps(event["detail"])).all_requests) == 2
+    own = {**event, "source": "flux-image-service"}
+    try:
+        jsonschema.validate(own, schema)
+    except jsonschema.ValidationError:
+        pass
+    else:
+        raise AssertionError("the service's own source must not validate (the rule ignores it)")

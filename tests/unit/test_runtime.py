@@ -164,6 +164,10 @@ def test_handler_exception_is_a_lambda_function_error_and_the_environment_stays(
     frames = raised.value.error["stackTrace"]
     assert len(frames) == 1 and "in lambda_handler" in frames[0]  # the handler's frames, not the runtime's
     assert json.loads(str(raised.value))["errorType"] == "ValueError"
+    # The error line travels on the child's stderr, forwarded by a reader thread: it may land after the result.
+    deadline = time.monotonic() + 5
+    while "[Fn#1] [ERROR] ValueError: boom" not in log.getvalue() and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert "[Fn#1] [ERROR] ValueError: boom" in log.getvalue()
     assert invoke(function, {})["pid"] == warm  # an error does not reset the environment
 

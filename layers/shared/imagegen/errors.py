@@ -130,3 +130,10 @@ class UnsupportedMediaTypeError(ServiceError):
 
     status = 415
     code = "unsupported_media_type"
+
+
+class PayloadTooLargeError(ServiceError):
+    """An uploaded file over the size a job accepts."""
+
+    status = 413
+    code = "payload_too_large"

@@ -21,7 +21,8 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
-from imagegen.adapters.jobs_table import JobRepository
+from imagegen.adapters.job_objects import CHUNK_ITEMS, JobObjects, items_key, upload_key
+from imagegen.adapters.jobs_table import JobExtras, JobRepository
 from imagegen.adapters.queue import JobQueue
 from imagegen.budget import Deadline
 from imagegen.entities import Item, ItemStore, Job, JobUnavailable, LeaseHeld, TransitionConflict
@@ -29,6 +30,7 @@ from imagegen.errors import (
     EnqueueError,
     InvalidRequestError,
     NotFoundError,
+    PayloadTooLargeError,
     ServiceError,
     UpstreamBadResponseError,
 )
@@ -36,17 +38,23 @@ from imagegen.models import (
     CONTROL_KEYS,
     MAX_JOB_ITEMS,
     MAX_SEED,
-    AnnounceOrder,
+    MAX_UPLOAD_BYTES,
+    MAX_UPLOAD_LINES,
     CancelOrder,
     ControlMessage,
+    FanoutChunk,
+    FanoutMessage,
     ImageDocument,
     ImageRecord,
     ImageRequest,
     ItemError,
+    JobCounts,
     JobDocument,
     JobItemDocument,
     JobMessage,
     JobRequest,
+    ResultsInfo,
+    UploadDocument,
     WebhookInfo,
 )
 from imagegen.service import ImageService, item_image_id
@@ -59,10 +67,16 @@ MAX_BACKOFF_S = 900
 # A paid 200 without a usable output may be a passing fault: retried once per item, never more (each try is paid).
 MAX_BAD_OUTPUT_RETRIES = 1
 MIN_CANCEL_PAGE_TIME_S = 5.0  # a page of cancelations (100 items, two transactions) does not start with less
+UPLOAD_URL_TTL_S = 3600  # the presigned PUT URL of an upload
+UPLOAD_LIFETIME = timedelta(days=1)  # the bucket's lifecycle deletes uploads/ after a day: older ones are expired
 
 
 def new_job_id() -> str:
     return f"job_{uuid.uuid4().hex}"
+
+
+def new_upload_id() -> str:
+    return f"upl_{uuid.uuid4().hex}"
 
 
 def direct_job_id(message_id: str) -> str:
@@ -81,7 +95,13 @@ def with_seed(request: ImageRequest, entropy: str | None = None) -> ImageRequest
     return request.model_copy(update={"seed": seed})
 
 
-def job_document(job: Job, items: list[JobItemDocument] | None = None, next_cursor: str | None = None) -> JobDocument:
+def job_document(
+    job: Job,
+    items: list[JobItemDocument] | None = None,
+    next_cursor: str | None = None,
+    *,
+    results: ResultsInfo | None = None,
+) -> JobDocument:
     return JobDocument(
         id=job.id,
         status=job.status,
@@ -91,89 +111,134 @@ def job_document(job: Job, items: list[JobItemDocument] | None = None, next_curs
         completed_at=job.completed_at,
         metadata=job.metadata,
         webhook=job.webhook,
+        results=results,
         items=items or [],
         next_cursor=next_cursor,
     )
 
 
 class JobService:
-    """The API side: submit, read (paged), cancel."""
+    """The API side: submit (constant time: the fan-out happens on the queue side), read (paged), cancel."""
 
     def __init__(
         self,
         repository: JobRepository,
         queue: JobQueue,
         images: ImageService,
+        objects: JobObjects,
         *,
         allow_http_webhooks: bool = False,
-        on_complete: Callable[[str], None] | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        # No announcer here: the API never completes a job it told anyone of (the queue side settles cancelations
+        # and announces), and a job it abandons (503, no id handed out) is announced to nobody.
         self._repository = repository
         self._queue = queue
         self._images = images
+        self._objects = objects
         self._allow_http_webhooks = allow_http_webhooks
-        # A completion the API makes (a partly failed enqueue) is announced by the worker, never in a request.
-        self._on_complete = on_complete or self._announce_from_the_queue
+        self._now = now
 
     def submit(self, request: JobRequest) -> JobDocument:
+        """Record the items as one object and the job as one row, and hand the fan-out to the queue in one control
+        message: a constant number of AWS calls whatever the item count (an upload is also copied and counted)."""
         if request.webhook_url and not request.webhook_url.startswith("https://") and not self._allow_http_webhooks:
             raise InvalidRequestError("must be an https URL", field="webhook_url", location="body")
+        job_id = new_job_id()
+        key = items_key(job_id)
+        # One message either way, so the job is handed over whole or not at all: the control message (the worker
+        # splits the object into chunks), or for a job of one chunk that chunk itself (one queue hop less).
+        control = FanoutMessage(job_id=job_id)
+        if request.items is not None:
+            total = len(request.items)
+            size = self._objects.put_lines(key, (item.model_dump_json(exclude_none=True) for item in request.items))
+            if total <= CHUNK_ITEMS:
+                control = FanoutMessage(job_id=job_id, chunk=FanoutChunk(index=0, line=1, offset=0, end=size))
+        else:
+            assert request.items_upload_id is not None  # JobRequest requires exactly one
+            total = self._items_from_upload(request.items_upload_id, key)
         job = Job(
-            id=new_job_id(),
-            total=len(request.items),
-            created_at=datetime.now(UTC),
-            counts=None,  # type: ignore[arg-type]  # set by the repository
-            remaining=len(request.items),
+            id=job_id,
+            total=total,
+            created_at=self._now(),
+            counts=JobCounts(queued=total),
+            remaining=total,
             metadata=request.metadata,
             webhook=WebhookInfo(url=request.webhook_url) if request.webhook_url else None,
         )
-        items = [with_seed(item) for item in request.items]
-        self._repository.create(job, items)
-        messages = [JobMessage(request=item, job_id=job.id, index=index) for index, item in enumerate(items)]
+        self._repository.create(job, [], items_key=key)
         try:
-            not_sent = self._queue.send(messages)
+            not_sent = self._queue.send([control])
         except Exception:
-            # Which messages left is unknown: fail the job's items still queued rather than leave them forever.
-            logger.exception("enqueue failed midway", job_id=job.id)
-            for index in range(len(messages)):
-                self._fail_unsent(job.id, index, announce=False)
-            self._repository.complete_if_done(job.id)
-            raise EnqueueError("the jobs queue failed while the job was being enqueued; retry later") from None
-        if len(not_sent) == len(messages):
-            # Nothing reached the queue: say so rather than leave a job that will never move.
-            for index in not_sent:
-                self._fail_unsent(job.id, index, announce=False)
-            self._repository.complete_if_done(job.id)  # nobody was told of this job: nothing to announce
-            raise EnqueueError("the jobs queue refused the job's messages; nothing was enqueued, retry later")
-        for index in not_sent:  # recorded as failed: a job never claims items that were not enqueued
-            self._fail_unsent(job.id, index)
+            logger.exception("the fan-out message could not be sent", job_id=job_id)
+            not_sent = [0]
         if not_sent:
-            metrics.add_metric(name="ItemsNotEnqueued", unit=MetricUnit.Count, value=len(not_sent))
-            self._complete(job.id)
+            self._abandon(job_id)
+            raise EnqueueError("the jobs queue refused the job; nothing was enqueued, retry later", retry_after=5)
         metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
-        metrics.add_metric(name="ItemsSubmitted", unit=MetricUnit.Count, value=len(messages) - len(not_sent))
-        logger.info("job submitted", job_id=job.id, items=len(messages), not_enqueued=len(not_sent))
-        return self.get(job.id, limit=0)
+        metrics.add_metric(name="ItemsSubmitted", unit=MetricUnit.Count, value=total)
+        logger.info("job submitted", job_id=job_id, items=total, upload=request.items_upload_id is not None)
+        return job_document(job)
 
-    def _fail_unsent(self, job_id: str, index: int, *, announce: bool = True) -> None:
-        item = self._repository.get_item(job_id, index)
-        if item is not None and item.status == "queued":
-            error = ItemError(code="enqueue_failed", message="the item could not be put on the jobs queue")
-            try:
-                completed = self._repository.transition(item, "failed", error=error)
-            except TransitionConflict:
-                return  # a worker got to it: it was enqueued after all
-            if completed and announce:
-                self._on_complete(job_id)
+    def _abandon(self, job_id: str) -> None:
+        """Nobody will fan this job out: it ends failed at once (its items object expires with the bucket's
+        lifecycle). The caller got a 503 without the id, and a retry makes a new job."""
+        try:
+            self._repository.abandon(job_id)
+        except Exception:
+            logger.exception("could not mark an abandoned job failed", job_id=job_id)
+
+    def _items_from_upload(self, upload_id: str, key: str) -> int:
+        """Copy the uploaded file to the job's items object and count its items. Counting streams the copy once,
+        bounded by the size cap (64 MiB): the answer's ``total`` is then exact, which the queue side could not
+        give at submit time."""
+        info = self._objects.head(upload_key(upload_id))
+        if info is None or info.last_modified < self._now() - UPLOAD_LIFETIME:
+            raise InvalidRequestError(
+                "no file was uploaded for this id, or it expired (uploads last a day)",
+                field="items_upload_id",
+                location="body",
+            )
+        if info.size > MAX_UPLOAD_BYTES:
+            raise PayloadTooLargeError(
+                f"the uploaded file has {info.size} bytes; a job accepts at most {MAX_UPLOAD_BYTES}",
+                details=[
+                    {
+                        "location": "body.items_upload_id",
+                        "field": "items_upload_id",
+                        "message": f"larger than {MAX_UPLOAD_BYTES} bytes",
+                        "type": "too_large",
+                    }
+                ],
+            )
+        self._objects.copy(upload_key(upload_id), key)  # the copy, not the upload, is what gets counted and read
+        total = self._objects.plan(key).items
+        if not 1 <= total <= MAX_UPLOAD_LINES:  # the copy expires with the bucket's lifecycle (jobs/)
+            reason = (
+                "has no items (no non-blank line)" if total == 0 else f"has {total} lines; at most {MAX_UPLOAD_LINES}"
+            )
+            raise InvalidRequestError(f"the uploaded file {reason}", field="items_upload_id", location="body")
+        return total
+
+    def create_upload(self) -> UploadDocument:
+        upload_id = new_upload_id()
+        return UploadDocument(
+            id=upload_id,
+            upload_url=self._objects.presign_put(upload_key(upload_id), UPLOAD_URL_TTL_S),
+            expires_at=self._now() + timedelta(seconds=UPLOAD_URL_TTL_S),
+            max_bytes=MAX_UPLOAD_BYTES,
+            max_lines=MAX_UPLOAD_LINES,
+        )
 
     def get(self, job_id: str, *, cursor: str | None = None, limit: int = 100) -> JobDocument:
-        job = self._repository.get_job(job_id)
+        job, extras = self._repository.get_job_extras(job_id)
         if job is None:
             raise NotFoundError(f"job {job_id} not found")
+        results = results_info(self._objects, extras)
         if limit == 0:
-            return job_document(job)
+            return job_document(job, results=results)
         items, next_cursor = self._repository.items_page(job_id, limit, cursor)
-        return job_document(job, [self.item_document(item) for item in items], next_cursor)
+        return job_document(job, [self.item_document(item) for item in items], next_cursor, results=results)
 
     def cancel(self, job_id: str) -> JobDocument:
         """One conditional write, whatever the job's size: the job is canceled from then on (no item of it starts).
@@ -188,17 +253,6 @@ class JobService:
                 logger.exception("could not queue the cancelation of the job's items", job_id=job_id)
                 metrics.add_metric(name="CancelOrdersNotQueued", unit=MetricUnit.Count, value=1)
         return self.get(job_id, limit=0)
-
-    def _announce_from_the_queue(self, job_id: str) -> None:
-        try:
-            self._queue.send_control(ControlMessage(announce=AnnounceOrder(job_id=job_id)))
-        except Exception:  # the job is complete and readable; only its announcement is lost (metric, log)
-            logger.exception("could not queue the job's announcement", job_id=job_id)
-            metrics.add_metric(name="AnnouncementsNotQueued", unit=MetricUnit.Count, value=1)
-
-    def _complete(self, job_id: str) -> None:
-        if self._repository.complete_if_done(job_id) is not None:
-            self._on_complete(job_id)
 
     def item_document(self, item: Item) -> JobItemDocument:
         return JobItemDocument(
@@ -239,6 +293,17 @@ class OutcomeKind(Enum):
     ACK = "ack"  # done with the message: delete it
     RETRY = "retry"  # put it back, visible again after ``after_s``
     REJECT = "reject"  # it can never be processed: already recorded on its item or dead-lettered
+
+
+def results_info(objects: JobObjects, extras: JobExtras) -> ResultsInfo | None:
+    """The results file as a job document shows it (a fresh URL), or None before it is written."""
+    if extras.results_key is None:
+        return None
+    return ResultsInfo(
+        url=objects.presign_get(extras.results_key),
+        s3_uri=objects.s3_uri(extras.results_key),
+        items=extras.results_items,
+    )
 
 
 @dataclass(frozen=True)

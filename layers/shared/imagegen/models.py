@@ -145,7 +145,10 @@ class ImageRecord(Model):
 
 # ------------------------------------------------------------------------------------------------ bulk jobs
 JOB_ID_PATTERN = r"^job_[0-9a-f]{32}$"
+UPLOAD_ID_PATTERN = r"^upl_[0-9a-f]{32}$"
 MAX_JOB_ITEMS = 1000
+MAX_UPLOAD_LINES = 100_000  # items of a job submitted from an uploaded file
+MAX_UPLOAD_BYTES = 64 * 1024 * 1024
 MAX_METADATA_BYTES = 2048
 
 JobStatus = Literal["queued", "running", "succeeded", "partially_failed", "failed", "canceled"]
@@ -245,11 +248,25 @@ def _web_url(value: str | None) -> str | None:
 
 
 class JobRequest(Model):
-    """``POST /v1/jobs``: up to 1,000 image requests, an optional webhook and metadata echoed back."""
+    """``POST /v1/jobs``: up to 1,000 image requests (or an uploaded file of up to 100,000), an optional webhook
+    and metadata echoed back."""
 
     model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
-    items: list[ImageRequest] = Field(min_length=1, max_length=MAX_JOB_ITEMS)
+    items: list[ImageRequest] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_JOB_ITEMS,
+        description="1-1,000 bodies of `POST /v1/images`. Exactly one of `items` and `items_upload_id`.",
+    )
+    items_upload_id: str | None = Field(
+        None,
+        pattern=UPLOAD_ID_PATTERN,
+        description=(
+            "The id of a `POST /v1/uploads` whose file was PUT: one `POST /v1/images` body per line (blank lines "
+            "ignored). Exactly one of `items` and `items_upload_id`."
+        ),
+    )
     webhook_url: Annotated[
         str | None,
         Field(
@@ -267,6 +284,30 @@ class JobRequest(Model):
         Field(description=METADATA_DESCRIPTION),
         AfterValidator(_storable_metadata),
     ] = None
+
+    @model_validator(mode="after")
+    def _one_source_of_items(self) -> JobRequest:
+        if (self.items is None) == (self.items_upload_id is None):
+            raise ValueError("exactly one of items and items_upload_id is required")
+        return self
+
+
+class UploadDocument(Model):
+    """``POST /v1/uploads``: where to PUT a JSONL file of image requests, then name it in ``POST /v1/jobs``."""
+
+    id: str = Field(pattern=UPLOAD_ID_PATTERN)
+    upload_url: str = Field(description="Presigned S3 PUT URL: PUT the file there (any content type).")
+    expires_at: datetime = Field(description="The URL works until then; the file is deleted a day after upload.")
+    max_bytes: int = Field(description="Largest file a job accepts (bigger: 413 at POST /v1/jobs).")
+    max_lines: int = Field(description="Most non-blank lines (items) a job accepts.")
+
+
+class ResultsInfo(Model):
+    """The job's results file (one JSON line per item, in index order), written when the job completes."""
+
+    url: str = Field(description="Presigned GET URL (GET the job again for a fresh one).")
+    s3_uri: str
+    items: int
 
 
 class ItemError(Model):
@@ -298,7 +339,7 @@ class WebhookInfo(Model):
 class JobItemDocument(Model):
     index: int
     status: ItemStatus
-    request: ImageRequest
+    request: ImageRequest | None = Field(description="Null for an uploaded line that failed validation.")
     error: ItemError | None = None
     image: ImageDocument | None = None
     retry_at: datetime | None = Field(
@@ -318,7 +359,12 @@ class JobDocument(Model):
     completed_at: datetime | None = None
     metadata: JsonMetadata = None
     webhook: WebhookInfo | None = None
-    items: list[JobItemDocument] = Field(default_factory=list)
+    results: ResultsInfo | None = Field(None, description="The results file; null until the job completes.")
+    items: list[JobItemDocument] = Field(
+        default_factory=list,
+        description="A page of items. Until the job's fan-out ends a page may list fewer items than `total`: the "
+        "items not listed yet are queued (and counted so in `counts`).",
+    )
     next_cursor: str | None = None
 
 
@@ -363,7 +409,7 @@ class JobMessage(Model):
     version: Literal[1] = 1
     request: ImageRequest
     job_id: str | None = Field(None, pattern=JOB_ID_PATTERN, description="Set by the API for its own jobs.")
-    index: int | None = Field(None, ge=0, lt=MAX_JOB_ITEMS, description="Item index within job_id.")
+    index: int | None = Field(None, ge=0, lt=MAX_UPLOAD_LINES, description="Item index within job_id.")
     correlation_id: str | None = Field(None, max_length=128, description="Echoed in the events.")
 
     @model_validator(mode="after")
@@ -371,3 +417,51 @@ class JobMessage(Model):
         if (self.index is None) != (self.job_id is None):
             raise ValueError("job_id and index go together (a direct producer sets neither)")
         return self
+
+
+class FanoutChunk(Model):
+    """A run of lines of a job's items object: item ``index`` is on line ``line``, at byte ``offset`` (to ``end``)."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    index: int = Field(ge=0, lt=MAX_UPLOAD_LINES)
+    line: int = Field(ge=1)
+    offset: int = Field(ge=0)
+    end: int = Field(ge=0)
+
+
+class FanoutMessage(Model):
+    """The service's own control message: turn a job's items object into item rows and item messages. Without
+    ``chunk``: split the object into chunk messages; with one: write and enqueue that chunk's items."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    version: Literal[1] = 1
+    kind: Literal["fanout"] = "fanout"
+    job_id: str = Field(pattern=JOB_ID_PATTERN)
+    chunk: FanoutChunk | None = None
+
+
+class ImageRequestedDetail(Model):
+    """``detail`` of an ``Image Requested`` event: one request or up to 1,000, and a correlation id echoed in the
+    ``Image Generated``, ``Image Failed`` and ``Job Completed`` events."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True, title="Image Requested event detail")
+
+    request: ImageRequest | None = None
+    requests: list[ImageRequest] | None = Field(None, min_length=1, max_length=MAX_JOB_ITEMS)
+    correlation_id: str | None = Field(None, max_length=128, description="Echoed in the outcome events.")
+    webhook_url: Annotated[str | None, Field(max_length=2048), AfterValidator(_web_url)] = None
+    metadata: Annotated[JsonMetadata, Field(description=METADATA_DESCRIPTION), AfterValidator(_storable_metadata)] = (
+        None
+    )
+
+    @model_validator(mode="after")
+    def _one_kind_of_request(self) -> ImageRequestedDetail:
+        if (self.request is None) == (self.requests is None):
+            raise ValueError("exactly one of request and requests is required")
+        return self
+
+    @property
+    def all_requests(self) -> list[ImageRequest]:
+        return [self.request] if self.request is not None else list(self.requests or [])

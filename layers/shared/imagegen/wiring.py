@@ -17,13 +17,16 @@ from botocore.config import Config
 from imagegen.adapters.events import EventPublisher
 from imagegen.adapters.flux import FluxClient
 from imagegen.adapters.images_table import ImageRepository
+from imagegen.adapters.job_objects import JobObjects
 from imagegen.adapters.jobs_table import JobRepository
 from imagegen.adapters.mirror import ImageMirror, UrlGuard, guarded_session
 from imagegen.adapters.queue import JobQueue
 from imagegen.adapters.secrets import SubscriptionKeyProvider
 from imagegen.adapters.webhooks import WebhookSender
+from imagegen.fanout import FanOut
 from imagegen.idempotency import IdempotentRunner
 from imagegen.jobs import ItemProcessor, JobService
+from imagegen.results import AnnouncingProcessor, JobResults
 from imagegen.service import ImageService
 from imagegen.settings import Settings, get_settings
 
@@ -117,14 +120,20 @@ def idempotent_runner() -> IdempotentRunner:
 
 
 @lru_cache(maxsize=1)
+def job_objects() -> JobObjects:
+    settings = get_settings()
+    return JobObjects(aws_client("s3"), settings.images_bucket, url_ttl_s=settings.presigned_url_ttl_s)
+
+
+@lru_cache(maxsize=1)
 def job_service() -> JobService:
     settings = get_settings()
     return JobService(
         job_repository(),
         job_queue(),
         image_service(),
+        job_objects(),
         allow_http_webhooks=settings.webhook_allow_http,
-        # no on_complete: the API announces nothing itself, it queues an announce message for the worker
     )
 
 
@@ -139,7 +148,7 @@ def item_processor() -> ItemProcessor:
     def webhook_secret() -> str:
         return str(secrets.get(secret_id, max_age=settings.secret_max_age_s))
 
-    return ItemProcessor(
+    return AnnouncingProcessor(
         job_repository(),
         image_service(),
         EventPublisher(aws_client("events"), settings.event_bus_name),
@@ -152,4 +161,18 @@ def item_processor() -> ItemProcessor:
         max_receive_count=settings.max_receive_count,
         # The deadline stops settings.worker_reserve_s before the invocation ends; the lease outlives the end.
         lease_margin_s=settings.worker_reserve_s + settings.item_lease_margin_s,
+        results=JobResults(job_repository(), job_objects()),
+    )
+
+
+@lru_cache(maxsize=1)
+def fan_out() -> FanOut:
+    settings = get_settings()
+    processor = item_processor()
+    return FanOut(
+        job_repository(),
+        job_objects(),
+        job_queue(),
+        on_complete=processor.announce,
+        allow_http_webhooks=settings.webhook_allow_http,
     )

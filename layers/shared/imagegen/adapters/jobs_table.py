@@ -17,6 +17,7 @@ import json
 import random
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,6 +28,7 @@ from imagegen.adapters.images_table import plain
 from imagegen.entities import Item, Job, JobUnavailable, LeaseHeld, TransitionConflict
 from imagegen.errors import InvalidRequestError
 from imagegen.models import (
+    MAX_UPLOAD_LINES,
     TERMINAL_ITEM_STATUSES,
     ImageRecord,
     ImageRequest,
@@ -55,8 +57,18 @@ def job_key(job_id: str) -> dict[str, dict[str, str]]:
     return {"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": "JOB"}}
 
 
+def item_sort_key(index: int) -> str:
+    """``ITEM#0000``-``ITEM#9999`` (the original width), then ``ITEM#~010000``…: ``~`` sorts after the digits, so
+    items of an uploaded job (up to 100,000) still page in index order, and existing rows keep their keys."""
+    return f"ITEM#{index:04d}" if index < 10_000 else f"ITEM#~{index:06d}"
+
+
+def item_index(sort_key: str) -> int:
+    return int(sort_key.split("#", 1)[1].lstrip("~"))
+
+
 def item_key(job_id: str, index: int) -> dict[str, dict[str, str]]:
-    return {"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": f"ITEM#{index:04d}"}}
+    return {"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": item_sort_key(index)}}
 
 
 def _now() -> datetime:
@@ -65,6 +77,16 @@ def _now() -> datetime:
 
 def _iso(moment: datetime) -> str:
     return moment.isoformat().replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class JobExtras:
+    """What the fan-out and the results file record on the job row besides the job itself."""
+
+    items_key: str | None = None  # the job's items object (fanned out by the worker), when it has one
+    correlation_id: str | None = None  # an event-driven job's correlation id, echoed in its events
+    results_key: str | None = None  # the results file, once written
+    results_items: int = 0
 
 
 class JobRepository:
@@ -79,8 +101,13 @@ class JobRepository:
         job: Job,
         requests: list[ImageRequest],
         correlation_ids: list[str | None] | None = None,
+        *,
+        items_key: str | None = None,
+        correlation_id: str | None = None,
     ) -> bool:
-        """Write the job, then its items. Returns False when the job already existed (a replay)."""
+        """Write the job, then its items. Returns False when the job already existed (a replay). With
+        ``items_key`` (and no ``requests``) the items are in that object: the worker's fan-out writes their rows,
+        and until then the job's counters count them ``queued``."""
         expires = str(int((job.created_at + self._retention).timestamp()))
         item: dict[str, Any] = {
             **job_key(job.id),
@@ -100,6 +127,10 @@ class JobRepository:
             item["webhook_url"] = {"S": job.webhook.url}
             item["webhook_status"] = {"S": "pending"}
             item["webhook_attempts"] = {"N": "0"}
+        if items_key is not None:
+            item["items_key"] = {"S": items_key}
+        if correlation_id is not None:
+            item["correlation_id"] = {"S": correlation_id}
         try:
             self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
         except ClientError as exc:
@@ -114,6 +145,100 @@ class JobRepository:
         for chunk in _chunks(writes, BATCH_WRITE_ITEMS):
             self._batch_write(chunk)
         return True
+
+    def abandon(self, job_id: str) -> None:
+        """A job nobody was told about (its fan-out could not be handed to the queue): completed at once with every
+        item counted failed, so nothing looks alive. No item row exists yet; the records never get deleted."""
+        self._client.update_item(
+            TableName=self._table,
+            Key=job_key(job_id),
+            UpdateExpression=(
+                "SET completed_at = :now, remaining = :zero, c_queued = :zero, c_failed = #total, abandoned = :true"
+            ),
+            ConditionExpression="attribute_exists(pk) AND attribute_not_exists(completed_at)",
+            ExpressionAttributeNames={"#total": "total"},
+            ExpressionAttributeValues={":now": {"S": _iso(_now())}, ":zero": {"N": "0"}, ":true": {"BOOL": True}},
+        )
+
+    def get_job_extras(self, job_id: str) -> tuple[Job | None, JobExtras]:
+        answer = self._client.get_item(TableName=self._table, Key=job_key(job_id), ConsistentRead=True)
+        raw = answer.get("Item")
+        if raw is None:
+            return None, JobExtras()
+        return _job(raw), JobExtras(
+            items_key=raw.get("items_key", {}).get("S"),
+            correlation_id=raw.get("correlation_id", {}).get("S"),
+            results_key=raw.get("results_key", {}).get("S"),
+            results_items=int(raw.get("results_items", {}).get("N", "0")),
+        )
+
+    def put_queued_items(
+        self, job: Job, requests: list[tuple[int, ImageRequest]], correlation_id: str | None
+    ) -> list[int]:
+        """Write these items ``queued`` unless they exist (a replayed chunk never overwrites an item that moved).
+        Returns the indexes now queued, new or not: their messages may not have been sent before a crash."""
+        if not requests:
+            return []
+        expires = str(int((job.created_at + self._retention).timestamp()))
+        puts = [
+            {
+                "Put": {
+                    "TableName": self._table,
+                    "Item": self._new_item(job.id, index, request, correlation_id, expires),
+                    "ConditionExpression": "attribute_not_exists(pk)",
+                }
+            }
+            for index, request in requests
+        ]
+        try:  # the first delivery of a chunk, the usual case: one transaction
+            self._client.transact_write_items(TransactItems=puts)
+            return [index for index, _ in requests]
+        except ClientError as exc:
+            if _code(exc) != "TransactionCanceledException":
+                raise
+        queued = []  # a replay (or a conflict): item by item
+        for index, put in zip((index for index, _ in requests), puts, strict=True):
+            try:
+                self._client.put_item(**put["Put"])
+                queued.append(index)
+            except ClientError as exc:
+                if _code(exc) != "ConditionalCheckFailedException":
+                    raise
+                existing = self.get_item(job.id, index)
+                if existing is not None and existing.status == "queued":
+                    queued.append(index)
+        return queued
+
+    def put_failed_item(self, job: Job, index: int, error: ItemError) -> bool:
+        """Record an item that failed validation before it was ever queued (a bad line of an upload), with the
+        job's counters; False when it exists already (a replay)."""
+        expires = str(int((job.created_at + self._retention).timestamp()))
+        entry: dict[str, Any] = {
+            **item_key(job.id, index),
+            "entity": {"S": "item"},
+            "job_id": {"S": job.id},
+            "index": {"N": str(index)},
+            "status": {"S": "failed"},
+            "attempts": {"N": "0"},
+            "error": _serializer.serialize(error.model_dump(mode="json")),
+            "expires_at": {"N": expires},
+        }
+        put = {"Put": {"TableName": self._table, "Item": entry, "ConditionExpression": "attribute_not_exists(pk)"}}
+        try:
+            self._transact([put, self._count_update(job.id, {"queued": -1, "failed": 1})])
+        except TransitionConflict:
+            return False
+        except _JobGuardFailed:
+            return False  # the job row is gone (expired)
+        return True
+
+    def record_results(self, job_id: str, key: str, items: int) -> None:
+        self._client.update_item(
+            TableName=self._table,
+            Key=job_key(job_id),
+            UpdateExpression="SET results_key = :key, results_items = :items",
+            ExpressionAttributeValues={":key": {"S": key}, ":items": {"N": str(items)}},
+        )
 
     def ensure_item(self, job_id: str, index: int, request: ImageRequest, correlation_id: str | None) -> None:
         """Write a queued item unless it exists (a direct job whose first delivery died between job and item)."""
@@ -177,7 +302,7 @@ class JobRepository:
             if not request:
                 break
             time.sleep(min(1.0, 0.05 * 2**attempt))
-        raw_item, raw_job = found.get(f"ITEM#{index:04d}"), found.get("JOB")
+        raw_item, raw_job = found.get(item_sort_key(index)), found.get("JOB")
         return (_item(raw_item) if raw_item else None), (_job(raw_job) if raw_job else None)
 
     def get_item(self, job_id: str, index: int) -> Item | None:
@@ -197,7 +322,7 @@ class JobRepository:
         answer = self._client.query(**query)
         items = [_item(raw) for raw in answer.get("Items", [])]
         last = answer.get("LastEvaluatedKey")
-        next_cursor = encode_cursor(int(last["sk"]["S"].split("#", 1)[1])) if last else None
+        next_cursor = encode_cursor(item_index(last["sk"]["S"])) if last else None
         return items, next_cursor
 
     def iter_items(self, job_id: str) -> Iterator[Item]:
@@ -534,7 +659,7 @@ def decode_cursor(cursor: str) -> int:
         index = document["i"]
     except (ValueError, TypeError, KeyError, binascii.Error):
         raise InvalidRequestError("cursor is not one this API returned", field="cursor") from None
-    if not isinstance(index, int) or not 0 <= index < 10_000:
+    if not isinstance(index, int) or not 0 <= index < MAX_UPLOAD_LINES:
         raise InvalidRequestError("cursor is not one this API returned", field="cursor")
     return index
 
@@ -577,7 +702,8 @@ def _item(raw: dict[str, Any]) -> Item:
         job_id=data["job_id"],
         index=data["index"],
         status=data["status"],
-        request=ImageRequest.model_validate(data["request"], strict=False),
+        # No request: an uploaded line that failed validation (recorded failed, never processed).
+        request=ImageRequest.model_validate(data["request"], strict=False) if "request" in data else None,  # type: ignore[arg-type]
         attempts=data.get("attempts", 0),
         error=ItemError.model_validate(data["error"]) if data.get("error") else None,
         record=ImageRecord.model_validate(data["record"]) if data.get("record") else None,

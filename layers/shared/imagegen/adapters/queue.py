@@ -8,8 +8,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel
 
-from imagegen.models import ControlMessage, JobMessage
+from imagegen.models import ControlMessage
 
 SEND_BATCH = 10  # SendMessageBatch's limit
 # SQS counts its 12 h maximum from the receive, and refuses more: keep a margin for the time already spent.
@@ -23,7 +24,7 @@ class JobQueue:
         self._dlq_url = dlq_url
         self._attempts = attempts
 
-    def send(self, messages: Sequence[JobMessage]) -> list[int]:
+    def send(self, messages: Sequence[BaseModel]) -> list[int]:
         """Send every message; return the positions that could not be enqueued after the retries."""
         failed: list[int] = []
         for start in range(0, len(messages), SEND_BATCH):
@@ -31,7 +32,7 @@ class JobQueue:
             failed.extend(self._send_batch(messages, positions))
         return failed
 
-    def _send_batch(self, messages: Sequence[JobMessage], positions: list[int]) -> list[int]:
+    def _send_batch(self, messages: Sequence[BaseModel], positions: list[int]) -> list[int]:
         pending = positions
         for attempt in range(self._attempts):
             entries = [

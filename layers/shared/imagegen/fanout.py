@@ -1,0 +1,181 @@
+"""The queue side of a submit: a job's items object becomes item rows and item messages, in chunks safe to replay.
+
+The API records the job (its row) and its items (one object) and sends ONE control message. The worker splits the
+object into chunk messages (``split``); each chunk (``run_chunk``) conditionally writes its item rows (never over
+an item that already moved) and sends the messages of its items still ``queued``. A duplicated or half-done chunk
+therefore loses nothing and duplicates no upstream call: a second message for an item is refused by its claim.
+Seeds of items without one derive from job id + index, so a replay generates the same image.
+
+An ``Image Requested`` event (EventBridge → jobs queue) becomes a job the same way (``from_event``), its id
+derived from the event id so a redelivered event makes no second job.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+from pydantic import ValidationError
+
+from imagegen.adapters.job_objects import CHUNK_ITEMS, JobObjects, items_key
+from imagegen.adapters.jobs_table import Job, JobRepository
+from imagegen.adapters.queue import JobQueue
+from imagegen.jobs import with_seed
+from imagegen.models import (
+    FanoutChunk,
+    FanoutMessage,
+    ImageRequest,
+    ImageRequestedDetail,
+    ItemError,
+    JobMessage,
+    WebhookInfo,
+)
+
+logger = Logger(child=True)
+metrics = Metrics()
+
+IMAGE_REQUESTED = "Image Requested"
+
+
+class FanoutIncomplete(Exception):
+    """Some messages could not be put on the queue: the chunk (or split) is retried whole, which is safe."""
+
+
+class InvalidEvent(Exception):
+    """An ``Image Requested`` event that can never become a job (the reason says why)."""
+
+
+def is_eventbridge_envelope(body: Any) -> bool:
+    return isinstance(body, dict) and "detail-type" in body and "detail" in body and "source" in body
+
+
+def event_job_id(event_id: str) -> str:
+    """The job of an ``Image Requested`` event: derived from the EventBridge event id."""
+    return "job_" + uuid.uuid5(uuid.NAMESPACE_URL, f"eventbridge-event:{event_id}").hex
+
+
+def item_seed_entropy(job_id: str, index: int) -> str:
+    return f"{job_id}#{index}"
+
+
+def first_error(error: ValidationError) -> str:
+    first = error.errors()[0]
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+class FanOut:
+    def __init__(
+        self,
+        repository: JobRepository,
+        objects: JobObjects,
+        queue: JobQueue,
+        *,
+        on_complete: Callable[[str], None],
+        allow_http_webhooks: bool = False,
+        chunk_items: int = CHUNK_ITEMS,
+    ) -> None:
+        self._chunk_items = chunk_items
+        self._repository = repository
+        self._objects = objects
+        self._queue = queue
+        self._on_complete = on_complete
+        self._allow_http_webhooks = allow_http_webhooks
+
+    def handle(self, message: FanoutMessage) -> None:
+        if message.chunk is None:
+            self.split(message.job_id)
+        else:
+            self.run_chunk(message.job_id, message.chunk)
+
+    def split(self, job_id: str) -> None:
+        """The control message: one chunk message per ``CHUNK_ITEMS`` items of the job's items object."""
+        job, extras = self._repository.get_job_extras(job_id)
+        if job is None or extras.items_key is None:
+            logger.info("nothing to fan out", job_id=job_id)
+            return
+        plan = self._objects.plan(extras.items_key, self._chunk_items)
+        chunks = [FanoutMessage(job_id=job_id, chunk=chunk) for chunk in plan.chunks]
+        if self._queue.send(chunks):
+            raise FanoutIncomplete(f"not every chunk of {job_id} reached the queue")
+        logger.info("job split into chunks", job_id=job_id, chunks=len(chunks), items=plan.items)
+
+    def run_chunk(self, job_id: str, chunk: FanoutChunk) -> None:
+        """Write the chunk's item rows (conditionally) and send the messages of those still queued."""
+        job, extras = self._repository.get_job_extras(job_id)
+        if job is None or extras.items_key is None:
+            return  # expired (TTL): nothing to record the items on
+        data = self._objects.read_range(extras.items_key, chunk.offset, chunk.end)
+        valid: list[tuple[int, ImageRequest]] = []
+        invalid: list[tuple[int, str]] = []
+        index = chunk.index
+        for line_no, raw in enumerate(data.split(b"\n"), start=chunk.line):
+            if not raw.strip():
+                continue
+            try:
+                request = ImageRequest.model_validate_json(raw)
+                valid.append((index, with_seed(request, entropy=item_seed_entropy(job_id, index))))
+            except ValidationError as exc:
+                invalid.append((index, f"line {line_no}: {first_error(exc)}"[:500]))
+            index += 1
+        failed = 0
+        for item_index, reason in invalid:
+            if self._repository.put_failed_item(job, item_index, ItemError(code="invalid_request", message=reason)):
+                failed += 1
+        queued = set(self._repository.put_queued_items(job, valid, extras.correlation_id))
+        messages = [
+            JobMessage(request=request, job_id=job_id, index=item_index, correlation_id=extras.correlation_id)
+            for item_index, request in valid
+            if item_index in queued
+        ]
+        if not_sent := self._queue.send(messages):
+            metrics.add_metric(name="ItemsNotEnqueued", unit=MetricUnit.Count, value=len(not_sent))
+            raise FanoutIncomplete(f"not every item of {job_id} from {chunk.index} reached the queue")
+        if failed:
+            metrics.add_metric(name="ItemsFailed", unit=MetricUnit.Count, value=failed)
+            if self._repository.complete_if_done(job_id) is not None:
+                self._on_complete(job_id)  # every item of the job was a bad line
+
+    # ------------------------------------------------------------------------------------------ events
+    def from_event(self, envelope: dict[str, Any]) -> str:
+        """An ``Image Requested`` event becomes a job (once per event id), fanned out right here."""
+        if envelope.get("detail-type") != IMAGE_REQUESTED:
+            raise InvalidEvent(f"detail-type {str(envelope.get('detail-type'))[:100]!r} is not {IMAGE_REQUESTED!r}")
+        event_id = envelope.get("id")
+        if not isinstance(event_id, str) or not event_id:
+            raise InvalidEvent("the event has no id")
+        try:
+            detail = ImageRequestedDetail.model_validate_json(json.dumps(envelope["detail"]))
+        except ValidationError as exc:
+            raise InvalidEvent(f"detail.{first_error(exc)}") from None
+        except (TypeError, ValueError) as exc:
+            raise InvalidEvent(f"detail is not JSON: {exc}") from None
+        if detail.webhook_url and not detail.webhook_url.startswith("https://") and not self._allow_http_webhooks:
+            raise InvalidEvent("detail.webhook_url: must be an https URL")
+        job_id = event_job_id(event_id)
+        requests = detail.all_requests
+        key = items_key(job_id)
+        # Deterministic content: a redelivered event rewrites the same object.
+        self._objects.put_lines(key, (request.model_dump_json(exclude_none=True) for request in requests))
+        job = Job(
+            id=job_id,
+            total=len(requests),
+            created_at=datetime.now(UTC),
+            counts=None,  # type: ignore[arg-type]  # set by the repository
+            remaining=len(requests),
+            metadata=detail.metadata,
+            webhook=WebhookInfo(url=detail.webhook_url) if detail.webhook_url else None,
+        )
+        if self._repository.create(job, [], items_key=key, correlation_id=detail.correlation_id):
+            metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
+            logger.info("job created from an event", job_id=job_id, items=len(requests))
+        # At most 10 chunks (1,000 requests): fanned out here, not through more messages. A redelivery redoes it.
+        for chunk in self._objects.plan(key, self._chunk_items).chunks:
+            self.run_chunk(job_id, chunk)
+        return job_id

@@ -1,0 +1,82 @@
+"""A completed job's results file (``jobs/<job_id>/results.jsonl``), and its announcement.
+
+One line per item in index order: ``{"index", "status", "image_id", "s3_uri", "sha256", "bytes", "width",
+"height", "seed", "error"}`` (nulls where they do not apply). The file is written BEFORE the completion is
+announced, under a key derived from the job id: a replayed completion rewrites the same content. Content workflows
+read one object instead of paging ``GET /v1/jobs/{id}``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools.metrics import MetricUnit
+
+from imagegen.adapters.job_objects import JobObjects
+from imagegen.adapters.jobs_table import Item, Job, JobExtras, JobRepository
+from imagegen.jobs import ItemProcessor, job_document, results_info
+from imagegen.models import ResultsInfo
+
+logger = Logger(child=True)
+metrics = Metrics()
+
+
+def result_line(item: Item) -> dict[str, Any]:
+    record = item.record
+    stored = record.stored if record is not None else None
+    if record is not None:
+        seed: int | None = record.parameters.seed
+    else:
+        seed = item.request.seed if item.request is not None else None
+    return {
+        "index": item.index,
+        "status": item.status,
+        "image_id": record.id if record is not None else None,
+        "s3_uri": stored.s3_uri if stored is not None else None,
+        "sha256": stored.sha256 if stored is not None else None,
+        "bytes": stored.bytes if stored is not None else None,
+        "width": stored.width if stored is not None else None,
+        "height": stored.height if stored is not None else None,
+        "seed": seed,
+        "error": item.error.model_dump(mode="json") if item.error is not None else None,
+    }
+
+
+class JobResults:
+    def __init__(self, repository: JobRepository, objects: JobObjects) -> None:
+        self._repository = repository
+        self._objects = objects
+
+    def write(self, job: Job) -> ResultsInfo:
+        """Write the results file of a completed job and record it on the job row."""
+        lines = [json.dumps(result_line(item), separators=(",", ":")) for item in self._repository.iter_items(job.id)]
+        key = self._objects.put_results(job.id, lines)
+        self._repository.record_results(job.id, key, len(lines))
+        info = results_info(self._objects, JobExtras(results_key=key, results_items=len(lines)))
+        assert info is not None
+        return info
+
+
+class AnnouncingProcessor(ItemProcessor):
+    """The item processor whose job completion writes the results file first, and whose ``Job Completed`` event
+    carries it (``job.results``) and the job's correlation id (an event-driven job's). Only ``announce`` differs."""
+
+    def __init__(self, *args: Any, results: JobResults, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._results = results
+
+    def announce(self, job_id: str) -> None:
+        job, extras = self._repository.get_job_extras(job_id)
+        if job is None:
+            return
+        results = self._results.write(job)
+        document = job_document(job, results=results).model_dump(mode="json", exclude={"items", "next_cursor"})
+        self._events.publish("Job Completed", {"job": document, "correlation_id": extras.correlation_id})
+        logger.info("job completed", job_id=job_id, status=job.status, results=results.items)
+        if job.webhook is not None:
+            delivery = self._webhooks.deliver(job.webhook.url, job.id, document)
+            self._repository.record_webhook(job.id, "delivered" if delivery.delivered else "failed", delivery.attempts)
+            if not delivery.delivered:
+                metrics.add_metric(name="WebhooksFailed", unit=MetricUnit.Count, value=1)
