@@ -75,6 +75,8 @@ class Settings(BaseModel):
     idempotency_table: str | None = Field(None, alias="IDEMPOTENCY_TABLE")
     idempotency_ttl_s: int = Field(24 * 3600, alias="IDEMPOTENCY_TTL_SECONDS", ge=60, le=30 * 24 * 3600)
     max_receive_count: int = Field(5, alias="MAX_RECEIVE_COUNT", ge=1, le=1000)
+    # Upstream slots of one worker invocation: at most this many Flux API calls in flight at once in it, so at most
+    # WorkerMaxConcurrency x this in the fleet. Its items run in twice as many threads (worker_items_in_flight).
     worker_threads: int = Field(8, alias="WORKER_THREADS", ge=1, le=64)
     worker_reserve_s: float = Field(5.0, alias="WORKER_RESERVE_SECONDS", ge=0, le=60)
     # A delivery holds its item for the rest of its invocation (read from the Lambda context, so it follows the
@@ -90,6 +92,14 @@ class Settings(BaseModel):
     api_budget_s: float = Field(28.0, alias="API_BUDGET_SECONDS", gt=1, le=900)
     response_reserve_s: float = Field(1.0, alias="RESPONSE_RESERVE_SECONDS", ge=0, le=10)
     mirror_reserve_s: float = Field(4.0, alias="MIRROR_RESERVE_SECONDS", ge=0, le=60)
+
+    @property
+    def worker_items_in_flight(self) -> int:
+        """Items one worker invocation works on at once: twice its upstream slots, so while one item mirrors its
+        image and records it (slot given back), another has already claimed its item and waits for the slot.
+        Bounded, not the whole batch: each item mirroring holds a buffer, and an item is claimed only when a
+        thread is about to run it (so the time check before the claim sees the time it will really have)."""
+        return 2 * self.worker_threads
 
     def require(self, *fields: str) -> None:
         """Fail clearly when a feature needs settings this deployment does not have."""
