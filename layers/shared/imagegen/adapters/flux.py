@@ -156,6 +156,7 @@ class FluxClient:
         key_refreshed = False
         attempt = 0
         last: _Retry | None = None
+        waited_s = 0.0  # for a free upstream slot
         while True:
             attempt += 1
             remaining = deadline.remaining()
@@ -166,9 +167,12 @@ class FluxClient:
             try:
                 # One of the invocation's upstream slots for this attempt only: given back once the answer is
                 # read (before the image is mirrored) and during the backoff below (imagegen.slots).
+                asked = time.monotonic()
                 with upstream_slot(deadline, reserve_s=MIN_ATTEMPT_S):
+                    waited_s += time.monotonic() - asked  # not the upstream's time: kept out of elapsed_ms
                     url = self._attempt(payload, key, deadline)
-                return UpstreamResult(url, attempt, int((time.monotonic() - started) * 1000), key_refreshed)
+                elapsed_ms = int((time.monotonic() - started - waited_s) * 1000)
+                return UpstreamResult(url, attempt, elapsed_ms, key_refreshed)
             except UpstreamAuthError:
                 if key_refreshed:
                     raise
