@@ -27,6 +27,7 @@ import os
 import sys
 import time
 import urllib.request
+from typing import Any
 
 import requests
 
@@ -48,6 +49,19 @@ def vendor_sample_loop(url: str, key: str, items: int) -> float:
         with urllib.request.urlopen(output) as image:
             image.read()
     return time.perf_counter() - started
+
+
+def _timed(handler: Any, timeline: list[tuple[float, float, int]], origin: Any) -> Any:
+    """The worker's handler, recording when each invocation ran (relative to the submit) and its batch size."""
+
+    def invoke(event: dict[str, Any], context: Any) -> Any:
+        begun = time.perf_counter() - origin()
+        try:
+            return handler(event, context)
+        finally:
+            timeline.append((begun, time.perf_counter() - origin(), len(event["Records"])))
+
+    return invoke
 
 
 def main() -> int:
@@ -77,8 +91,12 @@ def main() -> int:
         },
         extra_env={"WORKER_THREADS": str(args.slots)},
     )
+    started = 0.0
     with stack:
         assert stack.emulator is not None
+        timeline: list[tuple[float, float, int]] = []  # each invocation: start, end (s after submit), records
+        for poller in stack.pollers:
+            poller.handler = _timed(poller.handler, timeline, lambda: started)
         headers = {"x-api-key": stack.api_key}
         prompts = [{"prompt": f"bulk {i}", "seed": i, "width": 512, "height": 512} for i in range(args.items)]
         chunks = [prompts[start : start + MAX_JOB_ITEMS] for start in range(0, len(prompts), MAX_JOB_ITEMS)]
@@ -116,6 +134,8 @@ def main() -> int:
             "submit_s": round(submit_s, 2),
             "succeeded": sum(job["counts"]["succeeded"] for job in jobs),
             "failed": sum(job["counts"]["failed"] for job in jobs),
+            "first_invocation_s": round(min(start for start, _, _ in timeline), 2),
+            "batches": [f"{size} items {start:.1f}-{end:.1f} s" for start, end, size in sorted(timeline)],
             "upstream_calls": stack.emulator.calls,
             "upstream_429": by_status.get(429, 0),
             "upstream_max_in_flight": stack.emulator.max_in_flight,
