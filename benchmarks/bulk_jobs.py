@@ -1,12 +1,12 @@
-"""One bulk job through the local stack: API → SQS → worker (local event source mapping) → emulator → S3.
+"""Bulk jobs through the local stack: API → SQS → worker (local event source mapping) → emulator → S3.
 
 The emulator answers after 1 s and allows 16 concurrent generations (429 with Retry-After above that). The
 worker is configured like a deployment sized for that limit: ``WorkerMaxConcurrency`` invocations x
-``WorkerThreads`` upstream slots each = 16 calls in flight at most. Each invocation works on twice as many items
-as it has slots: an item gives its slot back as soon as the upstream answers and mirrors while the next one calls,
-so the slots never wait for S3 and DynamoDB. Batches are larger than the slots (``WorkerBatchSize`` 100, with
-the 1 s batching window AWS requires above 10) so an invocation's tail (its last items leave slots idle while
-its batch finishes) comes once per 100 items, not once per item.
+``WorkerThreads`` upstream slots each = 16 calls in flight at most. An item gives its slot back as soon as the
+upstream answers and mirrors while the next item of its batch calls, so a batch of k x the slots leaves them
+idle for S3 and DynamoDB once per k generations (its tail) instead of once per generation; larger k, coarser
+steps at the job's end (a batch is taken whole by one invocation). Defaults, for 200 items: 16 x 1 slot,
+batches of 2. For 2,000 items: ``--invocations 8 --slots 2 --batch-size 10 --job-items 100``.
 
 Checked: all items succeed, none lost, none generated twice (the emulator's call counter equals the items plus
 the 429s it answered, which must be 0; one S3 object per image); the most concurrent generations the emulator
@@ -16,7 +16,7 @@ Side by side: the vendor's sample code (urllib.request, one request after anothe
 downloading each image as a client of the vendor must.
 
     PYTHONPATH=layers/shared:functions/api:functions/worker:local .venv/bin/python benchmarks/bulk_jobs.py \
-        --vendor-items 0 [--items 2000]
+        --vendor-items 0 [--items 2000 --invocations 8 --slots 2 --batch-size 10 --job-items 100]
 """
 
 from __future__ import annotations
@@ -67,10 +67,10 @@ def _timed(handler: Any, timeline: list[tuple[float, float, int]], origin: Any) 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=200)
-    parser.add_argument("--invocations", type=int, default=2, help="WorkerMaxConcurrency (at least 2, as on AWS)")
-    parser.add_argument("--slots", type=int, default=8, help="WorkerThreads: upstream slots per invocation")
-    parser.add_argument("--batch-size", type=int, default=100, help="WorkerBatchSize")
-    parser.add_argument("--batching-window", type=int, default=1, help="WorkerMaxBatchingWindowSeconds")
+    parser.add_argument("--invocations", type=int, default=16, help="WorkerMaxConcurrency (at least 2, as on AWS)")
+    parser.add_argument("--slots", type=int, default=1, help="WorkerThreads: upstream slots per invocation")
+    parser.add_argument("--batch-size", type=int, default=2, help="WorkerBatchSize")
+    parser.add_argument("--batching-window", type=int, default=0, help="WorkerMaxBatchingWindowSeconds")
     parser.add_argument("--vendor-items", type=int, default=200, help="items for the vendor's serial loop (0: skip)")
     parser.add_argument(
         "--job-items",
