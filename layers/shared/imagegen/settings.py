@@ -17,10 +17,11 @@ from imagegen.errors import ConfigurationError
 
 VENDOR_API_URL = "https://gateway.appypie.com/flux-1-schnell/v1/getData"
 MIB = 1024 * 1024
-# Threads per upstream slot in a worker invocation. One item calls the upstream while the others claim their
-# item, mirror and record (~0.2 s on AWS against seconds of generation; up to ~1 s on the loaded local stack,
-# where two per slot left slots idle). Bounded rather than the whole batch: each item mirroring holds a buffer
-# (up to ~10 MB), and an item is claimed only when a thread takes it, so its time check sees the time it has.
+# Threads per upstream slot in a worker invocation. One item calls the upstream while the others claim their item,
+# mirror and record (a few hundred ms on AWS, an estimate, against seconds of generation; up to ~1 s on a loaded
+# local stack, where a 10-item batch on one slot took ~12.2 s with two threads and ~11.2 s with four, in noisy
+# single runs). Bounded rather than the whole batch: each item mirroring holds a buffer (up to ~10 MB), and an
+# item is claimed only when a thread takes it, so its time check sees the time it has.
 ITEMS_PER_SLOT = 4
 
 
