@@ -1,25 +1,34 @@
-"""200 items through the local stack: API → SQS → worker (local event source mapping) → emulator → S3.
+"""Bulk jobs through the local stack: API → SQS → worker (local event source mapping) → emulator → S3.
 
 The emulator answers after 1 s and allows 16 concurrent generations (429 with Retry-After above that). The
-worker is configured like a deployment sized for that limit: ``WorkerMaxConcurrency`` invocations × items per
-batch run concurrently (``WORKER_THREADS``). Checked: all 200 succeed, none lost, none generated twice (the
-emulator's call counter equals 200 plus the 429s it answered; one S3 object per image). Target: wall time from
-submit to the last item ≤ 1.25 × the ideal 200/16 × 1 s.
+worker is configured like a deployment sized for that limit: ``WorkerMaxConcurrency`` invocations x
+``WorkerThreads`` upstream slots each = 16 calls in flight at most. An item gives its slot back as soon as the
+upstream answers and mirrors while the next item of its batch calls, so a batch of k x the slots leaves them
+idle for S3 and DynamoDB once per k generations (its tail) instead of once per generation; larger k, coarser
+steps at the job's end (a batch is taken whole by one invocation). Defaults, for 200 items: 16 x 1 slot,
+batches of 2. For 2,000 items: ``--invocations 8 --slots 2 --batch-size 10 --job-items 100``.
+
+Checked: all items succeed, none lost, none generated twice (the emulator's call counter equals the items plus
+the 429s it answered, which must be 0; one S3 object per image); the most concurrent generations the emulator
+saw. Target: wall time from submit to the last item ≤ 1.10 x the ideal items/16 x 1 s.
 
 Side by side: the vendor's sample code (urllib.request, one request after another) against the same emulator,
 downloading each image as a client of the vendor must.
 
-    PYTHONPATH=layers/shared:functions/api:functions/worker:local .venv/bin/python benchmarks/bulk_jobs.py
+    PYTHONPATH=layers/shared:functions/api:functions/worker:local .venv/bin/python benchmarks/bulk_jobs.py \
+        --vendor-items 0 [--items 2000 --invocations 8 --slots 2 --batch-size 10 --job-items 100]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
 import urllib.request
+from typing import Any
 
 import requests
 
@@ -42,13 +51,38 @@ def vendor_sample_loop(url: str, key: str, items: int) -> float:
     return time.perf_counter() - started
 
 
+def _timed(handler: Any, timeline: list[tuple[float, float, int]], origin: Any) -> Any:
+    """The worker's handler, recording when each invocation ran (relative to the submit) and its batch size."""
+
+    def invoke(event: dict[str, Any], context: Any) -> Any:
+        begun = time.perf_counter() - origin()
+        try:
+            return handler(event, context)
+        finally:
+            timeline.append((begun, time.perf_counter() - origin(), len(event["Records"])))
+
+    return invoke
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=200)
-    parser.add_argument("--invocations", type=int, default=16, help="WorkerMaxConcurrency (= the upstream limit)")
-    parser.add_argument("--batch-size", type=int, default=1, help="WorkerBatchSize (and WORKER_THREADS)")
+    parser.add_argument("--invocations", type=int, default=16, help="WorkerMaxConcurrency (at least 2, as on AWS)")
+    parser.add_argument("--slots", type=int, default=1, help="WorkerThreads: upstream slots per invocation")
+    parser.add_argument("--batch-size", type=int, default=2, help="WorkerBatchSize")
+    parser.add_argument("--batching-window", type=int, default=0, help="WorkerMaxBatchingWindowSeconds")
     parser.add_argument("--vendor-items", type=int, default=200, help="items for the vendor's serial loop (0: skip)")
+    parser.add_argument(
+        "--job-items",
+        type=int,
+        default=250,
+        help="items per job (the API takes up to 1,000, but a 1,000-item POST outlasts the local API's 29 s "
+        "budget on a loaded 2-core machine: moto writes the items and the messages)",
+    )
+    parser.add_argument("--target", type=float, default=1.10, help="the ratio to the ideal to stay under")
     args = parser.parse_args()
+    if args.invocations * args.slots > CONCURRENCY_LIMIT:
+        parser.error(f"{args.invocations} x {args.slots} slots exceed the emulator's limit of {CONCURRENCY_LIMIT}")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
 
     from devstack.stack import LocalStack
@@ -60,23 +94,34 @@ def main() -> int:
         worker_parameters={
             "WorkerMaxConcurrency": str(args.invocations),
             "WorkerBatchSize": str(args.batch_size),
-            "WorkerMaxBatchingWindowSeconds": "0",
+            "WorkerMaxBatchingWindowSeconds": str(args.batching_window),
         },
-        extra_env={"WORKER_THREADS": str(args.batch_size)},
+        extra_env={"WORKER_THREADS": str(args.slots)},
     )
+    started = 0.0
     with stack:
         assert stack.emulator is not None
+        timeline: list[tuple[float, float, int]] = []  # each invocation: start, end (s after submit), records
+        for poller in stack.pollers:
+            poller.handler = _timed(poller.handler, timeline, lambda: started)
         headers = {"x-api-key": stack.api_key}
-        body = {"items": [{"prompt": f"bulk {i}", "seed": i, "width": 512, "height": 512} for i in range(args.items)]}
+        prompts = [{"prompt": f"bulk {i}", "seed": i, "width": 512, "height": 512} for i in range(args.items)]
+        chunks = [prompts[start : start + args.job_items] for start in range(0, len(prompts), args.job_items)]
         started = time.perf_counter()
-        submitted = requests.post(f"{stack.url}/v1/jobs", json=body, headers=headers, timeout=60)
-        assert submitted.status_code == 202, submitted.text
-        job_id = submitted.json()["id"]
-        while True:  # a client polling at 4 rps: under the usage plan's 5 rps
-            answer = requests.get(f"{stack.url}/v1/jobs/{job_id}?limit=1", headers=headers, timeout=60)
+        pending = []
+        for chunk in chunks:  # more items than --job-items: more jobs, submitted one after another
+            submitted = requests.post(f"{stack.url}/v1/jobs", json={"items": chunk}, headers=headers, timeout=120)
+            assert submitted.status_code == 202, submitted.text
+            pending.append(submitted.json()["id"])
+        submit_s = time.perf_counter() - started
+        jobs = []
+        while pending:  # a client polling at 4 rps (one job at a time): under the usage plan's 5 rps
+            answer = requests.get(f"{stack.url}/v1/jobs/{pending[0]}?limit=1", headers=headers, timeout=60)
             if answer.status_code == 200 and answer.json()["completed_at"]:
-                job = answer.json()
-                break
+                jobs.append(answer.json())
+                pending.pop(0)
+                continue
+            pending.append(pending.pop(0))
             time.sleep(0.25)
         wall_s = time.perf_counter() - started
 
@@ -87,23 +132,37 @@ def main() -> int:
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.resources.bucket, Prefix="images/")
         )
         ideal_s = args.items / CONCURRENCY_LIMIT * LATENCY_S
+        mapping = stack.pollers[0].stats()
+        first_s = min(start for start, _, _ in timeline)
         result = {
             "items": args.items,
-            "worker": f"{args.invocations} invocations x {args.batch_size} concurrent items",
-            "succeeded": job["counts"]["succeeded"],
-            "failed": job["counts"]["failed"],
+            "worker": f"{args.invocations} invocations x {args.slots} upstream slots, batches of {args.batch_size}",
+            "invocations": mapping["invocations"],
+            "jobs": len(jobs),
+            "submit_s": round(submit_s, 2),
+            "succeeded": sum(job["counts"]["succeeded"] for job in jobs),
+            "failed": sum(job["counts"]["failed"] for job in jobs),
+            "first_invocation_s": round(first_s, 2),
+            "batches": [f"{size} items {start:.1f}-{end:.1f} s" for start, end, size in sorted(timeline)],
             "upstream_calls": stack.emulator.calls,
             "upstream_429": by_status.get(429, 0),
+            "upstream_max_in_flight": stack.emulator.max_in_flight,
             "s3_objects": objects,
             "none_generated_twice": stack.emulator.calls == args.items + by_status.get(429, 0)
             and objects == args.items,
             "wall_s": round(wall_s, 2),
             "ideal_s": ideal_s,
             "ratio_to_ideal": round(wall_s / ideal_s, 3),
-            "target_ratio": 1.25,
+            # No schedule beats this: the first message reached the worker then, and some slot makes
+            # ceil(items / 16) calls one after another (13 for 200 items, where the ideal counts 12.5).
+            "floor_s": round(first_s + math.ceil(args.items / CONCURRENCY_LIMIT) * LATENCY_S, 2),
+            "target_ratio": args.target,
         }
         result["meets_target"] = (
-            result["succeeded"] == args.items and result["none_generated_twice"] and result["ratio_to_ideal"] <= 1.25
+            result["succeeded"] == args.items
+            and result["none_generated_twice"]
+            and result["upstream_429"] == 0
+            and result["ratio_to_ideal"] <= args.target
         )
         if args.vendor_items:
             stack.emulator.reset_counters()

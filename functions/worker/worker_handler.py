@@ -20,6 +20,7 @@ from imagegen.budget import Deadline
 from imagegen.models import FanoutMessage
 from imagegen.observability import tracer_from_env
 from imagegen.settings import get_settings
+from imagegen.slots import UpstreamSlots, bound_upstream
 from imagegen.snapstart import register_hooks
 from pydantic import ValidationError
 
@@ -111,10 +112,11 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     settings = get_settings()
     deadline = Deadline.from_context(context, cap_s=900, reserve_s=settings.worker_reserve_s)
     processor = item_processor()
-    batch = ConcurrentBatchProcessor(EventType.SQS, model=QueueRecord, max_workers=settings.worker_threads)
-    return process_partial_response(
-        event=event,
-        record_handler=lambda record: _handle(record, processor, deadline),
-        processor=batch,
-        context=context,
-    )
+    batch = ConcurrentBatchProcessor(EventType.SQS, model=QueueRecord, max_workers=settings.worker_items_in_flight)
+    with bound_upstream(UpstreamSlots(settings.worker_threads)):  # this invocation's slots (imagegen.slots)
+        return process_partial_response(
+            event=event,
+            record_handler=lambda record: _handle(record, processor, deadline),
+            processor=batch,
+            context=context,
+        )

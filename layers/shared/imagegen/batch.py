@@ -18,6 +18,7 @@ loaded at its own import (``batch/types.py``), so this module imports it before 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextvars import Context, copy_context
 from typing import Any
 
 from aws_lambda_powertools.utilities.batch import BatchProcessor, EventType
@@ -52,5 +53,11 @@ class ConcurrentBatchProcessor(BatchProcessor):
     def process(self) -> list[tuple]:  # type: ignore[override]
         if len(self.records) <= 1 or self.max_workers <= 1:
             return super().process()
+        # Each record runs in a copy of the caller's context: the invocation's upstream slots (imagegen.slots)
+        # reach every thread. Copied here, in the caller's thread: a pool thread's own context is empty.
+        contexts = [copy_context() for _ in self.records]
         with ThreadPoolExecutor(max_workers=min(self.max_workers, len(self.records))) as pool:
-            return list(pool.map(self._process_record, self.records))
+            return list(pool.map(self._process_in, contexts, self.records))
+
+    def _process_in(self, context: Context, record: Any) -> tuple:
+        return context.run(self._process_record, record)

@@ -2,9 +2,10 @@
 
 One ``requests.Session`` per container (connection reuse across warm invocations), explicit connect/read
 timeouts, bounded retries with exponential backoff and full jitter that honour ``Retry-After`` and never run past
-the caller's deadline. Understands both the documented ``{"error": ...}`` bodies and Azure API Management's
-``{"statusCode", "message"}`` bodies. The subscription key travels only in the request header: it is never part
-of a log line or an exception message.
+the caller's deadline. Inside a worker invocation each attempt holds one of the invocation's upstream slots
+(``imagegen.slots``), and only for as long as the upstream takes to answer. Understands both the documented
+``{"error": ...}`` bodies and Azure API Management's ``{"statusCode", "message"}`` bodies. The subscription key
+travels only in the request header: it is never part of a log line or an exception message.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from imagegen.errors import (
     UpstreamUnavailableError,
 )
 from imagegen.models import GenerationParameters
+from imagegen.slots import upstream_slot
 
 MAX_JSON_BYTES = 64 * 1024
 MAX_RETRY_AFTER_S = 86_400.0
@@ -155,6 +157,7 @@ class FluxClient:
         key_refreshed = False
         attempt = 0
         last: _Retry | None = None
+        waited_s = 0.0  # for a free upstream slot
         while True:
             attempt += 1
             remaining = deadline.remaining()
@@ -163,8 +166,14 @@ class FluxClient:
                     raise UpstreamTimeoutError("no time left to call the Flux Schnell API within the request budget")
                 raise self._unavailable(last)
             try:
-                url = self._attempt(payload, key, deadline)
-                return UpstreamResult(url, attempt, int((time.monotonic() - started) * 1000), key_refreshed)
+                # One of the invocation's upstream slots for this attempt only: given back once the answer is
+                # read (before the image is mirrored) and during the backoff below (imagegen.slots).
+                asked = time.monotonic()
+                with upstream_slot(deadline, reserve_s=MIN_ATTEMPT_S):
+                    waited_s += time.monotonic() - asked  # not the upstream's time: kept out of elapsed_ms
+                    url = self._attempt(payload, key, deadline)
+                elapsed_ms = int((time.monotonic() - started - waited_s) * 1000)
+                return UpstreamResult(url, attempt, elapsed_ms, key_refreshed)
             except UpstreamAuthError:
                 if key_refreshed:
                     raise

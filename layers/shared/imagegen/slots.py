@@ -1,0 +1,92 @@
+"""Upstream slots: how many calls to the Flux API one worker invocation may have in flight at once.
+
+The worker runs more of its batch's items at once than it has slots (``Settings.worker_items_in_flight``), and an
+item holds a slot only while the upstream is answering it: it takes one just before an HTTP attempt and gives it
+back as soon as that attempt's answer is read, so it mirrors the image into S3 and records it while the next item
+calls the upstream. A retry's backoff holds no slot either.
+
+One ``UpstreamSlots`` per invocation, never per process: each Lambda execution environment runs one invocation
+at a time and shares no memory with the others, so the fleet-wide bound on concurrent upstream calls is exactly
+``WorkerMaxConcurrency`` (the event source mapping's ``MaximumConcurrency``) x ``WorkerThreads``, with nothing
+to coordinate. The local stack runs several invocations in one process: a per-process semaphore would bound them
+together, which Lambda never does; a per-invocation one behaves the same in both places.
+
+The slots travel in a context variable, set by the worker's handler for the length of an invocation
+(``bound_upstream``) and copied into each record's thread by ``ConcurrentBatchProcessor``; ``FluxClient`` takes
+one around every attempt (``upstream_slot``). Outside a bound (the synchronous API) a call takes no slot.
+
+Light on purpose (no requests, no boto3): the worker's handler imports it at cold start.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
+from imagegen.budget import Deadline
+from imagegen.errors import UpstreamTimeoutError
+
+_SLOTS: ContextVar[UpstreamSlots | None] = ContextVar("upstream_slots", default=None)
+
+
+class UpstreamSlots:
+    """At most ``size`` holders at once among the threads that share it; a waiter gives up at its deadline."""
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"an invocation needs at least one upstream slot, got {size!r}")
+        self.size = size
+        self._free = threading.BoundedSemaphore(size)
+        self._lock = threading.Lock()
+        self._in_use = 0
+
+    def acquire(self, timeout_s: float) -> bool:
+        if not self._free.acquire(timeout=max(0.0, timeout_s)):
+            return False
+        with self._lock:
+            self._in_use += 1
+        return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._in_use -= 1
+        self._free.release()
+
+    @property
+    def in_use(self) -> int:
+        return self._in_use
+
+
+@contextmanager
+def bound_upstream(slots: UpstreamSlots) -> Iterator[UpstreamSlots]:
+    """Upstream calls made in this context, and in the threads that run in copies of it, share ``slots``."""
+    token = _SLOTS.set(slots)
+    try:
+        yield slots
+    finally:
+        _SLOTS.reset(token)
+
+
+def current_slots() -> UpstreamSlots | None:
+    return _SLOTS.get()
+
+
+@contextmanager
+def upstream_slot(deadline: Deadline, *, reserve_s: float = 0.0) -> Iterator[None]:
+    """Hold one of the current slots for the ``with`` block (nothing outside a ``bound_upstream``).
+
+    Waits at most until ``reserve_s`` before the deadline (an attempt needs time to run once it has its slot):
+    then ``UpstreamTimeoutError``, retryable, so the item goes back to the queue for an invocation with time.
+    """
+    slots = _SLOTS.get()
+    if slots is None:
+        yield
+        return
+    if not slots.acquire(deadline.remaining() - reserve_s):
+        raise UpstreamTimeoutError("no upstream slot came free within the request budget")
+    try:
+        yield
+    finally:
+        slots.release()
