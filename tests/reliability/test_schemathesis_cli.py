@@ -70,7 +70,7 @@ def test_schemathesis_cli_with_default_checks_passes(stack, emulator, reliabilit
 
     # Then it passes: no failure beyond the accepted ones
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
-    assert "Tested: 5" in done.stdout, done.stdout[-3000:]
+    assert "Tested: 6" in done.stdout, done.stdout[-3000:]
     reliability.record(
         "Bad input",
         "schemathesis CLI, default checks, every phase",

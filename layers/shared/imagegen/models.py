@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Annotated, Any, Literal
@@ -244,6 +245,12 @@ def _web_url(value: str | None) -> str | None:
         raise ValueError("must be an https URL")
     if parts.username or parts.password:
         raise ValueError("must not carry credentials")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError:
+        raise ValueError("the port must be a number from 0 to 65535") from None
+    if not re.fullmatch(WEB_URL_PATTERN, value):  # what the published schema promises
+        raise ValueError("must be an https URL (scheme, host, optional port, path)")
     return value
 
 
@@ -251,7 +258,19 @@ class JobRequest(Model):
     """``POST /v1/jobs``: up to 1,000 image requests (or an uploaded file of up to 100,000), an optional webhook
     and metadata echoed back."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+    # Exactly one source of items, stated in the schema too (what _one_source_of_items enforces): a client
+    # generator or a fuzzer reading the spec must not take a body with both, or neither, for a valid one.
+    model_config = ConfigDict(
+        extra="forbid",
+        strict=True,
+        defer_build=True,
+        json_schema_extra={
+            "oneOf": [
+                {"required": ["items"], "properties": {"items": {"type": "array"}}},
+                {"required": ["items_upload_id"], "properties": {"items_upload_id": {"type": "string"}}},
+            ]
+        },
+    )
 
     items: list[ImageRequest] | None = Field(
         None,
