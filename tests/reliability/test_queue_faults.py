@@ -522,8 +522,10 @@ def test_dlq_path_an_item_that_kills_every_invocation_reaches_the_dlq_and_comple
         return generate()
 
     patch_generation(monkeypatch, queue_path.worker, job_id, item_0_kills_its_invocation)
-    queue_path.start()
+    # (both on the queue before the pollers start, so they come in one batch: a poll during the send could split
+    # them, and the bystander's batch would then succeed on its own)
     queue_path.send(bodies)
+    queue_path.start()
     queue_path.wait_for(lambda: queue_path.depth(queue_path.dlq_url) == 2 and queue_path.idle(), "dead-lettered")
     # Then the DLQ holds the killer's message (the DLQ depth alarm fires) with its item still running, so the job
     # is not complete; and its batch-mate's, which failed with the whole batch each time (a function error fails
