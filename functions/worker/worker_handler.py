@@ -59,14 +59,21 @@ class RetryLater(Exception):
 
 
 def _fan_out(record: QueueRecord, body: dict[str, Any]) -> None:
-    """A fan-out message of the service's own, or an ``Image Requested`` event: both safe to replay whole."""
-    from imagegen.fanout import FanoutIncomplete, InvalidEvent, is_eventbridge_envelope
+    """A fan-out message of the service's own, or an ``Image Requested`` event: both safe to replay whole. On
+    its last receive a failure is not retried (SQS would dead-letter it with the job's items never written):
+    the fan-out gives up, failing what it never fanned out, and the job completes."""
+    from imagegen.fanout import FanoutIncomplete, InvalidEvent, event_job_id, is_eventbridge_envelope
 
+    receive_count = int(record.attributes.ApproximateReceiveCount)
+    message: FanoutMessage | None = None
     try:
         if is_eventbridge_envelope(body):
+            if isinstance(body.get("id"), str) and body["id"]:
+                message = FanoutMessage(job_id=event_job_id(body["id"]))  # its job, if it was created
             fan_out().from_event(body)
         else:
-            fan_out().handle(FanoutMessage.model_validate(body))
+            message = FanoutMessage.model_validate(body)
+            fan_out().handle(message)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first.get("loc", ())) or "message"
@@ -76,10 +83,15 @@ def _fan_out(record: QueueRecord, body: dict[str, Any]) -> None:
         metrics.add_metric(name="InvalidMessages", unit=MetricUnit.Count, value=1)
         logger.warning("invalid event", message_id=record.messageId, reason=str(exc)[:300])
         job_queue().dead_letter(record.body, f"invalid Image Requested event: {exc}", record.messageId)
-    except FanoutIncomplete as exc:
-        job_queue().delay(record.receiptHandle, 5)
-        raise RetryLater(str(exc)) from None
-    except Exception:
+    except Exception as exc:
+        last_receive = message is not None and receive_count >= get_settings().max_receive_count
+        # give_up is None without a job to settle (an event that never became one): the DLQ keeps it for a redrive
+        if last_receive and message is not None and fan_out().give_up(message, receive_count) is not None:
+            logger.exception("fan-out failed on its last receive; given up", message_id=record.messageId)
+            return
+        if isinstance(exc, FanoutIncomplete):
+            job_queue().delay(record.receiptHandle, 5)
+            raise RetryLater(str(exc)) from None
         logger.exception("fan-out failed; the message will be redelivered", message_id=record.messageId)
         job_queue().delay(record.receiptHandle, 10)
         raise

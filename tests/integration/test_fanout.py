@@ -232,6 +232,29 @@ def test_upload_job_with_a_bad_line_3_fails_that_item_only_and_writes_the_result
     assert completed[0]["detail"]["job"]["results"]["items"] == 4
 
 
+def test_upload_job_of_150_lines_completes_with_its_results_file(api, emulator):
+    # Given an uploaded file of 150 requests (2 chunks of the fan-out): the CI-sized run of
+    # benchmarks/large_upload_job.py (10,000 lines through make run's program)
+    lines = [json.dumps({"prompt": f"upload {i}", "seed": i, "width": 256, "height": 256}) for i in range(150)]
+    upload_id = put_upload(api, lines)
+    # When a job names it and the worker fans it out and generates it
+    submitted = api("POST", "/v1/jobs", json={"items_upload_id": upload_id})
+    assert submitted.status_code == 202, submitted.text
+    assert submitted.json()["total"] == 150
+    job = wait_for_job(api, submitted.json()["id"], timeout_s=120)
+    # Then every item succeeded, generated once, and the results file has one line per item, in index order
+    assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 150, job["counts"]
+    assert emulator.calls == 150
+    deadline = time.monotonic() + 10
+    while job["results"] is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job = api("GET", f"/v1/jobs/{job['id']}?limit=1").json()
+    assert job["results"]["items"] == 150
+    rows = [json.loads(line) for line in requests.get(job["results"]["url"], timeout=10).text.splitlines()]
+    assert [row["index"] for row in rows] == list(range(150))
+    assert Counter(row["status"] for row in rows) == {"succeeded": 150}
+
+
 def test_upload_refusals_name_items_upload_id(api, emulator, monkeypatch):
     from imagegen import jobs
 

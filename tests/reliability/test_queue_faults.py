@@ -522,8 +522,10 @@ def test_dlq_path_an_item_that_kills_every_invocation_reaches_the_dlq_and_comple
         return generate()
 
     patch_generation(monkeypatch, queue_path.worker, job_id, item_0_kills_its_invocation)
-    queue_path.start()
+    # (both on the queue before the pollers start, so they come in one batch: a poll during the send could split
+    # them, and the bystander's batch would then succeed on its own)
     queue_path.send(bodies)
+    queue_path.start()
     queue_path.wait_for(lambda: queue_path.depth(queue_path.dlq_url) == 2 and queue_path.idle(), "dead-lettered")
     # Then the DLQ holds the killer's message (the DLQ depth alarm fires) with its item still running, so the job
     # is not complete; and its batch-mate's, which failed with the whole batch each time (a function error fails
@@ -705,4 +707,158 @@ def test_a_fan_out_chunk_delivered_twice_or_killed_midway_loses_and_duplicates_n
         "20/20 succeeded, 0 lost, each generated once (20 upstream calls)",
         **figures,
         receives=queue_path.stats()["records_delivered"],
+    )
+
+
+def fan_out_on(queue_path: QueuePath, monkeypatch: Any, chunk_items: int = 5) -> tuple[Any, Any]:
+    """The fan-out and the API's job service on the test's queue, cutting jobs into chunks of ``chunk_items``."""
+    from imagegen import jobs, wiring
+
+    monkeypatch.setattr(jobs, "CHUNK_ITEMS", chunk_items)  # the API sends a job of one chunk as that chunk
+    fan_out = wiring.fan_out()
+    monkeypatch.setattr(fan_out, "_queue", queue_path.queue)
+    monkeypatch.setattr(fan_out, "_chunk_items", chunk_items)
+    monkeypatch.setattr(wiring.job_service(), "_queue", queue_path.queue)
+    return fan_out, wiring.job_service()
+
+
+def count_announcements(monkeypatch: Any, worker: Any, fan_out: Any) -> Counter[str]:
+    """Completions announced ("Job Completed" and the webhook), by job: by items settling or by the fan-out."""
+    announced: Counter[str] = Counter()
+    processor = worker.item_processor()
+    real = processor.announce
+
+    def announce(job_id: str) -> None:
+        announced[job_id] += 1
+        real(job_id)
+
+    monkeypatch.setattr(processor, "announce", announce)
+    monkeypatch.setattr(fan_out, "_on_complete", announce)
+    return announced
+
+
+def started_items(repository: Any, job_id: str) -> set[int]:
+    """Items that ever left ``queued`` for a generation: running, or done after an attempt."""
+    return {item.index for item in repository.iter_items(job_id) if item.status == "running" or item.attempts}
+
+
+@pytest.mark.parametrize("moment", ["before any chunk ran", "midway through the fan-out"])
+def test_a_cancel_racing_the_fan_out_loses_nothing_and_starts_nothing_more(
+    stack, repository, emulator, queue_path, monkeypatch, reliability, moment
+):
+    # Given a job of 40 items cut into 8 chunks of 5, generations of 0.3 s
+    from imagegen.models import ImageRequest, JobRequest
+
+    fan_out, service = fan_out_on(queue_path, monkeypatch)
+    announced = count_announcements(monkeypatch, queue_path.worker, fan_out)
+    emulator.set_latency(0.3)
+    items = [ImageRequest(prompt=f"race {i}", seed=i, width=256, height=256) for i in range(40)]
+    before_any = moment.startswith("before")
+    started: set[int] = set()
+    canceled_at: list[int] = []
+    if not before_any:
+        # the chunk of items 15-19 waits for the first item of the job to start, then the client cancels and the
+        # chunk goes on: some chunks are written (their items queued or started), some are not yet
+        real_put = repository.put_queued_items
+
+        def cancel_midway(job: Any, requests: list[Any], correlation_id: Any) -> list[int]:
+            if not canceled_at and requests and requests[0][0] == 15:
+                deadline = time.monotonic() + 20
+                while not started_items(repository, job.id) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                service.cancel(job.id)
+                canceled_at.append(len(list(repository.iter_items(job.id))))
+                started.update(started_items(repository, job.id))  # after the cancel: nothing else can start
+            return real_put(job, requests, correlation_id)
+
+        monkeypatch.setattr(repository, "put_queued_items", cancel_midway)
+    job_id = service.submit(JobRequest(items=items)).id
+    if before_any:
+        service.cancel(job_id)
+    # When the worker fans it out through the real queue, the cancel's control message among its messages
+    queue_path.start()
+    queue_path.wait_settled(repository, job_id)
+    # Then every item is terminal (succeeded only if it started before the cancel, else canceled), no item was
+    # generated twice, none that had not started was generated at all, and the job completed, announced once
+    figures = assert_invariants(stack, repository, emulator, job_id, retries=0)
+    per_item = calls_per_item(emulator)
+    assert all(per_item[index] <= 1 for index in range(40)), per_item
+    assert set(per_item) <= started, (sorted(per_item), sorted(started))
+    statuses = {item.index: item.status for item in repository.iter_items(job_id)}
+    assert len(statuses) == 40
+    assert all(statuses[index] == "canceled" for index in range(40) if index not in started), statuses
+    assert figures["failed"] == 0 and figures["succeeded"] + repository.get_job(job_id).counts.canceled == 40
+    assert announced[job_id] == 1, announced
+    assert queue_path.dead_letters() == []
+    stats = queue_path.stats()
+    if before_any:
+        # nothing started, and no item got a message: the chunks canceled their rows themselves
+        assert started == set() and emulator.calls == 0
+        assert stats["records_delivered"] == 1 + 8 + 1, stats  # the split, 8 chunks, the cancel
+    else:
+        assert canceled_at and started, (canceled_at, started)  # the cancel did come midway
+    reliability.record(
+        "Queue faults",
+        f"fan-out: cancel {moment} (real queue)",
+        f"40/40 terminal ({figures['succeeded']} started before the cancel and succeeded, the rest canceled); "
+        "0 calls for unstarted items; announced once",
+        **figures,
+        receives=stats["records_delivered"],
+    )
+
+
+@pytest.mark.parametrize("fault", ["the items object is gone", "one chunk's range unreadable"])
+def test_a_fan_out_message_failing_on_every_receive_fails_its_items_and_completes_the_job(
+    stack, repository, emulator, queue_path, monkeypatch, reliability, fault
+):
+    # Given a job of 20 items in 4 chunks of 5, whose fan-out fails on every receive: its items object deleted
+    # (the split cannot read it), or the range of the chunk of items 5-9 unreadable
+    from imagegen.adapters.job_objects import items_key
+    from imagegen.models import ImageRequest, JobRequest
+
+    fan_out, service = fan_out_on(queue_path, monkeypatch)
+    announced = count_announcements(monkeypatch, queue_path.worker, fan_out)
+    items = [ImageRequest(prompt=f"lost {i}", seed=i, width=256, height=256) for i in range(20)]
+    job_id = service.submit(JobRequest(items=items)).id
+    whole = fault.startswith("the items object")
+    if whole:
+        stack.aws.client("s3").delete_object(Bucket=stack.resources.bucket, Key=items_key(job_id))
+    else:
+        bad = fan_out._objects.plan(items_key(job_id), 5).chunks[1]
+        assert bad.index == 5
+        real_read = fan_out._objects.read_range
+
+        def unreadable(key: str, start: int, end: int) -> bytes:
+            if key == items_key(job_id) and start == bad.offset:
+                raise OSError("the range could not be read")
+            return real_read(key, start, end)
+
+        monkeypatch.setattr(fan_out._objects, "read_range", unreadable)
+    # When the mapping delivers it up to maxReceiveCount
+    queue_path.start()
+    queue_path.wait_settled(repository, job_id)
+    # Then its last receive gave up instead of leaving it to the DLQ: the items it never fanned out failed
+    # (fanout_failed), the others were generated once, and the job completed, announced once
+    lost = set(range(20)) if whole else set(range(5, 10))
+    for index in range(20):
+        item = repository.get_item(job_id, index)
+        if index in lost:
+            assert item.status == "failed" and item.error.code == "fanout_failed", item
+            assert f"gave up after {MAX_RECEIVES} attempts" in item.error.message
+        else:
+            assert item.status == "succeeded", item
+    figures = assert_invariants(stack, repository, emulator, job_id, retries=0)
+    assert emulator.calls == 20 - len(lost)
+    assert repository.get_job(job_id).status == ("failed" if whole else "partially_failed")
+    assert announced[job_id] == 1, announced
+    assert queue_path.dead_letters() == []
+    stats = queue_path.stats()
+    assert stats["records_failed"] >= MAX_RECEIVES - 1, stats
+    reliability.record(
+        "Queue faults",
+        f"fan-out fails on every receive: {fault} (real queue)",
+        f"{len(lost)} item(s) failed (fanout_failed) on the 5th receive, {20 - len(lost)} succeeded; job complete, "
+        "announced once; DLQ empty",
+        **figures,
+        receives=stats["records_delivered"],
     )

@@ -6,6 +6,11 @@ an item that already moved) and sends the messages of its items still ``queued``
 therefore loses nothing and duplicates no upstream call: a second message for an item is refused by its claim.
 Seeds of items without one derive from job id + index, so a replay generates the same image.
 
+A fan-out message that fails on every receive (its items object unreadable, the queue refusing its sends, a bug)
+would reach the dead-letter queue with its items never written, and the job would never complete. Its last receive
+therefore gives up instead (``give_up``): the items it never fanned out end ``failed`` (``fanout_failed``) and the
+job completes, announced once, as an item's last receive does.
+
 An ``Image Requested`` event (EventBridge → jobs queue) becomes a job the same way (``from_event``), its id
 derived from the event id so a redelivered event makes no second job.
 """
@@ -23,8 +28,9 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
 from imagegen.adapters.job_objects import CHUNK_ITEMS, JobObjects, items_key
-from imagegen.adapters.jobs_table import Job, JobRepository
+from imagegen.adapters.jobs_table import Job, JobRepository, encode_cursor
 from imagegen.adapters.queue import JobQueue
+from imagegen.entities import Item, TransitionConflict
 from imagegen.jobs import with_seed
 from imagegen.models import (
     FanoutChunk,
@@ -40,6 +46,7 @@ logger = Logger(child=True)
 metrics = Metrics()
 
 IMAGE_REQUESTED = "Image Requested"
+FANOUT_FAILED = "fanout_failed"
 
 
 class FanoutIncomplete(Exception):
@@ -129,6 +136,15 @@ class FanOut:
             if self._repository.put_failed_item(job, item_index, ItemError(code="invalid_request", message=reason)):
                 failed += 1
         queued = set(self._repository.put_queued_items(job, valid, extras.correlation_id))
+        if job.canceled:
+            # Canceled before this chunk ran: none of its items may start, so none gets a message (one each, only
+            # to be canceled on arrival); they are canceled here, a transaction per 99, and the job may complete.
+            # (A cancel after the read above is settled the usual way: each message finds the job canceled.)
+            cursor = encode_cursor(chunk.index - 1) if chunk.index else None
+            self._repository.cancel_queued_page(job_id, cursor, limit=max(1, index - chunk.index))
+            if self._repository.complete_if_done(job_id) is not None:
+                self._on_complete(job_id)
+            return
         messages = [
             JobMessage(request=request, job_id=job_id, index=item_index, correlation_id=extras.correlation_id)
             for item_index, request in valid
@@ -141,6 +157,48 @@ class FanOut:
             metrics.add_metric(name="ItemsFailed", unit=MetricUnit.Count, value=failed)
             if self._repository.complete_if_done(job_id) is not None:
                 self._on_complete(job_id)  # every item of the job was a bad line
+
+    # ------------------------------------------------------------------------------------------ giving up
+    def give_up(self, message: FanoutMessage, attempts: int) -> int | None:
+        """The message's last receive failed too: settle what it leaves open, so the job still completes (and is
+        announced once). The items of its range (the whole job for the split, the chunk's for a chunk) that have
+        no row end ``failed`` (``fanout_failed``); for a chunk, so do its rows still queued that never ran (their
+        messages may never have been sent). Safe to replay and to race a chunk that does run: every write is
+        conditional, so an item ends in one terminal state whichever writes first. Returns the items failed, None
+        when there is no job (nothing to settle: the message is better kept in the dead-letter queue)."""
+        job = self._repository.get_job(message.job_id)
+        if job is None:
+            return None
+        if job.completed_at is not None:
+            return 0
+        chunk = message.chunk
+        error = ItemError(
+            code=FANOUT_FAILED,
+            message=f"the item could not be read from the job's items and queued (gave up after {attempts} attempts)",
+        )
+        if chunk is None:
+            indexes = range(job.total)
+            open_rows: list[Item] = []
+            written = {item.index for item in self._repository.iter_items(job.id)}
+        else:
+            # Every chunk but the last has ``chunk_items`` items (``plan``), a job of one chunk at most that many.
+            indexes = range(chunk.index, min(chunk.index + self._chunk_items, job.total))
+            rows = [self._repository.get_item(job.id, index) for index in indexes]
+            open_rows = [item for item in rows if item is not None and item.status == "queued" and not item.attempts]
+            written = {item.index for item in rows if item is not None}
+        failed = sum(self._repository.put_failed_item(job, index, error) for index in indexes if index not in written)
+        completed = False
+        for item in open_rows:
+            try:
+                completed = self._repository.transition(item, "failed", error=error) or completed
+                failed += 1
+            except TransitionConflict:
+                pass  # its message came after all: it is running or settled
+        metrics.add_metric(name="ItemsFailed", unit=MetricUnit.Count, value=failed)
+        logger.error("fan-out given up", job_id=job.id, chunk=chunk.index if chunk else None, items_failed=failed)
+        if completed or self._repository.complete_if_done(job.id) is not None:
+            self._on_complete(job.id)
+        return failed
 
     # ------------------------------------------------------------------------------------------ events
     def from_event(self, envelope: dict[str, Any]) -> str:
