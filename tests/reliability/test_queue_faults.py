@@ -333,14 +333,19 @@ def test_an_invocation_killed_mid_batch_is_redelivered_without_paying_twice_for_
 
 
 def test_an_invocation_running_out_of_time_mid_batch_puts_unstarted_items_back(
-    stack, repository, emulator, queue_path, reliability
+    stack, repository, emulator, queue_path, monkeypatch, reliability
 ):
-    # Given a batch of ten, eight worker threads, generations of 1.5 s, and a function timeout of 21 s: the first
-    # eight start (16 s left after the 5 s reserve, >= 15 s), the last two would start with less than 15 s left
+    # Given a batch of ten, one upstream slot (WORKER_THREADS=1: four items in flight, generating one at a time),
+    # generations of 1.5 s, and a function timeout of 21 s: the first four start (16 s left after the 5 s reserve,
+    # >= 15 s); a thread is free again only after its item's generation, by when less than 15 s are left
+    from imagegen.settings import get_settings
+
+    settings = get_settings().model_copy(update={"worker_threads": 1})
+    monkeypatch.setattr(queue_path.worker, "get_settings", lambda: settings)
     job_id = make_job(repository, [f"late {i}" for i in range(10)])
     emulator.set_latency(1.5)
     # When the mapping invokes the worker with that timeout, on all ten at once: they are on the queue before the
-    # pollers start (a poll while the send is under way could split them into batches of eight or less)
+    # pollers start (a poll while the send is under way could split them into smaller batches)
     queue_path.send(messages(job_id, 10))
     queue_path.start(function_timeout_s=21)
     queue_path.wait_settled(repository, job_id)
