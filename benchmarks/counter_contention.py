@@ -3,7 +3,8 @@ counter shards (the current one), through the repository's own code, against the
 as the local stack starts it: ``devstack.aws.LocalAws``).
 
 Each of ``--items`` items of one job makes the two transitions a worker makes (claim: queued → running, then
-running → succeeded, the last one completing the job), from ``--threads`` threads at once. Reported per model:
+running → succeeded, the last one completing the job), from ``--threads`` threads at once, in a shuffled order
+(a queue delivers in any order). ``--runs`` alternates the two models. Reported per model:
 wall time, transactions, TransactionConflict retries the repository performed, and **modelled conflicts**.
 
 What moto does and does not emulate. The local server runs one DynamoDB operation at a time (its launcher holds a
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import sys
 import threading
 import time
@@ -144,8 +146,10 @@ def main() -> int:
                     completed.append(repository.transition(item, "succeeded"))
 
                 started = time.perf_counter()
+                order = list(range(args.items))
+                random.Random(run).shuffle(order)  # as a queue delivers them: any order
                 with ThreadPoolExecutor(args.threads) as pool:
-                    list(pool.map(work, range(args.items)))
+                    list(pool.map(work, order))
                 elapsed = time.perf_counter() - started
                 final = repository.get_job(job_id)
                 assert final is not None and final.counts.succeeded == args.items and final.completed_at is not None

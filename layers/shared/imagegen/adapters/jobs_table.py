@@ -196,7 +196,7 @@ class JobRepository:
     def abandon(self, job_id: str) -> None:
         """A job nobody was told about (its fan-out could not be handed to the queue): completed at once with every
         item counted failed, so nothing looks alive. No item row exists yet; the records never get deleted."""
-        job_update = {
+        job_update: dict[str, Any] = {
             "Update": {
                 "TableName": self._table,
                 "Key": job_key(job_id),
@@ -225,9 +225,10 @@ class JobRepository:
         try:
             self._client.transact_write_items(TransactItems=[job_update, *shard_updates])
         except ClientError as exc:
-            if _code(exc) == "TransactionCanceledException":
-                raise _condition_failed(exc) from exc
-            raise
+            error = _condition_failed(exc) if _code(exc) == "TransactionCanceledException" else exc
+            if error is exc:
+                raise
+            raise error from exc
 
     def get_job_extras(self, job_id: str) -> tuple[Job | None, JobExtras]:
         raw, shards = self._job_rows(job_id)
@@ -776,7 +777,7 @@ class JobRepository:
         legacy job row's way)."""
         terminal = sum(delta for status, delta in deltas.items() if status in TERMINAL_ITEM_STATUSES)
         adds = [f"c_{status} :d_{status}" for status in deltas]
-        values = {f":d_{status}": {"N": str(delta)} for status, delta in deltas.items()}
+        values: dict[str, Any] = {f":d_{status}": {"N": str(delta)} for status, delta in deltas.items()}
         condition = "attribute_exists(pk)"
         sets = ""
         if open_only:
