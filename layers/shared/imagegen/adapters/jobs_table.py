@@ -423,9 +423,10 @@ class JobRepository:
         lease_s: float | None = None,
     ) -> bool:
         """Move ``item`` from its current status to ``to``, with the job's counters, atomically (and ``also_put``,
-        e.g. the image record, in the same transaction). Returns True when this transition completed the job:
-        the last terminal transition also writes ``completed_at``, in the same transaction, exactly once. Moving
-        to ``running`` takes a lease of ``lease_s`` seconds."""
+        e.g. the image record, in the same transaction). Returns True when this transition completed the job: the
+        last terminal transition of a shard looks at every shard and, when none has any item left, writes
+        ``completed_at`` with a condition exactly one caller wins. Moving to ``running`` takes a lease of ``lease_s``
+        seconds."""
         if to == item.status:
             raise ValueError("a transition changes the status")
         waiting = item.status == "queued" and item.retry_at is not None
@@ -447,7 +448,8 @@ class JobRepository:
         if waiting:
             deltas["waiting"] = -1
         try:
-            completed = self._counted(item.job_id, item.index, operations, deltas, completion=True)
+            terminal = to in TERMINAL_ITEM_STATUSES
+            completed = self._counted(item.job_id, item.index, operations, deltas, completion=terminal)
         except _JobGuardFailed as exc:
             raise TransitionConflict(f"job {item.job_id} no longer exists") from exc
         item.status = to
