@@ -121,8 +121,9 @@ def test_submit_of_1000_items_makes_as_many_aws_calls_as_one_item_and_the_worker
         assert document["total"] == size and document["counts"]["queued"] == size
         figures[size] = dict(calls)
         job_ids[size] = document["id"]
-    # and the API made the same few AWS calls for 1,000 items as for one: the items object, the job row, one message
-    assert figures[1] == figures[1000] == {"PutObject": 1, "PutItem": 1, "SendMessageBatch": 1}, figures
+    # and the API made the same few AWS calls for 1,000 items as for one: the items object, the job row with its
+    # counter shards (one transaction: 1 shard for one item, 64 for 1,000), one message
+    assert figures[1] == figures[1000] == {"PutObject": 1, "TransactWriteItems": 1, "SendMessageBatch": 1}, figures
 
     # Given the 1,000-item job before its fan-out: GET shows it at once, with its total, and no item rows yet
     job_id = job_ids[1000]

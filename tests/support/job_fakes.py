@@ -2,7 +2,9 @@
 
 ``MemoryItemStore`` keeps the contract of ``JobRepository`` (``imagegen.entities.ItemStore``): every status change
 moves the job's counters with it, conditional on the status read; the transition that makes the last item terminal
-completes the job and says so, once; a claim refuses a canceled job; a live lease is never taken over.
+completes the job and says so, once; a claim refuses a canceled job; a live lease is never taken over. Where the
+table keeps the counters (up to 64 shards per job, docs/scaling.md) is the adapter's business: the contract, and so
+this fake, counts per job.
 """
 
 from __future__ import annotations

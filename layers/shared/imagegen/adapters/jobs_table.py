@@ -1,12 +1,20 @@
 """Jobs and their items in the service's single DynamoDB table.
 
-``JOB#<id>`` / ``JOB`` holds the job with one counter per item status (``c_queued`` … ``c_canceled``),
-``c_waiting`` (queued items deferred to their ``retry_at``, also in ``c_queued``) and ``remaining`` (items not yet
-terminal). ``JOB#<id>`` / ``ITEM#<index>`` holds each item. Every status change of an item is a transaction: the
-item's conditional update (its status must still be the one read) together with the job's counters, so counts
-are exact under concurrency and redelivery. The transition that makes the last item terminal also writes
-``completed_at``, in the same transaction (or, after a cancel's pages, one conditional write does): exactly one
-caller wins it and announces the completion.
+``JOB#<id>`` / ``JOB`` holds the job. Its progress lives in counter shards, ``JOB#<id>`` / ``JOB#COUNT#<k>`` for
+``k = index mod 64`` (so a job of fewer than 64 items has one shard per item, a larger one 64): one counter per
+item status (``c_queued`` … ``c_canceled``), ``c_waiting`` (queued items deferred to their ``retry_at``, also in
+``c_queued``), ``remaining`` (the shard's items not yet terminal) and a copy of the job's ``canceled`` flag.
+``JOB#<id>`` / ``ITEM#<index>`` holds each item. Every status change of an item is a transaction: the item's
+conditional update (its status must still be the one read) together with its shard's counters, so counts are exact
+under concurrency and redelivery, and no row is written by every item of a job (docs/scaling.md: why). The
+transition that makes a shard's last item terminal is guarded as such (``remaining = 1``); only then are the job's
+rows read (one strongly consistent Query: the job and its shards sort together under ``JOB``) and, when no item
+remains anywhere, ``completed_at`` written on the job with a condition that exactly one caller wins: that caller
+announces the completion. A completion a crash left unwritten is written by the next look (a redelivery, a cancel's
+last page: ``complete_if_done``).
+
+Jobs written before the shards (no ``shards`` attribute: the counters on the job row itself) keep working: their
+transitions fall back to the job row, with ``completed_at`` in the same transaction as before.
 """
 
 from __future__ import annotations
@@ -51,10 +59,33 @@ STATUSES: tuple[ItemStatus, ...] = ("queued", "running", "succeeded", "failed", 
 COUNTERS: tuple[str, ...] = (*STATUSES, "waiting")
 TRANSACTION_ITEMS = 100
 BATCH_WRITE_ITEMS = 25
+# Counter shards per job at most. An item's shard is ``index mod COUNTER_SHARDS``, so a transition finds its shard
+# without reading the job; a job of ``total`` items has ``min(total, COUNTER_SHARDS)`` of them. A cancel flags the
+# job and every shard in one transaction, so this plus one must stay within TRANSACTION_ITEMS.
+COUNTER_SHARDS = 64
+SHARD_PREFIX = "JOB#COUNT#"
 
 
 def job_key(job_id: str) -> dict[str, dict[str, str]]:
     return {"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": "JOB"}}
+
+
+def shard_count(total: int) -> int:
+    return max(1, min(total, COUNTER_SHARDS))
+
+
+def shard_of(index: int) -> int:
+    return index % COUNTER_SHARDS
+
+
+def shard_key(job_id: str, index: int) -> dict[str, dict[str, str]]:
+    """The counter shard that counts item ``index``."""
+    return {"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": f"{SHARD_PREFIX}{shard_of(index):02d}"}}
+
+
+def shard_sizes(total: int) -> list[int]:
+    """How many of the job's items each shard counts."""
+    return [len(range(shard, total, COUNTER_SHARDS)) for shard in range(shard_count(total))] if total else [0]
 
 
 def item_sort_key(index: int) -> str:
@@ -94,6 +125,7 @@ class JobRepository:
         self._client = client
         self._table = table_name
         self._retention = timedelta(days=retention_days)
+        self.conflict_retries = 0  # transactions retried after a TransactionConflict (and throttling)
 
     # ------------------------------------------------------------------------------------------ create
     def create(
@@ -114,12 +146,11 @@ class JobRepository:
             "entity": {"S": "job"},
             "id": {"S": job.id},
             "total": {"N": str(job.total)},
-            "remaining": {"N": str(job.total)},
+            "shards": {"N": str(shard_count(job.total))},
             "created_at": {"S": _iso(job.created_at)},
             "canceled": {"BOOL": False},
             "direct": {"BOOL": job.direct},
             "expires_at": {"N": expires},
-            **{f"c_{counter}": {"N": str(job.total if counter == "queued" else 0)} for counter in COUNTERS},
         }
         if job.metadata is not None:
             item["metadata"] = _serializer.serialize(job.metadata)
@@ -131,11 +162,27 @@ class JobRepository:
             item["items_key"] = {"S": items_key}
         if correlation_id is not None:
             item["correlation_id"] = {"S": correlation_id}
-        try:
-            self._client.put_item(TableName=self._table, Item=item, ConditionExpression="attribute_not_exists(pk)")
+        puts = [{"Put": {"TableName": self._table, "Item": item, "ConditionExpression": "attribute_not_exists(pk)"}}]
+        for shard, size in enumerate(shard_sizes(job.total)):
+            counters = {f"c_{counter}": {"N": str(size if counter == "queued" else 0)} for counter in COUNTERS}
+            row = {
+                **shard_key(job.id, shard),
+                "entity": {"S": "job_counter"},
+                "total": {"N": str(size)},
+                "remaining": {"N": str(size)},
+                "canceled": {"BOOL": False},
+                "expires_at": {"N": expires},
+                **counters,
+            }
+            puts.append({"Put": {"TableName": self._table, "Item": row}})
+        try:  # the job and its shards at once: nobody sees a job without its counters
+            self._client.transact_write_items(TransactItems=puts)
         except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
-                return False
+            if _code(exc) != "TransactionCanceledException":
+                raise
+            codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
+            if codes and codes[0] == "ConditionalCheckFailed":
+                return False  # a replay: the job exists
             raise
         ids = correlation_ids or [None] * len(requests)
         writes = [
@@ -149,23 +196,45 @@ class JobRepository:
     def abandon(self, job_id: str) -> None:
         """A job nobody was told about (its fan-out could not be handed to the queue): completed at once with every
         item counted failed, so nothing looks alive. No item row exists yet; the records never get deleted."""
-        self._client.update_item(
-            TableName=self._table,
-            Key=job_key(job_id),
-            UpdateExpression=(
-                "SET completed_at = :now, remaining = :zero, c_queued = :zero, c_failed = #total, abandoned = :true"
-            ),
-            ConditionExpression="attribute_exists(pk) AND attribute_not_exists(completed_at)",
-            ExpressionAttributeNames={"#total": "total"},
-            ExpressionAttributeValues={":now": {"S": _iso(_now())}, ":zero": {"N": "0"}, ":true": {"BOOL": True}},
-        )
+        job_update: dict[str, Any] = {
+            "Update": {
+                "TableName": self._table,
+                "Key": job_key(job_id),
+                "UpdateExpression": "SET completed_at = :now, abandoned = :true",
+                "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(completed_at)",
+                "ExpressionAttributeValues": {":now": {"S": _iso(_now())}, ":true": {"BOOL": True}},
+            }
+        }
+        raw_job, shards = self._job_rows(job_id)
+        if raw_job is not None and not shards:  # a job from before the shards: its counters are on its row
+            job_update["Update"]["UpdateExpression"] += ", remaining = :zero, c_queued = :zero, c_failed = #total"
+            job_update["Update"]["ExpressionAttributeNames"] = {"#total": "total"}
+            job_update["Update"]["ExpressionAttributeValues"][":zero"] = {"N": "0"}
+        shard_updates = [
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": {"pk": shard["pk"], "sk": shard["sk"]},
+                    "UpdateExpression": "SET remaining = :zero, c_queued = :zero, c_failed = #total",
+                    "ExpressionAttributeNames": {"#total": "total"},
+                    "ExpressionAttributeValues": {":zero": {"N": "0"}},
+                }
+            }
+            for shard in shards
+        ]
+        try:
+            self._client.transact_write_items(TransactItems=[job_update, *shard_updates])
+        except ClientError as exc:
+            error = _condition_failed(exc) if _code(exc) == "TransactionCanceledException" else exc
+            if error is exc:
+                raise
+            raise error from exc
 
     def get_job_extras(self, job_id: str) -> tuple[Job | None, JobExtras]:
-        answer = self._client.get_item(TableName=self._table, Key=job_key(job_id), ConsistentRead=True)
-        raw = answer.get("Item")
+        raw, shards = self._job_rows(job_id)
         if raw is None:
             return None, JobExtras()
-        return _job(raw), JobExtras(
+        return _job(raw, shards), JobExtras(
             items_key=raw.get("items_key", {}).get("S"),
             correlation_id=raw.get("correlation_id", {}).get("S"),
             results_key=raw.get("results_key", {}).get("S"),
@@ -225,7 +294,7 @@ class JobRepository:
         }
         put = {"Put": {"TableName": self._table, "Item": entry, "ConditionExpression": "attribute_not_exists(pk)"}}
         try:
-            self._transact([put, self._count_update(job.id, {"queued": -1, "failed": 1})])
+            self._counted(job.id, index, [put], {"queued": -1, "failed": 1})
         except TransitionConflict:
             return False
         except _JobGuardFailed:
@@ -286,24 +355,33 @@ class JobRepository:
 
     # ------------------------------------------------------------------------------------------ read
     def get_job(self, job_id: str) -> Job | None:
-        answer = self._client.get_item(TableName=self._table, Key=job_key(job_id), ConsistentRead=True)
-        return _job(answer["Item"]) if "Item" in answer else None
+        raw, shards = self._job_rows(job_id)
+        return _job(raw, shards) if raw is not None else None
+
+    def _job_rows(self, job_id: str) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+        """The job's row and its counter shards: one strongly consistent Query (``JOB`` and ``JOB#COUNT#…`` sort
+        together, after every ``ITEM#``), paged only if DynamoDB splits it."""
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :job)",
+            "ExpressionAttributeValues": {":pk": {"S": f"JOB#{job_id}"}, ":job": {"S": "JOB"}},
+            "ConsistentRead": True,
+        }
+        raw_job, shards = None, []
+        while True:
+            answer = self._client.query(**query)
+            for raw in answer.get("Items", []):
+                if raw["sk"]["S"] == "JOB":
+                    raw_job = raw
+                elif raw["sk"]["S"].startswith(SHARD_PREFIX):
+                    shards.append(raw)
+            if "LastEvaluatedKey" not in answer:
+                return raw_job, shards
+            query["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
     def get_item_and_job(self, job_id: str, index: int) -> tuple[Item | None, Job | None]:
-        """The item and its job in one round trip (BatchGetItem, strongly consistent)."""
-        keys = [item_key(job_id, index), job_key(job_id)]
-        found: dict[str, dict[str, Any]] = {}
-        request: dict[str, Any] = {self._table: {"Keys": keys, "ConsistentRead": True}}
-        for attempt in range(8):
-            answer = self._client.batch_get_item(RequestItems=request)
-            for raw in answer.get("Responses", {}).get(self._table, []):
-                found[raw["sk"]["S"]] = raw
-            request = answer.get("UnprocessedKeys") or {}
-            if not request:
-                break
-            time.sleep(min(1.0, 0.05 * 2**attempt))
-        raw_item, raw_job = found.get(item_sort_key(index)), found.get("JOB")
-        return (_item(raw_item) if raw_item else None), (_job(raw_job) if raw_job else None)
+        """The item and its job (with its counts), both strongly consistent: the path of a claim that failed."""
+        return self.get_item(job_id, index), self.get_job(job_id)
 
     def get_item(self, job_id: str, index: int) -> Item | None:
         answer = self._client.get_item(TableName=self._table, Key=item_key(job_id, index), ConsistentRead=True)
@@ -345,9 +423,10 @@ class JobRepository:
         lease_s: float | None = None,
     ) -> bool:
         """Move ``item`` from its current status to ``to``, with the job's counters, atomically (and ``also_put``,
-        e.g. the image record, in the same transaction). Returns True when this transition completed the job:
-        the last terminal transition also writes ``completed_at``, in the same transaction, exactly once. Moving
-        to ``running`` takes a lease of ``lease_s`` seconds."""
+        e.g. the image record, in the same transaction). Returns True when this transition completed the job: the
+        last terminal transition of a shard looks at every shard and, when none has any item left, writes
+        ``completed_at`` with a condition exactly one caller wins. Moving to ``running`` takes a lease of ``lease_s``
+        seconds."""
         if to == item.status:
             raise ValueError("a transition changes the status")
         waiting = item.status == "queued" and item.retry_at is not None
@@ -368,23 +447,11 @@ class JobRepository:
         deltas: dict[str, int] = {item.status: -1, to: 1}
         if waiting:
             deltas["waiting"] = -1
-        completed = False
-        if to in TERMINAL_ITEM_STATUSES:
-            # Not the last item (the usual case): one transaction, guarded by "others remain". When the guard
-            # fails, this is the last item: the same transaction again, completing the job.
-            try:
-                self._transact([*operations, self._count_update(item.job_id, deltas, guard="not_last")])
-            except _JobGuardFailed:
-                try:
-                    self._transact([*operations, self._count_update(item.job_id, deltas, guard="completes")])
-                except _JobGuardFailed as exc:  # neither "others remain" nor "last": the job row is gone
-                    raise TransitionConflict(f"job {item.job_id} no longer exists") from exc
-                completed = True
-        else:
-            try:
-                self._transact([*operations, self._count_update(item.job_id, deltas)])
-            except _JobGuardFailed as exc:
-                raise TransitionConflict(f"job {item.job_id} no longer exists") from exc
+        try:
+            terminal = to in TERMINAL_ITEM_STATUSES
+            completed = self._counted(item.job_id, item.index, operations, deltas, completion=terminal)
+        except _JobGuardFailed as exc:
+            raise TransitionConflict(f"job {item.job_id} no longer exists") from exc
         item.status = to
         item.retry_at = None
         if to == "running":
@@ -397,11 +464,8 @@ class JobRepository:
         ran (one deferred after a failure is read first: its counters and ``bad_outputs`` matter), JobUnavailable
         when the job is canceled or gone."""
         operations = [self._status_update(job_id, index, "queued", "running", lease_s=lease_s, never_ran=True)]
-        job_update = self._count_update(job_id, {"queued": -1, "running": 1})
-        job_update["Update"]["ConditionExpression"] += " AND canceled = :false"
-        job_update["Update"]["ExpressionAttributeValues"][":false"] = {"BOOL": False}
-        try:
-            self._transact([*operations, job_update])
+        try:  # the shard carries a copy of the canceled flag: the job's row is not part of the claim
+            self._counted(job_id, index, operations, {"queued": -1, "running": 1}, open_only=True)
         except _JobGuardFailed as exc:
             raise JobUnavailable(f"job {job_id} is canceled or gone") from exc
 
@@ -459,7 +523,7 @@ class JobRepository:
             }
         }
         try:
-            self._transact([operation, self._count_update(item.job_id, {"running": -1, "queued": 1, "waiting": 1})])
+            self._counted(item.job_id, item.index, [operation], {"running": -1, "queued": 1, "waiting": 1})
         except _JobGuardFailed as exc:
             raise TransitionConflict(f"job {item.job_id} no longer exists") from exc
         item.status, item.retry_at, item.lease_until = "queued", retry_at, 0.0
@@ -467,33 +531,63 @@ class JobRepository:
             item.bad_outputs += 1
 
     def cancel(self, job_id: str) -> bool:
-        """Flag the job canceled, unless it completed: one conditional write, whatever the job's size. From then
-        on no item of it is claimed (``claim`` checks the flag); ``cancel_queued_page`` settles the queued ones.
-        False when the job had completed (or does not exist)."""
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key=job_key(job_id),
-                UpdateExpression="SET canceled = :true",
-                ConditionExpression="attribute_exists(pk) AND attribute_not_exists(completed_at)",
-                ExpressionAttributeValues={":true": {"BOOL": True}},
-            )
-        except ClientError as exc:
-            if _code(exc) == "ConditionalCheckFailedException":
-                return False
-            raise
-        return True
+        """Flag the job canceled, unless it completed: one transaction, whatever the job's size (the job's row and
+        the flag's copy on each of its at most 64 counter shards). From then on no item of it is claimed (``claim``
+        checks its shard's flag); ``cancel_queued_page`` settles the queued ones. False when the job had completed
+        (or does not exist)."""
+        _, shards = self._job_rows(job_id)
+        operations: list[dict[str, Any]] = [
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": job_key(job_id),
+                    "UpdateExpression": "SET canceled = :true",
+                    "ConditionExpression": "attribute_exists(pk) AND attribute_not_exists(completed_at)",
+                    "ExpressionAttributeValues": {":true": {"BOOL": True}},
+                }
+            }
+        ]
+        operations.extend(
+            {
+                "Update": {
+                    "TableName": self._table,
+                    "Key": {"pk": shard["pk"], "sk": shard["sk"]},
+                    "UpdateExpression": "SET canceled = :true",
+                    "ExpressionAttributeValues": {":true": {"BOOL": True}},
+                }
+            }
+            for shard in shards
+        )
+        for attempt in range(6):
+            try:
+                self._client.transact_write_items(TransactItems=operations)
+                return True
+            except ClientError as exc:
+                if _code(exc) != "TransactionCanceledException":
+                    raise
+                codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
+                if codes and codes[0] == "ConditionalCheckFailed":
+                    return False
+                if attempt == 5 or any(code not in _RETRYABLE_REASONS for code in codes):
+                    raise
+                self.conflict_retries += 1
+                time.sleep(random.uniform(0.02, 0.05 * 2**attempt))  # noqa: S311 - jitter
+        return False  # not reached
 
     def cancel_queued_page(self, job_id: str, cursor: str | None, limit: int = 100) -> str | None:
-        """Cancel the queued items of one page of a canceled job (with the counters, a transaction per 99 items);
-        return the cursor of the next page, None after the last. Safe to replay: only items still queued move."""
+        """Cancel the queued items of one page of a canceled job (with their shards' counters, a transaction per
+        50 items: at most 50 shards with them); return the cursor of the next page, None after the last. Safe to
+        replay: only items still queued move."""
         items, next_cursor = self.items_page(job_id, limit, cursor)
         queued = [item for item in items if item.status == "queued"]
-        for chunk in _chunks(queued, TRANSACTION_ITEMS - 1):
-            self._cancel_queued(job_id, chunk)
+        if queued:
+            raw_job, shards = self._job_rows(job_id)
+            legacy = raw_job is not None and not shards
+            for chunk in _chunks(queued, TRANSACTION_ITEMS // 2):
+                self._cancel_queued(job_id, chunk, legacy=legacy)
         return next_cursor
 
-    def _cancel_queued(self, job_id: str, items: list[Item]) -> None:
+    def _cancel_queued(self, job_id: str, items: list[Item], *, legacy: bool = False) -> None:
         """Cancel queued items in one transaction; on a conflict, retry with those still queued."""
         for _ in range(5):
             if not items:
@@ -502,13 +596,17 @@ class JobRepository:
                 self._status_update(job_id, item.index, "queued", "canceled", waiting=item.retry_at is not None)
                 for item in items
             ]
-            deltas = {"queued": -len(items), "canceled": len(items)}
-            waiting = sum(item.retry_at is not None for item in items)
-            if waiting:
-                deltas["waiting"] = -waiting
-            updates.append(self._count_update(job_id, deltas))
+            by_counter: dict[str, tuple[dict[str, Any], dict[str, int]]] = {}
+            for item in items:
+                key = job_key(job_id) if legacy else shard_key(job_id, item.index)
+                _, deltas = by_counter.setdefault(key["sk"]["S"], (key, {"queued": 0, "canceled": 0}))
+                deltas["queued"] -= 1
+                deltas["canceled"] += 1
+                if item.retry_at is not None:
+                    deltas["waiting"] = deltas.get("waiting", 0) - 1
+            counter_updates = [self._count_update(key, deltas) for key, deltas in by_counter.values()]
             try:
-                self._transact(updates)
+                self._transact(updates, counter_updates)
                 return
             except TransitionConflict:
                 fresh = (self.get_item(job_id, item.index) for item in items)
@@ -516,21 +614,35 @@ class JobRepository:
         raise RuntimeError(f"could not cancel the queued items of {job_id}")
 
     def complete_if_done(self, job_id: str) -> Job | None:
-        """Mark the job complete when no item remains; return it to the one caller that did."""
+        """Mark the job complete when no item remains in any shard; return it to the one caller that did. The
+        shards are read strongly consistent after the caller's own transition: items never leave a terminal
+        status, so a zero seen is final, and the condition on ``completed_at`` lets exactly one writer win."""
+        raw_job, shards = self._job_rows(job_id)
+        if raw_job is None or "completed_at" in raw_job:
+            return None
+        if shards:
+            if sum(int(shard["remaining"]["N"]) for shard in shards) != 0:
+                return None
+            condition = "attribute_exists(pk) AND attribute_not_exists(completed_at)"
+        else:  # a job from before the shards: its own ``remaining``
+            condition = "remaining = :zero AND attribute_not_exists(completed_at)"
+        values: dict[str, Any] = {":now": {"S": _iso(_now())}}
+        if not shards:
+            values[":zero"] = {"N": "0"}
         try:
             answer = self._client.update_item(
                 TableName=self._table,
                 Key=job_key(job_id),
                 UpdateExpression="SET completed_at = :now",
-                ConditionExpression="remaining = :zero AND attribute_not_exists(completed_at)",
-                ExpressionAttributeValues={":zero": {"N": "0"}, ":now": {"S": _iso(_now())}},
+                ConditionExpression=condition,
+                ExpressionAttributeValues=values,
                 ReturnValues="ALL_NEW",
             )
         except ClientError as exc:
             if _code(exc) == "ConditionalCheckFailedException":
                 return None
             raise
-        return _job(answer["Attributes"])
+        return _job(answer["Attributes"], shards)
 
     def record_webhook(self, job_id: str, status: str, attempts: int) -> None:
         self._client.update_item(
@@ -596,52 +708,128 @@ class JobRepository:
             }
         }
 
-    def _count_update(self, job_id: str, deltas: dict[str, int], guard: str | None = None) -> dict[str, Any]:
+    def _counted(
+        self,
+        job_id: str,
+        index: int,
+        operations: list[dict[str, Any]],
+        deltas: dict[str, int],
+        *,
+        completion: bool = False,
+        open_only: bool = False,
+    ) -> bool:
+        """Run ``operations`` (the item's half) with item ``index``'s counter shard moved by ``deltas``, in one
+        transaction. ``open_only`` refuses a canceled job (the shard's copy of the flag). ``completion``: a
+        terminal transition, guarded "others remain in this shard"; when that guard fails, the same transaction
+        again guarded "the shard's last", then the job completes if no shard has any left. Returns True to the one
+        caller that completed the job. _JobGuardFailed when the counter's condition failed (canceled, or gone).
+
+        A job from before the shards (no shard row, counters on the job's row) gets the same, on the job's row."""
+        try:
+            return self._counted_on(shard_key(job_id, index), job_id, operations, deltas, completion, open_only)
+        except _JobGuardFailed:
+            if not self._is_legacy(job_id):
+                raise
+        return self._counted_on(job_key(job_id), job_id, operations, deltas, completion, open_only, legacy=True)
+
+    def _counted_on(
+        self,
+        key: dict[str, Any],
+        job_id: str,
+        operations: list[dict[str, Any]],
+        deltas: dict[str, int],
+        completion: bool,
+        open_only: bool,
+        *,
+        legacy: bool = False,
+    ) -> bool:
+        if not completion:
+            self._transact(operations, [self._count_update(key, deltas, open_only=open_only)])
+            return False
+        try:  # not the shard's last item (the usual case): one transaction
+            self._transact(operations, [self._count_update(key, deltas, guard="not_last")])
+            return False
+        except _JobGuardFailed:
+            pass
+        # The shard's last item (or the job is gone: then this raises _JobGuardFailed too).
+        self._transact(operations, [self._count_update(key, deltas, guard="last", completes_job=legacy)])
+        if legacy:
+            return True  # the old model: completed_at was written in that transaction
+        return self.complete_if_done(job_id) is not None
+
+    def _is_legacy(self, job_id: str) -> bool:
+        """A job written before the counter shards: it exists, without a ``shards`` attribute."""
+        answer = self._client.get_item(
+            TableName=self._table, Key=job_key(job_id), ConsistentRead=True, ProjectionExpression="pk, shards"
+        )
+        raw = answer.get("Item")
+        return raw is not None and "shards" not in raw
+
+    def _count_update(
+        self,
+        key: dict[str, Any],
+        deltas: dict[str, int],
+        guard: str | None = None,
+        *,
+        open_only: bool = False,
+        completes_job: bool = False,
+    ) -> dict[str, Any]:
+        """The counter row's half of a transition (a shard, or a legacy job's own row). ``guard`` "not_last": other
+        items of this row remain; "last": these are its last (``completes_job``: also write ``completed_at``, the
+        legacy job row's way)."""
         terminal = sum(delta for status, delta in deltas.items() if status in TERMINAL_ITEM_STATUSES)
         adds = [f"c_{status} :d_{status}" for status in deltas]
-        values = {f":d_{status}": {"N": str(delta)} for status, delta in deltas.items()}
+        values: dict[str, Any] = {f":d_{status}": {"N": str(delta)} for status, delta in deltas.items()}
         condition = "attribute_exists(pk)"
         sets = ""
+        if open_only:
+            condition += " AND canceled = :false"
+            values[":false"] = {"BOOL": False}
         if terminal:
             adds.append("remaining :d_remaining")
             values[":d_remaining"] = {"N": str(-terminal)}
-            values[":terminal"] = {"N": str(terminal)}
             if guard == "not_last":
                 condition += " AND remaining > :terminal"
-            elif guard == "completes":
-                condition += " AND remaining = :terminal AND attribute_not_exists(completed_at)"
-                sets = " SET completed_at = :now"
-                values[":now"] = {"S": _iso(_now())}
+                values[":terminal"] = {"N": str(terminal)}
+            elif guard == "last":
+                condition += " AND remaining = :terminal"
+                values[":terminal"] = {"N": str(terminal)}
+                if completes_job:
+                    condition += " AND attribute_not_exists(completed_at)"
+                    sets = " SET completed_at = :now"
+                    values[":now"] = {"S": _iso(_now())}
         return {
             "Update": {
                 "TableName": self._table,
-                "Key": job_key(job_id),
+                "Key": key,
                 "UpdateExpression": "ADD " + ", ".join(adds) + sets,
                 "ConditionExpression": condition,
                 "ExpressionAttributeValues": values,
             }
         }
 
-    def _transact(self, operations: list[dict[str, Any]], attempts: int = 6) -> None:
-        """Run a transaction whose LAST operation is the job's counter update. Raises TransitionConflict when an
-        item was no longer in the expected status, _JobGuardFailed when only the job's guard failed.
+    def _transact(self, operations: list[dict[str, Any]], counters: list[dict[str, Any]], attempts: int = 6) -> None:
+        """Run a transaction of the items' ``operations`` and then their ``counters`` updates. Raises
+        TransitionConflict when an item was no longer in the expected status, _JobGuardFailed when only a counter's
+        guard failed.
 
-        Every item of a job updates the job's row, so concurrent transactions collide (TransactionConflict)
-        and are retried here with jittered backoff: botocore does not retry a canceled transaction."""
+        Concurrent transitions on one shard collide (TransactionConflict) and are retried here with jittered
+        backoff: botocore does not retry a canceled transaction. ``conflict_retries`` counts those retries."""
         for attempt in range(attempts):
             try:
-                self._client.transact_write_items(TransactItems=operations)
+                self._client.transact_write_items(TransactItems=[*operations, *counters])
                 return
             except ClientError as exc:
                 if _code(exc) != "TransactionCanceledException":
                     raise
                 codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
-                if not codes or any(code == "ConditionalCheckFailed" for code in codes[:-1]):
+                if not codes or any(code == "ConditionalCheckFailed" for code in codes[: len(operations)]):
                     raise TransitionConflict("an item was no longer in the expected status") from exc
-                if codes[-1] == "ConditionalCheckFailed":
+                if any(code == "ConditionalCheckFailed" for code in codes[len(operations) :]):
                     raise _JobGuardFailed() from exc
                 if attempt + 1 == attempts or any(code not in _RETRYABLE_REASONS for code in codes):
                     raise
+                self.conflict_retries += 1
                 time.sleep(random.uniform(0.02, 0.05 * 2**attempt))  # noqa: S311 - jitter
 
 
@@ -669,11 +857,22 @@ def _chunks(values: list[Any], size: int) -> Iterable[list[Any]]:
         yield values[start : start + size]
 
 
+def _condition_failed(exc: ClientError) -> Exception:
+    """A canceled transaction whose first operation's condition failed becomes the ConditionalCheckFailedException
+    a single write would have raised (what callers of a single write expect); any other cancel stays as it is."""
+    codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
+    if codes and codes[0] == "ConditionalCheckFailed":
+        error = {"Error": {"Code": "ConditionalCheckFailedException", "Message": "the job's condition failed"}}
+        return ClientError(error, "TransactWriteItems")  # type: ignore[arg-type]
+    return exc
+
+
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-def _job(raw: dict[str, Any]) -> Job:
+def _job(raw: dict[str, Any], shards: list[dict[str, Any]] | None = None) -> Job:
+    """The job from its row and its counter shards (summed); a job from before the shards counts on its row."""
     data = plain({key: _deserializer.deserialize(value) for key, value in raw.items()})
     webhook = None
     if data.get("webhook_url"):
@@ -682,12 +881,16 @@ def _job(raw: dict[str, Any]) -> Job:
             status=data.get("webhook_status", "pending"),
             attempts=data.get("webhook_attempts", 0),
         )
+    counters = [data]
+    if shards:
+        counters = [plain({key: _deserializer.deserialize(value) for key, value in row.items()}) for row in shards]
+    totals = {counter: sum(row.get(f"c_{counter}", 0) for row in counters) for counter in COUNTERS}
     return Job(
         id=data["id"],
         total=data["total"],
         created_at=datetime.fromisoformat(data["created_at"]),
-        counts=JobCounts(**{counter: max(0, data.get(f"c_{counter}", 0)) for counter in COUNTERS}),
-        remaining=data["remaining"],
+        counts=JobCounts(**{counter: max(0, value) for counter, value in totals.items()}),
+        remaining=sum(row.get("remaining", 0) for row in counters),
         canceled=bool(data.get("canceled")),
         completed_at=datetime.fromisoformat(data["completed_at"]) if data.get("completed_at") else None,
         metadata=data.get("metadata"),
