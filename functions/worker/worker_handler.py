@@ -17,7 +17,6 @@ from aws_lambda_powertools.utilities.batch import EventType, process_partial_res
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagegen.batch import ConcurrentBatchProcessor, QueueRecord
 from imagegen.budget import Deadline
-from imagegen.models import FanoutMessage
 from imagegen.observability import tracer_from_env
 from imagegen.settings import get_settings
 from imagegen.slots import UpstreamSlots, bound_upstream
@@ -63,6 +62,7 @@ def _fan_out(record: QueueRecord, body: dict[str, Any]) -> None:
     its last receive a failure is not retried (SQS would dead-letter it with the job's items never written):
     the fan-out gives up, failing what it never fanned out, and the job completes."""
     from imagegen.fanout import FanoutIncomplete, InvalidEvent, event_job_id, is_eventbridge_envelope
+    from imagegen.models import FanoutMessage  # the domain models load with the first message, not at import
 
     receive_count = int(record.attributes.ApproximateReceiveCount)
     message: FanoutMessage | None = None
