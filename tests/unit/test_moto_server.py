@@ -1,0 +1,87 @@
+"""The local moto launcher's direct JSON answers for DynamoDB are the bytes moto's own serializer would write."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from devstack import moto_server
+from moto.core.responses import ActionResult
+from moto.dynamodb.models.dynamo_type import DynamoType
+from moto.dynamodb.responses import DynamoHandler, DynamoResult
+
+
+def _handler(action: str) -> DynamoHandler:
+    handler = DynamoHandler()
+    handler._get_action = lambda: action  # type: ignore[method-assign]
+    handler.response_headers = {"x-amzn-requestid": "r-1"}
+    handler.headers = {"Content-Type": "application/x-amz-json-1.0"}
+    return handler
+
+
+def _both(action: str, result: ActionResult) -> tuple[Any, Any]:
+    handler = _handler(action)
+    return moto_server.serialized(handler, result), moto_server._original_serialized(handler, result)
+
+
+def _every_attribute_type() -> dict[str, DynamoType]:
+    return {
+        "pk": DynamoType({"S": "JOB#job_1"}),
+        "count": DynamoType({"N": "1.5"}),
+        "blob": DynamoType({"B": "eHk="}),
+        "nested": DynamoType({"M": {"list": {"L": [{"S": "a"}, {"NULL": True}, {"BOOL": False}, {"N": "2"}]}}}),
+        "strings": DynamoType({"SS": ["a", "b"]}),
+        "numbers": DynamoType({"NS": ["1", "2"]}),
+        "blobs": DynamoType({"BS": ["eHk="]}),
+    }
+
+
+@pytest.mark.parametrize(
+    ("action", "result"),
+    [
+        ("Query", {"Items": [_every_attribute_type()], "Count": 1, "ScannedCount": 1, "LastEvaluatedKey": None}),
+        ("GetItem", {"Item": _every_attribute_type()}),
+        ("UpdateItem", {"Attributes": _every_attribute_type(), "ConsumedCapacity": {"TableName": "t"}}),
+        ("TransactWriteItems", {"ConsumedCapacity": [], "ItemCollectionMetrics": {}}),
+        ("BatchWriteItem", {"ConsumedCapacity": [{"TableName": "t", "CapacityUnits": 1.0}], "UnprocessedItems": {}}),
+    ],
+)
+def test_direct_json_equals_moto_serializer(action: str, result: dict[str, Any]) -> None:
+    # Given a data-plane answer with every attribute type (binaries included)
+    fast, slow = _both(action, DynamoResult(result))
+
+    # Then the status, headers and decoded body are those moto's serializer writes
+    assert fast[0] == slow[0] == 200
+    assert fast[1] == slow[1]
+    assert json.loads(fast[2]) == json.loads(slow[2])
+    assert "null" not in fast[2]
+
+
+def test_answer_that_is_not_plain_json_goes_through_moto_serializer(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an answer carrying a timestamp (which only the shape says how to write)
+    calls: list[str] = []
+    original = moto_server._original_serialized
+
+    def spy(handler: DynamoHandler, result: ActionResult) -> Any:
+        calls.append(handler._get_action())
+        return original(handler, result)
+
+    monkeypatch.setattr(moto_server, "_original_serialized", spy)
+    stamp = datetime(2026, 11, 29, tzinfo=UTC)
+    result = ActionResult({"Attributes": {"pk": {"S": "a"}}, "Stamp": stamp})
+
+    # When it is answered, then moto's serializer writes it
+    moto_server.serialized(_handler("UpdateItem"), result)
+    assert calls == ["UpdateItem"]
+
+
+def test_control_plane_answer_goes_through_moto_serializer(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[str] = []
+    original = moto_server._original_serialized
+    monkeypatch.setattr(
+        moto_server, "_original_serialized", lambda h, r: calls.append(h._get_action()) or original(h, r)
+    )
+    moto_server.serialized(_handler("ListTables"), ActionResult({"TableNames": ["t"]}))
+    assert calls == ["ListTables"]
