@@ -105,7 +105,7 @@ class LocalAws:
         else:
             self.stop()
             raise OSError(f"moto did not start listening on {self.host}:{self.port} in {self._start_timeout_s} s")
-        if self._process.stderr is not None:  # moto logs every request there: drain it so it never blocks
+        if self._process.stderr is not None:  # warnings and errors: drain them so moto never blocks
             threading.Thread(target=self._process.stderr.read, daemon=True).start()
         return self
 

@@ -17,6 +17,10 @@ bulk job, profiled with py-spy). These answers are already DynamoDB's wire forma
 ``{"S": …}``, binaries base64), so ``json.dumps`` gives the same bytes a client parses; anything that is not plain
 JSON (an error, a timestamp, a paginated result) still goes through moto's serializer.
 
+Two per-request costs of moto's server go too: it lists its own package directory (``listdir`` + ``isdir`` on
+~150 folders) to route every request, under a lock all requests share (listed once now), and it logs a line per
+request through werkzeug, which contended for the logging lock (warnings and errors still print).
+
 Development tooling only: ``python -m devstack.moto_server -H 127.0.0.1 -p 5001``.
 """
 
@@ -26,6 +30,7 @@ import base64
 import copy
 import functools
 import json
+import logging
 import sys
 import threading
 import types
@@ -147,6 +152,11 @@ def serialized(self: DynamoHandler, action_result: ActionResult) -> Any:
 
 
 def install() -> None:
+    from moto import backends
+
+    modules = frozenset(backends.list_of_moto_modules())
+    backends.list_of_moto_modules = lambda: modules  # type: ignore[assignment]
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
     module = sys.modules[models_module_name]
     module.copy = types.SimpleNamespace(deepcopy=_deepcopy_except_tables, copy=copy.copy)  # type: ignore[attr-defined]
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -85,3 +87,31 @@ def test_control_plane_answer_goes_through_moto_serializer(monkeypatch: pytest.M
     )
     moto_server.serialized(_handler("ListTables"), ActionResult({"TableNames": ["t"]}))
     assert calls == ["ListTables"]
+
+
+def test_routing_lists_moto_services_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given moto's server, which asks for its service folders on every request
+    from moto import backends
+
+    listed: list[int] = []
+    original = backends.list_of_moto_modules
+
+    def counting() -> Any:
+        listed.append(1)
+        return original()
+
+    monkeypatch.setattr(backends, "list_of_moto_modules", counting)
+    monkeypatch.setattr(moto_server.DynamoHandler, "serialized", moto_server.DynamoHandler.serialized)
+    monkeypatch.setattr(moto_server.DynamoDBBackend, "transact_write_items", moto_server._original_transact)
+    for name in moto_server._SERIALIZED:
+        if hasattr(moto_server.DynamoDBBackend, name):
+            monkeypatch.setattr(moto_server.DynamoDBBackend, name, getattr(moto_server.DynamoDBBackend, name))
+    monkeypatch.setattr(sys.modules[moto_server.models_module_name], "copy", copy)
+
+    # When the launcher is installed and routing asks many times
+    moto_server.install()
+    answers = [backends.list_of_moto_modules() for _ in range(50)]
+
+    # Then the folders were listed once, and every answer holds the services
+    assert listed == [1]
+    assert all("dynamodb" in answer and "sqs" in answer for answer in answers)
