@@ -538,7 +538,7 @@ def _submit_inline(client: ApiClient, plans: list[JobPlan], console: Console) ->
     submitted: list[tuple[str, list[dict[str, Any]]]] = []
     for plan in plans:
         try:
-            document, _ = client.create_job(plan.body, plan.idempotency_key)
+            document = client.create_job(plan.body, plan.idempotency_key)
         except (ApiError, NetworkError) as exc:
             if isinstance(exc, ApiError):
                 exc.detail_labels = _detail_label(plan)

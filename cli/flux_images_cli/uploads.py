@@ -147,7 +147,7 @@ class Uploader:
 
     def _create_job(self, plan: UploadPlan, upload_id: str) -> dict[str, Any]:
         try:
-            return self.client.create_job(plan.body(upload_id), plan.idempotency_key)[0]
+            return self.client.create_job(plan.body(upload_id), plan.idempotency_key)
         except ApiError as exc:
             if exc.code == "idempotency_key_reused":
                 exc.message += (
