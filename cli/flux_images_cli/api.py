@@ -141,7 +141,7 @@ def check_api_url(url: str) -> str:
 
 
 @contextlib.contextmanager
-def _cli_errors() -> Iterator[None]:
+def cli_errors() -> Iterator[None]:
     """The client's exceptions as the CLI's."""
     try:
         yield
@@ -166,7 +166,7 @@ class ApiClient:
         policy: RetryPolicy | None = None,
         on_retry: Callable[[str], None] | None = None,
     ) -> None:
-        with _cli_errors():
+        with cli_errors():
             self.flux = flux_images.Client(
                 check_api_url(base_url),
                 api_key,
@@ -184,7 +184,7 @@ class ApiClient:
 
     def create_job(self, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
         """``POST /v1/jobs`` with ``body`` as the CLI planned it (inline ``items`` or ``items_upload_id``)."""
-        with _cli_errors():
+        with cli_errors():
             job = self.flux.submit(
                 body.get("items"),
                 items_upload_id=body.get("items_upload_id"),
@@ -197,28 +197,28 @@ class ApiClient:
 
     def create_upload(self) -> dict[str, Any]:
         """``POST /v1/uploads``: ``{"id", "upload_url", "expires_at", "max_bytes", "max_lines"}``."""
-        with _cli_errors():
+        with cli_errors():
             return self.flux.create_upload().raw
 
     def get_image(self, image_id: str) -> dict[str, Any]:
         """``GET /v1/images/{id}``: the image document, with a fresh presigned URL."""
-        with _cli_errors():
+        with cli_errors():
             return self.flux.image(image_id).raw
 
     def get_job(self, job_id: str, *, cursor: str | None = None, limit: int | None = None) -> dict[str, Any]:
-        with _cli_errors():
+        with cli_errors():
             return self.flux.get_job(job_id, cursor=cursor, limit=limit).raw
 
     def iter_job_pages(
         self, job_id: str, limit: int = PAGE_LIMIT
     ) -> Generator[tuple[str | None, dict[str, Any]], None, None]:
         """Every page of the job: ``(cursor used, page)``; the cursor lets a caller fetch that page again."""
-        with _cli_errors():
+        with cli_errors():
             for cursor, page in self.flux.job_pages(job_id, limit):
                 yield cursor, page.raw
 
     def cancel_job(self, job_id: str) -> dict[str, Any]:
-        with _cli_errors():
+        with cli_errors():
             return self.flux.cancel_job(job_id).raw
 
 

@@ -18,13 +18,13 @@ Image and results URLs are fetched with their own session: the API key is never 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
 import json
 import os
 import re
-import sys
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
-from tqdm import tqdm
 
 from flux_images_cli import api, manifest
 from flux_images_cli.api import ApiClient, ApiError, RetryPolicy, describe_exception
+from flux_images_cli.progress import ProgressLine
 
 CHUNK_BYTES = 1 << 20
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp"}
@@ -114,6 +114,18 @@ def _expired(info: dict[str, Any]) -> bool:
     return when.timestamp() - EXPIRY_MARGIN_S <= dt.datetime.now(dt.UTC).timestamp()
 
 
+class _Count:
+    """Images handled so far, shown on a ``ProgressLine``."""
+
+    def __init__(self, line: ProgressLine, total: int) -> None:
+        self.line, self.total, self.n = line, total, 0
+        line.show(0, total, [])
+
+    def update(self, n: int) -> None:
+        self.n += n
+        self.line.show(self.n, self.total, [], final=self.n >= self.total)
+
+
 class Downloader:
     def __init__(
         self,
@@ -151,10 +163,11 @@ class Downloader:
         report.manifests = manifest.write(self.directory, report.rows)
         return report
 
-    def _bar(self, total: int) -> tqdm[Any]:
-        return tqdm(
-            total=total, desc="download", unit="img", file=sys.stderr, disable=not self.progress, dynamic_ncols=True
-        )
+    @contextlib.contextmanager
+    def _bar(self, total: int) -> Iterator[_Count]:
+        """The download's progress: a line that fits the terminal, plain periodic lines in a pipe."""
+        with ProgressLine("download", enabled=self.progress) as line:
+            yield _Count(line, total)
 
     def _from_pages(
         self, job_id: str, job: dict[str, Any], pages: Iterator[tuple[str | None, dict[str, Any]]]

@@ -39,6 +39,7 @@ class Item:
 
     request: dict[str, Any]
     source: str
+    own: frozenset[str] = frozenset()  # the fields the line set itself (a default under them changes nothing)
 
 
 class InputError(UsageError):
@@ -134,7 +135,7 @@ def _jsonl_items(text: str, label: str, defaults: dict[str, Any], problems: list
             problems.append(f"{source}: prompt: missing (every line needs a prompt)")
         fields = {key: val for key, val in value.items() if key in FIELDS}
         if _check_request(fields, source, problems) and not unknown and "prompt" in value:
-            items.append(Item({**defaults, **fields}, source))
+            items.append(Item({**defaults, **fields}, source, frozenset(fields)))
     return items
 
 
@@ -186,7 +187,7 @@ def _csv_items(text: str, label: str, defaults: dict[str, Any], problems: list[s
             problems.append(f"{source}: prompt: missing")
             continue
         if _check_request(fields, source, problems) and ok:
-            items.append(Item({**defaults, **fields}, source))
+            items.append(Item({**defaults, **fields}, source, frozenset(fields)))
     if header is None:
         problems.append(f"{label}: empty CSV (the first line must be a header naming the columns, with 'prompt')")
     return items
@@ -246,7 +247,7 @@ def load_items(
     for number, prompt in enumerate(prompts, start=1):
         source = f"--prompt #{number}"
         if _check_request({"prompt": prompt}, source, problems):
-            items.append(Item({**defaults, "prompt": prompt}, source))
+            items.append(Item({**defaults, "prompt": prompt}, source, frozenset({"prompt"})))
     if problems:
         raise InputError(problems)
     if not items:
@@ -255,6 +256,11 @@ def load_items(
 
 
 # ------------------------------------------------------------------------------------------------ job bodies
+def overridden_defaults(items: list[Item], defaults: dict[str, Any]) -> list[str]:
+    """The defaults that no item takes: every item sets that field itself."""
+    return [name for name in defaults if items and all(name in item.own for item in items)]
+
+
 def check_metadata(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None

@@ -192,7 +192,7 @@ class Uploader:
             unit_scale=True,
             unit_divisor=1024,
             file=sys.stderr,
-            disable=not self.progress,
+            disable=not self.progress or not sys.stderr.isatty(),  # in a pipe: no \r lines, the notes say enough
             dynamic_ncols=True,
         )
         try:
