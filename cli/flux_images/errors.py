@@ -12,7 +12,7 @@ class FluxImagesError(Exception):
 class ApiError(FluxImagesError):
     """A non-2xx answer of the API, in its ``{"error": {"code", "message", "details", "request_id"}}`` shape.
 
-    ``note`` says what the client did about it (``gave up after 6 attempts``, ``the API asks to retry in 3600 s;
+    ``note`` says what the client did about it (``gave up after 6 attempts``, ``the server asks to retry in 3600 s;
     try again later``); ``error_type`` is API Gateway's ``x-amzn-ErrorType`` when the gateway answered itself.
     """
 

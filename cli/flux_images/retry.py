@@ -131,7 +131,7 @@ class Attempts:
             self.why_not = f"gave up after {self.attempt} attempts"
             return False
         if delay > self.policy.max_wait_s:
-            self.why_not = f"the API asks to retry in {delay:.0f} s; try again later"
+            self.why_not = f"the server asks to retry in {delay:.0f} s; try again later"
             return False
         deadline = self.policy.deadline_s
         if deadline is not None and self._clock() - self._started + max(0.0, delay) > deadline:

@@ -16,7 +16,7 @@ from typing import Any
 
 import flux_images
 from flux_images.client import DEFAULT_TIMEOUT, PAGE_LIMIT, is_loopback, printable, user_agent
-from flux_images.retry import RetryPolicy, describe_exception, parse_retry_after
+from flux_images.retry import Attempts, RetryPolicy, describe_exception, parse_retry_after
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -126,6 +126,11 @@ class ApiError(CliError):
         if self.request_id:
             lines.append(f"  request id: {self.request_id}")
         return "\n".join(lines)
+
+
+def attempts(policy: RetryPolicy) -> Attempts:
+    """The attempts of one call of the CLI's own (presigned URLs), every wait through ``_sleep``."""
+    return Attempts(policy, sleep=lambda seconds: _sleep(seconds))
 
 
 def _printable(text: str, limit: int = 500) -> str:

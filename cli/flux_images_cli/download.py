@@ -380,8 +380,9 @@ class Downloader:
         """GET a presigned URL (no API key) and hand a 200's response to ``consume``; 429/5xx and connection errors
         retried (bounded). None when done, else why not; ``_UrlExpired`` on 401/403 or S3's expired 400."""
         policy = self.policy
-        for attempt in range(1, policy.max_attempts + 1):
-            last = attempt == policy.max_attempts
+        attempts = api.attempts(policy)
+        for attempt in attempts:
+            last = attempts.last
             try:
                 with self.images.get(url, stream=True, timeout=self.client.timeout) as response:
                     status = response.status_code
@@ -395,10 +396,9 @@ class Downloader:
                         if last:
                             return f"HTTP {status} (gave up after {attempt} attempts)"
                         retry_after = api.parse_retry_after(response.headers.get("Retry-After"))
-                        delay = min(
-                            retry_after if retry_after is not None else policy.backoff(attempt), policy.max_wait_s
-                        )
-                        api._sleep(delay)
+                        delay = min(retry_after if retry_after is not None else attempts.backoff(), policy.max_wait_s)
+                        if not attempts.wait_before_next(delay):  # the deadline
+                            return f"HTTP {status} ({attempts.why_not})"
                         continue
                     if status != 200:
                         return f"the URL answered HTTP {status}"
@@ -408,7 +408,8 @@ class Downloader:
                 reason = describe_exception(exc)  # never the URL: its query string is a credential
                 if last:
                     return f"{reason} (gave up after {attempt} attempts)"
-                api._sleep(policy.backoff(attempt))
+                if not attempts.wait_before_next(attempts.backoff()):
+                    return f"{reason} ({attempts.why_not})"
         raise AssertionError("unreachable")  # pragma: no cover
 
 

@@ -135,7 +135,7 @@ def test_a_retry_after_beyond_the_longest_wait_ends_the_call_at_once(fake: FakeJ
     fake.fail("image_doc", 429, code="throttled", headers={"Retry-After": "3600"})
     with client_for(fake.url, clock) as client, pytest.raises(ApiError) as caught:
         client.image("img_x")
-    assert "retry in 3600 s; try again later" in str(caught.value) and clock.sleeps == []
+    assert "asks to retry in 3600 s; try again later" in str(caught.value) and clock.sleeps == []
 
 
 def test_quota_exceeded_is_not_retried(fake: FakeJobsApi, clock: FakeClock) -> None:
