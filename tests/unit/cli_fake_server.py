@@ -105,6 +105,7 @@ class FakeJobsApi:
     expire_image_fetches: int = 0
     uploads_enabled: bool = True
     results_enabled: bool = True
+    generate_async: bool = False  # POST /v1/images answers 202 with a one-item job (as respond-async does)
     expire_upload_puts: int = 0
     expire_results_fetches: int = 0
     upload_max_bytes: int = UPLOAD_MAX_BYTES
@@ -350,8 +351,24 @@ class FakeJobsApi:
             error = {"code": "validation_error", "message": "the request is invalid: prompt: Field required"}
             answer = _dumps({"error": {**error, "details": [detail], "request_id": "rq-2"}})
             return 422, {"Content-Type": "application/json"}, answer
-        if "[fail]" in prompt:
+        if "[fail]" in prompt and not self.generate_async:
             return _error(400, "upstream_rejected", "Flux Schnell refused the parameters")
+        if self.generate_async:  # as with Prefer: respond-async: a one-item job, followed at /v1/jobs/{id}
+            job = FakeJob(
+                id=f"job_{uuid.uuid4().hex}",
+                requests=[request],
+                per_tick=1,
+                metadata=None,
+                webhook_url=None,
+                created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+            self.jobs[job.id] = job
+            self._images[self.image_id(job.id, 0)] = (job.id, 0)
+            return (
+                202,
+                {"Content-Type": "application/json", "Location": f"/v1/jobs/{job.id}"},
+                _dumps(self._job_document(job)),
+            )
         job = FakeJob(
             id=f"job_{uuid.uuid4().hex}",
             requests=[request],

@@ -89,6 +89,20 @@ def test_two_generate_calls_with_the_same_prompt_are_two_images(fake: FakeJobsAp
     assert first.id != second.id and len(keys) == 2
 
 
+def test_generate_follows_a_202_job_to_its_image_or_its_error(fake: FakeJobsApi, clock: FakeClock) -> None:
+    # Given a deployment that queues the image as a one-item job (202) instead of answering with it
+    fake.generate_async = True
+    with client_for(fake.url, clock) as client:
+        # When an image is asked for, Then the job is followed to its image
+        image = client.generate("a slow fox")
+        assert image.parameters.prompt == "a slow fox" and image.id.startswith("img_")
+        # And an item that fails is the item's error
+        with pytest.raises(ApiError) as caught:
+            client.generate("[fail] a ghost")
+    assert caught.value.code == "upstream_rejected" and caught.value.context.startswith("job job_")
+    assert len(fake.requests_to("generate")) == 2 and fake.requests_to("get")
+
+
 def test_api_errors_carry_code_message_details_status_and_request_id(fake: FakeJobsApi, clock: FakeClock) -> None:
     with client_for(fake.url, clock) as client, pytest.raises(ApiError) as caught:
         client.generate(" ")
