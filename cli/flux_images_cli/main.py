@@ -81,8 +81,8 @@ exit codes: 0 all items succeeded, 1 some failed or were canceled, 2 usage/input
 
 
 class Console:
-    """stdout carries results (job ids, status); everything for people goes to stderr (through ``tqdm.write``, so
-    a message never lands in the middle of a progress bar)."""
+    """stdout carries results (job ids, status); everything for people goes to stderr, above the progress line or
+    bar being drawn (``progress.write_message`` / ``tqdm.write``), so a message never lands in the middle of it."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet

@@ -44,6 +44,23 @@ def ran(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> tuple[dict[str, Any]
     return namespace, output.getvalue(), fake
 
 
+def test_the_readme_example_runs_too(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (block,) = [
+        block for block in python_blocks((ROOT / "README.md").read_text(encoding="utf-8")) if "flux_images" in block
+    ]
+    fake = FakeJobsApi(api_key=API_KEY, items_per_tick=100).start()
+    monkeypatch.chdir(tmp_path)
+    try:
+        code = block.replace("http://127.0.0.1:3000", fake.url).replace("local-dev-key", API_KEY)
+        assert code != block  # it names make run's URL and key, which the test points at the fake
+        with contextlib.redirect_stdout(io.StringIO()) as output:
+            exec(compile(code, "README.md", "exec"), {"__name__": "readme"})
+    finally:
+        fake.stop()
+    assert output.getvalue().splitlines()[-1] == "2/2"
+    assert sorted(path.name for path in (tmp_path / "my-images").iterdir()) == ["0000.png", "0001.png"]
+
+
 def test_the_document_has_the_examples_it_promises() -> None:
     blocks = python_blocks(DOC.read_text(encoding="utf-8"))
     assert len(blocks) >= 6
