@@ -24,7 +24,7 @@ $(UV):
 	@python3 -m venv $(TOOLS)/bootstrap
 	@$(TOOLS)/bootstrap/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
-$(VENV)/.synced: $(UV) uv.lock pyproject.toml $(wildcard cli/flux_images_cli/*.py)
+$(VENV)/.synced: $(UV) uv.lock pyproject.toml $(wildcard cli/flux_images_cli/*.py cli/flux_images/*.py)
 	@$(UV) sync --frozen --all-extras --python "$(PYTHON312)" --quiet
 	@touch $@
 

@@ -18,13 +18,13 @@ Image and results URLs are fetched with their own session: the API key is never 
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import itertools
 import json
 import os
 import re
-import sys
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
-from tqdm import tqdm
 
 from flux_images_cli import api, manifest
 from flux_images_cli.api import ApiClient, ApiError, RetryPolicy, describe_exception
+from flux_images_cli.progress import ProgressLine
 
 CHUNK_BYTES = 1 << 20
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp"}
@@ -114,6 +114,18 @@ def _expired(info: dict[str, Any]) -> bool:
     return when.timestamp() - EXPIRY_MARGIN_S <= dt.datetime.now(dt.UTC).timestamp()
 
 
+class _Count:
+    """Images handled so far, shown on a ``ProgressLine``."""
+
+    def __init__(self, line: ProgressLine, total: int) -> None:
+        self.line, self.total, self.n = line, total, 0
+        line.show(0, total, [])
+
+    def update(self, n: int) -> None:
+        self.n += n
+        self.line.show(self.n, self.total, [], final=self.n >= self.total)
+
+
 class Downloader:
     def __init__(
         self,
@@ -151,10 +163,11 @@ class Downloader:
         report.manifests = manifest.write(self.directory, report.rows)
         return report
 
-    def _bar(self, total: int) -> tqdm[Any]:
-        return tqdm(
-            total=total, desc="download", unit="img", file=sys.stderr, disable=not self.progress, dynamic_ncols=True
-        )
+    @contextlib.contextmanager
+    def _bar(self, total: int) -> Iterator[_Count]:
+        """The download's progress: a line that fits the terminal, plain periodic lines in a pipe."""
+        with ProgressLine("download", enabled=self.progress) as line:
+            yield _Count(line, total)
 
     def _from_pages(
         self, job_id: str, job: dict[str, Any], pages: Iterator[tuple[str | None, dict[str, Any]]]
@@ -367,8 +380,9 @@ class Downloader:
         """GET a presigned URL (no API key) and hand a 200's response to ``consume``; 429/5xx and connection errors
         retried (bounded). None when done, else why not; ``_UrlExpired`` on 401/403 or S3's expired 400."""
         policy = self.policy
-        for attempt in range(1, policy.max_attempts + 1):
-            last = attempt == policy.max_attempts
+        attempts = api.attempts(policy)
+        for attempt in attempts:
+            last = attempts.last
             try:
                 with self.images.get(url, stream=True, timeout=self.client.timeout) as response:
                     status = response.status_code
@@ -382,10 +396,9 @@ class Downloader:
                         if last:
                             return f"HTTP {status} (gave up after {attempt} attempts)"
                         retry_after = api.parse_retry_after(response.headers.get("Retry-After"))
-                        delay = min(
-                            retry_after if retry_after is not None else policy.backoff(attempt), policy.max_wait_s
-                        )
-                        api._sleep(delay)
+                        delay = min(retry_after if retry_after is not None else attempts.backoff(), policy.max_wait_s)
+                        if not attempts.wait_before_next(delay):  # the deadline
+                            return f"HTTP {status} ({attempts.why_not})"
                         continue
                     if status != 200:
                         return f"the URL answered HTTP {status}"
@@ -395,7 +408,8 @@ class Downloader:
                 reason = describe_exception(exc)  # never the URL: its query string is a credential
                 if last:
                     return f"{reason} (gave up after {attempt} attempts)"
-                api._sleep(policy.backoff(attempt))
+                if not attempts.wait_before_next(attempts.backoff()):
+                    return f"{reason} ({attempts.why_not})"
         raise AssertionError("unreachable")  # pragma: no cover
 
 

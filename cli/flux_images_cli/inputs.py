@@ -8,15 +8,16 @@ passes here is not refused by the API for its items.
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from flux_images import idempotency
 
 from flux_images_cli.api import UsageError
 
@@ -26,7 +27,7 @@ MAX_ITEMS_PER_JOB = 1000
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 4_294_967_295
 MAX_METADATA_BYTES = 2048
-MAX_IDEMPOTENCY_KEY = 255
+MAX_IDEMPOTENCY_KEY = idempotency.MAX_KEY_LENGTH
 MAX_REPORTED_PROBLEMS = 25
 # A job's body stays well under API Gateway's 10 MB and Lambda's 6 MB request limits (non-ASCII prompts are big).
 MAX_JOB_BODY_BYTES = 4 * 1024 * 1024
@@ -38,6 +39,7 @@ class Item:
 
     request: dict[str, Any]
     source: str
+    own: frozenset[str] = frozenset()  # the fields the line set itself (a default under them changes nothing)
 
 
 class InputError(UsageError):
@@ -133,7 +135,7 @@ def _jsonl_items(text: str, label: str, defaults: dict[str, Any], problems: list
             problems.append(f"{source}: prompt: missing (every line needs a prompt)")
         fields = {key: val for key, val in value.items() if key in FIELDS}
         if _check_request(fields, source, problems) and not unknown and "prompt" in value:
-            items.append(Item({**defaults, **fields}, source))
+            items.append(Item({**defaults, **fields}, source, frozenset(fields)))
     return items
 
 
@@ -185,7 +187,7 @@ def _csv_items(text: str, label: str, defaults: dict[str, Any], problems: list[s
             problems.append(f"{source}: prompt: missing")
             continue
         if _check_request(fields, source, problems) and ok:
-            items.append(Item({**defaults, **fields}, source))
+            items.append(Item({**defaults, **fields}, source, frozenset(fields)))
     if header is None:
         problems.append(f"{label}: empty CSV (the first line must be a header naming the columns, with 'prompt')")
     return items
@@ -245,7 +247,7 @@ def load_items(
     for number, prompt in enumerate(prompts, start=1):
         source = f"--prompt #{number}"
         if _check_request({"prompt": prompt}, source, problems):
-            items.append(Item({**defaults, "prompt": prompt}, source))
+            items.append(Item({**defaults, "prompt": prompt}, source, frozenset({"prompt"})))
     if problems:
         raise InputError(problems)
     if not items:
@@ -254,6 +256,11 @@ def load_items(
 
 
 # ------------------------------------------------------------------------------------------------ job bodies
+def overridden_defaults(items: list[Item], defaults: dict[str, Any]) -> list[str]:
+    """The defaults that no item takes: every item sets that field itself."""
+    return [name for name in defaults if items and all(name in item.own for item in items)]
+
+
 def check_metadata(text: str | None) -> dict[str, Any] | None:
     if text is None:
         return None
@@ -312,10 +319,10 @@ class JobPlan:
 
 
 def derived_key(body: dict[str, Any]) -> str:
-    """The automatic Idempotency-Key: a hash of the exact body, so the same input gives the same key on a re-run
-    and a changed input (or option) gives a new one instead of a ``422 idempotency_key_reused``."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    return "flux-images-" + hashlib.sha256(canonical).hexdigest()
+    """The automatic Idempotency-Key of a job: the hash of its exact body (``flux_images.idempotency``, the rule
+    shared with the client), so the same input gives the same key on a re-run and a changed input (or option)
+    gives a new one instead of a ``422 idempotency_key_reused``."""
+    return idempotency.content_key(body)
 
 
 def plan_jobs(
@@ -364,7 +371,7 @@ MAX_LINES_PER_UPLOAD = 100_000
 
 def jsonl_line(request: dict[str, Any]) -> bytes:
     """One line of an uploaded items file: the request as canonical JSON (the form ``derived_key`` hashes), ``\\n``."""
-    return json.dumps(request, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8") + b"\n"
+    return idempotency.canonical(request) + b"\n"
 
 
 @dataclass(frozen=True)
@@ -393,18 +400,17 @@ class UploadPlan:
 def _streamed_key(items: list[Item], extras: dict[str, Any]) -> tuple[str, int]:
     """``(derived_key of {"items": [...], **extras}, bytes of the JSONL file)`` in one pass, without building the
     body or the file: the key is the one ``derived_key`` gives the same content as an inline body."""
-    digest = hashlib.sha256(b'{"items":[')
     size = 0
-    for number, item in enumerate(items):
-        line = jsonl_line(item.request)
-        size += len(line)
-        digest.update((b"," if number else b"") + line[:-1])
-    digest.update(b"]")
-    for name in sorted(extras):  # "items" < "metadata" < "webhook_url": sort_keys order
-        value = json.dumps(extras[name], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-        digest.update(f",{json.dumps(name)}:{value}".encode())
-    digest.update(b"}")
-    return "flux-images-" + digest.hexdigest(), size
+
+    def lines() -> Iterator[bytes]:
+        nonlocal size
+        for item in items:
+            line = idempotency.canonical(item.request)
+            size += len(line) + 1
+            yield line
+
+    key = idempotency.streamed_content_key(lines(), extras)
+    return key, size
 
 
 def plan_uploads(

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
-from tqdm import tqdm
+from flux_images import Job
 
 from flux_images_cli import api
 from flux_images_cli.api import ApiClient
+from flux_images_cli.progress import ProgressLine
 
 TERMINAL_JOB_STATUSES = frozenset({"succeeded", "failed", "partially_failed", "canceled"})
 COUNT_NAMES = ("succeeded", "failed", "canceled", "running", "queued")
@@ -31,43 +31,16 @@ def is_terminal(job: dict[str, Any]) -> bool:
 
 
 def wait_for(client: ApiClient, job_id: str, *, poll_interval: float, progress: bool) -> dict[str, Any]:
-    """Poll ``GET /v1/jobs/{id}`` (first page, one item: only the counts matter) until the job is terminal.
+    """Follow the job with ``flux_images.Job.wait`` until it is terminal, drawing its progress on stderr.
 
     Polls come every ``poll_interval`` seconds while the counts move, and back off (×1.5, up to
     ``MAX_POLL_INTERVAL``) while they do not, so a long job does not eat the usage plan's request quota.
     KeyboardInterrupt propagates (the caller says how to resume); nothing is canceled.
     """
-    job = client.get_job(job_id, limit=1)
-    delay = poll_interval
-    previous: dict[str, int] | None = None
-    bar = tqdm(
-        total=int(job.get("total") or 0),
-        desc=job_id,
-        unit="img",
-        file=sys.stderr,
-        disable=not progress,
-        dynamic_ncols=True,
-    )
-    try:
-        while True:
-            counts = counts_of(job)
-            bar.total = int(job.get("total") or bar.total or 0)
-            bar.n = finished(job)
-            postfix = {"ok": counts["succeeded"], "failed": counts["failed"], "canceled": counts["canceled"]}
-            postfix |= {"running": counts["running"], "queued": counts["queued"]}
-            bar.set_postfix(postfix, refresh=False)
-            bar.refresh()
-            if is_terminal(job):
-                return job
-            if previous is not None and counts == previous:
-                delay = min(delay * 1.5, max(poll_interval, MAX_POLL_INTERVAL))
-            else:
-                delay = poll_interval
-            previous = counts
-            api._sleep(delay)
-            job = client.get_job(job_id, limit=1)
-    finally:
-        bar.close()
+    job = Job(client.flux, job_id)
+    with ProgressLine(job_id, enabled=progress) as line, api.cli_errors():
+        state = job.wait(progress=line.update, poll_interval=poll_interval, max_poll_interval=MAX_POLL_INTERVAL)
+    return state.raw
 
 
 def first_failures(client: ApiClient, job_id: str, limit: int = FIRST_FAILURES) -> list[dict[str, Any]]:

@@ -11,14 +11,16 @@ import json
 import os
 import re
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import requests
+from flux_images.models import parse_time
 from tqdm import tqdm
 
-from flux_images_cli import jobs
+from flux_images_cli import jobs, progress
 from flux_images_cli.api import (
     DEFAULT_TIMEOUT,
     ApiClient,
@@ -42,6 +44,7 @@ from flux_images_cli.inputs import (
     check_webhook_url,
     field_problem,
     load_items,
+    overridden_defaults,
     plan_jobs,
     plan_uploads,
 )
@@ -52,6 +55,8 @@ EXIT_OK, EXIT_ITEMS_FAILED, EXIT_USAGE, EXIT_API, EXIT_INTERRUPTED = 0, 1, 2, 3,
 ENV_URL, ENV_KEY = "FLUX_IMAGES_API_URL", "FLUX_IMAGES_API_KEY"
 DEFAULT_POLL_INTERVAL = 2.0
 SHOWN_DOWNLOAD_FAILURES = 5
+# A job created this long before the POST that answered with it was made by an earlier run (clock skew allowed).
+FOUND_AGAIN_AGE_S = 120.0
 
 DESCRIPTION = """\
 Generate images in bulk with the Flux image service: submit a file of prompts as jobs (POST /v1/jobs), follow
@@ -76,8 +81,8 @@ exit codes: 0 all items succeeded, 1 some failed or were canceled, 2 usage/input
 
 
 class Console:
-    """stdout carries results (job ids, status); everything for people goes to stderr (through ``tqdm.write``, so
-    a message never lands in the middle of a progress bar)."""
+    """stdout carries results (job ids, status); everything for people goes to stderr, above the progress line or
+    bar being drawn (``progress.write_message`` / ``tqdm.write``), so a message never lands in the middle of it."""
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
@@ -86,7 +91,10 @@ class Console:
         print(text, file=sys.stdout, flush=True)
 
     def _err(self, text: str) -> None:
-        tqdm.write(text, file=sys.stderr)
+        if progress.drawing(sys.stderr):
+            progress.write_message(text, sys.stderr)  # above the job's progress line
+        else:
+            tqdm.write(text, file=sys.stderr)  # above a download or upload bar, if one is drawn
         sys.stderr.flush()
 
     def info(self, text: str) -> None:
@@ -430,6 +438,11 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
         raise UsageError("nothing to submit: give a prompts file (JSONL or CSV, '-' for stdin) or --prompt TEXT")
     defaults = {name: getattr(args, name) for name in FIELDS if name != "prompt" and getattr(args, name) is not None}
     items = load_items(args.prompts_file, args.prompt, defaults, fmt=args.format)
+    for name in overridden_defaults(items, defaults):
+        console.warn(
+            f"--{name.replace('_', '-')} {defaults[name]} changes nothing: every input line sets its own {name} "
+            "(a line's own value wins)"
+        )
     options: dict[str, Any] = {
         "webhook_url": check_webhook_url(args.webhook_url),
         "metadata": check_metadata(args.metadata),
@@ -489,6 +502,19 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
         client.close()
 
 
+def _found_again(document: dict[str, Any], sent_at: float, console: Console) -> bool:
+    """Say so when the API answered with a job created well before this request: the Idempotency-Key (derived
+    from the content) is the one of an earlier run, so no new job was made. True when it did."""
+    created = parse_time(document.get("created_at"))
+    if created is None or created.timestamp() >= sent_at - FOUND_AGAIN_AGE_S:
+        return False
+    console.warn(
+        f"{document.get('id')} is the job an earlier run created ({created:%Y-%m-%d %H:%M:%S} UTC) from the same "
+        "input and options: no new job was made. To generate this input again, pass a new --idempotency-key"
+    )
+    return True
+
+
 def _submitted_so_far(exc: CliError, job_ids: list[str]) -> None:
     if job_ids:
         exc.message += (
@@ -504,6 +530,7 @@ def _submit_uploads(
     uploader = Uploader(client, UploadLedger(client.base_url), progress=not console.quiet, notify=console.info)
     submitted: list[tuple[str, list[dict[str, Any]]]] = []
     for plan in plans:
+        sent_at = time.time()
         try:
             document = uploader.submit(plan)
         except UploadsUnsupported:
@@ -523,7 +550,8 @@ def _submit_uploads(
         submitted.append((job_id, [item.request for item in plan.items]))
         console.out(job_id)
         where = f" (prompts {plan.first:,}–{plan.first + plan.size - 1:,})" if len(plans) > 1 else ""
-        console.info(f"submitted {job_id}: {plan.size:,} items from an upload{where}")
+        if not _found_again(document, sent_at, console):
+            console.info(f"submitted {job_id}: {plan.size:,} items from an upload{where}")
     return submitted
 
 
@@ -537,8 +565,9 @@ def _submit_inline(client: ApiClient, plans: list[JobPlan], console: Console) ->
         )
     submitted: list[tuple[str, list[dict[str, Any]]]] = []
     for plan in plans:
+        sent_at = time.time()
         try:
-            document, _ = client.create_job(plan.body, plan.idempotency_key)
+            document = client.create_job(plan.body, plan.idempotency_key)
         except (ApiError, NetworkError) as exc:
             if isinstance(exc, ApiError):
                 exc.detail_labels = _detail_label(plan)
@@ -548,7 +577,8 @@ def _submit_inline(client: ApiClient, plans: list[JobPlan], console: Console) ->
         submitted.append((job_id, plan.body["items"]))
         console.out(job_id)
         where = f" (prompts {plan.first:,}–{plan.first + plan.size - 1:,})" if len(plans) > 1 else ""
-        console.info(f"submitted {job_id}: {plan.size} item{'s' if plan.size != 1 else ''}{where}")
+        if not _found_again(document, sent_at, console):
+            console.info(f"submitted {job_id}: {plan.size} item{'s' if plan.size != 1 else ''}{where}")
     return submitted
 
 

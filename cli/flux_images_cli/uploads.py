@@ -147,7 +147,7 @@ class Uploader:
 
     def _create_job(self, plan: UploadPlan, upload_id: str) -> dict[str, Any]:
         try:
-            return self.client.create_job(plan.body(upload_id), plan.idempotency_key)[0]
+            return self.client.create_job(plan.body(upload_id), plan.idempotency_key)
         except ApiError as exc:
             if exc.code == "idempotency_key_reused":
                 exc.message += (
@@ -192,12 +192,12 @@ class Uploader:
             unit_scale=True,
             unit_divisor=1024,
             file=sys.stderr,
-            disable=not self.progress,
+            disable=not self.progress or not sys.stderr.isatty(),  # in a pipe: no \r lines, the notes say enough
             dynamic_ncols=True,
         )
         try:
-            for attempt in range(1, policy.max_attempts + 1):
-                last = attempt == policy.max_attempts
+            attempts = api.attempts(policy)
+            for attempt in attempts:
                 bar.reset(total=plan.file_bytes)
                 body = JsonlBody(plan, on_read=bar.update)
                 try:
@@ -210,11 +210,11 @@ class Uploader:
                     )
                 except requests.RequestException as exc:
                     reason = describe_exception(exc)  # never the URL: its query string is a credential
-                    if last:
-                        raise NetworkError(f"PUT upload: {reason} (gave up after {attempt} attempts)") from None
-                    delay = policy.backoff(attempt)
+                    delay = attempts.backoff()
+                    if not attempts.allows(delay):
+                        raise NetworkError(f"PUT upload: {reason} ({attempts.why_not})") from None
                     self.notify(f"PUT upload: {reason}; retrying in {delay:.1f} s (attempt {attempt + 1})")
-                    api._sleep(delay)
+                    attempts.wait_before_next(delay)
                     continue
                 status = response.status_code
                 if 200 <= status < 300:
@@ -223,11 +223,11 @@ class Uploader:
                     raise _UrlExpired
                 if status == 429 or status >= 500:
                     retry_after = api.parse_retry_after(response.headers.get("Retry-After"))
-                    delay = retry_after if retry_after is not None else policy.backoff(attempt)
-                    if last or delay > policy.max_wait_s:
-                        raise NetworkError(f"PUT upload: HTTP {status} (gave up after {attempt} attempts)")
+                    delay = retry_after if retry_after is not None else attempts.backoff()
+                    if not attempts.allows(delay):
+                        raise NetworkError(f"PUT upload: HTTP {status} ({attempts.why_not})")
                     self.notify(f"PUT upload: HTTP {status}; retrying in {delay:.1f} s (attempt {attempt + 1})")
-                    api._sleep(delay)
+                    attempts.wait_before_next(delay)
                     continue
                 raise ApiError(status, "upload_failed", f"the upload URL answered HTTP {status}", context="PUT upload")
         finally:

@@ -19,6 +19,9 @@
 - A finished job's document has ``results`` (``null`` before): a presigned-style URL of its ``results.jsonl`` on
   this server; ``results_enabled = False`` leaves it out (an older deployment); ``expire_results_fetches = n``
   answers the next n results fetches with a 403. ``GET /v1/images/{id}`` answers an item's image document.
+- ``POST /v1/images`` (``generate``): a one-item job finished at once, answered 201 with its image document
+  (``Idempotency-Key`` replayed as for jobs); a blank or missing prompt is a 422 naming ``body.prompt``, a prompt
+  containing ``[fail]`` a 400 ``upstream_rejected``.
 - Every request is recorded in ``seen`` (method, path, query, headers, body).
 """
 
@@ -39,7 +42,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-ROUTES = ("create", "get", "delete", "image", "upload_create", "upload_put", "results", "image_doc")
+ROUTES = ("create", "get", "delete", "image", "upload_create", "upload_put", "results", "image_doc", "generate")
 UPLOAD_MAX_LINES = 100_000
 UPLOAD_MAX_BYTES = 64 * 1024 * 1024
 ITEM_FIELDS = frozenset({"prompt", "num_steps", "seed", "width", "height"})
@@ -102,6 +105,7 @@ class FakeJobsApi:
     expire_image_fetches: int = 0
     uploads_enabled: bool = True
     results_enabled: bool = True
+    generate_async: bool = False  # POST /v1/images answers 202 with a one-item job (as respond-async does)
     expire_upload_puts: int = 0
     expire_results_fetches: int = 0
     upload_max_bytes: int = UPLOAD_MAX_BYTES
@@ -273,6 +277,8 @@ class FakeJobsApi:
             job_id = _strip_stage(path).removeprefix("/v1/jobs").strip("/")
             if route == "create":
                 return self._create(headers.get("idempotency-key"), body)
+            if route == "generate":
+                return self._generate(headers.get("idempotency-key"), body)
             if route == "upload_create":
                 return self._create_upload()
             if route == "image_doc":
@@ -327,6 +333,58 @@ class FakeJobsApi:
         if key is not None:
             self._idempotency[key] = (hashlib.sha256(body).hexdigest(), 202, answer)
         return 202, {"Content-Type": "application/json", "Location": f"/v1/jobs/{job.id}"}, answer
+
+    def _generate(self, key: str | None, body: bytes) -> Any:
+        """``POST /v1/images``: a one-item job finished at once, answered with its image document (201)."""
+        if key is not None and key in self._idempotency:
+            digest, status, answer = self._idempotency[key]
+            if digest != hashlib.sha256(body).hexdigest():
+                return _error(422, "idempotency_key_reused", "this Idempotency-Key was already used")
+            return status, {"Content-Type": "application/json"}, answer
+        try:
+            request = json.loads(body)
+        except ValueError:
+            return _error(400, "malformed_json", "the body is not JSON")
+        prompt = request.get("prompt") if isinstance(request, dict) else None
+        if not isinstance(prompt, str) or not prompt.strip():
+            detail = {"location": "body.prompt", "field": "prompt", "message": "Field required", "type": "missing"}
+            error = {"code": "validation_error", "message": "the request is invalid: prompt: Field required"}
+            answer = _dumps({"error": {**error, "details": [detail], "request_id": "rq-2"}})
+            return 422, {"Content-Type": "application/json"}, answer
+        if "[fail]" in prompt and not self.generate_async:
+            return _error(400, "upstream_rejected", "Flux Schnell refused the parameters")
+        if self.generate_async:  # as with Prefer: respond-async: a one-item job, followed at /v1/jobs/{id}
+            job = FakeJob(
+                id=f"job_{uuid.uuid4().hex}",
+                requests=[request],
+                per_tick=1,
+                metadata=None,
+                webhook_url=None,
+                created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            )
+            self.jobs[job.id] = job
+            self._images[self.image_id(job.id, 0)] = (job.id, 0)
+            return (
+                202,
+                {"Content-Type": "application/json", "Location": f"/v1/jobs/{job.id}"},
+                _dumps(self._job_document(job)),
+            )
+        job = FakeJob(
+            id=f"job_{uuid.uuid4().hex}",
+            requests=[request],
+            per_tick=1,
+            metadata=None,
+            webhook_url=None,
+            created_at=dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            ticks=1,
+        )
+        self.jobs[job.id] = job
+        self._images[self.image_id(job.id, 0)] = (job.id, 0)
+        document = self._item_document(job, 0, "succeeded")["image"]
+        answer = _dumps(document)
+        if key is not None:
+            self._idempotency[key] = (hashlib.sha256(body).hexdigest(), 201, answer)
+        return 201, {"Content-Type": "application/json", "Location": f"/v1/images/{document['id']}"}, answer
 
     def _create_upload(self) -> Any:
         upload_id = f"upl_{uuid.uuid4().hex}"
@@ -487,6 +545,8 @@ def _route_of(method: str, path: str) -> str | None:
         return "image_doc"
     if path == "/v1/jobs" and method == "POST":
         return "create"
+    if path == "/v1/images" and method == "POST":
+        return "generate"
     if path.startswith("/v1/jobs/") and path.count("/") == 3:
         return {"GET": "get", "DELETE": "delete"}.get(method)
     return None

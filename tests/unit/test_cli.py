@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import requests
 from cli_fake_server import FakeJobsApi, tiny_png
+from flux_images import JobState
 from flux_images_cli import api, download, inputs, manifest, uploads
 from flux_images_cli.main import main
 
@@ -583,16 +584,22 @@ def test_polls_back_off_while_nothing_moves(monkeypatch: pytest.MonkeyPatch) -> 
 
     documents = iter([document(0)] * 4 + [document(1), document(2, "succeeded")])
 
-    class Client:
-        def get_job(self, job_id: str, **options: Any) -> dict[str, Any]:
+    class Client:  # the part of flux_images.Client that Job.wait uses
+        sleep = staticmethod(lambda seconds: api._sleep(seconds))
+        clock = staticmethod(lambda: 0.0)
+
+        def get_job(self, job_id: str, **options: Any) -> JobState:
             assert options == {"limit": 1}
-            return next(documents)
+            return JobState.from_json(next(documents))
+
+    class ApiClient:
+        flux = Client()
 
     sleeps: list[float] = []
     monkeypatch.setattr(api, "_sleep", sleeps.append)
     from flux_images_cli import jobs
 
-    assert jobs.wait_for(Client(), "job_x", poll_interval=2, progress=False)["status"] == "succeeded"  # type: ignore[arg-type]
+    assert jobs.wait_for(ApiClient(), "job_x", poll_interval=2, progress=False)["status"] == "succeeded"  # type: ignore[arg-type]
     assert sleeps == [2, 3, 4.5, 6.75, 2]
 
 
