@@ -6,7 +6,10 @@ It reproduces what the worker meets behind ``Type: SQS`` with ``FunctionResponse
 - up to ``maximum_concurrency`` invocations at once (``ScalingConfig.MaximumConcurrency``), each one poller
   thread that receives a batch (``ReceiveMessage``, at most 10 a call, long polling of at most 1 s so ``stop()``
   is prompt) and invokes the handler. The pollers take turns to call ``ReceiveMessage`` (moto's is not atomic:
-  see ``_Turn``); the invocations run concurrently;
+  see ``_Turn``); the invocations run concurrently. Without a batching window, the poller whose turn it is
+  receives for the idle pollers queued behind it too (up to 10 messages a call) and leaves their batches where
+  they take them without a call of their own, as Lambda's pollers fetch for the whole mapping; ``stop()`` makes
+  any batch left untaken visible again at once;
 - ``batch_size`` / ``batching_window_s`` (``BatchSize`` / ``MaximumBatchingWindowInSeconds``): with a window,
   receiving goes on until the batch is full, the window has elapsed since the first record, or the event nears
   Lambda's 6 MB invoke payload; without one, one ``ReceiveMessage`` makes the batch;
@@ -179,6 +182,11 @@ class _Turn:
                     return False
         return True
 
+    @property
+    def waiting(self) -> int:
+        """Pollers queued for the turn now."""
+        return len(self._waiting)
+
     def release(self) -> None:
         with self._lock:
             if self._waiting:
@@ -251,6 +259,7 @@ class EventSourceMapping:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._receive_turn = _Turn()
+        self._received_for_others: collections.deque[dict[str, Any]] = collections.deque()  # taken under the turn
         self._threads: list[threading.Thread] = []
         self._in_flight = 0
         self._last_poll_error: str | None = None
@@ -322,6 +331,7 @@ class EventSourceMapping:
         deadline = time.monotonic() + bound
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+        self._return_untaken()
         with self._lock:
             deletions = list(self._deletions)
         for thread in deletions:
@@ -396,13 +406,7 @@ class EventSourceMapping:
             if not self._receive_turn.acquire(give_up=functools.partial(self._give_up_turn, window_ends)):
                 break  # stopping, or the window ended while another poller was receiving: invoke what we have
             try:
-                answer = sqs.receive_message(
-                    QueueUrl=self.queue_url,
-                    MaxNumberOfMessages=min(RECEIVE_PAGE_MAX, self.batch_size - len(batch)),
-                    WaitTimeSeconds=wait_s,
-                    AttributeNames=["All"],
-                    MessageAttributeNames=["All"],
-                )
+                answer = self._receive_page(sqs, self.batch_size - len(batch), wait_s)
             except Exception as exc:  # noqa: BLE001 - Lambda's poller backs off and retries on any error
                 self._poll_failed(exc)
                 answer = None
@@ -424,6 +428,46 @@ class EventSourceMapping:
             if not batch:
                 return batch  # an empty poll: the caller loops (and notices stop())
         return batch
+
+    def _receive_page(self, sqs: Any, wanted: int, wait_s: int) -> dict[str, Any]:
+        """Up to ``wanted`` messages, holding the turn: first those received earlier for this poller's turn, else
+        one ``ReceiveMessage``; without a batching window it also asks for the pollers queued for the turn (each
+        wants a batch) and keeps what is beyond ``wanted`` for them."""
+        if self._received_for_others:
+            page = [self._received_for_others.popleft() for _ in range(min(wanted, len(self._received_for_others)))]
+            return {"Messages": page}
+        asked = wanted
+        if self.batching_window_s <= 0:
+            asked = wanted + self.batch_size * self._receive_turn.waiting
+        answer = sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=min(RECEIVE_PAGE_MAX, asked),
+            WaitTimeSeconds=wait_s,
+            AttributeNames=["All"],
+            MessageAttributeNames=["All"],
+        )
+        page = answer.get("Messages") or []
+        self._received_for_others.extend(page[wanted:])
+        return {**answer, "Messages": page[:wanted]}
+
+    def _return_untaken(self) -> None:
+        """Make the messages received for pollers that stopped before taking them visible again (as a poller that
+        is shut down does): they were never invoked, so nothing waits out a visibility timeout for them."""
+        untaken = []
+        while self._received_for_others:
+            untaken.append(self._received_for_others.popleft())
+        if not untaken:
+            return
+        try:
+            sqs = self._client_factory()
+            for start in range(0, len(untaken), DELETE_BATCH_MAX):
+                entries = [
+                    {"Id": str(number), "ReceiptHandle": message["ReceiptHandle"], "VisibilityTimeout": 0}
+                    for number, message in enumerate(untaken[start : start + DELETE_BATCH_MAX])
+                ]
+                sqs.change_message_visibility_batch(QueueUrl=self.queue_url, Entries=entries)
+        except Exception as exc:  # noqa: BLE001 - they come back after their visibility timeout anyway
+            self._log(f"{self.function_name}: could not return {len(untaken)} untaken message(s): {exc}")
 
     def _give_up_turn(self, window_ends: float | None) -> bool:
         return self._stopping.is_set() or (window_ends is not None and time.monotonic() >= window_ends)

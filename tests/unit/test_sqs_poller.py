@@ -373,6 +373,73 @@ def test_redrive_moves_a_message_to_the_dlq_after_max_receive_count(sqs: Any) ->
 
 
 # ---------------------------------------------------------------------------------------------------- stopping
+class CountingSqs:
+    """The moto client, counting ``ReceiveMessage`` calls and the ``MaxNumberOfMessages`` of each."""
+
+    def __init__(self, sqs: Any) -> None:
+        self._sqs = sqs
+        self.asked: list[int] = []
+
+    def receive_message(self, **request: Any) -> Any:
+        self.asked.append(request["MaxNumberOfMessages"])
+        return self._sqs.receive_message(**request)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sqs, name)
+
+
+def test_a_poller_receives_for_the_pollers_queued_behind_it(sqs: Any) -> None:
+    # Given 6 messages, batches of 2 without a batching window, and two pollers queued for the receive turn
+    url = new_queue(sqs, visibility_timeout_s=30)
+    send(sqs, url, *(f"m{i}" for i in range(6)))
+    counting = CountingSqs(sqs)
+    esm = mapping(counting, url, Recorder(), batch_size=2, maximum_concurrency=4)
+    esm._receive_turn._waiting.extend([threading.Event(), threading.Event()])
+
+    # When the poller holding the turn receives, and then the two queued pollers take their turns
+    first = esm._receive_page(counting, 2, 0)
+    esm._receive_turn._waiting.clear()
+    second, third = esm._receive_page(counting, 2, 0), esm._receive_page(counting, 2, 0)
+
+    # Then one ReceiveMessage asked for all three batches, and each poller got its own two messages
+    assert counting.asked == [6]
+    batches = [[message["Body"] for message in page["Messages"]] for page in (first, second, third)]
+    assert [len(batch) for batch in batches] == [2, 2, 2]
+    assert sorted(body for batch in batches for body in batch) == [f"m{i}" for i in range(6)]
+
+
+def test_with_a_batching_window_a_poller_receives_only_for_itself(sqs: Any) -> None:
+    url = new_queue(sqs, visibility_timeout_s=30)
+    send(sqs, url, *(f"m{i}" for i in range(6)))
+    counting = CountingSqs(sqs)
+    esm = mapping(counting, url, Recorder(), batch_size=2, batching_window_s=1, maximum_concurrency=4)
+    esm._receive_turn._waiting.extend([threading.Event(), threading.Event()])
+
+    page = esm._receive_page(counting, 2, 0)
+
+    assert counting.asked == [2]
+    assert len(page["Messages"]) == 2
+
+
+def test_stop_makes_batches_received_for_others_visible_at_once(sqs: Any) -> None:
+    # Given 4 messages received for pollers that have not taken them (a 30 s visibility timeout)
+    url = new_queue(sqs, visibility_timeout_s=30)
+    send(sqs, url, *(f"m{i}" for i in range(6)))
+    counting = CountingSqs(sqs)
+    esm = mapping(counting, url, Recorder(), batch_size=2, maximum_concurrency=4)
+    esm._receive_turn._waiting.extend([threading.Event(), threading.Event()])
+    esm._receive_page(counting, 2, 0)
+
+    # When the mapping stops
+    esm.stop()
+
+    # Then those 4 can be received again now, not after 30 s; the 2 taken stay in flight
+    visible = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"])["Attributes"]
+    assert int(visible["ApproximateNumberOfMessages"]) == 4
+    again = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0)["Messages"]
+    assert len(again) == 4
+
+
 def test_stop_is_prompt_when_idle(aws: LocalAws, sqs: Any) -> None:
     # Given a running mapping (its own clients, from the endpoint URL) on an empty queue
     url = new_queue(sqs, visibility_timeout_s=5)
