@@ -102,6 +102,7 @@ def test_routing_lists_moto_services_once(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(backends, "list_of_moto_modules", counting)
     monkeypatch.setattr(moto_server.DynamoHandler, "serialized", moto_server.DynamoHandler.serialized)
+    monkeypatch.setattr(moto_server.Table, "query", moto_server.Table.query)
     monkeypatch.setattr(moto_server.DynamoDBBackend, "transact_write_items", moto_server._original_transact)
     for name in moto_server._SERIALIZED:
         if hasattr(moto_server.DynamoDBBackend, name):
@@ -115,3 +116,67 @@ def test_routing_lists_moto_services_once(monkeypatch: pytest.MonkeyPatch) -> No
     # Then the folders were listed once, and every answer holds the services
     assert listed == [1]
     assert all("dynamodb" in answer and "sqs" in answer for answer in answers)
+
+
+QUERIES: list[dict[str, Any]] = [
+    {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": {"S": "JOB#b"}}},
+    {
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
+        "ExpressionAttributeValues": {":pk": {"S": "JOB#b"}, ":p": {"S": "ITEM#"}},
+    },
+    {
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
+        "ExpressionAttributeValues": {":pk": {"S": "JOB#b"}, ":p": {"S": "JOB"}},
+    },
+    {
+        "KeyConditionExpression": "pk = :pk AND begins_with(sk, :p)",
+        "ExpressionAttributeValues": {":pk": {"S": "JOB#b"}, ":p": {"S": "ITEM#"}},
+        "Limit": 7,
+        "ExclusiveStartKey": {"pk": {"S": "JOB#b"}, "sk": {"S": "ITEM#000012"}},
+    },
+    {
+        "KeyConditionExpression": "pk = :pk AND sk BETWEEN :a AND :b",
+        "ExpressionAttributeValues": {":pk": {"S": "JOB#b"}, ":a": {"S": "ITEM#000005"}, ":b": {"S": "ITEM#000009"}},
+        "ScanIndexForward": False,
+    },
+    {
+        "KeyConditionExpression": "pk = :pk AND sk > :a",
+        "ExpressionAttributeValues": {":pk": {"S": "JOB#b"}, ":a": {"S": "ITEM#000030"}},
+        "FilterExpression": "attribute_exists(n)",
+    },
+    {"KeyConditionExpression": "pk = :pk", "ExpressionAttributeValues": {":pk": {"S": "JOB#missing"}}},
+]
+
+
+@pytest.mark.parametrize("request_", QUERIES)
+def test_partition_query_answers_as_moto_does(request_: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a table of three partitions, one of them with item, job and counter rows
+    import boto3
+    from moto import mock_aws
+    from moto.dynamodb.models.table import Table
+
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="jobs",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk")],
+            BillingMode="PAY_PER_REQUEST",
+        )
+        for job in ("a", "b", "c"):
+            rows = [f"ITEM#{index:06d}" for index in range(40)] + ["JOB", "JOB#COUNT#0", "JOB#COUNT#1"]
+            for number, sort_key in enumerate(rows):
+                item = {"pk": {"S": f"JOB#{job}"}, "sk": {"S": sort_key}}
+                if number % 3:
+                    item["n"] = {"N": str(number)}
+                client.put_item(TableName="jobs", Item=item)
+
+        # When the same Query is answered by moto's query and by the launcher's
+        monkeypatch.setattr(Table, "query", moto_server._original_query)
+        expected = client.query(TableName="jobs", **request_)
+        monkeypatch.setattr(Table, "query", moto_server.query)
+        answered = client.query(TableName="jobs", **request_)
+
+    # Then the items, counts and the page's end are the same
+    for key in ("Items", "Count", "ScannedCount", "LastEvaluatedKey"):
+        assert answered.get(key) == expected.get(key), key
