@@ -298,7 +298,8 @@
     }
     if (watched !== currentJob) return;
     render(job);
-    if (TERMINAL.has(job.status)) {
+    // A canceled job is final at once, but its queued items settle (canceled) a moment later: watch until then.
+    if (TERMINAL.has(job.status) && job.counts.queued === 0 && job.counts.running === 0) {
       await fillGallery(job, watched);
       $("cancel-button").hidden = true;
       return;

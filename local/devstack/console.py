@@ -55,7 +55,9 @@ def security_headers(api_origin: str) -> list[tuple[str, str]]:
 class ConsoleServer:
     """``console/`` on ``http://host:port/console/`` (``/`` and ``/console`` redirect there)."""
 
-    def __init__(self, *, api_url: str = "", host: str = "127.0.0.1", port: int = 0, folder: Path = CONSOLE_DIR) -> None:
+    def __init__(
+        self, *, api_url: str = "", host: str = "127.0.0.1", port: int = 0, folder: Path = CONSOLE_DIR
+    ) -> None:
         self.api_url = api_url.rstrip("/")  # set before start() when the API's port is known only then
         self.host = host
         self.port = port

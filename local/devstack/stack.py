@@ -434,7 +434,8 @@ def main(argv: list[str] | None = None) -> int:
             ensure_built()  # `make build` when .aws-sam/build is missing or older than the sources
         stack.start()
     except OSError as exc:
-        print(f"devstack: could not start: {exc} (is a port in use? set PORT / MOTO_PORT / FLUX_EMULATOR_PORT / CONSOLE_PORT)")
+        ports = "PORT / MOTO_PORT / FLUX_EMULATOR_PORT / CONSOLE_PORT"
+        print(f"devstack: could not start: {exc} (is a port in use? set {ports})")
         stack.stop()
         return 1
     except (ArtefactError, subprocess.CalledProcessError) as exc:
