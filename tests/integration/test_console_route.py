@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 from imagegen.settings import HttpSettings
-
 from support.events import load_event
 
 
