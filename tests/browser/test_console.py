@@ -181,3 +181,70 @@ def test_no_key_is_refused_by_the_page_itself(page, emulator):
     page.click("#generate-button")
     expect(page.locator("#error")).to_contain_text("Type your API key")
     assert emulator.calls == 0
+
+
+def test_a_csv_file_with_a_bad_row_names_the_row_and_field(page, emulator, tmp_path):
+    # Given a CSV whose second row asks for a width that is not a multiple of 16
+    csv = tmp_path / "prompts.csv"
+    csv.write_text('prompt,width,height\n"a boat, at sea",256,256\na kite,300,256\n', encoding="utf-8")
+    type_key(page)
+    page.set_input_files("#job-file", str(csv))
+    # When it is submitted
+    page.click("#job-button")
+    # Then the API's refusal names that row and field next to the file input, and nothing was queued
+    error = page.locator('#job-form .field-error[data-for="file"]')
+    expect(error).to_contain_text("item 2 (width): Input should be a multiple of 16")
+    expect(page.locator("#error")).to_contain_text("422 validation_error")
+    expect(page.locator("#progress")).to_be_hidden()
+    assert emulator.calls == 0
+
+
+def test_a_jsonl_file_becomes_a_job(page, emulator, tmp_path):
+    # Given a JSONL file of two request bodies
+    jsonl = tmp_path / "prompts.jsonl"
+    jsonl.write_text(
+        '{"prompt": "a paper crane", "width": 256, "height": 256, "seed": 7}\n\n'
+        '{"prompt": "a glass marble", "width": 320, "height": 256, "num_steps": 1}\n',
+        encoding="utf-8",
+    )
+    type_key(page)
+    page.set_input_files("#job-file", str(jsonl))
+    # When it is submitted
+    page.click("#job-button")
+    # Then both images come back with their own parameters
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=60_000)
+    expect(page.locator("#gallery .tile img")).to_have_count(2)
+    captions = page.locator("#gallery figcaption").all_inner_texts()
+    assert any("a paper crane — 256×256, 4 steps, seed 7" in caption for caption in captions), captions
+    assert any("a glass marble — 320×256, 1 steps" in caption for caption in captions), captions
+
+
+@pytest.fixture
+def same_origin_api(stack) -> Iterator[str]:
+    """The API as deployed with EnableConsole: a second local gateway over the same function, without the
+    redirect to the console's own origin, so the function serves the page itself (behind /prod, like AWS)."""
+    from devstack.gateway import LocalApiGateway, load_routes
+    from devstack.stack import TEMPLATE, one_at_a_time
+
+    handler = one_at_a_time(stack.handlers["api_handler"].lambda_handler)
+    routes = [route for route in load_routes(TEMPLATE) if route.function_id == "ApiFunction"]
+    gateway = LocalApiGateway(routes, {"ApiFunction": handler}, api_keys=[API_KEY], port=0).start()
+    yield gateway.url
+    gateway.stop()
+
+
+def test_served_by_the_api_itself_the_page_works_behind_the_stage(page, same_origin_api, emulator, api_calls):
+    # Given the page as the deployed API serves it, at /prod/console/ (same origin as the API)
+    page.goto(f"{same_origin_api}/prod/console/")
+    assert page.locator('meta[name="api-base"]').get_attribute("content") == "/prod"
+    expect(page.locator("h1")).to_have_text("Flux image service")
+    # When an image is generated
+    type_key(page)
+    fill_generate(page, prompt="a compass rose", width="256", height="256")
+    page.click("#generate-button")
+    # Then the call went to /prod/v1/images on the same origin (no preflight needed) and the image is described
+    expect(page.locator("#result-caption")).to_contain_text("a compass rose — 256×256")
+    origin = page.evaluate("() => window.location.origin")
+    assert origin == same_origin_api
+    assert not [call for call in api_calls if call[0] == "OPTIONS"]
+    assert page.locator("#docs-link").get_attribute("href") == "/prod/docs"
