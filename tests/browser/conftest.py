@@ -24,8 +24,9 @@ def chromium_path() -> str:
     return found
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """One Chromium for this folder's tests, closed (with Playwright's event loop) before the next folder's run."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
