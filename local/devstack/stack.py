@@ -144,6 +144,7 @@ class LocalStack:
         self.build_arch: str | None = None  # the architecture the artefact was built for
         # The web console on its own origin (None: not served; 0: a free port), first in the CORS allow-list.
         self.console = None if console_port is None else ConsoleServer(host=host, port=console_port)
+        self.gateway_parameters: dict[str, str] = {}
 
     @property
     def built(self) -> bool:
@@ -185,6 +186,7 @@ class LocalStack:
             extra=self._extra_env,
         )
         cors_parameters = self._console_cors(env)
+        self.gateway_parameters = cors_parameters or {}  # template parameters the local gateway was read with
         routes = load_routes(self._template)
         mappings = load_sqs_mappings(self._template, parameters=self._worker_parameters)
         handlers: dict[str, Any] | Any
