@@ -14,6 +14,15 @@ from typing import Any
 
 import pytest
 
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test of this folder is marked ``browser`` (``-m "not browser"`` leaves them out)."""
+    for item in items:
+        if Path(str(item.fspath)).is_relative_to(Path(__file__).parent):
+            item.add_marker(pytest.mark.browser)
+
+
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "build" / "console"
 
 
