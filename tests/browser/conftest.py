@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 
 
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test of this folder is marked ``browser`` (``-m "not browser"`` leaves them out)."""
     for item in items:
