@@ -36,15 +36,19 @@ tools: $(UV) ## Install the isolated template tools (SAM CLI, cfn-lint, checkov)
 	@UV="$(UV)" bash scripts/tools.sh
 
 .PHONY: run
-run: venv ## Run the service locally: moto + Flux emulator + local API Gateway on http://127.0.0.1:$${PORT:-3000}
+run: venv ## Run the service locally: moto + Flux emulator + local API Gateway on http://127.0.0.1:$${PORT:-3000}, the console on PORT+3
 	@PYTHONPATH=$(PYTHONPATH_DEV) $(PY) -m devstack
 
 .PHONY: run-built
 run-built: venv ## make run, with the functions run from the sam build artefact (rebuilt when stale) in child processes
 	@PYTHONPATH=local $(PY) -m devstack --built
 
+.PHONY: chromium
+chromium: ## Install Debian's chromium for the browser tests when it is missing (as root, like CI)
+	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
 .PHONY: test
-test: venv tools lint requirements-check ## Every check CI runs: lint, unit, integration, template, local-stack tests
+test: venv tools chromium lint requirements-check ## Every check CI runs: lint, unit, integration, template, local-stack, browser tests
 	@PYTHONPATH= $(PY) -m pytest
 
 .PHONY: demo

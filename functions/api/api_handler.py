@@ -491,6 +491,28 @@ def swagger_ui():
     return Response(status_code=200, content_type="text/html", body=body)
 
 
+# The web console (EnableConsole): a static page, no API key (it asks for one). Not in the OpenAPI document: it is
+# no part of the API's contract, like /docs.
+@app.get("/console", include_in_schema=False)  # /console/ too: Powertools matches either
+def console_page():
+    return _console_answer("index.html")
+
+
+@app.get("/console/<name>", include_in_schema=False)
+def console_asset(name: str):
+    return _console_answer(name)
+
+
+def _console_answer(name: str) -> Response:
+    from console_assets import SECURITY_HEADERS, console_file
+
+    found = console_file(name, _public_link("")) if http_settings.enable_console else None
+    if found is None:
+        raise RouteNotFoundError()
+    content_type, body = found
+    return Response(status_code=200, content_type=content_type, body=body, headers=dict(SECURITY_HEADERS))
+
+
 # ------------------------------------------------------------------------------------------- error mapping
 def _error(status: int, code: str, message: str, details: list[ErrorDetail] | None = None, **headers: str) -> Response:
     request_id = app.current_event.request_context.request_id

@@ -267,6 +267,7 @@ def service_environment(
         "IMAGE_ALLOWED_PRIVATE_NETWORKS": LOOPBACK_NETWORKS if allow_local_images else "",
         "CORS_ALLOWED_ORIGINS": os.environ.get("CORS_ALLOWED_ORIGINS", "http://localhost:3000"),
         "ENABLE_DOCS": os.environ.get("ENABLE_DOCS", "true"),
+        "ENABLE_CONSOLE": os.environ.get("ENABLE_CONSOLE", "true"),
     }
     env.update(extra or {})
     return env

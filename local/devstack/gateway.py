@@ -760,6 +760,7 @@ class LocalApiGateway:
         account_id: str = DEFAULT_ACCOUNT_ID,
         gateway_responses: Mapping[str, GatewayResponseTemplate] | None = None,
         log_stream: TextIO | None = None,
+        redirects: Mapping[str, str] | None = None,
     ) -> None:
         self.routes = list(routes)
         self._resources = _compile_routes(self.routes)
@@ -784,6 +785,9 @@ class LocalApiGateway:
         self.account_id = account_id
         self.api_id = _random_id(10)
         self._gateway_responses = dict(gateway_responses or {})
+        # Local only: a GET of one of these paths (with or without a trailing slash) answers 302 to the URL before
+        # any route is looked at, e.g. /console to the console served on its own origin (devstack.console).
+        self._redirects = {path.rstrip("/"): url for path, url in (redirects or {}).items()}
         self._log_stream = log_stream
         self._log_lock = threading.Lock()
         self._buckets: dict[str, _TokenBucket] = {}
@@ -980,6 +984,9 @@ class LocalApiGateway:
         request_id: str,
         apigw_id: str,
     ) -> GatewayResponse | str:
+        redirect = self._redirects.get(path.rstrip("/")) if method in ("GET", "HEAD") else None
+        if redirect is not None:
+            return GatewayResponse(302, [("Location", redirect), ("Content-Type", "text/plain")], b"")
         # ``ANY`` stands for API Gateway's seven methods; another method (TRACE, CONNECT, ...) matches no route.
         resolved = _resolve(self._resources, method, path) if method in HTTP_METHODS else None
         if resolved is None:

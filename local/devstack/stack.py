@@ -40,6 +40,7 @@ from devstack.artefact import (
     swapped_distributions,
 )
 from devstack.aws import LocalAws, Resources, service_environment
+from devstack.console import ConsoleServer
 from devstack.flux_emulator import FluxEmulator
 from devstack.gateway import (
     LocalApiGateway,
@@ -109,6 +110,7 @@ class LocalStack:
         worker_parameters: dict[str, str] | None = None,
         throttle: tuple[float, int] | None = None,
         built: bool | Path = False,
+        console_port: int | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -140,6 +142,9 @@ class LocalStack:
         self.runtime: LocalRuntime | None = None  # built mode: the functions' child processes
         self.swapped: list[str] = []  # name==version of the extension modules swapped for the host's
         self.build_arch: str | None = None  # the architecture the artefact was built for
+        # The web console on its own origin (None: not served; 0: a free port), first in the CORS allow-list.
+        self.console = None if console_port is None else ConsoleServer(host=host, port=console_port)
+        self.gateway_parameters: dict[str, str] = {}
 
     @property
     def built(self) -> bool:
@@ -180,6 +185,8 @@ class LocalStack:
             allow_local_images=local_images,
             extra=self._extra_env,
         )
+        cors_parameters = self._console_cors(env)
+        self.gateway_parameters = cors_parameters or {}  # template parameters the local gateway was read with
         routes = load_routes(self._template)
         mappings = load_sqs_mappings(self._template, parameters=self._worker_parameters)
         handlers: dict[str, Any] | Any
@@ -194,16 +201,40 @@ class LocalStack:
                 module = self._module(route.function_id, route.handler)
                 handlers[route.function_id] = one_at_a_time(module.lambda_handler)
         # The template's stage, usage-plan throttle and gateway responses, so local errors look like deployed ones.
-        api_config = load_api_config(self._template).gateway_kwargs()
+        api_config = load_api_config(self._template, parameters=cors_parameters).gateway_kwargs()
         if self._throttle is not None:
             api_config.update(throttle_rate=self._throttle[0], throttle_burst=self._throttle[1])
         self.gateway = LocalApiGateway(
-            routes, handlers, api_keys=[self.api_key], host=self.host, port=self.port, **api_config
+            routes,
+            handlers,
+            api_keys=[self.api_key],
+            host=self.host,
+            port=self.port,
+            redirects={"/console": self.console.url} if self.console else None,
+            **api_config,
         )
         self.gateway.start()
         self.port = self.gateway.port
+        if self.console is not None:
+            self.console.api_url = self.url
+            self.console.start()
         self._start_workers(mappings)
         return self
+
+    # ------------------------------------------------------------------------------------------ web console
+    def _console_cors(self, env: dict[str, str]) -> dict[str, str] | None:
+        """With the console: its origin first in the API's allow-list (the function echoes any listed origin, but
+        API Gateway's own errors, a wrong key's 403 included, name only the first), and the template's
+        CorsAllowedOrigins parameter set to that list for the local gateway's answers, as a deployment would be."""
+        if self.console is None:
+            return None
+        self.console.bind()  # its port, hence its origin, before the function reads CORS_ALLOWED_ORIGINS
+        listed = [origin for origin in env.get("CORS_ALLOWED_ORIGINS", "").split(",") if origin.strip()]
+        if "*" in listed:
+            return {"CorsAllowedOrigins": "*"}
+        origins = [self.console.origin, *(origin for origin in listed if origin != self.console.origin)]
+        env["CORS_ALLOWED_ORIGINS"] = ",".join(origins)
+        return {"CorsAllowedOrigins": env["CORS_ALLOWED_ORIGINS"]}
 
     def _module(self, function_id: str, handler: str | None) -> ModuleType:
         """In-process mode: the handler's module of the source tree, imported once."""
@@ -269,6 +300,8 @@ class LocalStack:
             self.gateway.stop()
         if self.runtime is not None:
             self.runtime.stop()
+        if self.console is not None:
+            self.console.stop()
         if self.emulator is not None:
             self.emulator.stop()
         self.aws.stop()
@@ -306,6 +339,11 @@ class LocalStack:
             ]
         return lines
 
+    def console_lines(self) -> list[str]:
+        if self.console is None:
+            return []
+        return [f"  Console        {self.console.url}   (its own origin; {self.url}/console/ leads there)"]
+
     def banner(self) -> str:
         upstream = self.emulator.url if self.emulator else self._flux_api_url
         body = '{"prompt": "a cozy mountain cabin under a starry night sky", "width": 512, "height": 512}'
@@ -315,6 +353,7 @@ class LocalStack:
                 "Flux image service — local stack",
                 f"  API            {self.url}      (x-api-key: {self.api_key})",
                 f"  Swagger UI     {self.url}/docs",
+                *self.console_lines(),
                 f"  OpenAPI        {self.url}/openapi.json",
                 f"  Flux upstream  {upstream}" + ("   (emulator)" if self.emulator else ""),
                 f"  AWS (moto)     {self.aws.endpoint_url}   (AWS_ENDPOINT_URL for the aws CLI)",
@@ -368,7 +407,14 @@ def main(argv: list[str] | None = None) -> int:
         "instead of importing the source tree (env DEVSTACK_BUILT=1); make run-built",
     )
     parser.add_argument("--emulator-port", type=int, default=int(os.environ.get("FLUX_EMULATOR_PORT", "8081")))
+    parser.add_argument(
+        "--console-port",
+        type=int,
+        default=int(os.environ["CONSOLE_PORT"]) if os.environ.get("CONSOLE_PORT") else None,
+        help="web console port (env CONSOLE_PORT; default PORT+3; -1: no console)",
+    )
     args = parser.parse_args(argv)
+    console_port = args.port + 3 if args.console_port is None else args.console_port
 
     stack = LocalStack(
         host=args.host,
@@ -381,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         moto_port=args.moto_port,
         emulator_port=args.emulator_port,
         built=args.built,
+        console_port=None if console_port < 0 else console_port,
     )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -389,7 +436,8 @@ def main(argv: list[str] | None = None) -> int:
             ensure_built()  # `make build` when .aws-sam/build is missing or older than the sources
         stack.start()
     except OSError as exc:
-        print(f"devstack: could not start: {exc} (is a port in use? set PORT / MOTO_PORT / FLUX_EMULATOR_PORT)")
+        ports = "PORT / MOTO_PORT / FLUX_EMULATOR_PORT / CONSOLE_PORT"
+        print(f"devstack: could not start: {exc} (is a port in use? set {ports})")
         stack.stop()
         return 1
     except (ArtefactError, subprocess.CalledProcessError) as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import requests
@@ -94,6 +95,12 @@ def test_make_run_entry_point_starts_prints_a_curl_and_stops_on_ctrl_c():
         # Then it printed a ready-to-paste curl with the key, and the API answers
         assert f"{child.url}/v1/images" in text, text
         assert "x-api-key: entry-point-key" in text, text
+        # and the web console's URL, on its own origin, with the API port's /console/ leading there
+        console_url = re.search(r"Console +(http://\S+/console/)", text).group(1)
+        assert not console_url.startswith(child.url)
+        page = requests.get(f"{child.url}/console/", timeout=10)
+        assert page.status_code == 200 and page.url == console_url
+        assert f'<meta name="api-base" content="{child.url}">' in page.text
         response = requests.post(
             f"{child.url}/v1/images",
             json={"prompt": "entry point", "width": 256, "height": 256},

@@ -64,17 +64,19 @@ def test_a_key_that_differs_only_by_whitespace_is_refused(route, variant, stack,
     # When it is sent to the local API Gateway
     response, content = send(stack.url, route.method, concrete(route), headers, body)
     reliability.record("Access", f"{route.method} {route.path}, key with {variant}", f"{response.status}")
-    # Then API Gateway's 403, exactly as the template's INVALID_API_KEY gateway response defines it
-    assert "application/json" in INVALID_API_KEY.templates, "GatewayResponses.INVALID_API_KEY has no JSON body"
-    assert response.status == (INVALID_API_KEY.status_code or 403), content
-    for name, expression in INVALID_API_KEY.headers.items():
+    # Then API Gateway's 403, exactly as the template's INVALID_API_KEY gateway response defines it (with the
+    # parameters the stack deploys it with: CorsAllowedOrigins lists the web console's origin first)
+    invalid = load_api_config(TEMPLATE, parameters=stack.gateway_parameters).gateway_responses["INVALID_API_KEY"]
+    assert "application/json" in invalid.templates, "GatewayResponses.INVALID_API_KEY has no JSON body"
+    assert response.status == (invalid.status_code or 403), content
+    for name, expression in invalid.headers.items():
         assert response.getheader(name) == expected_header(expression), name
     assert response.getheader("Content-Type", "").startswith("application/json")
     assert response.getheader("x-amzn-ErrorType") == "ForbiddenException"
     document = json.loads(content)
     request_id = document["error"]["request_id"]
     assert request_id
-    template_body = INVALID_API_KEY.templates["application/json"].replace("$context.requestId", request_id)
+    template_body = invalid.templates["application/json"].replace("$context.requestId", request_id)
     assert document == json.loads(template_body)
     # And the function never ran: nothing invoked, nothing generated
     assert invocations == []

@@ -50,6 +50,7 @@ def stack() -> Iterator[LocalStack]:
             "POWERTOOLS_METRICS_DISABLED": "false",
         },
         throttle=TEST_THROTTLE,
+        console_port=0,  # the web console on its own origin (first in the allow-list), for tests/browser
     )
     local.start()
     yield local

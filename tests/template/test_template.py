@@ -573,7 +573,7 @@ def check_api_keys_on_v1_routes_only(t: dict[str, Any]) -> None:
         assert props.get("RestApiId") == {"Ref": API_ID}, f"{name}: must be on {API_ID}, not the implicit API"
         path, method = props.get("Path", ""), str(props.get("Method", "")).upper()
         requires_key = _is_true((props.get("Auth") or {}).get("ApiKeyRequired"))
-        if method == "OPTIONS" or path in ("/openapi.json", "/docs"):
+        if method == "OPTIONS" or path in ("/openapi.json", "/docs", "/console", "/console/{file}"):
             assert not requires_key, f"{name} ({method} {path}) must not require an API key"
         elif path.startswith("/v1/"):
             assert requires_key, f"{name} ({method} {path}) must require an API key"
@@ -649,7 +649,11 @@ def check_function_environment(t: dict[str, Any]) -> None:
         "MAX_RECEIVE_COUNT": (_props(t, QUEUE_ID).get("RedrivePolicy") or {}).get("maxReceiveCount"),
     }
     own = {
-        FUNCTION_ID: {"CORS_ALLOWED_ORIGINS": {"Ref": "CorsAllowedOrigins"}, "ENABLE_DOCS": {"Ref": "EnableDocs"}},
+        FUNCTION_ID: {
+            "CORS_ALLOWED_ORIGINS": {"Ref": "CorsAllowedOrigins"},
+            "ENABLE_DOCS": {"Ref": "EnableDocs"},
+            "ENABLE_CONSOLE": {"Ref": "EnableConsole"},
+        },
         WORKER_ID: {"WORKER_THREADS": {"Ref": "WorkerThreads"}},
     }
     for function_id in FUNCTION_IDS:

@@ -147,3 +147,10 @@ def test_settings_refuse_a_budget_that_leaves_no_time_for_the_upstream():
 def test_settings_name_a_bad_private_network() -> None:
     with pytest.raises(ConfigurationError, match=r"IMAGE_ALLOWED_PRIVATE_NETWORKS .*'loopback' is not an IP network"):
         load_settings({**REQUIRED, "IMAGE_ALLOWED_PRIVATE_NETWORKS": "127.0.0.0/8,loopback"})
+
+
+def test_http_settings_enable_console_defaults_on_and_names_a_bad_value() -> None:
+    assert load_http_settings({}).enable_console is True
+    assert load_http_settings({"ENABLE_CONSOLE": "false"}).enable_console is False
+    with pytest.raises(ConfigurationError, match="ENABLE_CONSOLE"):
+        load_http_settings({"ENABLE_CONSOLE": "sometimes"})

@@ -142,12 +142,13 @@ def get_settings() -> Settings:
 
 
 class HttpSettings(BaseModel):
-    """The few settings the API needs while its routes are declared (CORS, docs). Cheap, and no AWS calls."""
+    """The few settings the API needs while its routes are declared (CORS, docs, console). Cheap, no AWS calls."""
 
     model_config = ConfigDict(frozen=True, extra="ignore", defer_build=True)  # built by the API's first parse
 
     cors_allowed_origins: CsvList = Field(default_factory=list, alias="CORS_ALLOWED_ORIGINS")
     enable_docs: bool = Field(True, alias="ENABLE_DOCS")
+    enable_console: bool = Field(True, alias="ENABLE_CONSOLE")
 
 
 def load_http_settings(environ: Mapping[str, str] | None = None) -> HttpSettings:
