@@ -23,6 +23,10 @@ partition's items only, narrowed by a ``begins_with`` sort-key prefix and past a
 plain string comparisons of what moto would compare), and moto's own query runs on those, so its answer is the
 same; a 10,000-item job made each of its Queries take seconds without this.
 
+SQS's ReceiveMessage checks each message it hands out against the queue's retention period by computing every
+queue attribute (three times), each of which walks every message: with a job's 2,000 messages queued, the moto
+process spent its whole CPU there and the stack stalled for minutes. The check reads the one attribute it needs.
+
 Two per-request costs of moto's server go too: it lists its own package directory (``listdir`` + ``isdir`` on
 ~150 folders) to route every request, under a lock all requests share (listed once now), and it logs a line per
 request through werkzeug, which contended for the logging lock (warnings and errors still print).
@@ -48,6 +52,7 @@ from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models import __name__ as models_module_name
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler, DynamoResult
+from moto.sqs.models import SQSBackend
 
 _real_deepcopy = copy.deepcopy
 _original_transact = DynamoDBBackend.transact_write_items
@@ -201,6 +206,13 @@ def query(self: Table, *args: Any, **kwargs: Any) -> Any:
     return _original_query(_OnePartition(self, candidates), *args, **kwargs)
 
 
+def is_message_valid_based_on_retention_period(self: SQSBackend, queue_name: str, message: Any) -> bool:
+    from moto.core.utils import unix_time
+
+    retention_s = float(self.get_queue(queue_name).message_retention_period)
+    return bool(retention_s + message.sent_timestamp / 1000 > unix_time())
+
+
 def install() -> None:
     from moto import backends
 
@@ -212,6 +224,7 @@ def install() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
     DynamoHandler.serialized = serialized  # type: ignore[method-assign]
     Table.query = query  # type: ignore[method-assign]
+    SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]
     for name in _SERIALIZED:
         if hasattr(DynamoDBBackend, name):
             setattr(DynamoDBBackend, name, _serialized(getattr(DynamoDBBackend, name)))

@@ -103,6 +103,11 @@ def test_routing_lists_moto_services_once(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(backends, "list_of_moto_modules", counting)
     monkeypatch.setattr(moto_server.DynamoHandler, "serialized", moto_server.DynamoHandler.serialized)
     monkeypatch.setattr(moto_server.Table, "query", moto_server.Table.query)
+    monkeypatch.setattr(
+        moto_server.SQSBackend,
+        "is_message_valid_based_on_retention_period",
+        moto_server.SQSBackend.is_message_valid_based_on_retention_period,
+    )
     monkeypatch.setattr(moto_server.DynamoDBBackend, "transact_write_items", moto_server._original_transact)
     for name in moto_server._SERIALIZED:
         if hasattr(moto_server.DynamoDBBackend, name):
@@ -180,3 +185,32 @@ def test_partition_query_answers_as_moto_does(request_: dict[str, Any], monkeypa
     # Then the items, counts and the page's end are the same
     for key in ("Items", "Count", "ScannedCount", "LastEvaluatedKey"):
         assert answered.get(key) == expected.get(key), key
+
+
+@pytest.mark.parametrize(("age_s", "valid"), [(0, True), (59, True), (61, False)])
+def test_retention_check_reads_one_attribute(age_s: int, valid: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a queue retaining messages for 60 s, and a message sent age_s ago
+    import time
+
+    import boto3
+    from moto import mock_aws
+    from moto.sqs.models import SQSBackend, sqs_backends
+
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        sqs.create_queue(QueueName="q", Attributes={"MessageRetentionPeriod": "60"})
+        sqs.send_message(QueueUrl="q", MessageBody="x")
+        backend = sqs_backends["123456789012"]["us-east-1"]
+        message = backend.get_queue("q")._messages[0]
+        message.sent_timestamp = int((time.time() - age_s) * 1000)
+        expected = SQSBackend.is_message_valid_based_on_retention_period(backend, "q", message)
+
+        # When the launcher's check runs, the queue's attributes are not computed
+        def no_attributes(*args: Any, **kwargs: Any) -> Any:
+            raise AssertionError("every queue attribute was computed")
+
+        monkeypatch.setattr(SQSBackend, "get_queue_attributes", no_attributes)
+        answer = moto_server.is_message_valid_based_on_retention_period(backend, "q", message)
+
+    # Then it answers as moto's own check
+    assert answer is expected is valid
