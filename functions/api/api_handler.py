@@ -54,6 +54,7 @@ metrics = Metrics()
 
 ALLOWED_HEADERS = ["Content-Type", "X-Api-Key", "Idempotency-Key", "Prefer"]
 EXPOSED_HEADERS = ["Location", "Retry-After"]
+DEPENDENCY_RETRY_AFTER_S = 2  # botocore already retried for ~1-3 s: come back after a short pause
 
 
 def image_service() -> "ImageService":
@@ -596,6 +597,13 @@ def handle_not_found(_: Exception) -> Response:
 
 @app.exception_handler(Exception)
 def handle_unexpected(exc: Exception) -> Response:
+    from imagegen.adapters.aws_errors import aws_unavailable
+
+    if aws_unavailable(exc):  # DynamoDB, S3 or SQS slow or throttled after botocore's own retries: not a bug
+        logger.warning("an AWS service was unavailable", error=type(exc).__name__)
+        metrics.add_metric(name="DependencyUnavailable", unit=MetricUnit.Count, value=1)
+        message = "a service the API stores jobs and images in is slow or unavailable; retry after Retry-After seconds"
+        return _error(503, "service_unavailable", message, **{"Retry-After": str(DEPENDENCY_RETRY_AFTER_S)})
     logger.exception("unexpected error")
     metrics.add_metric(name="InternalErrors", unit=MetricUnit.Count, value=1)
     return _error(500, "internal_error", "an unexpected error occurred; quote the request_id when reporting it")

@@ -314,6 +314,60 @@ def test_handler_500_hides_internals_and_gives_the_request_id(invoke, stack, mon
     assert "hunter2" in captured_logs()  # the operator still sees it in the logs
 
 
+@pytest.mark.parametrize(
+    "failure",
+    [
+        "read_timeout",
+        "connection_refused",
+        "throttled",
+        "server_error",
+    ],
+)
+def test_handler_503_when_storage_is_slow_or_unavailable(invoke, stack, monkeypatch, captured_logs, failure):
+    # Given DynamoDB timing out, refusing connections, throttling or failing after botocore's own retries
+    from botocore.exceptions import ClientError, EndpointConnectionError, ReadTimeoutError
+
+    errors = {
+        "read_timeout": ReadTimeoutError(endpoint_url="http://dynamodb"),
+        "connection_refused": EndpointConnectionError(endpoint_url="http://dynamodb"),
+        "throttled": ClientError(
+            {"Error": {"Code": "ProvisionedThroughputExceededException", "Message": "slow down"}}, "GetItem"
+        ),
+        "server_error": ClientError(
+            {"Error": {"Code": "InternalServerError"}, "ResponseMetadata": {"HTTPStatusCode": 500}}, "GetItem"
+        ),
+    }
+    service = stack.handlers["api_handler"].image_service()
+
+    def fail(*_: Any, **__: Any) -> None:
+        raise errors[failure]
+
+    monkeypatch.setattr(service, "generate", fail)
+
+    # When a request needs it
+    response = invoke(load_event("post_image"))
+
+    # Then the caller is told to come back, not that the service is broken
+    assert response["statusCode"] == 503
+    assert body_of(response)["error"]["code"] == "service_unavailable"
+    assert int(header(response, "Retry-After")) > 0
+    assert '"InternalErrors"' not in captured_logs()  # the rollback alarm's metric: an AWS outage is not a bad release
+
+
+def test_handler_500_for_an_aws_error_that_is_the_request_s_own(invoke, stack, monkeypatch):
+    from botocore.exceptions import ClientError
+
+    service = stack.handlers["api_handler"].image_service()
+
+    def fail(*_: Any, **__: Any) -> None:
+        raise ClientError({"Error": {"Code": "ValidationException"}, "ResponseMetadata": {"HTTPStatusCode": 400}}, "X")
+
+    monkeypatch.setattr(service, "generate", fail)
+    response = invoke(load_event("post_image"))
+    assert response["statusCode"] == 500
+    assert body_of(response)["error"]["code"] == "internal_error"
+
+
 def test_the_subscription_key_never_reaches_logs_or_answers(invoke, emulator, captured_logs):
     answers = [invoke(load_event("post_image"))]
     emulator.inject("server_error", count=None)
