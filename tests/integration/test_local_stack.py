@@ -44,6 +44,7 @@ def test_stack_refuses_requests_without_the_api_key(stack, emulator):
         assert response.status_code == 403
         # API Gateway's INVALID_API_KEY answer, in the service's error shape (template GatewayResponses)
         assert response.json()["error"]["code"] == "invalid_api_key"
+        assert response.json()["error"]["details"] == []  # the documented shape, details included
         got = requests.get(f"{stack.url}/v1/images/img_{'0' * 32}", headers=headers, timeout=10)
         assert got.status_code == 403
     assert emulator.calls == 0
@@ -84,6 +85,19 @@ def test_stack_answers_browser_preflight(stack):
     assert response.status_code == 204
     assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
     assert "x-api-key" in response.headers["Access-Control-Allow-Headers"].lower()
+
+
+def test_stack_lets_browsers_read_the_replay_header(stack, emulator):
+    # Given a browser page on an allowed origin that retries a generation with the same Idempotency-Key
+    headers = {"x-api-key": API_KEY, "Origin": ORIGIN, "Idempotency-Key": "browser-retry-1"}
+    body = {"prompt": "read by a browser", "width": 256, "height": 256}
+    first = requests.post(f"{stack.url}/v1/images", json=body, headers=headers, timeout=30)
+    replay = requests.post(f"{stack.url}/v1/images", json=body, headers=headers, timeout=30)
+    # Then the replay says so, and CORS lets the page's script read that header
+    assert first.status_code == replay.status_code == 201, replay.text
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    exposed = {name.strip().lower() for name in replay.headers["Access-Control-Expose-Headers"].split(",")}
+    assert "idempotent-replayed" in exposed
 
 
 def test_make_run_entry_point_starts_prints_a_curl_and_stops_on_ctrl_c():
