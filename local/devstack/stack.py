@@ -516,7 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     environ = dict(os.environ)
     terminal_level = parse_level(environ.get("LOG_LEVEL"))
     # The functions log at INFO at least (DEBUG with LOG_LEVEL=DEBUG) into the file; POWERTOOLS_LOG_LEVEL wins.
-    environ.setdefault("POWERTOOLS_LOG_LEVEL", function_log_level(terminal_level))
+    if not environ.get("POWERTOOLS_LOG_LEVEL"):
+        environ["POWERTOOLS_LOG_LEVEL"] = function_log_level(terminal_level)
     args = parse_args(argv, environ)
     log_file = Path(environ.get("DEVSTACK_LOG") or ROOT / "build" / "devstack.log")
     log_file.parent.mkdir(parents=True, exist_ok=True)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import pytest
 import requests
+from devstack.flux_emulator import FluxEmulator
 from devstack.loadgen import stack_process
 from support.secrets_under_test import API_KEY, ORIGIN
 
@@ -115,5 +118,87 @@ def test_make_run_entry_point_starts_prints_a_curl_and_stops_on_ctrl_c():
             timeout=30,
         )
         assert response.status_code == 201, response.text
-    # And Ctrl-C (SIGINT, sent when the context ends) stopped it cleanly within 20 s
+    # And Ctrl-C (SIGINT to its process group, as a terminal sends it) stopped it cleanly within 20 s,
+    # without a false error line from a poller that outlived moto
     assert child.exit_code == 0, "".join(child.output[-20:])
+    assert not [line for line in child.output if "failed" in line.lower()], "".join(child.output)
+
+
+def test_make_run_keeps_the_terminal_quiet_and_the_full_json_in_its_log_file():
+    # Given make run's program at its default LOG_LEVEL (the child's POWERTOOLS_LOG_LEVEL left to the stack)
+    with stack_process(emulator_latency_s=0, api_key="k", env_overrides={"POWERTOOLS_LOG_LEVEL": ""}) as child:
+        # When an image is generated
+        response = requests.post(
+            f"{child.url}/v1/images",
+            json={"prompt": "quiet", "width": 256, "height": 256},
+            headers={"x-api-key": "k"},
+            timeout=30,
+        )
+        assert response.status_code == 201, response.text
+    # Then the terminal got the banner (naming the log file) and one short line for the request, no JSON
+    terminal = "".join(child.output)
+    assert f"in {child.log_file}" in terminal, terminal
+    assert [line for line in child.output if "POST /v1/images 201" in line], terminal
+    assert not [line for line in child.output if line.lstrip().startswith("{")], terminal
+    # And the log file has the functions' JSON records of that image, and the same request line
+    records = [line for line in child.log_text.splitlines() if line.startswith('{"level"')]
+    assert any(response.json()["id"] in line for line in records), child.log_text[-2000:]
+    assert "POST /v1/images 201" in child.log_text
+
+
+def test_make_run_can_try_a_wrong_subscription_key_on_the_emulator():
+    # Given the emulator told to require one key and the stack given another
+    overrides = {"FLUX_API_KEY": "wrong-key-4242", "FLUX_EMULATOR_REQUIRE_KEY": "right-key-1717"}
+    with stack_process(emulator_latency_s=0, api_key="k", env_overrides=overrides) as child:
+        # When an image is asked for
+        response = requests.post(
+            f"{child.url}/v1/images",
+            json={"prompt": "keyed", "width": 256, "height": 256},
+            headers={"x-api-key": "k"},
+            timeout=30,
+        )
+    # Then the key is refused as the vendor would refuse it, and the banner said the emulator checks it
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "upstream_auth"
+    assert "checks the key (FLUX_EMULATOR_REQUIRE_KEY)" in "".join(child.output)
+    # And neither key reached the terminal, the log or the answer
+    for key in overrides.values():
+        assert key not in "".join(child.output) + child.log_text + response.text
+
+
+def test_make_run_honours_the_loopback_allowances_with_another_loopback_upstream():
+    # Given another upstream on loopback, serving its images over http from loopback (as a test double does)
+    with FluxEmulator(api_key="other-upstream-key") as upstream:
+        overrides = {"FLUX_API_URL": upstream.url, "FLUX_API_KEY": "other-upstream-key"}
+        with stack_process(emulator_latency_s=0, api_key="k", env_overrides=overrides) as child:
+            # When an image is generated through make run's program
+            response = requests.post(
+                f"{child.url}/v1/images",
+                json={"prompt": "elsewhere", "width": 256, "height": 256},
+                headers={"x-api-key": "k"},
+                timeout=30,
+            )
+        # Then the mirror fetched it (not refused as "without a valid https output URL"), from that upstream
+        assert response.status_code == 201, response.text
+        assert upstream.calls == 1
+    # And the banner said what is relaxed against the deployed service
+    banner = "".join(child.output)
+    assert "Relaxed        mirror: http (IMAGE_ALLOW_HTTP), 127.0.0.0/8,::1/128" in banner, banner
+
+
+def test_make_run_names_a_port_already_in_use():
+    # Given the API's port taken by another program
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # When make run's program starts on it
+        with (
+            pytest.raises(RuntimeError) as failed,
+            stack_process(emulator_latency_s=0, env_overrides={"PORT": str(port)}),
+        ):
+            pass
+    # Then it says which address is taken and which variable moves it
+    message = str(failed.value)
+    assert f"the local API Gateway cannot listen on 127.0.0.1:{port}" in message, message
+    assert "(set PORT to another port)" in message
