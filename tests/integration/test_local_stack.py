@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import io
+import os
 import socket
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
 import requests
+from devstack import events as events_cli
 from devstack.flux_emulator import FluxEmulator
-from devstack.loadgen import stack_process
+from devstack.loadgen import free_port, stack_process
 from support.secrets_under_test import API_KEY, ORIGIN
+from support.stack_fixtures import drain, wait_for_job
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -202,3 +208,60 @@ def test_make_run_names_a_port_already_in_use():
     message = str(failed.value)
     assert f"the local API Gateway cannot listen on 127.0.0.1:{port}" in message, message
     assert "(set PORT to another port)" in message
+
+
+def test_make_events_reads_the_bus_copy_with_the_projects_own_boto3(stack, api, emulator):
+    # Given a finished one-item job (the worker publishes Image Generated and Job Completed)
+    drain(stack.aws.client("sqs"), stack.seeded.events_queue_url)
+    job_id = api("POST", "/v1/jobs", json={"items": [{"prompt": "evented", "width": 256, "height": 256}]}).json()["id"]
+    wait_for_job(api, job_id)
+
+    def make_events(*args: str) -> list[str]:
+        out = io.StringIO()
+        assert events_cli.main(["--endpoint", stack.aws.endpoint_url, *args], out=out) == 0
+        return out.getvalue().splitlines()
+
+    # When `make events ARGS=--keep` reads the queue (until the completion is there)
+    deadline = time.monotonic() + 20
+    kept = make_events("--keep")
+    while not any("Job Completed" in line for line in kept) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        kept = make_events("--keep")
+    # Then one line per event names its type and carries the job's id
+    assert any("Image Generated" in line and job_id in line for line in kept), kept
+    assert any("Job Completed" in line and job_id in line for line in kept), kept
+    # And without --keep they are shown once more and taken off the queue
+    assert make_events() == kept
+    assert make_events() == []
+
+
+def test_make_demo_leaves_nothing_in_tmp(tmp_path):
+    # Given make demo's script with its own temporary folder watched, on free ports, the emulator without latency
+    watched = tmp_path / "tmp"
+    watched.mkdir()
+    env = {
+        **{name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ},
+        "TMPDIR": str(watched),
+        "PORT": str(free_port()),
+        "MOTO_PORT": str(free_port()),
+        "FLUX_EMULATOR_PORT": str(free_port()),
+        "FLUX_EMULATOR_LATENCY": "0",
+        "DEMO_OUT": str(tmp_path / "images"),
+        "DEMO_LOG_DIR": str(tmp_path / "logs"),
+    }
+    # When it runs to the end
+    done = subprocess.run(
+        ["bash", "scripts/demo.sh"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Then every prompt became an image, the stack's logs are where it said, and the temporary folder is empty
+    prompts = [line for line in (ROOT / "examples/prompts.jsonl").read_text().splitlines() if line.strip()]
+    assert len(list((tmp_path / "images").rglob("*.png"))) == len(prompts)
+    assert f"log: {tmp_path / 'logs' / 'demo-stack.log'}" in done.stdout
+    assert (tmp_path / "logs" / "demo-devstack.log").stat().st_size > 0
+    assert list(watched.iterdir()) == []
