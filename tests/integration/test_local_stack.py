@@ -265,3 +265,32 @@ def test_make_demo_leaves_nothing_in_tmp(tmp_path):
     assert f"log: {tmp_path / 'logs' / 'demo-stack.log'}" in done.stdout
     assert (tmp_path / "logs" / "demo-devstack.log").stat().st_size > 0
     assert list(watched.iterdir()) == []
+
+
+def readme_try_it_blocks() -> list[str]:
+    """The README's "Try it" shell blocks, up to the bulk CLI (make demo is tested on its own)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Try it", 1)[1].split("\n## ", 1)[0]
+    blocks = [block.split("```", 1)[0] for block in section.split("```bash\n")[1:]]
+    return [block.split("# Or with the bulk CLI", 1)[0] for block in blocks]
+
+
+def test_readme_try_it_pastes_as_is_with_no_placeholder_to_fill(tmp_path):
+    # Given the README's examples, pasted into one shell, and make run's program on other ports
+    blocks = readme_try_it_blocks()
+    script = "\n".join(blocks)
+    assert len(blocks) == 2 and "<" not in script.replace("<<", ""), "a placeholder to fill in by hand"
+    with stack_process(emulator_latency_s=0, api_key="local-dev-key") as child:
+        script = script.replace("http://127.0.0.1:3000", child.url).replace("cabin.png", str(tmp_path / "cabin.png"))
+        moto_port = child.moto_url.rsplit(":", 1)[1]
+        env = {**os.environ, "PORT": child.url.rsplit(":", 1)[1], "MOTO_PORT": moto_port}
+        # When it runs, stopping at the first failing command
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+    # Then every command worked: the image downloaded, the bad requests were refused naming why
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "cabin.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert '"code":"validation_error"' in done.stdout.replace(" ", "")
+    assert '"code":"invalid_api_key"' in done.stdout.replace(" ", "")
+    assert '"items_upload_id"' not in done.stdout  # the upload job was accepted, not refused

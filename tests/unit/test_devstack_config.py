@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
-from devstack.aws import LOOPBACK_NETWORKS, Seeded
+from devstack.aws import LOOPBACK_NETWORKS, PASSTHROUGH, Seeded
 from devstack.logs import LogRouter, function_log_level, parse_level, summarise
 from devstack.stack import is_loopback_url, local_ports, parse_args, stack_from_environment
 
+ROOT = Path(__file__).resolve().parents[2]
 SEEDED = Seeded(
     secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:flux",
     webhook_secret_arn="arn:aws:secretsmanager:us-east-1:123456789012:secret:webhook",
@@ -230,3 +233,19 @@ def test_a_bad_log_level_is_refused_naming_the_variable():
     with pytest.raises(SystemExit) as refused:
         parse_level("loud")
     assert "LOG_LEVEL='loud'" in str(refused.value)
+
+
+# ------------------------------------------------------------------------------------------------- the README
+def test_every_variable_the_readme_names_for_make_run_is_read_by_the_stack():
+    # Given the README's table of make run's variables
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("### The local stack: `make run`", 1)[1].split("\n### ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    names = {name for row in rows for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", row.split(" | ")[0])}
+    # Then each is read by the stack's code: passed to the functions, or read by make run's program itself
+    source = "\n".join(
+        (ROOT / "local/devstack" / module).read_text(encoding="utf-8") for module in ("stack.py", "aws.py", "events.py")
+    )
+    assert len(names) >= 15, names
+    unread = sorted(name for name in names if name not in PASSTHROUGH and f'"{name}"' not in source)
+    assert not unread, f"named in the README, read nowhere: {unread}"
