@@ -188,6 +188,7 @@ class LocalStack:
         self._moto_port = moto_port
         self._emulator_port = emulator_port
         self.env: dict[str, str] = {}  # the functions' environment, once started
+        self._replaced_env: dict[str, str | None] = {}  # in-process mode: os.environ's values before start()
         self._template = template
         self._extra_env = extra_env or {}
         self.gateway: LocalApiGateway | None = None
@@ -220,7 +221,10 @@ class LocalStack:
     def start(self) -> LocalStack:
         if not self.built:
             self._code_on_path()
-        self.aws.start()  # names its port itself (MOTO_PORT)
+        try:
+            self.aws.start()
+        except OSError as exc:
+            raise OSError(f"{exc} (set MOTO_PORT to another port)") from exc
         self.seeded = self.aws.seed(self.resources)
         if self.emulator is not None:
             _listen("the Flux emulator", "FLUX_EMULATOR_PORT", self.host, self._emulator_port, self.emulator.start)
@@ -231,7 +235,10 @@ class LocalStack:
         if self.built:
             handlers = self._start_runtime(env, routes, mappings).invoke
         else:
-            os.environ.update(env)  # the in-process "Lambda" reads its configuration like the real one does
+            # The in-process "Lambda" reads its configuration like the real one does; stop() puts back what was
+            # there, so a later stack in this process does not read this one's settings as the developer's.
+            self._replaced_env = {name: os.environ.get(name) for name in env}
+            os.environ.update(env)
             # Requests that publish no metric (a 422, the docs) make Powertools warn; in Lambda nobody sees it.
             warnings.filterwarnings("ignore", "No application metrics to publish", UserWarning)
             handlers = {}
@@ -347,6 +354,12 @@ class LocalStack:
         if self.emulator is not None:
             self.emulator.stop()
         self.aws.stop()
+        replaced, self._replaced_env = self._replaced_env, {}
+        for name, value in replaced.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
     def __enter__(self) -> LocalStack:
         return self.start()

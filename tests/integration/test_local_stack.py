@@ -192,8 +192,12 @@ def test_make_run_honours_the_loopback_allowances_with_another_loopback_upstream
     assert "Relaxed        mirror: http (IMAGE_ALLOW_HTTP), 127.0.0.0/8,::1/128" in banner, banner
 
 
-def test_make_run_names_a_port_already_in_use():
-    # Given the API's port taken by another program
+@pytest.mark.parametrize(
+    ("variable", "server"),
+    [("PORT", "the local API Gateway"), ("MOTO_PORT", "moto"), ("FLUX_EMULATOR_PORT", "the Flux emulator")],
+)
+def test_make_run_names_a_port_already_in_use(variable, server):
+    # Given one of the stack's ports taken by another program
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -201,13 +205,13 @@ def test_make_run_names_a_port_already_in_use():
         # When make run's program starts on it
         with (
             pytest.raises(RuntimeError) as failed,
-            stack_process(emulator_latency_s=0, env_overrides={"PORT": str(port)}),
+            stack_process(emulator_latency_s=0, env_overrides={variable: str(port)}),
         ):
             pass
-    # Then it says which address is taken and which variable moves it
+    # Then it says which server, which address, and which variable moves it
     message = str(failed.value)
-    assert f"the local API Gateway cannot listen on 127.0.0.1:{port}" in message, message
-    assert "(set PORT to another port)" in message
+    assert f"{server} cannot listen on 127.0.0.1:{port}" in message, message
+    assert f"(set {variable} to another port)" in message, message
 
 
 def test_make_events_reads_the_bus_copy_with_the_projects_own_boto3(stack, api, emulator):
