@@ -18,13 +18,19 @@ export UV_COMPILE_BYTECODE := 1
 
 .PHONY: help
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' \
+		'{ name[NR] = $$1; text[NR] = $$2; if (length($$1) > width) width = length($$1) } \
+		 END { for (i = 1; i <= NR; i++) printf "  make %-" width "s  %s\n", name[i], text[i] }'
 
+# Each bootstrap step says what it does and roughly how long it takes: the first run is silent for a minute otherwise.
 $(UV):
+	@echo "bootstrap: uv $(UV_VERSION) into $(TOOLS)/bootstrap/ (first run only, about 10 s)"
 	@python3 -m venv $(TOOLS)/bootstrap
 	@$(TOOLS)/bootstrap/bin/python -m pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
 $(VENV)/.synced: $(UV) uv.lock pyproject.toml $(wildcard cli/flux_images_cli/*.py cli/flux_images/*.py)
+	@echo "bootstrap: the locked dependencies (uv.lock) into $(VENV)/ (first run: about a minute and ~450 MB;" \
+		"after a change to uv.lock: seconds)"
 	@$(UV) sync --frozen --all-extras --python "$(PYTHON312)" --quiet
 	@touch $@
 
@@ -36,7 +42,7 @@ tools: $(UV) ## Install the isolated template tools (SAM CLI, cfn-lint, checkov)
 	@UV="$(UV)" bash scripts/tools.sh
 
 .PHONY: run
-run: venv ## Run the service locally: moto + Flux emulator + local API Gateway on http://127.0.0.1:$${PORT:-3000}, the console on PORT+3
+run: venv ## Run the service locally (moto, Flux emulator, local API Gateway, worker) on http://127.0.0.1:3000 (PORT), the console on PORT+3
 	@PYTHONPATH=$(PYTHONPATH_DEV) $(PY) -m devstack
 
 .PHONY: run-built
@@ -46,6 +52,10 @@ run-built: venv ## make run, with the functions run from the sam build artefact 
 .PHONY: chromium
 chromium: ## Install Debian's chromium for the browser tests when it is missing (as root, like CI)
 	@command -v chromium >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+.PHONY: events
+events: venv ## The events the local stack's bus copied to its SQS queue, taken off it (ARGS=--keep leaves them)
+	@PYTHONPATH=local $(PY) -m devstack.events $(ARGS)
 
 .PHONY: test
 test: venv tools chromium lint requirements-check ## Every check CI runs: lint, unit, integration, template, local-stack, browser tests

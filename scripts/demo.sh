@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # make demo: start the local stack, run examples/prompts.jsonl through the bulk CLI, leave the images (and their
-# manifest) in ./demo-images, stop the stack. PORT, LOCAL_API_KEY and DEMO_OUT change the defaults.
+# manifest) in ./demo-images, stop the stack. PORT, LOCAL_API_KEY and DEMO_OUT change the defaults (and every
+# variable make run reads). The stack's output stays in the project: build/demo-stack.log (what the terminal would
+# show) and build/demo-devstack.log (every line), or DEMO_LOG_DIR; nothing is written to /tmp.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 port="${PORT:-3000}"
 key="${LOCAL_API_KEY:-local-dev-key}"
 out="${DEMO_OUT:-demo-images}"
-log="$(mktemp -t flux-demo-stack.XXXXXX.log)"
+logs="${DEMO_LOG_DIR:-build}"
+mkdir -p "$logs"
+log="$logs/demo-stack.log"
 
 PYTHONPATH=layers/shared:functions/api:functions/worker:local PORT="$port" LOCAL_API_KEY="$key" \
-  .venv/bin/python -m devstack >"$log" 2>&1 &
+  DEVSTACK_LOG="$logs/demo-devstack.log" .venv/bin/python -m devstack >"$log" 2>&1 &
 stack=$!
 trap 'kill -TERM "$stack" 2>/dev/null; wait "$stack" 2>/dev/null || true' EXIT  # (a background job ignores SIGINT)
 

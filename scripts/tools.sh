@@ -42,7 +42,7 @@ for entry in "${TOOLS[@]}"; do
   if [ -z "$python" ]; then
     python="$("$root/scripts/find-python.sh")"  # says what is missing when there is no 3.12
   fi
-  echo "$package $version: installing with $python"
+  echo "$package $version: installing with $python (each takes up to a minute; the three ~680 MB in .tools/)"
   "$uv" tool install --quiet --force --python "$python" "$package==$version"
 done
 

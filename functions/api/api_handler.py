@@ -53,7 +53,7 @@ tracer = tracer_from_env()
 metrics = Metrics()
 
 ALLOWED_HEADERS = ["Content-Type", "X-Api-Key", "Idempotency-Key", "Prefer"]
-EXPOSED_HEADERS = ["Location", "Retry-After"]
+EXPOSED_HEADERS = ["Location", "Retry-After", "Idempotent-Replayed"]
 DEPENDENCY_RETRY_AFTER_S = 2  # botocore already retried for ~1-3 s: come back after a short pause
 
 
@@ -160,11 +160,21 @@ GENERATION_ERRORS: dict[int, Any] = {
 
 IDEMPOTENCY_KEY_DESCRIPTION = (
     "1-255 printable ASCII characters. "
-    "Retrying with the same key (per API key) returns the original answer and creates nothing new; "
+    "Retrying with the same key (per API key) returns the original answer, marked `Idempotent-Replayed: true`, "
+    "and creates nothing new; "
     "the same key with a different body is refused (422 idempotency_key_reused)."
 )
 # Printable ASCII, as the key store requires; HTTP trims a header value's outer spaces, so none are documented.
 IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
+# On every answer an Idempotency-Key can replay (the POST routes' 201 and 202).
+REPLAYED = {
+    "Idempotent-Replayed": _header(
+        "`true` when this is the stored answer to an earlier request with the same `Idempotency-Key` (nothing was "
+        "generated or queued again); absent on a first answer.",
+        required=False,
+        schema={"type": "string", "enum": ["true"]},
+    )
+}
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
@@ -184,6 +194,7 @@ ACCEPTED: dict[int, Any] = {
                 "The job: `/v1/jobs/{id}` (behind the stage or base path it was called on).", required=True
             ),
             "Preference-Applied": _header("`respond-async` when `Prefer: respond-async` was honoured.", required=False),
+            **REPLAYED,
         },
     },
     409: _error_content("A request with the same Idempotency-Key is still being processed."),
@@ -254,7 +265,7 @@ def _wants_async(prefer: str | None) -> bool:
         201: {
             "description": "The image was generated and stored.",
             "content": {"application/json": {"model": ImageDocument}},
-            "headers": {"Location": _header("The image: `/v1/images/{id}`.", required=True)},
+            "headers": {"Location": _header("The image: `/v1/images/{id}`.", required=True), **REPLAYED},
         },
         **ACCEPTED,
         **GENERATION_ERRORS,

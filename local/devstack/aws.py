@@ -90,6 +90,9 @@ class LocalAws:
             [sys.executable, "-m", "devstack.moto_server", "-H", self.host, "-p", str(self.port)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            # Its own session: Ctrl-C in a terminal reaches the whole foreground group, and moto would die while
+            # the pollers still poll it (a false "ReceiveMessage failed"); stop() ends it after them instead.
+            start_new_session=True,
             env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [LOCAL_DIR, os.environ.get("PYTHONPATH")]))},
         )
         deadline = time.monotonic() + self._start_timeout_s
@@ -231,6 +234,51 @@ class LocalAws:
         )
 
 
+# Function settings a developer may set for ``make run`` (the README names them): present in the stack's own
+# environment, each reaches the functions exactly as given, whatever the stack would have chosen. Nothing the
+# README names is ever dropped or silently replaced.
+PASSTHROUGH = (
+    "IMAGE_HOST_ALLOWLIST",
+    "IMAGE_ALLOW_HTTP",
+    "IMAGE_ALLOWED_PRIVATE_NETWORKS",
+    "WEBHOOK_ALLOW_HTTP",
+    "WEBHOOK_ALLOWED_PRIVATE_NETWORKS",
+    "CORS_ALLOWED_ORIGINS",
+    "ENABLE_DOCS",
+    "ENABLE_CONSOLE",
+    "POWERTOOLS_LOG_LEVEL",
+    "POWERTOOLS_METRICS_DISABLED",
+)
+# What the stack relaxes when the upstream is on loopback (the emulator, or any FLUX_API_URL on 127.0.0.0/8 or
+# ::1): the mirror may fetch over http from loopback and webhooks may reach loopback receivers.
+LOOPBACK_RELAXATIONS = {
+    "IMAGE_ALLOW_HTTP": "true",
+    "IMAGE_ALLOWED_PRIVATE_NETWORKS": LOOPBACK_NETWORKS,
+    "WEBHOOK_ALLOW_HTTP": "true",
+    "WEBHOOK_ALLOWED_PRIVATE_NETWORKS": LOOPBACK_NETWORKS,
+}
+STRICT = {
+    "IMAGE_ALLOW_HTTP": "false",
+    "IMAGE_ALLOWED_PRIVATE_NETWORKS": "",
+    "WEBHOOK_ALLOW_HTTP": "false",
+    "WEBHOOK_ALLOWED_PRIVATE_NETWORKS": "",
+}
+
+
+def relaxed_settings(env: Mapping[str, str]) -> list[str]:
+    """The guards ``env`` loosens against the deployed defaults, one phrase each (for the banner)."""
+    phrases = []
+    for what, prefix in (("mirror", "IMAGE"), ("webhooks", "WEBHOOK")):
+        allowances = []
+        if env.get(f"{prefix}_ALLOW_HTTP", "false").strip().lower() in ("1", "true", "yes", "on"):
+            allowances.append(f"http ({prefix}_ALLOW_HTTP)")
+        if networks := env.get(f"{prefix}_ALLOWED_PRIVATE_NETWORKS", "").strip():
+            allowances.append(f"{networks} ({prefix}_ALLOWED_PRIVATE_NETWORKS)")
+        if allowances:
+            phrases.append(f"{what}: " + ", ".join(allowances))
+    return phrases
+
+
 def service_environment(
     aws: LocalAws,
     resources: Resources,
@@ -240,16 +288,21 @@ def service_environment(
     image_host_allowlist: str,
     allow_local_images: bool,
     extra: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The environment variables template.yaml gives the functions, pointed at the local stack."""
+    """The environment variables template.yaml gives the functions, pointed at the local stack.
+
+    ``allow_local_images`` relaxes the address guards for loopback (``LOOPBACK_RELAXATIONS``); then every
+    ``PASSTHROUGH`` variable set in ``environ`` (default: this process's environment) wins; ``extra`` last."""
+    environ = os.environ if environ is None else environ
     env = {
         **FAKE_CREDENTIALS,
         "AWS_ENDPOINT_URL": aws.endpoint_url,
         "POWERTOOLS_SERVICE_NAME": "image-api",
         "POWERTOOLS_METRICS_NAMESPACE": "FluxImageService",
         "POWERTOOLS_TRACE_DISABLED": "true",
-        "POWERTOOLS_LOG_LEVEL": os.environ.get("POWERTOOLS_LOG_LEVEL", "INFO"),
-        "POWERTOOLS_METRICS_DISABLED": os.environ.get("POWERTOOLS_METRICS_DISABLED", "true"),
+        "POWERTOOLS_LOG_LEVEL": "INFO",
+        "POWERTOOLS_METRICS_DISABLED": "true",
         "FLUX_API_URL": flux_api_url,
         "FLUX_SECRET_ID": seeded.secret_arn,
         "JOBS_QUEUE_URL": seeded.jobs_queue_url,
@@ -258,16 +311,14 @@ def service_environment(
         "WEBHOOK_SECRET_ID": seeded.webhook_secret_arn,
         "IDEMPOTENCY_TABLE": resources.idempotency_table,
         "MAX_RECEIVE_COUNT": str(resources.max_receive_count),
-        "WEBHOOK_ALLOW_HTTP": "true" if allow_local_images else "false",
-        "WEBHOOK_ALLOWED_PRIVATE_NETWORKS": LOOPBACK_NETWORKS if allow_local_images else "",
         "IMAGES_BUCKET": resources.bucket,
         "IMAGES_TABLE": resources.table,
         "IMAGE_HOST_ALLOWLIST": image_host_allowlist,
-        "IMAGE_ALLOW_HTTP": "true" if allow_local_images else "false",
-        "IMAGE_ALLOWED_PRIVATE_NETWORKS": LOOPBACK_NETWORKS if allow_local_images else "",
-        "CORS_ALLOWED_ORIGINS": os.environ.get("CORS_ALLOWED_ORIGINS", "http://localhost:3000"),
-        "ENABLE_DOCS": os.environ.get("ENABLE_DOCS", "true"),
-        "ENABLE_CONSOLE": os.environ.get("ENABLE_CONSOLE", "true"),
+        **(LOOPBACK_RELAXATIONS if allow_local_images else STRICT),
+        "CORS_ALLOWED_ORIGINS": "http://localhost:3000",
+        "ENABLE_DOCS": "true",
+        "ENABLE_CONSOLE": "true",
     }
+    env.update({name: environ[name] for name in PASSTHROUGH if environ.get(name)})  # empty counts as unset
     env.update(extra or {})
     return env

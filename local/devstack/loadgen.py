@@ -19,6 +19,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections import Counter
@@ -47,14 +48,38 @@ class StackProcess:
     process: subprocess.Popen[str]
     output: list[str] = field(default_factory=list)
     exit_code: int | None = None  # after the context: how the program ended on Ctrl-C (SIGINT)
+    log_file: Path | None = None  # the full log (``DEVSTACK_LOG``); deleted when the context ends
+    log_text: str = ""  # its content, read when the context ends
 
 
 @contextlib.contextmanager
 def stack_process(
-    *, emulator_latency_s: float, api_key: str = LOAD_KEY, timeout_s: float = 90, built: bool = False
+    *,
+    emulator_latency_s: float,
+    api_key: str = LOAD_KEY,
+    timeout_s: float = 90,
+    built: bool = False,
+    env_overrides: dict[str, str] | None = None,
 ) -> Iterator[StackProcess]:
     """``python -m devstack`` (what ``make run`` runs; ``built``: ``make run-built``) on free loopback ports, with
-    the template's usage plan. ``output`` holds every line it writes, also after the start."""
+    the template's usage plan. ``output`` holds every line it writes to the terminal, also after the start; the
+    full log goes to a temporary file, read into ``log_text`` and deleted at the end. The program runs in its own
+    process group and is stopped like Ctrl-C in a terminal stops it: SIGINT to the whole group (moto included)."""
+    with tempfile.TemporaryDirectory(prefix="devstack-test-") as folder:
+        log_file = Path(folder) / "devstack.log"
+        with _stack_process(emulator_latency_s, api_key, timeout_s, built, log_file, env_overrides or {}) as stack:
+            yield stack
+
+
+@contextlib.contextmanager
+def _stack_process(
+    emulator_latency_s: float,
+    api_key: str,
+    timeout_s: float,
+    built: bool,
+    log_file: Path,
+    env_overrides: dict[str, str],
+) -> Iterator[StackProcess]:
     port, moto_port = free_port(), free_port()
     inherited = ("PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR")  # not a test session's service variables
     env = {
@@ -67,6 +92,8 @@ def stack_process(
         "LOCAL_API_KEY": api_key,
         "FLUX_EMULATOR_LATENCY": str(emulator_latency_s),
         "POWERTOOLS_LOG_LEVEL": "WARNING",  # a line per request would cost the child more than the work
+        "DEVSTACK_LOG": str(log_file),
+        **env_overrides,
     }
     if built:  # the functions run from the artefact: the stack's own process needs none of their code
         env["PYTHONPATH"] = str(ROOT / "local")
@@ -77,9 +104,12 @@ def stack_process(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
     )
     lines: queue.Queue[str | None] = queue.Queue()
-    stack = StackProcess(f"http://127.0.0.1:{port}", f"http://127.0.0.1:{moto_port}", api_key, process)
+    stack = StackProcess(
+        f"http://127.0.0.1:{port}", f"http://127.0.0.1:{moto_port}", api_key, process, log_file=log_file
+    )
 
     def pump() -> None:
         assert process.stdout is not None
@@ -105,13 +135,16 @@ def stack_process(
         yield stack
     finally:
         if process.poll() is None:
-            process.send_signal(signal.SIGINT)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGINT)  # Ctrl-C: the program and its children (moto)
             try:
                 stack.exit_code = process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=10)
         reader.join(timeout=10)
+        with contextlib.suppress(OSError):
+            stack.log_text = log_file.read_text(encoding="utf-8")
 
 
 @dataclass

@@ -184,6 +184,7 @@ class LocalFunction:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 pass_fds=(requests_read, results_write),
+                start_new_session=True,  # a terminal's Ctrl-C is the stack's to handle: stop() ends this process
             )
         except BaseException:
             os.close(requests_write)  # no child to talk to: the parent's ends go too

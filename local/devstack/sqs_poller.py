@@ -475,6 +475,8 @@ class EventSourceMapping:
     def _poll_failed(self, exc: BaseException) -> None:
         with self._lock:
             self.poll_errors += 1
+        if self._stopping.is_set():
+            return  # the stack is shutting down: a poll cut short is expected, not an error to report
         summary = f"{type(exc).__name__}: {exc}"
         if summary != self._last_poll_error:  # one line per distinct error, not one per retry
             self._last_poll_error = summary

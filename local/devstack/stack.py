@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import ipaddress
 import os
 import platform
 import signal
@@ -26,9 +27,11 @@ import subprocess
 import sys
 import threading
 import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from devstack.artefact import (
     BUILD_DIR,
@@ -39,7 +42,7 @@ from devstack.artefact import (
     load_artefact,
     swapped_distributions,
 )
-from devstack.aws import LocalAws, Resources, service_environment
+from devstack.aws import REGION, LocalAws, Resources, Seeded, relaxed_settings, service_environment
 from devstack.console import ConsoleServer
 from devstack.flux_emulator import FluxEmulator
 from devstack.gateway import (
@@ -59,6 +62,55 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = ROOT / "template.yaml"
 DEFAULT_API_KEY = "local-dev-key"  # a dummy: the local gateway's usage plan key
 HANDLER_MODULES = {"api_handler.lambda_handler": "api_handler", "worker_handler.lambda_handler": "worker_handler"}
+
+
+# ------------------------------------------------------------------------------------------------ ports
+# The local stack's listening ports, in one place. PORT moves them all: each other port keeps its offset from
+# the API's unless its own variable is set, so a second stack needs only PORT=3100 (moto 5101, emulator 8181).
+DEFAULT_PORT = 3000
+PORT_OFFSETS = {"MOTO_PORT": 2001, "FLUX_EMULATOR_PORT": 5081}  # 5001 and 8081 with the default PORT
+CONSOLE_PORT_OFFSET = 3  # the web console's own origin: 3003 with the default PORT (CONSOLE_PORT=-1: none)
+
+
+def local_ports(environ: Mapping[str, str]) -> dict[str, int]:
+    """``{"PORT": …, "MOTO_PORT": …, "FLUX_EMULATOR_PORT": …}`` from ``environ``; PORT=0 means any free ports."""
+    ports = {"PORT": _port(environ, "PORT", DEFAULT_PORT)}
+    for name, offset in PORT_OFFSETS.items():
+        ports[name] = _port(environ, name, ports["PORT"] + offset if ports["PORT"] else 0)
+    return ports
+
+
+def _port(environ: Mapping[str, str], name: str, default: int) -> int:
+    text = (environ.get(name) or "").strip()
+    value = default
+    if text:
+        try:
+            value = int(text)
+        except ValueError:
+            raise SystemExit(f"devstack: {name}={text!r} is not a port number") from None
+    if not 0 <= value <= 65535:
+        raise SystemExit(f"devstack: {name} would be {value}, outside 0-65535: set {name} (or a lower PORT)")
+    return value
+
+
+def _listen(what: str, variable: str, host: str, port: int, start: Callable[[], object]) -> None:
+    """Start a server, naming the address and the variable that moves it when the port is taken."""
+    try:
+        start()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise OSError(f"{what} cannot listen on {host}:{port}: {reason} (set {variable} to another port)") from exc
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` points at this machine (127.0.0.0/8, ::1, localhost)."""
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def one_at_a_time(handler: Any) -> Any:
@@ -100,6 +152,7 @@ class LocalStack:
         api_key: str = DEFAULT_API_KEY,
         flux_api_url: str | None = None,
         flux_api_key: str = Resources.secret_value,
+        emulator_api_key: str | None = None,
         image_host_allowlist: str | None = None,
         emulator_latency_s: float = 0.0,
         emulator_concurrency_limit: int | None = None,
@@ -110,8 +163,11 @@ class LocalStack:
         worker_parameters: dict[str, str] | None = None,
         throttle: tuple[float, int] | None = None,
         built: bool | Path = False,
+        environ: Mapping[str, str] | None = None,
         console_port: int | None = None,
     ) -> None:
+        """``emulator_api_key``: the only subscription key the emulator accepts (default: ``flux_api_key``, so
+        any key works); ``environ``: where the README's variables are read (default: this process's)."""
         self.host = host
         self.port = port
         self.api_key = api_key
@@ -123,13 +179,19 @@ class LocalStack:
             else FluxEmulator(
                 host=host,
                 port=emulator_port,
-                api_key=flux_api_key,
+                api_key=flux_api_key if emulator_api_key is None else emulator_api_key,
                 latency_s=emulator_latency_s,
                 concurrency_limit=emulator_concurrency_limit,
             )
         )
+        self.emulator_checks_key = emulator_api_key is not None
         self._flux_api_url = flux_api_url
         self._allowlist = image_host_allowlist
+        self._environ = environ
+        self._moto_port = moto_port
+        self._emulator_port = emulator_port
+        self.env: dict[str, str] = {}  # the functions' environment, once started
+        self._replaced_env: dict[str, str | None] = {}  # in-process mode: os.environ's values before start()
         self._template = template
         self._extra_env = extra_env or {}
         self.gateway: LocalApiGateway | None = None
@@ -165,26 +227,14 @@ class LocalStack:
     def start(self) -> LocalStack:
         if not self.built:
             self._code_on_path()
-        self.aws.start()
+        try:
+            self.aws.start()
+        except OSError as exc:
+            raise OSError(f"{exc} (set MOTO_PORT to another port)") from exc
         self.seeded = self.aws.seed(self.resources)
         if self.emulator is not None:
-            self.emulator.start()
-            flux_url = self.emulator.url
-            allowlist = self._allowlist or self.host
-        else:
-            assert self._flux_api_url is not None
-            flux_url = self._flux_api_url
-            allowlist = self._allowlist or "pub-*.r2.dev"
-        local_images = self.emulator is not None
-        env = service_environment(
-            self.aws,
-            self.resources,
-            self.seeded,
-            flux_api_url=flux_url,
-            image_host_allowlist=allowlist,
-            allow_local_images=local_images,
-            extra=self._extra_env,
-        )
+            _listen("the Flux emulator", "FLUX_EMULATOR_PORT", self.host, self._emulator_port, self.emulator.start)
+        self.env = env = self.function_environment(self.seeded)
         cors_parameters = self._console_cors(env)
         self.gateway_parameters = cors_parameters or {}  # template parameters the local gateway was read with
         routes = load_routes(self._template)
@@ -193,7 +243,10 @@ class LocalStack:
         if self.built:
             handlers = self._start_runtime(env, routes, mappings).invoke
         else:
-            os.environ.update(env)  # the in-process "Lambda" reads its configuration like the real one does
+            # The in-process "Lambda" reads its configuration like the real one does; stop() puts back what was
+            # there, so a later stack in this process does not read this one's settings as the developer's.
+            self._replaced_env = {name: os.environ.get(name) for name in env}
+            os.environ.update(env)
             # Requests that publish no metric (a 422, the docs) make Powertools warn; in Lambda nobody sees it.
             warnings.filterwarnings("ignore", "No application metrics to publish", UserWarning)
             handlers = {}
@@ -213,7 +266,7 @@ class LocalStack:
             redirects={"/console": self.console.url} if self.console else None,
             **api_config,
         )
-        self.gateway.start()
+        _listen("the local API Gateway", "PORT", self.host, self.port, self.gateway.start)
         self.port = self.gateway.port
         if self.console is not None:
             self.console.api_url = self.url
@@ -228,13 +281,44 @@ class LocalStack:
         CorsAllowedOrigins parameter set to that list for the local gateway's answers, as a deployment would be."""
         if self.console is None:
             return None
-        self.console.bind()  # its port, hence its origin, before the function reads CORS_ALLOWED_ORIGINS
+        # Its port, hence its origin, before the function reads CORS_ALLOWED_ORIGINS.
+        _listen("the web console", "CONSOLE_PORT", self.host, self.console.port, self.console.bind)
         listed = [origin for origin in env.get("CORS_ALLOWED_ORIGINS", "").split(",") if origin.strip()]
         if "*" in listed:
             return {"CorsAllowedOrigins": "*"}
         origins = [self.console.origin, *(origin for origin in listed if origin != self.console.origin)]
         env["CORS_ALLOWED_ORIGINS"] = ",".join(origins)
         return {"CorsAllowedOrigins": env["CORS_ALLOWED_ORIGINS"]}
+
+    @property
+    def upstream_url(self) -> str:
+        if self.emulator is not None:
+            return self.emulator.url
+        assert self._flux_api_url is not None
+        return self._flux_api_url
+
+    @property
+    def upstream_is_local(self) -> bool:
+        return self.emulator is not None or is_loopback_url(self.upstream_url)
+
+    def function_environment(self, seeded: Seeded) -> dict[str, str]:
+        """What the functions' environment will be (the emulator must be started first, for its port).
+
+        A loopback upstream (the emulator, or any ``FLUX_API_URL`` on this machine) serves its images from
+        loopback, so the mirror's and the webhooks' loopback allowances are set and the mirror's allowlist
+        defaults to the upstream's host; any README variable set in ``environ`` wins over these defaults."""
+        url = self.upstream_url
+        default_allowlist = (urlsplit(url).hostname or self.host) if self.upstream_is_local else "pub-*.r2.dev"
+        return service_environment(
+            self.aws,
+            self.resources,
+            seeded,
+            flux_api_url=url,
+            image_host_allowlist=self._allowlist or default_allowlist,
+            allow_local_images=self.upstream_is_local,
+            extra=self._extra_env,
+            environ=self._environ,
+        )
 
     def _module(self, function_id: str, handler: str | None) -> ModuleType:
         """In-process mode: the handler's module of the source tree, imported once."""
@@ -298,13 +382,19 @@ class LocalStack:
             poller.stop()
         if self.gateway is not None:
             self.gateway.stop()
-        if self.runtime is not None:
-            self.runtime.stop()
         if self.console is not None:
             self.console.stop()
+        if self.runtime is not None:
+            self.runtime.stop()
         if self.emulator is not None:
             self.emulator.stop()
         self.aws.stop()
+        replaced, self._replaced_env = self._replaced_env, {}
+        for name, value in replaced.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
     def __enter__(self) -> LocalStack:
         return self.start()
@@ -339,14 +429,38 @@ class LocalStack:
             ]
         return lines
 
+    def guards(self) -> list[str]:
+        """The banner's lines saying which address guards are relaxed against the deployed service."""
+        relaxed = relaxed_settings(self.env)
+        if not relaxed:
+            return ["  Guards         as deployed: the mirror and webhooks fetch https from public addresses only"]
+        lines = [f"  Relaxed        {relaxed[0]}"] + [f"                 {phrase}" for phrase in relaxed[1:]]
+        return [*lines, "                 (local development only; the template never sets these)"]
+
+    def upstream_line(self) -> str:
+        if self.emulator is None:
+            return f"  Flux upstream  {self.upstream_url}"
+        checks = (
+            "checks the key (FLUX_EMULATOR_REQUIRE_KEY)"
+            if self.emulator_checks_key
+            else "accepts the stored FLUX_API_KEY, whatever it is"
+        )
+        return f"  Flux upstream  {self.upstream_url}   (emulator; {checks})"
+
     def console_lines(self) -> list[str]:
         if self.console is None:
             return []
         return [f"  Console        {self.console.url}   (its own origin; {self.url}/console/ leads there)"]
 
-    def banner(self) -> str:
-        upstream = self.emulator.url if self.emulator else self._flux_api_url
+    def banner(self, log_file: Path | None = None, terminal_level: str | None = None) -> str:
         body = '{"prompt": "a cozy mountain cabin under a starry night sky", "width": 512, "height": 512}'
+        logs = []
+        if log_file is not None:
+            logs = [
+                f"  Logs           every line, the functions' JSON included, in {_shown_path(log_file)};",
+                f"                 here: one line per request and batch, function records at {terminal_level}+ "
+                "(LOG_LEVEL)",
+            ]
         return "\n".join(
             [
                 "",
@@ -355,13 +469,15 @@ class LocalStack:
                 f"  Swagger UI     {self.url}/docs",
                 *self.console_lines(),
                 f"  OpenAPI        {self.url}/openapi.json",
-                f"  Flux upstream  {upstream}" + ("   (emulator)" if self.emulator else ""),
-                f"  AWS (moto)     {self.aws.endpoint_url}   (AWS_ENDPOINT_URL for the aws CLI)",
+                self.upstream_line(),
+                *self.guards(),
+                f"  AWS (moto)     {self.aws.endpoint_url}   region {REGION}, any access key",
                 f"                 bucket={self.resources.bucket} table={self.resources.table}",
                 f"  Worker         jobs queue {self.resources.jobs_queue} -> "
                 + ", ".join(f"{p.function_name} (up to {p.maximum_concurrency} at once)" for p in self.pollers),
-                f"  Events         copied to the SQS queue {self.resources.events_capture_queue}",
+                f"  Events         copied to the SQS queue {self.resources.events_capture_queue}: make events",
                 *self.mode(),
+                *logs,
                 "",
                 "Try it:",
                 f"  curl -s -X POST {self.url}/v1/images -H 'x-api-key: {self.api_key}' \\",
@@ -373,78 +489,135 @@ class LocalStack:
         )
 
 
-def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value else default
+def _shown_path(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(Path.cwd()))
+    return str(path)
 
 
-def main(argv: list[str] | None = None) -> int:
+def _env_float(environ: Mapping[str, str], name: str, default: float) -> float:
+    value = (environ.get(name) or "").strip()
+    if not value:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        raise SystemExit(f"devstack: {name}={value!r} is not a number") from None
+
+
+def parse_args(argv: list[str] | None, environ: Mapping[str, str]) -> argparse.Namespace:
+    """The command line, with the README's variables (read from ``environ``) as defaults."""
+    ports = local_ports(environ)
     parser = argparse.ArgumentParser(
         prog="devstack", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
-    parser.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "3000")), help="API port (env PORT)")
+    parser.add_argument("--host", default=environ.get("HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=ports["PORT"], help="API port (env PORT) [3000]")
     parser.add_argument(
-        "--api-key", default=os.environ.get("LOCAL_API_KEY", DEFAULT_API_KEY), help="x-api-key (env LOCAL_API_KEY)"
+        "--api-key", default=environ.get("LOCAL_API_KEY") or DEFAULT_API_KEY, help="x-api-key (env LOCAL_API_KEY)"
     )
     parser.add_argument(
         "--flux-api-url",
-        default=os.environ.get("FLUX_API_URL") or None,
+        default=environ.get("FLUX_API_URL") or None,
         help="use this upstream instead of the emulator (env FLUX_API_URL), e.g. the real vendor",
     )
     parser.add_argument(
         "--latency",
         type=float,
-        default=_env_float("FLUX_EMULATOR_LATENCY", 0.5),
+        default=_env_float(environ, "FLUX_EMULATOR_LATENCY", 0.5),
         help="emulator latency in seconds (env FLUX_EMULATOR_LATENCY)",
     )
-    parser.add_argument("--moto-port", type=int, default=int(os.environ.get("MOTO_PORT", "5001")))
+    parser.add_argument(
+        "--moto-port", type=int, default=ports["MOTO_PORT"], help="env MOTO_PORT [PORT + 2001, so 5001]"
+    )
     parser.add_argument(
         "--built",
         action="store_true",
-        default=os.environ.get("DEVSTACK_BUILT", "").lower() in ("1", "true", "yes"),
+        default=environ.get("DEVSTACK_BUILT", "").lower() in ("1", "true", "yes"),
         help="run the functions from .aws-sam/build (make build) in child processes, as Lambda runs the artefact,\n"
         "instead of importing the source tree (env DEVSTACK_BUILT=1); make run-built",
     )
-    parser.add_argument("--emulator-port", type=int, default=int(os.environ.get("FLUX_EMULATOR_PORT", "8081")))
+    parser.add_argument(
+        "--emulator-port",
+        type=int,
+        default=ports["FLUX_EMULATOR_PORT"],
+        help="env FLUX_EMULATOR_PORT [PORT + 5081, so 8081]",
+    )
     parser.add_argument(
         "--console-port",
         type=int,
-        default=int(os.environ["CONSOLE_PORT"]) if os.environ.get("CONSOLE_PORT") else None,
-        help="web console port (env CONSOLE_PORT; default PORT+3; -1: no console)",
+        default=console_port(environ, ports["PORT"]),
+        help="web console port (env CONSOLE_PORT) [PORT + 3, so 3003]; -1: no console",
     )
-    args = parser.parse_args(argv)
-    console_port = args.port + 3 if args.console_port is None else args.console_port
+    return parser.parse_args(argv)
 
-    stack = LocalStack(
+
+def console_port(environ: Mapping[str, str], api_port: int) -> int:
+    """CONSOLE_PORT, or PORT + 3 (any free port with PORT=0); -1 serves no console."""
+    if (environ.get("CONSOLE_PORT") or "").strip() == "-1":
+        return -1
+    return _port(environ, "CONSOLE_PORT", api_port + CONSOLE_PORT_OFFSET if api_port else 0)
+
+
+def stack_from_environment(args: argparse.Namespace, environ: Mapping[str, str]) -> LocalStack:
+    """The stack ``make run`` starts: every variable the README names, read from ``environ``."""
+    return LocalStack(
         host=args.host,
         port=args.port,
         api_key=args.api_key,
         flux_api_url=args.flux_api_url,
-        flux_api_key=os.environ.get("FLUX_API_KEY", Resources.secret_value),
-        image_host_allowlist=os.environ.get("IMAGE_HOST_ALLOWLIST") or None,
+        flux_api_key=environ.get("FLUX_API_KEY") or Resources.secret_value,
+        emulator_api_key=environ.get("FLUX_EMULATOR_REQUIRE_KEY") or None,
+        image_host_allowlist=environ.get("IMAGE_HOST_ALLOWLIST") or None,
         emulator_latency_s=args.latency,
         moto_port=args.moto_port,
         emulator_port=args.emulator_port,
         built=args.built,
-        console_port=None if console_port < 0 else console_port,
+        environ=environ,
+        console_port=None if args.console_port < 0 else args.console_port,
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from devstack.logs import LogRouter, function_log_level, parse_level
+
+    environ = dict(os.environ)
+    terminal_level = parse_level(environ.get("LOG_LEVEL"))
+    # The functions log at INFO at least (DEBUG with LOG_LEVEL=DEBUG) into the file; POWERTOOLS_LOG_LEVEL wins.
+    if not environ.get("POWERTOOLS_LOG_LEVEL"):
+        environ["POWERTOOLS_LOG_LEVEL"] = function_log_level(terminal_level)
+    args = parse_args(argv, environ)
+    log_file = Path(environ.get("DEVSTACK_LOG") or ROOT / "build" / "devstack.log")
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    log = log_file.open("w", encoding="utf-8")
+    lock = threading.Lock()  # one lock: lines from both streams never interleave mid-line
+    terminal_out, terminal_err = sys.stdout, sys.stderr
+    sys.stdout = LogRouter(log, terminal_out, terminal_level, lock)
+    sys.stderr = LogRouter(log, terminal_err, terminal_level, lock)
+    try:
+        return _run(args, environ, log_file, terminal_level)
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            if isinstance(stream, LogRouter):
+                stream.close_pending()
+                stream.flush()
+        sys.stdout, sys.stderr = terminal_out, terminal_err
+        log.close()
+
+
+def _run(args: argparse.Namespace, environ: Mapping[str, str], log_file: Path, terminal_level: str) -> int:
+    stack = stack_from_environment(args, environ)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
         if args.built:
             ensure_built()  # `make build` when .aws-sam/build is missing or older than the sources
         stack.start()
-    except OSError as exc:
-        ports = "PORT / MOTO_PORT / FLUX_EMULATOR_PORT / CONSOLE_PORT"
-        print(f"devstack: could not start: {exc} (is a port in use? set {ports})")
+    except (OSError, ArtefactError, subprocess.CalledProcessError) as exc:
+        print(f"devstack: could not start: {exc}", flush=True)
         stack.stop()
         return 1
-    except (ArtefactError, subprocess.CalledProcessError) as exc:
-        print(f"devstack: could not start: {exc}")
-        stack.stop()
-        return 1
-    print(stack.banner(), flush=True)
+    print(stack.banner(log_file, terminal_level), flush=True)
     with contextlib.suppress(KeyboardInterrupt):
         stopping.wait()
     print("\nstopping…", file=sys.stderr)

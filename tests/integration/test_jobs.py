@@ -140,6 +140,9 @@ def test_job_idempotency_key_returns_the_original_answer(api, emulator):
     assert first.status_code == second.status_code == 202
     assert first.json()["id"] == second.json()["id"]
     assert second.headers["Location"] == first.headers["Location"]
+    # and only the replay says it is one
+    assert "Idempotent-Replayed" not in first.headers
+    assert second.headers["Idempotent-Replayed"] == "true"
     wait_for_job(api, first.json()["id"])
     assert emulator.calls == 1
     # the same key with another body is refused, and says why
@@ -156,6 +159,11 @@ def test_sync_image_idempotency_key_generates_once(api, emulator):
     assert first.status_code == second.status_code == 201
     assert first.json()["id"] == second.json()["id"]
     assert emulator.calls == 1
+    assert "Idempotent-Replayed" not in first.headers
+    assert second.headers["Idempotent-Replayed"] == "true"
+    # a third replay is marked once, not once per replay
+    third = api("POST", "/v1/images", json=body, headers={"Idempotency-Key": key})
+    assert third.headers["Idempotent-Replayed"] == "true"
 
 
 def test_prefer_respond_async_queues_one_image(api, emulator):

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import os
 import re
+import socket
+import subprocess
+import time
 from pathlib import Path
 
+import pytest
 import requests
-from devstack.loadgen import stack_process
+from devstack import events as events_cli
+from devstack.flux_emulator import FluxEmulator
+from devstack.loadgen import free_port, stack_process
 from support.secrets_under_test import API_KEY, ORIGIN
+from support.stack_fixtures import drain, wait_for_job
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -45,6 +54,7 @@ def test_stack_refuses_requests_without_the_api_key(stack, emulator):
         assert response.status_code == 403
         # API Gateway's INVALID_API_KEY answer, in the service's error shape (template GatewayResponses)
         assert response.json()["error"]["code"] == "invalid_api_key"
+        assert response.json()["error"]["details"] == []  # the documented shape, details included
         got = requests.get(f"{stack.url}/v1/images/img_{'0' * 32}", headers=headers, timeout=10)
         assert got.status_code == 403
     assert emulator.calls == 0
@@ -87,6 +97,19 @@ def test_stack_answers_browser_preflight(stack):
     assert "x-api-key" in response.headers["Access-Control-Allow-Headers"].lower()
 
 
+def test_stack_lets_browsers_read_the_replay_header(stack, emulator):
+    # Given a browser page on an allowed origin that retries a generation with the same Idempotency-Key
+    headers = {"x-api-key": API_KEY, "Origin": ORIGIN, "Idempotency-Key": "browser-retry-1"}
+    body = {"prompt": "read by a browser", "width": 256, "height": 256}
+    first = requests.post(f"{stack.url}/v1/images", json=body, headers=headers, timeout=30)
+    replay = requests.post(f"{stack.url}/v1/images", json=body, headers=headers, timeout=30)
+    # Then the replay says so, and CORS lets the page's script read that header
+    assert first.status_code == replay.status_code == 201, replay.text
+    assert replay.headers["Idempotent-Replayed"] == "true"
+    exposed = {name.strip().lower() for name in replay.headers["Access-Control-Expose-Headers"].split(",")}
+    assert "idempotent-replayed" in exposed
+
+
 def test_make_run_entry_point_starts_prints_a_curl_and_stops_on_ctrl_c():
     # Given the command `make run` executes (`python -m devstack`), on free ports, in a child process
     with stack_process(emulator_latency_s=0, api_key="entry-point-key") as child:
@@ -108,5 +131,177 @@ def test_make_run_entry_point_starts_prints_a_curl_and_stops_on_ctrl_c():
             timeout=30,
         )
         assert response.status_code == 201, response.text
-    # And Ctrl-C (SIGINT, sent when the context ends) stopped it cleanly within 20 s
+    # And Ctrl-C (SIGINT to its process group, as a terminal sends it) stopped it cleanly within 20 s,
+    # without a false error line from a poller that outlived moto
     assert child.exit_code == 0, "".join(child.output[-20:])
+    assert not [line for line in child.output if "failed" in line.lower()], "".join(child.output)
+
+
+def test_make_run_keeps_the_terminal_quiet_and_the_full_json_in_its_log_file():
+    # Given make run's program at its default LOG_LEVEL (the child's POWERTOOLS_LOG_LEVEL left to the stack)
+    with stack_process(emulator_latency_s=0, api_key="k", env_overrides={"POWERTOOLS_LOG_LEVEL": ""}) as child:
+        # When an image is generated
+        response = requests.post(
+            f"{child.url}/v1/images",
+            json={"prompt": "quiet", "width": 256, "height": 256},
+            headers={"x-api-key": "k"},
+            timeout=30,
+        )
+        assert response.status_code == 201, response.text
+    # Then the terminal got the banner (naming the log file) and one short line for the request, no JSON
+    terminal = "".join(child.output)
+    assert f"in {child.log_file}" in terminal, terminal
+    assert [line for line in child.output if "POST /v1/images 201" in line], terminal
+    assert not [line for line in child.output if line.lstrip().startswith("{")], terminal
+    # And the log file has the functions' JSON records of that image, and the same request line
+    records = [line for line in child.log_text.splitlines() if line.startswith('{"level"')]
+    assert any(response.json()["id"] in line for line in records), child.log_text[-2000:]
+    assert "POST /v1/images 201" in child.log_text
+
+
+def test_make_run_can_try_a_wrong_subscription_key_on_the_emulator():
+    # Given the emulator told to require one key and the stack given another
+    overrides = {"FLUX_API_KEY": "wrong-key-4242", "FLUX_EMULATOR_REQUIRE_KEY": "right-key-1717"}
+    with stack_process(emulator_latency_s=0, api_key="k", env_overrides=overrides) as child:
+        # When an image is asked for
+        response = requests.post(
+            f"{child.url}/v1/images",
+            json={"prompt": "keyed", "width": 256, "height": 256},
+            headers={"x-api-key": "k"},
+            timeout=30,
+        )
+    # Then the key is refused as the vendor would refuse it, and the banner said the emulator checks it
+    assert response.status_code == 502, response.text
+    assert response.json()["error"]["code"] == "upstream_auth"
+    assert "checks the key (FLUX_EMULATOR_REQUIRE_KEY)" in "".join(child.output)
+    # And neither key reached the terminal, the log or the answer
+    for key in overrides.values():
+        assert key not in "".join(child.output) + child.log_text + response.text
+
+
+def test_make_run_honours_the_loopback_allowances_with_another_loopback_upstream():
+    # Given another upstream on loopback, serving its images over http from loopback (as a test double does)
+    with FluxEmulator(api_key="other-upstream-key") as upstream:
+        overrides = {"FLUX_API_URL": upstream.url, "FLUX_API_KEY": "other-upstream-key"}
+        with stack_process(emulator_latency_s=0, api_key="k", env_overrides=overrides) as child:
+            # When an image is generated through make run's program
+            response = requests.post(
+                f"{child.url}/v1/images",
+                json={"prompt": "elsewhere", "width": 256, "height": 256},
+                headers={"x-api-key": "k"},
+                timeout=30,
+            )
+        # Then the mirror fetched it (not refused as "without a valid https output URL"), from that upstream
+        assert response.status_code == 201, response.text
+        assert upstream.calls == 1
+    # And the banner said what is relaxed against the deployed service
+    banner = "".join(child.output)
+    assert "Relaxed        mirror: http (IMAGE_ALLOW_HTTP), 127.0.0.0/8,::1/128" in banner, banner
+
+
+@pytest.mark.parametrize(
+    ("variable", "server"),
+    [("PORT", "the local API Gateway"), ("MOTO_PORT", "moto"), ("FLUX_EMULATOR_PORT", "the Flux emulator")],
+)
+def test_make_run_names_a_port_already_in_use(variable, server):
+    # Given one of the stack's ports taken by another program
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # When make run's program starts on it
+        with (
+            pytest.raises(RuntimeError) as failed,
+            stack_process(emulator_latency_s=0, env_overrides={variable: str(port)}),
+        ):
+            pass
+    # Then it says which server, which address, and which variable moves it
+    message = str(failed.value)
+    assert f"{server} cannot listen on 127.0.0.1:{port}" in message, message
+    assert f"(set {variable} to another port)" in message, message
+
+
+def test_make_events_reads_the_bus_copy_with_the_projects_own_boto3(stack, api, emulator):
+    # Given a finished one-item job (the worker publishes Image Generated and Job Completed)
+    drain(stack.aws.client("sqs"), stack.seeded.events_queue_url)
+    job_id = api("POST", "/v1/jobs", json={"items": [{"prompt": "evented", "width": 256, "height": 256}]}).json()["id"]
+    wait_for_job(api, job_id)
+
+    def make_events(*args: str) -> list[str]:
+        out = io.StringIO()
+        assert events_cli.main(["--endpoint", stack.aws.endpoint_url, *args], out=out) == 0
+        return out.getvalue().splitlines()
+
+    # When `make events ARGS=--keep` reads the queue (until the completion is there)
+    deadline = time.monotonic() + 20
+    kept = make_events("--keep")
+    while not any("Job Completed" in line for line in kept) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        kept = make_events("--keep")
+    # Then one line per event names its type and carries the job's id
+    assert any("Image Generated" in line and job_id in line for line in kept), kept
+    assert any("Job Completed" in line and job_id in line for line in kept), kept
+    # And without --keep they are shown once more and taken off the queue
+    assert make_events() == kept
+    assert make_events() == []
+
+
+def test_make_demo_leaves_nothing_in_tmp(tmp_path):
+    # Given make demo's script with its own temporary folder watched, on free ports, the emulator without latency
+    watched = tmp_path / "tmp"
+    watched.mkdir()
+    env = {
+        **{name: os.environ[name] for name in ("PATH", "HOME", "LANG") if name in os.environ},
+        "TMPDIR": str(watched),
+        "PORT": str(free_port()),
+        "MOTO_PORT": str(free_port()),
+        "FLUX_EMULATOR_PORT": str(free_port()),
+        "FLUX_EMULATOR_LATENCY": "0",
+        "DEMO_OUT": str(tmp_path / "images"),
+        "DEMO_LOG_DIR": str(tmp_path / "logs"),
+    }
+    # When it runs to the end
+    done = subprocess.run(
+        ["bash", "scripts/demo.sh"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # Then every prompt became an image, the stack's logs are where it said, and the temporary folder is empty
+    prompts = [line for line in (ROOT / "examples/prompts.jsonl").read_text().splitlines() if line.strip()]
+    assert len(list((tmp_path / "images").rglob("*.png"))) == len(prompts)
+    assert f"log: {tmp_path / 'logs' / 'demo-stack.log'}" in done.stdout
+    assert (tmp_path / "logs" / "demo-devstack.log").stat().st_size > 0
+    assert list(watched.iterdir()) == []
+
+
+def readme_try_it_blocks() -> list[str]:
+    """The README's "Try it" shell blocks, up to the bulk CLI (make demo is tested on its own)."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Try it", 1)[1].split("\n## ", 1)[0]
+    blocks = [block.split("```", 1)[0] for block in section.split("```bash\n")[1:]]
+    return [block.split("# Or with the bulk CLI", 1)[0] for block in blocks]
+
+
+def test_readme_try_it_pastes_as_is_with_no_placeholder_to_fill(tmp_path):
+    # Given the README's examples, pasted into one shell, and make run's program on other ports
+    blocks = readme_try_it_blocks()
+    script = "\n".join(blocks)
+    assert len(blocks) == 2 and "<" not in script.replace("<<", ""), "a placeholder to fill in by hand"
+    with stack_process(emulator_latency_s=0, api_key="local-dev-key") as child:
+        script = script.replace("http://127.0.0.1:3000", child.url).replace("cabin.png", str(tmp_path / "cabin.png"))
+        moto_port = child.moto_url.rsplit(":", 1)[1]
+        env = {**os.environ, "PORT": child.url.rsplit(":", 1)[1], "MOTO_PORT": moto_port}
+        # When it runs, stopping at the first failing command
+        done = subprocess.run(
+            ["bash", "-euo", "pipefail", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
+        )
+    # Then every command worked: the image downloaded, the bad requests were refused naming why
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (tmp_path / "cabin.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert '"code":"validation_error"' in done.stdout.replace(" ", "")
+    assert '"code":"invalid_api_key"' in done.stdout.replace(" ", "")
+    assert '"items_upload_id"' not in done.stdout  # the upload job was accepted, not refused

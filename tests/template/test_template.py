@@ -607,7 +607,9 @@ def check_gateway_responses(t: dict[str, Any]) -> None:
                 raise AssertionError(f"{response_type}: the body is not JSON: {body}") from exc
             error = parsed.get("error") if isinstance(parsed, dict) else None
             assert isinstance(error, dict), f"{response_type}: not the service's error shape: {body}"
-            assert set(error) == {"code", "message", "request_id"}, f"{response_type}: not the service's error shape"
+            shape = {"code", "message", "details", "request_id"}
+            assert set(error) == shape, f"{response_type}: not the service's error shape (code, message, details, …)"
+            assert error["details"] == [], f"{response_type}: details must be a list (empty: API Gateway names none)"
             assert re.fullmatch(r"[a-z_]+", error["code"]), f"{response_type}: code must be snake_case"
             assert error["request_id"] == "c0ffee"
     # A throttled client is told when to come back (a static header: API Gateway quotes literals with '').
@@ -1437,6 +1439,15 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
             ResponseTemplates={"application/json": '{"message": $context.error.messageString}'}
         ),
     ),
+    "gateway-body-without-details": (
+        check_gateway_responses,
+        lambda t: _p(t, API_ID)["GatewayResponses"]["INTEGRATION_TIMEOUT"].update(
+            ResponseTemplates={
+                "application/json": '{"error": {"code": "gateway_timeout", "message": $context.error.messageString, '
+                '"request_id": "$context.requestId"}}'
+            }
+        ),
+    ),
     "timeout-over-29": (check_function_runtime, lambda t: _p(t, FUNCTION_ID).update(Timeout=60)),
     "tracing-off": (check_function_runtime, lambda t: t["Globals"]["Function"].update(Tracing="PassThrough")),
     "env-var-missing": (check_function_environment, lambda t: _global_env(t).pop("FLUX_SECRET_ID")),
@@ -1886,6 +1897,23 @@ MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str,
         ),
     ),
 }
+
+
+def test_readme_errors_table_lists_every_gateway_code(template: dict[str, Any]) -> None:
+    # Given the codes of the answers API Gateway makes itself (GatewayResponses)
+    responses = _props(template, API_ID).get("GatewayResponses") or {}
+    codes = {
+        json.loads(body.replace("$context.error.messageString", '"m"'))["error"]["code"]
+        for spec in responses.values()
+        for body in (spec.get("ResponseTemplates") or {}).values()
+    }
+    # When the README's errors table is read: its rows marked as API Gateway's own answers
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme.splitlines() if re.match(r"^\| [1-5]\d\d \| `", line)]
+    from_gateway = {code for row in rows if "(API Gateway)" in row for code in re.findall(r"`([a-z_]+)`", row)}
+    # Then every gateway code is there, marked as coming from API Gateway
+    assert codes, "no gateway responses found"
+    assert codes <= from_gateway, f"not in the README errors table as (API Gateway): {sorted(codes - from_gateway)}"
 
 
 def test_every_check_has_a_mutation() -> None:

@@ -3,7 +3,9 @@
 The key is scoped per API key and per operation; the request body is the payload Powertools validates, so the
 same key with a different body is refused instead of answered with someone else's result. Only successful
 answers are stored (Powertools deletes the in-progress record when the work raises), and they are stored as
-the HTTP answer itself: a retry gets the original status, body and headers and nothing new is generated.
+the HTTP answer itself: a retry gets the original status, body and headers and nothing new is generated, plus
+``Idempotent-Replayed: true`` (added by Powertools' ``response_hook``, called only when a stored answer is
+returned) so the caller can tell a replay from a first answer.
 Powertools is imported when the first keyed request arrives, not at cold start.
 """
 
@@ -15,6 +17,7 @@ from typing import Any
 from imagegen.errors import ConflictError, InvalidRequestError, ServiceError
 
 MAX_KEY_LENGTH = 255
+REPLAYED_HEADER = "Idempotent-Replayed"
 
 Answer = dict[str, Any]  # {"status": int, "body": ..., "headers": {...}}
 
@@ -25,6 +28,13 @@ def validate_key(key: str) -> str:
             f"must be 1-{MAX_KEY_LENGTH} printable ASCII characters", field="Idempotency-Key", location="header"
         )
     return key
+
+
+def mark_replayed(answer: Any, _data_record: Any = None) -> Any:
+    """Powertools' ``response_hook``: the stored answer, with ``Idempotent-Replayed: true`` among its headers."""
+    if not isinstance(answer, dict):
+        return answer
+    return {**answer, "headers": {**(answer.get("headers") or {}), REPLAYED_HEADER: "true"}}
 
 
 class IdempotencyKeyReusedError(ServiceError):
@@ -46,6 +56,7 @@ class IdempotentRunner:
             raise_on_no_idempotency_key=True,
             expires_after_seconds=ttl_s,
             hash_function="sha256",
+            response_hook=mark_replayed,
         )
         persistence = DynamoDBPersistenceLayer(table_name=table_name, boto3_client=dynamodb_client)
 
