@@ -637,13 +637,11 @@ def test_2500_prompts_go_in_one_upload_and_one_job_then_download_through_the_res
     assert fake.jobs[job_id].total == 2500
     assert "upload" in result.err and f"submitted {job_id}: 2,500 items from an upload" in result.err
 
-    # And the download read the results file instead of paging through 2,500 items
+    # And the download read the results file instead of paging through 2,500 items: item 7's URL came with the
+    # job's first page, item 2,499's from its image document (one call, where its page is 24 pages on)
     assert len(fake.requests_to("results")) == 1
-    assert not any("cursor" in seen.query for seen in fake.requests_to("get"))  # 25 pages of items never read
-    assert [seen.path for seen in fake.requests_to("image_doc")] == [
-        f"/v1/images/{fake.image_id(job_id, 7)}",
-        f"/v1/images/{fake.image_id(job_id, 2499)}",
-    ]
+    assert not any("cursor" in seen.query for seen in fake.requests_to("get"))  # 24 more pages never read
+    assert [seen.path for seen in fake.requests_to("image_doc")] == [f"/v1/images/{fake.image_id(job_id, 2499)}"]
     out = tmp_path / "out"
     assert sorted(p.name for p in out.glob("*.png")) == ["0007-prompt-7.png", "2499-prompt-2499.png"]
     rows = manifest.read_jsonl(out / "manifest.jsonl")
@@ -744,12 +742,13 @@ def test_download_through_the_results_file_with_failed_and_canceled_items(
     # When it is downloaded
     result = run("download", job_id, "--out", "out")
 
-    # Then one job read, one results file read, one image document and one fetch per succeeded image; no paging
+    # Then one job read (its first page carries the image URLs), one results file read, one fetch per succeeded
+    # image; no further page, no image document
     assert result.code == 1, result.err
     assert len(fake.requests_to("get")) == gets + 1
     assert [s for s in fake.requests_to("get") if "cursor" in s.query] == pages
     assert len(fake.requests_to("results")) == 1
-    assert len(fake.requests_to("image_doc")) == 2 and len(fake.requests_to("image")) == 2
+    assert len(fake.requests_to("image_doc")) == 0 and len(fake.requests_to("image")) == 2
     rows = manifest.read_jsonl(tmp_path / "out" / "manifest.jsonl")
     assert [row["status"] for row in rows] == ["failed", "succeeded", "succeeded", "canceled", "canceled"]
     assert rows[0]["error_code"] == "upstream_rejected" and rows[0]["file"] is None
@@ -775,10 +774,12 @@ def test_download_through_the_results_file_with_failed_and_canceled_items(
     assert rows[2]["image_id"] == fake.image_id(job_id, 2)
     assert (tmp_path / "out" / "0002-c.png").read_bytes() == body
 
-    # And a second run finds every file in place from the manifest: no image document, no fetch
+    # And a second run finds every file in place from the manifest: only the job read, no fetch
+    gets = len(fake.requests_to("get"))
     again = run("download", job_id, "--out", "out")
     assert again.code == 1 and "0 downloaded, 2 already present" in again.err
-    assert len(fake.requests_to("image_doc")) == 2 and len(fake.requests_to("image")) == 2
+    assert len(fake.requests_to("get")) == gets + 1
+    assert len(fake.requests_to("image_doc")) == 0 and len(fake.requests_to("image")) == 2
     assert manifest.read_jsonl(tmp_path / "out" / "manifest.jsonl") == rows
 
 
@@ -798,13 +799,14 @@ def test_an_expired_results_url_is_renewed_by_reading_the_job_again(
     assert len(signatures) == 2 and signatures[0] != signatures[1]  # the retry used the renewed URL
     assert len(fake.requests_to("image")) == 2
 
-    # An expired image URL on this path is renewed through GET /v1/images/{id}
+    # An expired image URL on this path is renewed by reading its page again: one call for both images
     fake.expire_image_fetches = 1
-    docs = len(fake.requests_to("image_doc"))
+    gets = len(fake.requests_to("get"))
     renewed = run("download", job_id, "--out", "renewed")
     assert renewed.code == 0, renewed.err
     assert "item 0000: the image URL was refused (expired?); asking for a fresh one" in renewed.err
-    assert len(fake.requests_to("image_doc")) == docs + 3  # two images, the first one twice
+    assert len(fake.requests_to("get")) == gets + 2  # the job (its first page), then that page again
+    assert len(fake.requests_to("image_doc")) == 0
 
     # A results file that stays refused: the items are read from the job's pages instead
     fake.expire_results_fetches = 10
