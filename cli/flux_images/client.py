@@ -448,21 +448,27 @@ class Job:
     def download(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Save every succeeded image as ``<index:04d>.<ext>`` in ``directory``, each checked against its sha256.
 
-        Resumable: a file already there with the right sha256 is not fetched again; a file is written as
-        ``.part`` and renamed only once verified. An expired URL is renewed (``GET /v1/images/{id}``) once.
-        Returns the files in index order; ``DownloadError`` (with the files that were saved) when some failed.
+        API calls: one per page of 100 items (the pages carry each image's presigned URL and sha256), never one
+        per image; the image bytes come straight from the bucket. Resumable: a file already there with the right
+        sha256 is not fetched again (and costs no call beyond its page); a file is written as ``.part`` and
+        renamed only once verified. An expired URL is renewed once by reading its page again (one call, which
+        renews the URLs of the page's other images too). Returns the files in index order; ``DownloadError``
+        (with the files that were saved) when some failed.
         """
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
         files: list[Path] = []
         failures: dict[int, str] = {}
-        for item in self.items():
-            if item.status != "succeeded" or item.image is None:
-                continue
-            try:
-                files.append(self._save(item.index, item.image, target))
-            except (ApiError, NetworkError, ValueError) as exc:
-                failures[item.index] = str(exc)
+        for cursor, state in self.client.job_pages(self.id):
+            self.state = state
+            page = _Page(self.client, self.id, cursor, state)
+            for item in state.items:
+                if item.status != "succeeded" or item.image is None:
+                    continue
+                try:
+                    files.append(self._save(item.index, page, target))
+                except (ApiError, NetworkError, ValueError) as exc:
+                    failures[item.index] = str(exc)
         if failures:
             first = ", ".join(f"{index}: {why}" for index, why in sorted(failures.items())[:3])
             raise DownloadError(
@@ -470,16 +476,15 @@ class Job:
             )
         return files
 
-    def _save(self, index: int, image: Image, directory: Path) -> Path:
+    def _save(self, index: int, page: _Page, directory: Path) -> Path:
+        image = page.image(index)
         extension = EXTENSIONS.get(image.file.content_type, "png")
         path = directory / f"{index:04d}.{extension}"
         expected = image.sha256
         if expected and path.is_file() and _sha256_of(path) == expected:
             return path
-        if image.file.url_expires_at is not None and image.file.url_expires_at.timestamp() - URL_RENEW_MARGIN_S <= (
-            time.time()
-        ):
-            image = self.client.image(image.id)
+        if _expiring(image):
+            image = page.renew(index)
         partial = path.with_name(path.name + ".part")
         for renewed in (False, True):
             digest = hashlib.sha256()
@@ -493,7 +498,7 @@ class Job:
             if status == 200:
                 break
             if status in {400, 401, 403} and not renewed:  # S3's answer to an expired presigned URL
-                image = self.client.image(image.id)
+                image = page.renew(index)
                 continue
             partial.unlink(missing_ok=True)
             raise ValueError(f"the image URL answered HTTP {status}")
@@ -502,6 +507,34 @@ class Job:
             raise ValueError(f"sha256 mismatch: got {digest.hexdigest()[:12]}…, the API says {expected[:12]}…")
         partial.replace(path)
         return path
+
+
+class _Page:
+    """One page of a job's items while its images download. ``renew`` reads the page again (one call) for fresh
+    presigned URLs, which the page's later images then use too: a page whose URLs all expired costs one call."""
+
+    def __init__(self, client: Client, job_id: str, cursor: str | None, state: JobState) -> None:
+        self.client, self.job_id, self.cursor = client, job_id, cursor
+        self.images = _images_of(state)
+
+    def image(self, index: int) -> Image:
+        return self.images[index]
+
+    def renew(self, index: int) -> Image:
+        self.images = _images_of(self.client.get_job(self.job_id, cursor=self.cursor, limit=PAGE_LIMIT))
+        image = self.images.get(index)
+        if image is None:
+            raise ValueError("the item is no longer succeeded in the job, or not found, when renewing its URL")
+        return image
+
+
+def _images_of(state: JobState) -> dict[int, Image]:
+    return {item.index: item.image for item in state.items if item.status == "succeeded" and item.image is not None}
+
+
+def _expiring(image: Image) -> bool:
+    expires = image.file.url_expires_at
+    return expires is not None and expires.timestamp() - URL_RENEW_MARGIN_S <= time.time()
 
 
 def _sha256_of(path: Path) -> str:

@@ -7,13 +7,14 @@ injected ``clock``, so nothing here depends on the machine's speed.
 from __future__ import annotations
 
 import json
+import math
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cli_fake_server import FakeJobsApi
+from cli_fake_server import FakeJobsApi, page_offset
 from flux_images import (
     ApiError,
     Client,
@@ -248,14 +249,72 @@ def test_download_reports_a_sha256_mismatch_and_keeps_the_good_files(
     assert not (tmp_path / "0001.png").exists() and not (tmp_path / "0001.png.part").exists()
 
 
-def test_an_expired_image_url_is_renewed_once(fake: FakeJobsApi, clock: FakeClock, tmp_path: Path) -> None:
+def test_an_expired_image_url_is_renewed_once_by_reading_its_page_again(
+    fake: FakeJobsApi, clock: FakeClock, tmp_path: Path
+) -> None:
     fake.items_per_tick = 10
     with client_for(fake.url, clock) as client:
         job = client.submit(["one"])
         job.wait()
         fake.expire_image_fetches = 1
+        before = len(fake.api_requests())
         (path,) = job.download(tmp_path)
-    assert path.read_bytes() == fake.image_bytes(job.id, 0) and len(fake.requests_to("image_doc")) == 1
+        assert path.read_bytes() == fake.image_bytes(job.id, 0)
+        assert [page_offset(seen) for seen in fake.api_requests()[before:]] == [0, 0]  # the page, then again
+        fake.expire_image_fetches = 2  # refused again with the renewed URL: one renewal only, then an error
+        path.unlink()
+        with pytest.raises(DownloadError) as caught:
+            job.download(tmp_path)
+    assert caught.value.failures == {0: "the image URL answered HTTP 403"}
+    assert fake.requests_to("image_doc") == [] and not list(tmp_path.glob("*.part"))
+
+
+def test_downloading_250_images_costs_a_call_per_page_and_a_resume_fetches_only_what_is_missing(
+    fake: FakeJobsApi, clock: FakeClock, tmp_path: Path
+) -> None:
+    with client_for(fake.url, clock) as client:
+        # Given a finished job of 250 images
+        job = client.submit([f"prompt {n}" for n in range(250)])
+        job.wait()
+        before, fetched = len(fake.api_requests()), len(fake.requests_to("image"))
+
+        # When it is downloaded
+        files = job.download(tmp_path)
+
+        # Then the API is called for its three pages of 100 items (they carry the URLs), never per image
+        calls = fake.api_requests()[before:]
+        assert len(calls) <= 3 + math.ceil(250 / 100)
+        assert [(seen.path, page_offset(seen)) for seen in calls] == [(f"/v1/jobs/{job.id}", n) for n in (0, 100, 200)]
+        assert fake.requests_to("image_doc") == [] and len(fake.requests_to("image")) == fetched + 250
+        assert len(files) == 250 and files[249].read_bytes() == fake.image_bytes(job.id, 249)
+
+        # And a resume after two files were lost reads the pages again (their sha256s) and fetches only those two
+        files[5].unlink()
+        files[230].unlink()
+        before, fetched = len(fake.api_requests()), len(fake.requests_to("image"))
+        assert job.download(tmp_path) == files
+        assert [page_offset(seen) for seen in fake.api_requests()[before:]] == [0, 100, 200]
+        assert [seen.path.rsplit("/", 1)[1] for seen in fake.requests_to("image")[fetched:]] == ["5.png", "230.png"]
+
+
+def test_expired_urls_of_a_page_cost_the_client_one_call_to_read_that_page_again(
+    fake: FakeJobsApi, clock: FakeClock, tmp_path: Path
+) -> None:
+    with client_for(fake.url, clock) as client:
+        # Given a finished job of 250 items whose URLs, as the download's read of the second page hands them
+        # out, have expired (the fake signs each read's URLs with the job's next url_generation)
+        job = client.submit([f"prompt {n}" for n in range(250)])
+        job.wait()
+        fake.stale_signatures = {f"sig{fake.jobs[job.id].url_generation + 2}"}
+        before, fetched = len(fake.api_requests()), len(fake.requests_to("image"))
+
+        # When it is downloaded
+        files = job.download(tmp_path)
+
+    # Then item 100's refusal re-reads the second page once, and its fresh URLs serve items 101-199 too
+    assert [page_offset(seen) for seen in fake.api_requests()[before:]] == [0, 100, 100, 200]
+    assert fake.requests_to("image_doc") == [] and len(fake.requests_to("image")) == fetched + 251
+    assert [files[index].read_bytes() for index in (100, 199)] == [fake.image_bytes(job.id, i) for i in (100, 199)]
 
 
 def test_wait_times_out_with_the_last_state(fake: FakeJobsApi, clock: FakeClock) -> None:
