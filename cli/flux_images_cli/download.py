@@ -26,7 +26,6 @@ import datetime as dt
 import functools
 import hashlib
 import itertools
-import json
 import math
 import os
 import re
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
+from flux_images.client import parse_results
 
 from flux_images_cli import api, manifest
 from flux_images_cli.api import ApiClient, ApiError, RetryPolicy, describe_exception
@@ -513,30 +513,12 @@ def _fewer_calls_by_image(indexes: list[int], pages: _Pages) -> bool:
     return len(beyond) < math.ceil((max(beyond) - pages.end) / per_page)
 
 
-RESULT_STATUSES = frozenset({"succeeded", "failed", "canceled"})
-
-
 def _parse_results(lines: list[bytes], items: Any, total: Any) -> list[dict[str, Any]]:
-    """The records of ``results.jsonl``, checked: one per item, indexes 0…n-1 in order; else ``_ItemFailed``."""
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise _ItemFailed("bad_results", f"line {number} is not JSON") from None
-        if (
-            not isinstance(record, dict)
-            or record.get("index") != len(records)
-            or record.get("status") not in RESULT_STATUSES
-        ):
-            raise _ItemFailed("bad_results", f"line {number} is not the record of item {len(records)}")
-        records.append(record)
-    for expected in (items, total):
-        if isinstance(expected, int) and expected != len(records):
-            raise _ItemFailed("bad_results", f"{len(records):,} records for {expected:,} items")
-    return records
+    """The records of ``results.jsonl``, checked (``flux_images.client.parse_results``); else ``_ItemFailed``."""
+    try:
+        return parse_results(lines, items, total)
+    except ValueError as exc:
+        raise _ItemFailed("bad_results", str(exc)) from None
 
 
 def _previous_rows(directory: Path, job_id: str) -> dict[int, dict[str, Any]]:

@@ -85,9 +85,10 @@ def test_a_download_costs_one_api_call_per_page_of_100_images_and_a_resume_fetch
         first_calls, first_fetches = list(calls), list(fetches)
         assert job.download(tmp_path / "client") == files
 
-    # Then each run is one call (the job's one page, which carries the URLs), and the second fetches nothing
-    assert first_calls == [job_path] and len(first_fetches) == 3
-    assert calls == [job_path, job_path] and fetches == first_fetches
+    # Then each run is one call (the job's one page, which carries the URLs) and the results file; the second
+    # fetches no image
+    assert first_calls == [job_path] and len(first_fetches) == 4 and first_fetches[0].endswith("/results.jsonl")
+    assert calls == [job_path, job_path] and fetches == [*first_fetches, first_fetches[0]]
 
     # And the CLI's download: one call (the job), the results file and the three images from the bucket
     calls.clear()

@@ -269,9 +269,11 @@ def test_an_expired_image_url_is_renewed_once_by_reading_its_page_again(
     assert fake.requests_to("image_doc") == [] and not list(tmp_path.glob("*.part"))
 
 
-def test_downloading_250_images_costs_a_call_per_page_and_a_resume_fetches_only_what_is_missing(
-    fake: FakeJobsApi, clock: FakeClock, tmp_path: Path
+@pytest.mark.parametrize("results_file", [True, False], ids=["results-file", "pages-only"])
+def test_downloading_250_images_costs_a_call_per_page_and_a_resume_calls_nothing_for_the_files_there(
+    fake: FakeJobsApi, clock: FakeClock, tmp_path: Path, results_file: bool
 ) -> None:
+    fake.results_enabled = results_file
     with client_for(fake.url, clock) as client:
         # Given a finished job of 250 images
         job = client.submit([f"prompt {n}" for n in range(250)])
@@ -287,14 +289,46 @@ def test_downloading_250_images_costs_a_call_per_page_and_a_resume_fetches_only_
         assert [(seen.path, page_offset(seen)) for seen in calls] == [(f"/v1/jobs/{job.id}", n) for n in (0, 100, 200)]
         assert fake.requests_to("image_doc") == [] and len(fake.requests_to("image")) == fetched + 250
         assert len(files) == 250 and files[249].read_bytes() == fake.image_bytes(job.id, 249)
+        assert len(fake.requests_to("results")) == (1 if results_file else 0)
 
-        # And a resume after two files were lost reads the pages again (their sha256s) and fetches only those two
+        def resume() -> tuple[list[int | None], list[str]]:
+            before, fetched = len(fake.api_requests()), len(fake.requests_to("image"))
+            assert job.download(tmp_path) == files
+            fetches = [seen.path.rsplit("/", 1)[1] for seen in fake.requests_to("image")[fetched:]]
+            return [page_offset(seen) for seen in fake.api_requests()[before:]], fetches
+
+        # And run again with every file there, it fetches nothing: with the results file (their sha256s) the
+        # first page is the only call; without it, every page is read for the sha256s
+        assert resume() == ([0] if results_file else [0, 100, 200], [])
+
+        # And with two files of the first page lost, only they are fetched, and no further page is read
         files[5].unlink()
+        files[42].write_bytes(b"damaged")
+        assert resume() == ([0] if results_file else [0, 100, 200], ["5.png", "42.png"])
+
+        # And a file lost on the last page costs the pages up to it
         files[230].unlink()
-        before, fetched = len(fake.api_requests()), len(fake.requests_to("image"))
-        assert job.download(tmp_path) == files
-        assert [page_offset(seen) for seen in fake.api_requests()[before:]] == [0, 100, 200]
-        assert [seen.path.rsplit("/", 1)[1] for seen in fake.requests_to("image")[fetched:]] == ["5.png", "230.png"]
+        assert resume() == ([0, 100, 200], ["230.png"])
+
+
+def test_an_expired_results_url_is_renewed_once_and_an_unusable_results_file_means_reading_the_pages(
+    fake: FakeJobsApi, clock: FakeClock, tmp_path: Path
+) -> None:
+    with client_for(fake.url, clock) as client:
+        job = client.submit(["a", "b", "c"])
+        job.wait()
+        # An expired results URL: the job is read once more for a fresh one (limit=1), then the file is used
+        fake.expire_results_fetches = 1
+        before = len(fake.api_requests())
+        files = job.download(tmp_path / "one")
+        assert [seen.query.get("limit") for seen in fake.api_requests()[before:]] == ["100", "1"]
+        signatures = [seen.query["X-Amz-Signature"] for seen in fake.requests_to("results")]
+        assert len(signatures) == 2 and signatures[0] != signatures[1]
+        # A results file that stays refused: the download goes on from the pages alone
+        fake.expire_results_fetches = 10
+        assert [path.name for path in job.download(tmp_path / "two")] == [path.name for path in files]
+        assert [path.read_bytes() for path in files] == [fake.image_bytes(job.id, index) for index in range(3)]
+        assert (tmp_path / "two" / "0002.png").read_bytes() == fake.image_bytes(job.id, 2)
 
 
 def test_expired_urls_of_a_page_cost_the_client_one_call_to_read_that_page_again(
