@@ -29,6 +29,7 @@ from flux_images import (
     idempotency,
     verify_webhook,
 )
+from flux_images.client import parse_results
 from flux_images_cli import inputs
 
 API_KEY = "client-test-key-s3cr3t-0123456789"
@@ -329,6 +330,21 @@ def test_an_expired_results_url_is_renewed_once_and_an_unusable_results_file_mea
         assert [path.name for path in job.download(tmp_path / "two")] == [path.name for path in files]
         assert [path.read_bytes() for path in files] == [fake.image_bytes(job.id, index) for index in range(3)]
         assert (tmp_path / "two" / "0002.png").read_bytes() == fake.image_bytes(job.id, 2)
+
+
+def test_parse_results_checks_one_record_per_item_in_order() -> None:
+    good = [b'{"index": 0, "status": "succeeded"}', b"", b'{"index": 1, "status": "failed"}']
+    assert [record["status"] for record in parse_results(good, 2, 2, None)] == ["succeeded", "failed"]
+    problems = {
+        "line 1 is not JSON": [b"{nope"],
+        "line 2 is not the record of item 1": [good[0], b'{"index": 2, "status": "succeeded"}'],
+        "line 1 is not the record of item 0": [b'{"index": 0, "status": "done"}'],
+        "2 records for 3 items": good,
+    }
+    for message, lines in problems.items():
+        with pytest.raises(ValueError) as caught:
+            parse_results(lines, 3)
+        assert str(caught.value) == message
 
 
 def test_expired_urls_of_a_page_cost_the_client_one_call_to_read_that_page_again(
