@@ -19,7 +19,7 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -228,7 +228,7 @@ class Client:
             params["limit"] = limit
         return JobState.from_json(self.request("GET", f"/v1/jobs/{quote(job_id, safe='')}", params=params)[0])
 
-    def job_pages(self, job_id: str, limit: int = PAGE_LIMIT) -> Iterator[tuple[str | None, JobState]]:
+    def job_pages(self, job_id: str, limit: int = PAGE_LIMIT) -> Generator[tuple[str | None, JobState], None, None]:
         """Every page of the job: ``(cursor used, page)``; the cursor lets a caller fetch that page again."""
         cursor: str | None = None
         seen: set[str] = set()
@@ -344,7 +344,7 @@ class Client:
             raise ValueError("refusing to fetch a URL that carries credentials")
         return url
 
-    def fetch_file(self, url: str, write: Callable[[bytes], None]) -> int:
+    def fetch_file(self, url: str, write: Callable[[bytes], object]) -> int:
         """GET a presigned URL (no API key, no redirects) and hand its body to ``write`` chunk by chunk; 429/5xx
         and connection errors retried within the policy. Returns the HTTP status: 200, or the refusal (403 when
         the URL expired, 404) for the caller to act on; ``NetworkError`` when the retries run out."""
