@@ -36,10 +36,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "local"), str(ROOT / "tests")]  # when run without the PYTHONPATH above
+sys.path[:0] = [str(ROOT / "local")]  # when run without the PYTHONPATH above
 
 from devstack import artefact  # noqa: E402
-from support.events import load_event  # noqa: E402
+from devstack.artefact_probe import first_event  # noqa: E402
 
 GOALS_MS = {"ApiFunction": 260.0, "WorkerFunction": 300.0}
 GOAL_RATIO = 1.10
@@ -66,15 +66,6 @@ import boto3, requests
 """
 FLOORS = {"ApiFunction": (API_FLOOR, API_FLOOR), "WorkerFunction": (WORKER_FLOOR, WORKER_FLOOR + WORKER_FIRST)}
 KINDS = {"ApiFunction": "api", "WorkerFunction": "worker"}
-
-
-def first_event(kind: str) -> dict[str, Any]:
-    if kind == "api":
-        return load_event("post_image_invalid")
-    event = load_event("sqs_receive_message")
-    body = {"version": 1, "request": {"prompt": "a lighthouse"}, "job_id": "job_" + "0" * 32, "index": 0}
-    event["Records"][0]["body"] = json.dumps(body)
-    return event
 
 
 def sample(function: artefact.ArtefactFunction, mode: str, payload: str) -> dict[str, Any]:

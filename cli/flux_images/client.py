@@ -14,10 +14,12 @@ and no message or exception text ever contains it.
 from __future__ import annotations
 
 import hashlib
+import io
+import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -35,6 +37,7 @@ RETRY_STATUSES = frozenset({429, 502, 503, 504})
 NOT_RETRYABLE_CODES = frozenset({"quota_exceeded"})  # the usage plan's quota is used up for its period
 URL_RENEW_MARGIN_S = 60.0
 EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+RESULT_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
 Progress = Callable[[JobState], None]
 
@@ -225,7 +228,7 @@ class Client:
             params["limit"] = limit
         return JobState.from_json(self.request("GET", f"/v1/jobs/{quote(job_id, safe='')}", params=params)[0])
 
-    def job_pages(self, job_id: str, limit: int = PAGE_LIMIT) -> Iterator[tuple[str | None, JobState]]:
+    def job_pages(self, job_id: str, limit: int = PAGE_LIMIT) -> Generator[tuple[str | None, JobState], None, None]:
         """Every page of the job: ``(cursor used, page)``; the cursor lets a caller fetch that page again."""
         cursor: str | None = None
         seen: set[str] = set()
@@ -341,7 +344,7 @@ class Client:
             raise ValueError("refusing to fetch a URL that carries credentials")
         return url
 
-    def fetch_file(self, url: str, write: Callable[[bytes], None]) -> int:
+    def fetch_file(self, url: str, write: Callable[[bytes], object]) -> int:
         """GET a presigned URL (no API key, no redirects) and hand its body to ``write`` chunk by chunk; 429/5xx
         and connection errors retried within the policy. Returns the HTTP status: 200, or the refusal (403 when
         the URL expired, 404) for the caller to act on; ``NetworkError`` when the retries run out."""
@@ -448,38 +451,103 @@ class Job:
     def download(self, directory: str | os.PathLike[str]) -> list[Path]:
         """Save every succeeded image as ``<index:04d>.<ext>`` in ``directory``, each checked against its sha256.
 
-        Resumable: a file already there with the right sha256 is not fetched again; a file is written as
-        ``.part`` and renamed only once verified. An expired URL is renewed (``GET /v1/images/{id}``) once.
-        Returns the files in index order; ``DownloadError`` (with the files that were saved) when some failed.
+        API calls: about one per 100 images, never one per image. The job's first page (100 items) is read; a
+        finished job's results file (from the bucket, not an API call) then gives every image's sha256, so the
+        files already there cost nothing, and the pages are read on only as far as the last image still to fetch
+        (their items carry the presigned URLs). Without a results file every page is read. A file is written as
+        ``.part`` and renamed only once verified. An expired URL is renewed once by reading its page again (one
+        call, which renews the URLs of the page's other images too). Returns the files in index order;
+        ``DownloadError`` (with the files that were saved) when some failed.
         """
         target = Path(directory)
         target.mkdir(parents=True, exist_ok=True)
-        files: list[Path] = []
+        saved: dict[int, Path] = {}
         failures: dict[int, str] = {}
-        for item in self.items():
-            if item.status != "succeeded" or item.image is None:
-                continue
-            try:
-                files.append(self._save(item.index, item.image, target))
-            except (ApiError, NetworkError, ValueError) as exc:
-                failures[item.index] = str(exc)
+        pages = self.client.job_pages(self.id)
+        try:
+            first = next(pages)
+            self.state = first[1]
+            wanted = self._missing(first[1], target, saved)  # None: no results file, every page is read
+            last = max(wanted, default=-1) if wanted is not None else None
+            for cursor, state in itertools.chain([first], pages):
+                if last == -1:
+                    break  # every image is already here: no page beyond the first
+                self.state = state
+                page = _Page(self.client, self.id, cursor, state)
+                for item in state.items:
+                    if item.status != "succeeded" or item.image is None:
+                        continue
+                    if wanted is not None and item.index not in wanted:
+                        continue
+                    try:
+                        saved[item.index] = self._save(item.index, page, target)
+                    except (ApiError, NetworkError, ValueError) as exc:
+                        failures[item.index] = str(exc)
+                if last is not None and any(item.index >= last for item in state.items):
+                    break  # the pages after the last image still to fetch are not read
+        finally:
+            pages.close()
+        files = [saved[index] for index in sorted(saved)]
         if failures:
-            first = ", ".join(f"{index}: {why}" for index, why in sorted(failures.items())[:3])
+            first_ones = ", ".join(f"{index}: {why}" for index, why in sorted(failures.items())[:3])
             raise DownloadError(
-                f"{len(failures)} image(s) of job {self.id} not downloaded ({first})", files=files, failures=failures
+                f"{len(failures)} image(s) of job {self.id} not downloaded ({first_ones})",
+                files=files,
+                failures=failures,
             )
         return files
 
-    def _save(self, index: int, image: Image, directory: Path) -> Path:
+    def _missing(self, state: JobState, directory: Path, saved: dict[int, Path]) -> set[int] | None:
+        """The succeeded items whose file is not in ``directory`` with the sha256 of the job's results file (those
+        that are go into ``saved``, without any API call); None when there is no results file to read."""
+        records = self._results_records(state)
+        if records is None:
+            return None
+        missing: set[int] = set()
+        for record in records:
+            if record["status"] != "succeeded":
+                continue
+            index, expected = record["index"], str(record.get("sha256") or "").lower()
+            found = [directory / f"{index:04d}.{extension}" for extension in sorted(set(EXTENSIONS.values()))]
+            present = [path for path in found if expected and path.is_file() and _sha256_of(path) == expected]
+            if present:
+                saved[index] = present[0]
+            else:
+                missing.add(index)
+        return missing
+
+    def _results_records(self, state: JobState) -> list[dict[str, Any]] | None:
+        """The lines of the job's results file, checked; None when it has none, or it cannot be fetched or used
+        (then the pages are read, as for a deployment without results files). An expired URL is renewed once
+        (``GET /v1/jobs/{id}?limit=1``)."""
+        results = state.results
+        for renewed in (False, True):
+            if results is None or not results.url:
+                return None
+            body = io.BytesIO()
+            try:
+                status = self.client.fetch_file(results.url, body.write)
+            except (ValueError, NetworkError):
+                return None
+            if status == 200:
+                try:
+                    return parse_results(body.getvalue().splitlines(), results.items, state.total)
+                except ValueError:
+                    return None
+            if status not in {400, 401, 403} or renewed:
+                return None
+            results = self.client.get_job(self.id, limit=1).results
+        return None  # pragma: no cover
+
+    def _save(self, index: int, page: _Page, directory: Path) -> Path:
+        image = page.image(index)
         extension = EXTENSIONS.get(image.file.content_type, "png")
         path = directory / f"{index:04d}.{extension}"
         expected = image.sha256
         if expected and path.is_file() and _sha256_of(path) == expected:
             return path
-        if image.file.url_expires_at is not None and image.file.url_expires_at.timestamp() - URL_RENEW_MARGIN_S <= (
-            time.time()
-        ):
-            image = self.client.image(image.id)
+        if _expiring(image):
+            image = page.renew(index)
         partial = path.with_name(path.name + ".part")
         for renewed in (False, True):
             digest = hashlib.sha256()
@@ -493,7 +561,7 @@ class Job:
             if status == 200:
                 break
             if status in {400, 401, 403} and not renewed:  # S3's answer to an expired presigned URL
-                image = self.client.image(image.id)
+                image = page.renew(index)
                 continue
             partial.unlink(missing_ok=True)
             raise ValueError(f"the image URL answered HTTP {status}")
@@ -502,6 +570,58 @@ class Job:
             raise ValueError(f"sha256 mismatch: got {digest.hexdigest()[:12]}…, the API says {expected[:12]}…")
         partial.replace(path)
         return path
+
+
+class _Page:
+    """One page of a job's items while its images download. ``renew`` reads the page again (one call) for fresh
+    presigned URLs, which the page's later images then use too: a page whose URLs all expired costs one call."""
+
+    def __init__(self, client: Client, job_id: str, cursor: str | None, state: JobState) -> None:
+        self.client, self.job_id, self.cursor = client, job_id, cursor
+        self.images = _images_of(state)
+
+    def image(self, index: int) -> Image:
+        return self.images[index]
+
+    def renew(self, index: int) -> Image:
+        self.images = _images_of(self.client.get_job(self.job_id, cursor=self.cursor, limit=PAGE_LIMIT))
+        image = self.images.get(index)
+        if image is None:
+            raise ValueError("the item is no longer succeeded in the job, or not found, when renewing its URL")
+        return image
+
+
+def parse_results(lines: Iterable[bytes], *counts: Any) -> list[dict[str, Any]]:
+    """The records of a job's ``results.jsonl``, checked: one per item, indexes 0…n-1 in order, as many as each
+    int in ``counts`` (the results document's ``items``, the job's ``total``). ValueError saying what is wrong."""
+    records: list[dict[str, Any]] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise ValueError(f"line {number} is not JSON") from None
+        if (
+            not isinstance(record, dict)
+            or record.get("index") != len(records)
+            or record.get("status") not in RESULT_STATUSES
+        ):
+            raise ValueError(f"line {number} is not the record of item {len(records)}")
+        records.append(record)
+    for expected in counts:
+        if isinstance(expected, int) and expected != len(records):
+            raise ValueError(f"{len(records):,} records for {expected:,} items")
+    return records
+
+
+def _images_of(state: JobState) -> dict[int, Image]:
+    return {item.index: item.image for item in state.items if item.status == "succeeded" and item.image is not None}
+
+
+def _expiring(image: Image) -> bool:
+    expires = image.file.url_expires_at
+    return expires is not None and expires.timestamp() - URL_RENEW_MARGIN_S <= time.time()
 
 
 def _sha256_of(path: Path) -> str:

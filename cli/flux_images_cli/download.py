@@ -1,17 +1,20 @@
 """Download a job's images into a directory: verified, resumable, one manifest.
 
-Which items there are and how they ended comes from the job's ``results.jsonl`` when the job document has
-``results`` (a finished job on a deployment that writes one): one GET of its presigned URL instead of a page per
-100 items; each succeeded item's image URL then comes from ``GET /v1/images/{id}``. Otherwise (an older
-deployment, a job not finished, a results file that cannot be read) the job's pages are read, as before, and
-their items carry the image URLs.
+API calls: about one per 100 images, never one per image. The job is read once (its first page of 100 items);
+a finished job's ``results.jsonl`` (one GET of its presigned URL, not an API call) then gives every item's outcome
+and sha256, and the image URLs come from the job's item pages (``GET /v1/jobs/{id}?cursor=…``, 100 items with their
+presigned URLs each), read in order and only as far as the last image still to fetch. When the images to fetch
+are fewer than the pages to read to reach them (a big job with a few successes), each is asked for with
+``GET /v1/images/{id}`` instead: whichever costs fewer calls. Without a results file (an older deployment, a job
+not finished, a results file that cannot be read) every page is read, and its items carry the image URLs.
 
 Each succeeded item's image is saved as ``<index:04d>-<slug of the prompt>.<ext>`` (extension from the content
 type). The body goes to ``<name>.part`` while it streams, and is renamed to its final name only once complete and
 matching the sha256 of the results file or job document, so a file under its final name is always whole and
 verified. A re-run skips the files already there with the right sha256 (on the results path, those named by the
 manifest of the earlier run need no API call at all) and fetches the rest. An expired URL (403, or S3's 400
-``ExpiredToken``) is renewed by reading the job page, the image or the job again, which answer with fresh URLs.
+``ExpiredToken``) is renewed by reading the item's page again (one call, which renews the URLs of the page's other
+items too), or its image document when that is how its URL came.
 
 Image and results URLs are fetched with their own session: the API key is never sent to the bucket.
 """
@@ -20,9 +23,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import functools
 import hashlib
 import itertools
-import json
+import math
 import os
 import re
 import unicodedata
@@ -32,6 +36,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
+from flux_images.client import parse_results
 
 from flux_images_cli import api, manifest
 from flux_images_cli.api import ApiClient, ApiError, RetryPolicy, describe_exception
@@ -148,17 +153,18 @@ class Downloader:
         """Download the job's images and write the manifests. ``known_requests`` (the job's item requests in index
         order, when the caller submitted it) fill in the prompts of failed items on the results-file path."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        listing = self.client.iter_job_pages(job_id)
         try:
-            pages = self.client.iter_job_pages(job_id)
-            first = next(pages)
+            first = next(listing)
             job = {key: value for key, value in first[1].items() if key not in {"items", "next_cursor"}}
+            pages = _Pages(self.client, job_id, itertools.chain([first], listing))
             records = self._read_results(job_id, job)
             if records is not None:
-                pages.close()
-                report = self._from_results(job_id, job, records, known_requests)
+                report = self._from_results(job_id, job, records, known_requests, pages)
             else:
-                report = self._from_pages(job_id, job, itertools.chain([first], pages))
+                report = self._from_pages(job_id, job, pages)
         finally:
+            listing.close()
             self.images.close()
         report.manifests = manifest.write(self.directory, report.rows)
         return report
@@ -169,18 +175,20 @@ class Downloader:
         with ProgressLine("download", enabled=self.progress) as line:
             yield _Count(line, total)
 
-    def _from_pages(
-        self, job_id: str, job: dict[str, Any], pages: Iterator[tuple[str | None, dict[str, Any]]]
-    ) -> DownloadReport:
+    def _from_pages(self, job_id: str, job: dict[str, Any], pages: _Pages) -> DownloadReport:
         """Every item from the job's pages (an older deployment, or a job not finished yet)."""
         report = DownloadReport(job=job, rows=[], directory=self.directory)
         with self._bar(int((job.get("counts") or {}).get("succeeded") or 0)) as bar:
-            for cursor, page in pages:
-                for item in page.get("items") or []:
+            while (items := pages.next_page()) is not None:
+                for item in items:
                     row = manifest.row_for(job_id, item)
                     report.rows.append(row)
-                    if item.get("status") == "succeeded" and isinstance(item.get("image"), dict):
-                        self._item(job_id, cursor, item, row, report)
+                    index = item["index"]
+                    info = pages.image(index)  # the page's item, with the URLs of a renewed page if it was
+                    if item.get("status") == "succeeded" and info is not None:
+                        self._save(
+                            index, row.get("prompt") or "", info, functools.partial(pages.renew, index), row, report
+                        )
                         bar.update(1)
         return report
 
@@ -220,12 +228,14 @@ class Downloader:
         job: dict[str, Any],
         records: list[dict[str, Any]],
         known_requests: Sequence[dict[str, Any]] | None,
+        pages: _Pages,
     ) -> DownloadReport:
-        """Every item's outcome from the results file; each succeeded image through ``GET /v1/images/{id}``."""
+        """Every item's outcome from the results file; the image URLs from the job's pages (or image documents)."""
         report = DownloadReport(job=job, rows=[], directory=self.directory)
         previous = _previous_rows(self.directory, job_id)
         known = list(known_requests or [])
         succeeded = [record for record in records if record.get("status") == "succeeded" and record.get("image_id")]
+        todo: list[tuple[dict[str, Any], dict[str, Any]]] = []
         with self._bar(len(succeeded)) as bar:
             for record in records:
                 index = record["index"]
@@ -237,24 +247,58 @@ class Downloader:
                 if not isinstance(record.get("image_id"), str):
                     row.update(status="download_failed", error_code="download_error", error_message="no image id")
                     report.failures.append(row)
-                    continue
-                self._result_item(record, row, previous.get(index), report)
+                elif self._already_here(record, row, previous.get(index)):
+                    report.present += 1
+                    bar.update(1)
+                else:
+                    todo.append((record, row))
+            pages.next_page()  # the first page, read with the job: its images cost no further call
+            first_end = pages.end
+            by_image = _fewer_calls_by_image([record["index"] for record, _ in todo], pages)
+            for record, row in todo:
+                if by_image and record["index"] > first_end:
+                    self._result_by_image(record, row, report)
+                else:
+                    self._result_by_page(job_id, record, row, pages, report)
                 bar.update(1)
         return report
 
-    def _result_item(
-        self, record: dict[str, Any], row: dict[str, Any], before: dict[str, Any] | None, report: DownloadReport
-    ) -> None:
-        index, image_id = int(record["index"]), str(record["image_id"])
+    def _already_here(self, record: dict[str, Any], row: dict[str, Any], before: dict[str, Any] | None) -> bool:
+        """Whether the file an earlier run's manifest names for this item is here with the right sha256 (then
+        ``row`` describes it, and the item needs no API call at all)."""
         expected = str(record.get("sha256") or "").lower() or None
         name = before.get("file") if before else None
-        if before and expected and isinstance(name, str) and name == Path(name).name:
-            target = self.directory / name  # a file of an earlier run, named in its manifest: no API call needed
-            if target.is_file() and sha256_file(target) == expected:
-                row.update({key: before.get(key) for key in ("prompt", "num_steps") if row.get(key) is None})
-                row.update(file=name, sha256=expected, bytes=target.stat().st_size)
-                report.present += 1
-                return
+        if not (before and expected and isinstance(name, str) and name == Path(name).name):
+            return False
+        target = self.directory / name
+        if not (target.is_file() and sha256_file(target) == expected):
+            return False
+        row.update({key: before.get(key) for key in ("prompt", "num_steps") if row.get(key) is None})
+        row.update(file=name, sha256=expected, bytes=target.stat().st_size)
+        return True
+
+    def _result_by_page(
+        self, job_id: str, record: dict[str, Any], row: dict[str, Any], pages: _Pages, report: DownloadReport
+    ) -> None:
+        """A succeeded item's image through its page of the job (read once for its 100 items)."""
+        index = int(record["index"])
+        info = pages.image(index)
+        if info is None:  # the results file and the pages disagree (should not happen): ask for the image itself
+            self._result_by_image(record, row, report)
+            return
+        listed = manifest.row_for(job_id, pages.items[index])
+        for key in ("prompt", "num_steps", "seed"):
+            if row.get(key) is None and listed.get(key) is not None:
+                row[key] = listed[key]
+
+        def fresh() -> dict[str, Any]:
+            return _pinned(pages.renew(index), record)
+
+        self._save(index, row.get("prompt") or "", _pinned(info, record), fresh, row, report)
+
+    def _result_by_image(self, record: dict[str, Any], row: dict[str, Any], report: DownloadReport) -> None:
+        """A succeeded item's image through ``GET /v1/images/{id}`` (when that is fewer calls than the pages)."""
+        index, image_id = int(record["index"]), str(record["image_id"])
         try:
             document = self.client.get_image(image_id)
         except ApiError as exc:
@@ -275,20 +319,13 @@ class Downloader:
                 if exc.status != 404:
                     raise
                 raise _ItemFailed("url_refresh_failed", f"image {image_id} is no longer found (404)") from None
-            return {**info, "sha256": expected or info.get("sha256"), "bytes": record.get("bytes") or info.get("bytes")}
+            return _pinned(info, record)
 
-        info = dict(document.get("image") or {})
-        info.update(sha256=expected or info.get("sha256"), bytes=record.get("bytes") or info.get("bytes"))
-        self._save(index, row.get("prompt") or "", info, fresh, row, report)
+        self._save(
+            index, row.get("prompt") or "", _pinned(dict(document.get("image") or {}), record), fresh, row, report
+        )
 
     # ------------------------------------------------------------------------------------------- one item
-    def _item(
-        self, job_id: str, cursor: str | None, item: dict[str, Any], row: dict[str, Any], report: DownloadReport
-    ) -> None:
-        index = int(item["index"])
-        info = dict(item["image"].get("image") or {})
-        self._save(index, row.get("prompt") or "", info, lambda: self._refresh(job_id, cursor, index), row, report)
-
     def _save(
         self,
         index: int,
@@ -346,22 +383,6 @@ class Downloader:
             raise _ItemFailed("size_mismatch", f"downloaded {size:,} bytes, the job document says {info['bytes']:,}")
         return digest, size
 
-    def _refresh(self, job_id: str, cursor: str | None, index: int) -> dict[str, Any]:
-        """The item's image info with a fresh URL: its page read again, or (if the cursor is refused) every page."""
-        try:
-            page = self.client.get_job(job_id, cursor=cursor, limit=api.PAGE_LIMIT)
-            found = _find(page, index)
-        except ApiError:
-            found = None
-        if found is None:
-            for _, page in self.client.iter_job_pages(job_id):
-                found = _find(page, index)
-                if found is not None:
-                    break
-        if found is None:
-            raise _ItemFailed("url_refresh_failed", "the item is no longer succeeded in the job, or not found")
-        return found
-
     def _fetch(self, url: str, part: Path) -> tuple[str, int]:
         if not url.startswith(("https://", "http://")):
             raise _ItemFailed("download_error", "the job document has no usable image URL")
@@ -413,40 +434,91 @@ class Downloader:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _find(page: dict[str, Any], index: int) -> dict[str, Any] | None:
-    for item in page.get("items") or []:
-        if item.get("index") == index:
-            image = item.get("image")
-            if item.get("status") == "succeeded" and isinstance(image, dict) and isinstance(image.get("image"), dict):
-                return dict(image["image"])
+class _Pages:
+    """The job's item pages, read in index order as the download needs them: one API call per page (100 items).
+    Only the current page is kept; ``renew`` reads it again (one call) for fresh URLs, which every item of the
+    page then uses."""
+
+    def __init__(self, client: ApiClient, job_id: str, pages: Iterator[tuple[str | None, dict[str, Any]]]) -> None:
+        self.client, self.job_id, self._pages = client, job_id, pages
+        self.cursor: str | None = None
+        self.items: dict[int, dict[str, Any]] = {}
+        self.end = -1  # the highest index read so far
+        self.read = 0  # pages read
+
+    def next_page(self) -> list[dict[str, Any]] | None:
+        """The items of the next page (those with an index), or None after the last page."""
+        try:
+            cursor, page = next(self._pages)
+        except StopIteration:
             return None
+        self.read += 1
+        return self._load(cursor, page)
+
+    def _load(self, cursor: str | None, page: dict[str, Any]) -> list[dict[str, Any]]:
+        items = [item for item in page.get("items") or [] if isinstance(item, dict) and type(item.get("index")) is int]
+        self.cursor = cursor
+        self.items = {item["index"]: item for item in items}
+        self.end = max([self.end, *self.items])
+        return items
+
+    def image(self, index: int) -> dict[str, Any] | None:
+        """The image info (``url``, ``sha256``, …) of succeeded item ``index``, reading the pages up to it; None
+        when the item is not there or not succeeded."""
+        while index > self.end and self.next_page() is not None:
+            pass
+        return _image_info(self.items.get(index))
+
+    def renew(self, index: int) -> dict[str, Any]:
+        """Item ``index``'s image info with a fresh URL: its page (the current one: a download goes in index
+        order) read again, one call."""
+        if index not in self.items:
+            raise _ItemFailed("url_refresh_failed", f"item {index} is not on the page being downloaded")
+        try:
+            page = self.client.get_job(self.job_id, cursor=self.cursor, limit=api.PAGE_LIMIT)
+        except ApiError as exc:
+            raise _ItemFailed(
+                "url_refresh_failed", f"reading the item's page again failed: HTTP {exc.status} {exc.code}"
+            ) from None
+        end = self.end
+        self._load(self.cursor, page)
+        self.end = max(self.end, end)
+        found = _image_info(self.items.get(index))
+        if found is None:
+            raise _ItemFailed("url_refresh_failed", "the item is no longer succeeded in the job, or not found")
+        return found
+
+
+def _image_info(item: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A job item's image info (url, sha256, bytes, content type…), when it succeeded with one."""
+    image = item.get("image") if item else None
+    if item and item.get("status") == "succeeded" and isinstance(image, dict) and isinstance(image.get("image"), dict):
+        return dict(image["image"])
     return None
 
 
-RESULT_STATUSES = frozenset({"succeeded", "failed", "canceled"})
+def _pinned(info: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
+    """Image info whose sha256 and size are the results file's (what the worker stored), when it has them."""
+    expected = str(record.get("sha256") or "").lower() or None
+    return {**info, "sha256": expected or info.get("sha256"), "bytes": record.get("bytes") or info.get("bytes")}
+
+
+def _fewer_calls_by_image(indexes: list[int], pages: _Pages) -> bool:
+    """Whether asking for each image beyond the page already read (``GET /v1/images/{id}``, one call each) costs
+    fewer calls than reading the pages up to the last of them: a big job with a few successes far apart."""
+    beyond = [index for index in indexes if index > pages.end]
+    if not beyond:
+        return False
+    per_page = max(1, len(pages.items))  # the size of the first page: the API's 100, or what it caps pages at
+    return len(beyond) < math.ceil((max(beyond) - pages.end) / per_page)
 
 
 def _parse_results(lines: list[bytes], items: Any, total: Any) -> list[dict[str, Any]]:
-    """The records of ``results.jsonl``, checked: one per item, indexes 0…n-1 in order; else ``_ItemFailed``."""
-    records: list[dict[str, Any]] = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:
-            raise _ItemFailed("bad_results", f"line {number} is not JSON") from None
-        if (
-            not isinstance(record, dict)
-            or record.get("index") != len(records)
-            or record.get("status") not in RESULT_STATUSES
-        ):
-            raise _ItemFailed("bad_results", f"line {number} is not the record of item {len(records)}")
-        records.append(record)
-    for expected in (items, total):
-        if isinstance(expected, int) and expected != len(records):
-            raise _ItemFailed("bad_results", f"{len(records):,} records for {expected:,} items")
-    return records
+    """The records of ``results.jsonl``, checked (``flux_images.client.parse_results``); else ``_ItemFailed``."""
+    try:
+        return parse_results(lines, items, total)
+    except ValueError as exc:
+        raise _ItemFailed("bad_results", str(exc)) from None
 
 
 def _previous_rows(directory: Path, job_id: str) -> dict[int, dict[str, Any]]:

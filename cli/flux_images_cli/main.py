@@ -304,15 +304,16 @@ Download every succeeded item's image into DIR as <index:04d>-<slug of the promp
 the sha256 of the job document, and write manifest.jsonl and manifest.csv (one record per item: index, status,
 prompt, seed, file, sha256, bytes, width, height, error code and message).
 
-A finished job's results file (results.jsonl) gives every item's outcome in one read; each image's URL then
-comes from GET /v1/images/{id}. Without a results file (an older deployment, or a job still running) the items
-are read from the job's pages. The results file names no prompts: failed and canceled items have an empty
-prompt in the manifest, unless `submit` downloads the job it has just submitted.
+A finished job's results file (results.jsonl) gives every item's outcome in one read; the image URLs then come
+from the job's pages, 100 items per API call (or GET /v1/images/{id} for a few images far apart, when that is
+fewer calls): about one call per 100 images, never one per image. Without a results file (an older deployment,
+or a job still running) the items are read from the job's pages. The results file names no prompts: failed and
+canceled items have an empty prompt in the manifest, unless `submit` downloads the job it has just submitted.
 
 Resumable: files already present with the right sha256 are not fetched again, and a file is written as
-<name>.part and renamed only once complete and verified. Expired URLs are renewed by reading the job (or the
-image) again. A job that is still running can be downloaded: what has succeeded so far is fetched; run it
-again later.""",
+<name>.part and renamed only once complete and verified. Expired URLs are renewed by reading their page of the
+job (or the image) again. A job that is still running can be downloaded: what has succeeded so far is fetched;
+run it again later.""",
         epilog="example:\n  flux-images download job_5f0e... --out ./images",
     )
     download.add_argument("job_id", metavar="JOB_ID")

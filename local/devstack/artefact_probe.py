@@ -4,6 +4,10 @@ Imports a handler module (or runs a floor's imports), optionally handles its fir
 the times, every module compiled from source instead of loaded from its ``.pyc`` (``source_to_code`` is what
 ``SourceFileLoader`` calls only then), and where every loaded module came from. Standard library only: nothing
 of the dev environment may be imported here.
+
+``first_event(kind)`` is the parent's side (the artefact test and the cold-start benchmark import it): the event
+each handler is given, next to ``handle_first_event``, which relies on its shape. Importing this module has no
+effect beyond its definitions.
 """
 
 import importlib.machinery
@@ -44,7 +48,22 @@ class Context:
         return int((self._deadline - time.monotonic()) * 1000)
 
 
-def first_event(module: object, kind: str, event: dict) -> object:
+def first_event(kind: str) -> dict:
+    """The first event of a handler's probe, built in the parent: for the API a POST /v1/images with an invalid
+    body (``events/post_image_invalid.json``: a 422, no AWS call); for the worker one job message for an unknown
+    job (``events/sqs_receive_message.json``), whose item processing ``handle_first_event`` acknowledges."""
+    from pathlib import Path  # not at the top: the child would import it before the handler it measures
+
+    events = Path(__file__).resolve().parents[2] / "events"
+    if kind == "api":
+        return json.loads((events / "post_image_invalid.json").read_text(encoding="utf-8"))
+    event = json.loads((events / "sqs_receive_message.json").read_text(encoding="utf-8"))
+    body = {"version": 1, "request": {"prompt": "a lighthouse"}, "job_id": "job_" + "0" * 32, "index": 0}
+    event["Records"][0]["body"] = json.dumps(body)
+    return event
+
+
+def handle_first_event(module: object, kind: str, event: dict) -> object:
     """The first invocation. The worker's item processing (a DynamoDB read, then the upstream) is replaced by an
     acknowledgement: measured is what the first batch sets up (settings, AWS clients, the batch processor, record
     parsing and validation), not the network."""
@@ -70,7 +89,7 @@ def main(mode: str, payload: str, watch: str) -> None:
         imported = time.perf_counter()
         result["import_s"] = imported - started
         if spec.get("kind"):
-            answer = first_event(module, spec["kind"], spec["event"])
+            answer = handle_first_event(module, spec["kind"], spec["event"])
             result["first_s"] = time.perf_counter() - imported
             result["answer"] = answer
     result["compiled"] = COMPILED

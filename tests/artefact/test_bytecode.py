@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 from devstack import artefact
-from support.events import load_event
+from devstack.artefact_probe import first_event
 
 pytestmark = [pytest.mark.artefact, pytest.mark.timeout(600)]
 
@@ -36,16 +36,6 @@ def build_dir() -> Path:
 @pytest.fixture(scope="session")
 def host_dir(build_dir: Path) -> Path:
     return artefact.host_compatible(build_dir)
-
-
-def first_event(kind: str) -> dict[str, Any]:
-    """The API: a POST with an invalid body (422, no AWS call). The worker: one job message for an unknown job."""
-    if kind == "api":
-        return load_event("post_image_invalid")
-    event = load_event("sqs_receive_message")
-    body = {"version": 1, "request": {"prompt": "a lighthouse"}, "job_id": "job_" + "0" * 32, "index": 0}
-    event["Records"][0]["body"] = json.dumps(body)
-    return event
 
 
 def probe(directory: Path, logical_id: str) -> dict[str, Any]:

@@ -10,7 +10,9 @@
 - Succeeded items point at presigned-style image URLs on this server, serving real PNG bytes (different per item).
 - Faults: ``fail(route, status, ...)`` queues error answers for a route (``create``, ``get``, ``delete``,
   ``image``, ``upload_create``, ``upload_put``, ``image_doc``); ``expire_image_fetches = n`` answers the next n
-  image fetches with S3's expired-URL 403.
+  image fetches with S3's expired-URL 403; ``stale_signatures`` answers that 403 to every image URL signed
+  ``sig<n>`` for the ``n`` in it (each read of a job page or image document signs its URLs with the job's next
+  ``url_generation``), to expire the URLs of one particular read.
 - Uploads (issue 9): ``POST /v1/uploads`` hands out an upload URL on this server (``PUT /upload/{id}``, no API key,
   a ``Content-Length`` required as S3 requires it); ``POST /v1/jobs {"items_upload_id"}`` makes a job of the file's
   non-blank lines, a line that is not a valid item becoming a failed item (``invalid_request``, its line number in
@@ -22,7 +24,8 @@
 - ``POST /v1/images`` (``generate``): a one-item job finished at once, answered 201 with its image document
   (``Idempotency-Key`` replayed as for jobs); a blank or missing prompt is a 422 naming ``body.prompt``, a prompt
   containing ``[fail]`` a 400 ``upstream_rejected``.
-- Every request is recorded in ``seen`` (method, path, query, headers, body).
+- Every request is recorded in ``seen`` (method, path, query, headers, body); ``api_requests()`` are those to the
+  API (what the usage plan counts), not to the bucket's presigned URLs.
 """
 
 from __future__ import annotations
@@ -108,6 +111,7 @@ class FakeJobsApi:
     generate_async: bool = False  # POST /v1/images answers 202 with a one-item job (as respond-async does)
     expire_upload_puts: int = 0
     expire_results_fetches: int = 0
+    stale_signatures: set[str] = field(default_factory=set)
     upload_max_bytes: int = UPLOAD_MAX_BYTES
     uploads: dict[str, bytes | None] = field(default_factory=dict)  # upload id → the file PUT (None: not yet)
     jobs: dict[str, FakeJob] = field(default_factory=dict)
@@ -155,6 +159,11 @@ class FakeJobsApi:
     def requests_to(self, route: str) -> list[Seen]:
         with self._lock:
             return [seen for seen in self.seen if _route_of(seen.method, seen.path) == route]
+
+    def api_requests(self) -> list[Seen]:
+        """The requests to the API (``/v1/…``, with the API key), not those to the presigned URLs of the bucket."""
+        with self._lock:
+            return [seen for seen in self.seen if _strip_stage(seen.path).startswith("/v1/")]
 
     def image_bytes(self, job_id: str, index: int) -> bytes:
         return tiny_png(2, 2, (index % 256, (index // 256) % 256, len(job_id) % 256))
@@ -256,7 +265,7 @@ class FakeJobsApi:
         with self._lock:
             self.seen.append(Seen(method, path, query, headers, body))
             if route == "image":
-                return self._image(path)
+                return self._image(path, query)
             if route == "upload_put":
                 return self._put_upload(path, headers, body)
             if route == "results":
@@ -506,12 +515,14 @@ class FakeJobsApi:
         document = self._job_document(job, offset, min(limit, self.max_page))
         return 200, {"Content-Type": "application/json"}, _dumps(document)
 
-    def _image(self, path: str) -> Any:
+    def _image(self, path: str, query: dict[str, str]) -> Any:
         if self._faults["image"]:
             fault = self._faults["image"].popleft()
             return fault.status, fault.headers, b"<Error><Code>InternalError</Code></Error>"
-        if self.expire_image_fetches > 0:
-            self.expire_image_fetches -= 1
+        stale = query.get("X-Amz-Signature") in self.stale_signatures
+        if stale or self.expire_image_fetches > 0:
+            if not stale:
+                self.expire_image_fetches -= 1
             body = b"<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
             return 403, {"Content-Type": "application/xml"}, body
         _, _, job_id, name = path.split("/", 3)
@@ -519,6 +530,14 @@ class FakeJobsApi:
         if job_id not in self.jobs:
             return 404, {"Content-Type": "application/xml"}, b"<Error><Code>NoSuchKey</Code></Error>"
         return 200, {"Content-Type": "image/png"}, self.image_bytes(job_id, index)
+
+
+def page_offset(seen: Seen) -> int | None:
+    """The first item index a ``GET /v1/jobs/{id}`` asked for (its cursor decoded), None for another request."""
+    if seen.method != "GET" or not _strip_stage(seen.path).startswith("/v1/jobs/"):
+        return None
+    cursor = seen.query.get("cursor")
+    return int(base64.urlsafe_b64decode(cursor).decode().removeprefix("o:")) if cursor else 0
 
 
 class _Refused(Exception):
@@ -564,6 +583,7 @@ def _error(status: int, code: str, message: str) -> Any:
 def _handler(api: FakeJobsApi) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+        disable_nagle_algorithm = True  # headers and body are two writes: Nagle would hold the body for an ACK
 
         def log_message(self, format: str, *args: Any) -> None:
             pass

@@ -11,6 +11,7 @@ import functools
 import hashlib
 import io
 import json
+import math
 import shutil
 import socket
 import subprocess
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 import requests
-from cli_fake_server import FakeJobsApi, tiny_png
+from cli_fake_server import FakeJobsApi, page_offset, tiny_png
 from flux_images import JobState
 from flux_images_cli import api, download, inputs, manifest, uploads
 from flux_images_cli.main import main
@@ -637,13 +638,11 @@ def test_2500_prompts_go_in_one_upload_and_one_job_then_download_through_the_res
     assert fake.jobs[job_id].total == 2500
     assert "upload" in result.err and f"submitted {job_id}: 2,500 items from an upload" in result.err
 
-    # And the download read the results file instead of paging through 2,500 items
+    # And the download read the results file instead of paging through 2,500 items: item 7's URL came with the
+    # job's first page, item 2,499's from its image document (one call, where its page is 24 pages on)
     assert len(fake.requests_to("results")) == 1
-    assert not any("cursor" in seen.query for seen in fake.requests_to("get"))  # 25 pages of items never read
-    assert [seen.path for seen in fake.requests_to("image_doc")] == [
-        f"/v1/images/{fake.image_id(job_id, 7)}",
-        f"/v1/images/{fake.image_id(job_id, 2499)}",
-    ]
+    assert not any("cursor" in seen.query for seen in fake.requests_to("get"))  # 24 more pages never read
+    assert [seen.path for seen in fake.requests_to("image_doc")] == [f"/v1/images/{fake.image_id(job_id, 2499)}"]
     out = tmp_path / "out"
     assert sorted(p.name for p in out.glob("*.png")) == ["0007-prompt-7.png", "2499-prompt-2499.png"]
     rows = manifest.read_jsonl(out / "manifest.jsonl")
@@ -744,12 +743,13 @@ def test_download_through_the_results_file_with_failed_and_canceled_items(
     # When it is downloaded
     result = run("download", job_id, "--out", "out")
 
-    # Then one job read, one results file read, one image document and one fetch per succeeded image; no paging
+    # Then one job read (its first page carries the image URLs), one results file read, one fetch per succeeded
+    # image; no further page, no image document
     assert result.code == 1, result.err
     assert len(fake.requests_to("get")) == gets + 1
     assert [s for s in fake.requests_to("get") if "cursor" in s.query] == pages
     assert len(fake.requests_to("results")) == 1
-    assert len(fake.requests_to("image_doc")) == 2 and len(fake.requests_to("image")) == 2
+    assert len(fake.requests_to("image_doc")) == 0 and len(fake.requests_to("image")) == 2
     rows = manifest.read_jsonl(tmp_path / "out" / "manifest.jsonl")
     assert [row["status"] for row in rows] == ["failed", "succeeded", "succeeded", "canceled", "canceled"]
     assert rows[0]["error_code"] == "upstream_rejected" and rows[0]["file"] is None
@@ -775,10 +775,12 @@ def test_download_through_the_results_file_with_failed_and_canceled_items(
     assert rows[2]["image_id"] == fake.image_id(job_id, 2)
     assert (tmp_path / "out" / "0002-c.png").read_bytes() == body
 
-    # And a second run finds every file in place from the manifest: no image document, no fetch
+    # And a second run finds every file in place from the manifest: only the job read, no fetch
+    gets = len(fake.requests_to("get"))
     again = run("download", job_id, "--out", "out")
     assert again.code == 1 and "0 downloaded, 2 already present" in again.err
-    assert len(fake.requests_to("image_doc")) == 2 and len(fake.requests_to("image")) == 2
+    assert len(fake.requests_to("get")) == gets + 1
+    assert len(fake.requests_to("image_doc")) == 0 and len(fake.requests_to("image")) == 2
     assert manifest.read_jsonl(tmp_path / "out" / "manifest.jsonl") == rows
 
 
@@ -798,13 +800,14 @@ def test_an_expired_results_url_is_renewed_by_reading_the_job_again(
     assert len(signatures) == 2 and signatures[0] != signatures[1]  # the retry used the renewed URL
     assert len(fake.requests_to("image")) == 2
 
-    # An expired image URL on this path is renewed through GET /v1/images/{id}
+    # An expired image URL on this path is renewed by reading its page again: one call for both images
     fake.expire_image_fetches = 1
-    docs = len(fake.requests_to("image_doc"))
+    gets = len(fake.requests_to("get"))
     renewed = run("download", job_id, "--out", "renewed")
     assert renewed.code == 0, renewed.err
     assert "item 0000: the image URL was refused (expired?); asking for a fresh one" in renewed.err
-    assert len(fake.requests_to("image_doc")) == docs + 3  # two images, the first one twice
+    assert len(fake.requests_to("get")) == gets + 2  # the job (its first page), then that page again
+    assert len(fake.requests_to("image_doc")) == 0
 
     # A results file that stays refused: the items are read from the job's pages instead
     fake.expire_results_fetches = 10
@@ -865,3 +868,114 @@ def test_the_fake_turns_an_invalid_upload_line_into_a_failed_item(fake: FakeJobs
     statuses = [record["status"] for record in fake.results_lines(fake.jobs[job_id])]
     assert statuses == ["succeeded", "failed", "succeeded"]
     assert document["results"]["s3_uri"] == f"s3://bucket/jobs/{job_id}/results.jsonl"
+
+
+# ------------------------------------------------------------------------------------------------ download cost
+def finished_job(run: Runner, tmp_path: Path, count: int) -> str:
+    job_id = submit_no_wait(run, jsonl(tmp_path / "p.jsonl", *[f"prompt {n}" for n in range(count)]))
+    assert run("wait", job_id).code == 0
+    return job_id
+
+
+@pytest.mark.parametrize("results_file", [True, False], ids=["results-file", "pages-only"])
+def test_downloading_250_images_costs_a_call_per_100_images_not_one_per_image(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path, results_file: bool
+) -> None:
+    # Given a finished job of 250 succeeded items (with a results file, or from an older deployment without)
+    fake.results_enabled = results_file
+    job_id = finished_job(run, tmp_path, 250)
+    before, fetched = len(fake.api_requests()), len(fake.requests_to("image"))
+
+    # When it is downloaded
+    result = run("download", job_id, "--out", "out")
+
+    # Then the API is called for the job's three pages of 100 items, and never per image
+    assert result.code == 0, result.err
+    calls = fake.api_requests()[before:]
+    assert len(calls) <= 3 + math.ceil(250 / 100)
+    assert [(seen.path, page_offset(seen)) for seen in calls] == [(f"/v1/jobs/{job_id}", n) for n in (0, 100, 200)]
+    assert fake.requests_to("image_doc") == []
+    assert len(fake.requests_to("image")) == fetched + 250
+    assert len(fake.requests_to("results")) == (1 if results_file else 0)
+    assert "250 downloaded, 0 already present" in result.err
+    out = tmp_path / "out"
+    assert (out / "0249-prompt-249.png").read_bytes() == fake.image_bytes(job_id, 249)
+    assert len(list(out.glob("*.png"))) == 250 and len(manifest.read_jsonl(out / "manifest.jsonl")) == 250
+
+    # And run again, nothing is fetched: one call (the job) with the results file and the earlier manifest,
+    # the three pages (their sha256s) without
+    before, fetched = len(fake.api_requests()), len(fake.requests_to("image"))
+    again = run("download", job_id, "--out", "out")
+    assert again.code == 0 and "0 downloaded, 250 already present" in again.err
+    assert [page_offset(seen) for seen in fake.api_requests()[before:]] == ([0] if results_file else [0, 100, 200])
+    assert len(fake.requests_to("image")) == fetched
+
+
+@pytest.mark.parametrize("results_file", [True, False], ids=["results-file", "pages-only"])
+def test_expired_urls_of_a_page_cost_one_call_to_read_that_page_again(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path, results_file: bool
+) -> None:
+    # Given a finished job of 25 items in pages of 10 (the fake caps its pages: the same walk as 250 in pages of
+    # 100, a tenth of the fetches), whose image URLs, as the download's read of the second page hands them out,
+    # have expired (the fake signs each read's URLs with the job's next url_generation)
+    fake.results_enabled = results_file
+    fake.max_page = 10
+    job_id = finished_job(run, tmp_path, 25)
+    fake.stale_signatures = {f"sig{fake.jobs[job_id].url_generation + 2}"}
+    before, fetched = len(fake.api_requests()), len(fake.requests_to("image"))
+
+    # When it is downloaded
+    result = run("download", job_id, "--out", "out")
+
+    # Then the first refused image (item 10) has its page read again, once, and that page's fresh URLs serve
+    # items 11-19 too: one more call than the three pages, no image document
+    assert result.code == 0, result.err
+    assert [page_offset(seen) for seen in fake.api_requests()[before:]] == [0, 10, 10, 20]
+    assert fake.requests_to("image_doc") == []
+    assert result.err.count("the image URL was refused (expired?)") == 1
+    assert "item 0010: the image URL was refused (expired?); asking for a fresh one" in result.err
+    assert len(fake.requests_to("image")) == fetched + 26
+    for index in (9, 10, 19, 20):
+        assert (tmp_path / "out" / f"{index:04d}-prompt-{index}.png").read_bytes() == fake.image_bytes(job_id, index)
+
+
+def test_a_resumed_download_makes_no_call_for_the_files_already_there(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    # Given a job of 25 images in pages of 10, downloaded once
+    fake.max_page = 10
+    job_id = finished_job(run, tmp_path, 25)
+    assert run("download", job_id, "--out", "out").code == 0
+    out = tmp_path / "out"
+
+    def resume() -> tuple[list[int | None], list[str], Result]:
+        before, fetched = len(fake.api_requests()), len(fake.requests_to("image"))
+        result = run("download", job_id, "--out", "out")
+        assert result.code == 0, result.err
+        fetches = [seen.path.rsplit("/", 1)[1] for seen in fake.requests_to("image")[fetched:]]
+        return [page_offset(seen) for seen in fake.api_requests()[before:]], fetches, result
+
+    # When two files of the first page are lost and one is damaged, then the download runs again
+    (out / "0002-prompt-2.png").unlink()
+    (out / "0005-prompt-5.png").unlink()
+    (out / "0007-prompt-7.png").write_bytes(b"not the image")
+    calls, fetches, result = resume()
+
+    # Then only those three are fetched, and the job's one read (its first page has their URLs) is the only call
+    assert calls == [0] and fetches == ["2.png", "5.png", "7.png"]
+    assert "3 downloaded, 22 already present" in result.err
+    assert (out / "0007-prompt-7.png").read_bytes() == fake.image_bytes(job_id, 7)
+
+    # And one lost file far into the job costs its image document, not the pages before it
+    (out / "0023-prompt-23.png").unlink()
+    calls, fetches, result = resume()
+    assert calls == [0, None] and fetches == ["23.png"]
+    assert [seen.path for seen in fake.requests_to("image_doc")] == [f"/v1/images/{fake.image_id(job_id, 23)}"]
+    assert (out / "0023-prompt-23.png").read_bytes() == fake.image_bytes(job_id, 23)
+
+    # And three lost files on the last page cost the pages up to it, fewer calls than three image documents
+    for index in (20, 21, 24):
+        (out / f"{index:04d}-prompt-{index}.png").unlink()
+    calls, fetches, result = resume()
+    assert calls == [0, 10, 20] and fetches == ["20.png", "21.png", "24.png"]
+    assert len(fake.requests_to("image_doc")) == 1

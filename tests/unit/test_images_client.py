@@ -7,13 +7,14 @@ injected ``clock``, so nothing here depends on the machine's speed.
 from __future__ import annotations
 
 import json
+import math
 import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from cli_fake_server import FakeJobsApi
+from cli_fake_server import FakeJobsApi, page_offset
 from flux_images import (
     ApiError,
     Client,
@@ -28,6 +29,7 @@ from flux_images import (
     idempotency,
     verify_webhook,
 )
+from flux_images.client import parse_results
 from flux_images_cli import inputs
 
 API_KEY = "client-test-key-s3cr3t-0123456789"
@@ -248,14 +250,121 @@ def test_download_reports_a_sha256_mismatch_and_keeps_the_good_files(
     assert not (tmp_path / "0001.png").exists() and not (tmp_path / "0001.png.part").exists()
 
 
-def test_an_expired_image_url_is_renewed_once(fake: FakeJobsApi, clock: FakeClock, tmp_path: Path) -> None:
+def test_an_expired_image_url_is_renewed_once_by_reading_its_page_again(
+    fake: FakeJobsApi, clock: FakeClock, tmp_path: Path
+) -> None:
     fake.items_per_tick = 10
     with client_for(fake.url, clock) as client:
         job = client.submit(["one"])
         job.wait()
         fake.expire_image_fetches = 1
+        before = len(fake.api_requests())
         (path,) = job.download(tmp_path)
-    assert path.read_bytes() == fake.image_bytes(job.id, 0) and len(fake.requests_to("image_doc")) == 1
+        assert path.read_bytes() == fake.image_bytes(job.id, 0)
+        assert [page_offset(seen) for seen in fake.api_requests()[before:]] == [0, 0]  # the page, then again
+        fake.expire_image_fetches = 2  # refused again with the renewed URL: one renewal only, then an error
+        path.unlink()
+        with pytest.raises(DownloadError) as caught:
+            job.download(tmp_path)
+    assert caught.value.failures == {0: "the image URL answered HTTP 403"}
+    assert fake.requests_to("image_doc") == [] and not list(tmp_path.glob("*.part"))
+
+
+@pytest.mark.parametrize("results_file", [True, False], ids=["results-file", "pages-only"])
+def test_downloading_250_images_costs_a_call_per_page_and_a_resume_calls_nothing_for_the_files_there(
+    fake: FakeJobsApi, clock: FakeClock, tmp_path: Path, results_file: bool
+) -> None:
+    fake.results_enabled = results_file
+    with client_for(fake.url, clock) as client:
+        # Given a finished job of 250 images
+        job = client.submit([f"prompt {n}" for n in range(250)])
+        job.wait()
+        before, fetched = len(fake.api_requests()), len(fake.requests_to("image"))
+
+        # When it is downloaded
+        files = job.download(tmp_path)
+
+        # Then the API is called for its three pages of 100 items (they carry the URLs), never per image
+        calls = fake.api_requests()[before:]
+        assert len(calls) <= 3 + math.ceil(250 / 100)
+        assert [(seen.path, page_offset(seen)) for seen in calls] == [(f"/v1/jobs/{job.id}", n) for n in (0, 100, 200)]
+        assert fake.requests_to("image_doc") == [] and len(fake.requests_to("image")) == fetched + 250
+        assert len(files) == 250 and files[249].read_bytes() == fake.image_bytes(job.id, 249)
+        assert len(fake.requests_to("results")) == (1 if results_file else 0)
+
+        def resume() -> tuple[list[int | None], list[str]]:
+            before, fetched = len(fake.api_requests()), len(fake.requests_to("image"))
+            assert job.download(tmp_path) == files
+            fetches = [seen.path.rsplit("/", 1)[1] for seen in fake.requests_to("image")[fetched:]]
+            return [page_offset(seen) for seen in fake.api_requests()[before:]], fetches
+
+        # And run again with every file there, it fetches nothing: with the results file (their sha256s) the
+        # first page is the only call; without it, every page is read for the sha256s
+        assert resume() == ([0] if results_file else [0, 100, 200], [])
+
+        # And with two files of the first page lost, only they are fetched, and no further page is read
+        files[5].unlink()
+        files[42].write_bytes(b"damaged")
+        assert resume() == ([0] if results_file else [0, 100, 200], ["5.png", "42.png"])
+
+        # And a file lost on the last page costs the pages up to it
+        files[230].unlink()
+        assert resume() == ([0, 100, 200], ["230.png"])
+
+
+def test_an_expired_results_url_is_renewed_once_and_an_unusable_results_file_means_reading_the_pages(
+    fake: FakeJobsApi, clock: FakeClock, tmp_path: Path
+) -> None:
+    with client_for(fake.url, clock) as client:
+        job = client.submit(["a", "b", "c"])
+        job.wait()
+        # An expired results URL: the job is read once more for a fresh one (limit=1), then the file is used
+        fake.expire_results_fetches = 1
+        before = len(fake.api_requests())
+        files = job.download(tmp_path / "one")
+        assert [seen.query.get("limit") for seen in fake.api_requests()[before:]] == ["100", "1"]
+        signatures = [seen.query["X-Amz-Signature"] for seen in fake.requests_to("results")]
+        assert len(signatures) == 2 and signatures[0] != signatures[1]
+        # A results file that stays refused: the download goes on from the pages alone
+        fake.expire_results_fetches = 10
+        assert [path.name for path in job.download(tmp_path / "two")] == [path.name for path in files]
+        assert [path.read_bytes() for path in files] == [fake.image_bytes(job.id, index) for index in range(3)]
+        assert (tmp_path / "two" / "0002.png").read_bytes() == fake.image_bytes(job.id, 2)
+
+
+def test_parse_results_checks_one_record_per_item_in_order() -> None:
+    good = [b'{"index": 0, "status": "succeeded"}', b"", b'{"index": 1, "status": "failed"}']
+    assert [record["status"] for record in parse_results(good, 2, 2, None)] == ["succeeded", "failed"]
+    problems = {
+        "line 1 is not JSON": [b"{nope"],
+        "line 2 is not the record of item 1": [good[0], b'{"index": 2, "status": "succeeded"}'],
+        "line 1 is not the record of item 0": [b'{"index": 0, "status": "done"}'],
+        "2 records for 3 items": good,
+    }
+    for message, lines in problems.items():
+        with pytest.raises(ValueError) as caught:
+            parse_results(lines, 3)
+        assert str(caught.value) == message
+
+
+def test_expired_urls_of_a_page_cost_the_client_one_call_to_read_that_page_again(
+    fake: FakeJobsApi, clock: FakeClock, tmp_path: Path
+) -> None:
+    with client_for(fake.url, clock) as client:
+        # Given a finished job of 250 items whose URLs, as the download's read of the second page hands them
+        # out, have expired (the fake signs each read's URLs with the job's next url_generation)
+        job = client.submit([f"prompt {n}" for n in range(250)])
+        job.wait()
+        fake.stale_signatures = {f"sig{fake.jobs[job.id].url_generation + 2}"}
+        before, fetched = len(fake.api_requests()), len(fake.requests_to("image"))
+
+        # When it is downloaded
+        files = job.download(tmp_path)
+
+    # Then item 100's refusal re-reads the second page once, and its fresh URLs serve items 101-199 too
+    assert [page_offset(seen) for seen in fake.api_requests()[before:]] == [0, 100, 100, 200]
+    assert fake.requests_to("image_doc") == [] and len(fake.requests_to("image")) == fetched + 251
+    assert [files[index].read_bytes() for index in (100, 199)] == [fake.image_bytes(job.id, i) for i in (100, 199)]
 
 
 def test_wait_times_out_with_the_last_state(fake: FakeJobsApi, clock: FakeClock) -> None:
