@@ -27,6 +27,11 @@ SQS's ReceiveMessage checks each message it hands out against the queue's retent
 queue attribute (three times), each of which walks every message: with a job's 2,000 messages queued, the moto
 process spent its whole CPU there and the stack stalled for minutes. The check reads the one attribute it needs.
 
+Every look-up of a service's backend (several per request: one per item of a transaction) took one lock shared by
+every service and every request thread, to create the account's backend on first use; under a bulk job's load
+the request threads queued on it (py-spy: most of the moto process's samples). The look-up of an existing account
+takes no lock now; the first one still creates it under that lock.
+
 Two per-request costs of moto's server go too: it lists its own package directory (``listdir`` + ``isdir`` on
 ~150 folders) to route every request, under a lock all requests share (listed once now), and it logs a line per
 request through werkzeug, which contended for the logging lock (warnings and errors still print).
@@ -163,6 +168,7 @@ def serialized(self: DynamoHandler, action_result: ActionResult) -> Any:
     return _original_serialized(self, action_result)
 
 
+_original_backend_getitem: Any = None
 _original_query = Table.query
 _QUERY_PARAMETERS = inspect.signature(_original_query)
 
@@ -213,8 +219,20 @@ def is_message_valid_based_on_retention_period(self: SQSBackend, queue_name: str
     return bool(retention_s + message.sent_timestamp / 1000 > unix_time())
 
 
+def _existing_backend_first(self: Any, account_id: str) -> Any:
+    try:
+        return dict.__getitem__(self, account_id)
+    except KeyError:
+        return _original_backend_getitem(self, account_id)
+
+
 def install() -> None:
     from moto import backends
+    from moto.core.base_backend import BackendDict
+
+    global _original_backend_getitem
+    _original_backend_getitem = BackendDict.__getitem__
+    BackendDict.__getitem__ = _existing_backend_first  # type: ignore[method-assign]
 
     modules = frozenset(backends.list_of_moto_modules())
     backends.list_of_moto_modules = lambda: modules  # type: ignore[assignment]

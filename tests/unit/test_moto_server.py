@@ -103,6 +103,10 @@ def test_routing_lists_moto_services_once(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(backends, "list_of_moto_modules", counting)
     monkeypatch.setattr(moto_server.DynamoHandler, "serialized", moto_server.DynamoHandler.serialized)
     monkeypatch.setattr(moto_server.Table, "query", moto_server.Table.query)
+    from moto.core.base_backend import BackendDict
+
+    monkeypatch.setattr(BackendDict, "__getitem__", BackendDict.__getitem__)
+    monkeypatch.setattr(moto_server, "_original_backend_getitem", moto_server._original_backend_getitem)
     monkeypatch.setattr(
         moto_server.SQSBackend,
         "is_message_valid_based_on_retention_period",
@@ -214,3 +218,28 @@ def test_retention_check_reads_one_attribute(age_s: int, valid: bool, monkeypatc
 
     # Then it answers as moto's own check
     assert answer is expected is valid
+
+
+def test_an_existing_account_s_backend_is_found_without_the_shared_lock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given moto's backend dictionary, whose look-up takes a lock shared by every service
+    from moto.core import base_backend
+    from moto.core.base_backend import BackendDict
+
+    monkeypatch.setattr(BackendDict, "__getitem__", BackendDict.__getitem__)
+    created = BackendDict(lambda region, account: object(), "dynamodb")
+    first = created["111111111111"]  # the first look-up creates the account's backend (under the lock)
+
+    class Forbidden:
+        def __enter__(self) -> None:
+            raise AssertionError("the shared backend lock was taken")
+
+        def __exit__(self, *args: object) -> None:
+            return None
+
+    # When the launcher is installed and the same account is looked up again, with the lock forbidden
+    monkeypatch.setattr(moto_server, "_original_backend_getitem", BackendDict.__getitem__)
+    monkeypatch.setattr(BackendDict, "__getitem__", moto_server._existing_backend_first)
+    monkeypatch.setattr(base_backend, "backend_lock", Forbidden())
+
+    # Then it is the same backend, found without the lock
+    assert created["111111111111"] is first
