@@ -27,6 +27,10 @@ SQS's ReceiveMessage checks each message it hands out against the queue's retent
 queue attribute (three times), each of which walks every message: with a job's 2,000 messages queued, the moto
 process spent its whole CPU there and the stack stalled for minutes. The check reads the one attribute it needs.
 
+Sending a message asked for every queue attribute (each approximate count walks every message) to read one
+FIFO setting, so a job's fan-out of 10,000 messages cost O(messages) per message sent: while sending, a queue's
+attributes are only its FIFO ones, computed as moto does.
+
 Every look-up of a service's backend (several per request: one per item of a transaction) took one lock shared by
 every service and every request thread, to create the account's backend on first use; under a bulk job's load
 the request threads queued on it (py-spy: most of the moto process's samples). The look-up of an existing account
@@ -53,11 +57,12 @@ import types
 from typing import Any
 
 from moto.core.responses import ActionResult
+from moto.core.utils import camelcase_to_underscores
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models import __name__ as models_module_name
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler, DynamoResult
-from moto.sqs.models import SQSBackend
+from moto.sqs.models import Queue, SQSBackend
 
 _real_deepcopy = copy.deepcopy
 _original_transact = DynamoDBBackend.transact_write_items
@@ -226,6 +231,31 @@ def _existing_backend_first(self: Any, account_id: str) -> Any:
         return _original_backend_getitem(self, account_id)
 
 
+_sending = threading.local()
+_original_queue_attributes = Queue.attributes
+_original_send_message = SQSBackend.send_message
+
+
+def queue_attributes(self: Queue) -> dict[str, Any]:
+    if not getattr(_sending, "active", False):
+        return _original_queue_attributes.fget(self)  # type: ignore[no-any-return, attr-defined]
+    # What a send reads (ContentBasedDeduplication), as moto computes it: FIFO queues only, booleans as text.
+    fifo = (
+        {name: getattr(self, camelcase_to_underscores(name)) for name in self.FIFO_ATTRIBUTES}
+        if self.fifo_queue
+        else {}
+    )
+    return {name: str(value).lower() if isinstance(value, bool) else value for name, value in fifo.items()}
+
+
+def send_message(self: SQSBackend, *args: Any, **kwargs: Any) -> Any:
+    _sending.active = True
+    try:
+        return _original_send_message(self, *args, **kwargs)
+    finally:
+        _sending.active = False
+
+
 def install() -> None:
     from moto import backends
     from moto.core.base_backend import BackendDict
@@ -242,6 +272,8 @@ def install() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
     DynamoHandler.serialized = serialized  # type: ignore[method-assign]
     Table.query = query  # type: ignore[method-assign]
+    Queue.attributes = property(queue_attributes)  # type: ignore[method-assign, assignment]
+    SQSBackend.send_message = send_message  # type: ignore[method-assign]
     SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]
     for name in _SERIALIZED:
         if hasattr(DynamoDBBackend, name):

@@ -243,3 +243,39 @@ def test_an_existing_account_s_backend_is_found_without_the_shared_lock(monkeypa
 
     # Then it is the same backend, found without the lock
     assert created["111111111111"] is first
+
+
+@pytest.mark.parametrize("fifo", [False, True])
+def test_a_send_reads_only_the_fifo_attributes(fifo: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a queue (standard, or FIFO with content-based deduplication) and the launcher's send
+    import boto3
+    from moto import mock_aws
+    from moto.sqs.models import Queue, SQSBackend
+
+    monkeypatch.setattr(Queue, "attributes", property(moto_server.queue_attributes))
+    monkeypatch.setattr(SQSBackend, "send_message", moto_server.send_message)
+    walked: list[int] = []
+    original = Queue.approximate_number_of_messages
+
+    def counted(self: Queue) -> int:
+        walked.append(1)
+        return original.fget(self)  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(Queue, "approximate_number_of_messages", property(counted))
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        name = "q.fifo" if fifo else "q"
+        attributes = {"FifoQueue": "true", "ContentBasedDeduplication": "true"} if fifo else {}
+        url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        extra = {"MessageGroupId": "g"} if fifo else {}
+
+        # When the same body is sent twice
+        for _ in range(2):
+            sqs.send_message(QueueUrl=url, MessageBody="same", **extra)
+        sent_walks = len(walked)
+        counts = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+
+    # Then no send walked the messages; FIFO deduplicated by content as moto does; the attributes are whole
+    assert sent_walks == 0
+    assert counts["ApproximateNumberOfMessages"] == ("1" if fifo else "2")
+    assert ("ContentBasedDeduplication" in counts) is fifo
