@@ -8,6 +8,12 @@ import random
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
+from imagegen.adapters.events import EventPublisher
+from imagegen.adapters.jobs_table import JobRepository
+from imagegen.adapters.queue import JobQueue
+from imagegen.adapters.webhooks import WebhookSender
+from imagegen.models import CancelOrder, ControlMessage
 from imagegen.retry import Retrying, RetryPolicy
 
 SEED = 11
@@ -168,3 +174,123 @@ def test_retrying_uses_the_tighter_of_its_deadline_and_the_callers(fake_clock: A
     assert retrying.time_left() == pytest.approx(3.0)
     assert not retrying.wait(5.0)
     assert fake_clock.sleeps == []
+
+
+# ---------------------------------------------------------------------------------------------------- call sites
+def _canceled(*codes: str) -> ClientError:
+    return ClientError(
+        {
+            "Error": {"Code": "TransactionCanceledException", "Message": "canceled"},
+            "CancellationReasons": [{"Code": code} for code in codes],
+        },
+        "TransactWriteItems",
+    )
+
+
+class _Sleeps(list[float]):
+    def __call__(self, seconds: float) -> None:
+        self.append(seconds)
+
+
+def test_events_publish_does_not_sleep_after_the_last_attempt() -> None:
+    # Given an EventBridge that fails every PutEvents
+    calls: list[Any] = []
+
+    class Failing:
+        def put_events(self, **kwargs: Any) -> dict[str, Any]:
+            calls.append(kwargs)
+            raise ClientError({"Error": {"Code": "InternalException", "Message": "down"}}, "PutEvents")
+
+    sleeps = _Sleeps()
+    # When an event is published with 3 attempts
+    published = EventPublisher(Failing(), "bus", sleep=sleeps).publish("Image Generated", {"id": "img_1"})
+    # Then it is reported lost after 3 calls and 2 waits (there was a third, useless one before), none above its
+    # ceiling (0.2 s, then 0.4 s)
+    assert published is False
+    assert len(calls) == 3
+    assert len(sleeps) == 2 and 0 <= sleeps[0] <= 0.2 and 0 <= sleeps[1] <= 0.4
+
+
+def test_queue_send_retries_only_transient_failures_and_reports_what_stayed_unsent() -> None:
+    # Given SQS failing entry 1 transiently every time and entry 2 as the sender's fault
+    batches: list[list[str]] = []
+
+    class PartlyFailing:
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+            batches.append([entry["Id"] for entry in Entries])
+            failed = [{"Id": entry["Id"], "SenderFault": entry["Id"] == "2"} for entry in Entries if entry["Id"] != "0"]
+            return {"Failed": failed}
+
+    sleeps = _Sleeps()
+    messages = [ControlMessage(cancel=CancelOrder(job_id=f"job_{n:032x}")) for n in range(3)]
+    # When the three are sent with 4 attempts
+    not_sent = JobQueue(PartlyFailing(), "url", attempts=4, sleep=sleeps).send(messages)
+    # Then entry 1 was sent 4 times in all, with 3 waits, and both failures are returned (nothing claimed as sent)
+    assert sorted(not_sent) == [1, 2]
+    assert batches == [["0", "1", "2"], ["1"], ["1"], ["1"]]
+    assert len(sleeps) == 3 and all(0 <= wait <= 1.0 for wait in sleeps)
+
+
+def test_jobs_table_batch_write_raises_when_items_stay_unprocessed() -> None:
+    # Given DynamoDB leaving one write unprocessed every time
+    calls: list[Any] = []
+
+    class Throttled:
+        def batch_write_item(self, RequestItems: dict[str, Any]) -> dict[str, Any]:
+            calls.append(RequestItems)
+            return {"UnprocessedItems": {"jobs": RequestItems["jobs"][:1]}}
+
+    sleeps = _Sleeps()
+    repository = JobRepository(Throttled(), "jobs", 7, sleep=sleeps, rng=random.Random(SEED))
+    # When two writes are made, Then the repository raises after 8 calls and 7 waits: no job with items missing
+    with pytest.raises(RuntimeError, match="1 unwritten"):
+        repository._batch_write([{"PutRequest": {"Item": {}}}, {"PutRequest": {"Item": {}}}])
+    assert len(calls) == 8 and len(sleeps) == 7
+    assert all(0 <= wait <= 2.0 for wait in sleeps)
+
+
+def test_jobs_table_transaction_conflicts_are_retried_then_raised_with_conflict_retries_counted() -> None:
+    # Given transactions that always collide with a concurrent one
+    calls: list[Any] = []
+
+    class Colliding:
+        def transact_write_items(self, TransactItems: list[Any]) -> None:
+            calls.append(TransactItems)
+            raise _canceled("None", "TransactionConflict")
+
+    sleeps = _Sleeps()
+    repository = JobRepository(Colliding(), "jobs", 7, sleep=sleeps, rng=random.Random(SEED))
+    # When a transaction is run, Then 6 attempts, 5 jittered waits (at least 20 ms each), 5 retries counted, then
+    # the conflict is raised
+    with pytest.raises(ClientError):
+        repository._transact([{"Update": {}}], [{"Update": {}}])
+    assert len(calls) == 6 and repository.conflict_retries == 5
+    assert len(sleeps) == 5
+    assert all(0.02 <= wait <= 0.05 * 2**n for n, wait in enumerate(sleeps))
+
+
+def test_webhook_delivery_starts_no_wait_after_which_no_attempt_fits(
+    http_server: Any, fake_clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a receiver answering 503, a 7.5 s budget, 5 s per attempt, and jitter pinned to its ceiling (1 s, 2 s)
+    for _ in range(4):
+        http_server.reply_json(503, {"error": "busy"})
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    sender = WebhookSender(
+        lambda: "secret",
+        allow_http=True,
+        allowed_private_networks=["127.0.0.0/8"],
+        attempts=4,
+        backoff_base_s=1.0,
+        timeout_s=5.0,
+        budget_s=7.5,
+        sleep=fake_clock.sleep,
+        clock=fake_clock,
+    )
+    # When a webhook is delivered
+    delivery = sender.deliver(http_server.url("/hook"), "msg_1", {"id": "job_1"})
+    # Then after the 1 s wait and the second attempt, the 2 s wait is not started (2 + 5 s would pass the budget):
+    # every wait was followed by an attempt, and the failure is reported
+    assert (delivery.delivered, delivery.attempts, delivery.status_code) == (False, 2, 503)
+    assert len(http_server.received) == 2
+    assert fake_clock.sleeps == [1.0]

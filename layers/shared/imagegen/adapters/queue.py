@@ -46,6 +46,7 @@ class JobQueue:
 
     def _send_batch(self, messages: Sequence[BaseModel], positions: list[int]) -> list[int]:
         pending = positions
+        permanent: list[int] = []  # sender faults of every attempt: each is reported, none forgotten on a retry
         retrying = Retrying(self._policy, sleep=self._sleep)
         for _ in retrying:
             entries = [
@@ -58,13 +59,11 @@ class JobQueue:
                 answer = {"Failed": [{"Id": entry["Id"], "SenderFault": False} for entry in entries]}
             # Sender faults (a malformed entry) will fail again: only the others are worth another try.
             retry = [int(f["Id"]) for f in answer.get("Failed", []) if not f.get("SenderFault")]
-            permanent = [int(f["Id"]) for f in answer.get("Failed", []) if f.get("SenderFault")]
-            if not retry:
-                return permanent
+            permanent.extend(int(f["Id"]) for f in answer.get("Failed", []) if f.get("SenderFault"))
             pending = retry
-            if not retrying.wait():
+            if not pending or not retrying.wait():
                 break
-        # Not a partial success: every position returned is one the caller reports as not enqueued.
+        # Never a partial success reported as a whole one: every position returned is one not enqueued.
         return pending + permanent
 
     def send_control(self, message: ControlMessage) -> None:
