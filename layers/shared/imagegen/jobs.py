@@ -57,6 +57,7 @@ from imagegen.models import (
     UploadDocument,
     WebhookInfo,
 )
+from imagegen.retry import RetryPolicy
 from imagegen.service import ImageService, item_image_id
 
 logger = Logger(child=True)
@@ -64,6 +65,9 @@ metrics = Metrics()
 
 MIN_ITEM_TIME_S = 15.0  # an item does not start with less time left in the invocation than this
 MAX_BACKOFF_S = 900
+# 5 s doubling to 15 min, full jitter, at least 1 s (a 0 would bring the message straight back). ``attempts`` is
+# not used here: the queue's maxReceiveCount bounds the receives (``last_receive``).
+ITEM_RETRY = RetryPolicy(attempts=1, base_s=5, cap_s=MAX_BACKOFF_S, floor_s=1)
 # A paid 200 without a usable output may be a passing fault: retried once per item, never more (each try is paid).
 MAX_BAD_OUTPUT_RETRIES = 1
 MIN_CANCEL_PAGE_TIME_S = 5.0  # a page of cancelations (100 items, two transactions) does not start with less
@@ -665,5 +669,6 @@ class ItemProcessor:
 
     @staticmethod
     def _backoff(receive_count: int) -> int:
-        ceiling = min(MAX_BACKOFF_S, 5 * 2 ** max(0, receive_count - 1))
-        return int(random.uniform(ceiling / 2, ceiling))  # noqa: S311 - jitter
+        """Seconds until the item's message comes back: the policy's full jitter, waited out by SQS (its
+        visibility), not by a sleep; the queue's maxReceiveCount bounds the receives."""
+        return int(ITEM_RETRY.backoff(receive_count))

@@ -40,6 +40,7 @@ from imagegen.errors import (
     UpstreamUnavailableError,
 )
 from imagegen.models import GenerationParameters
+from imagegen.retry import Retrying, RetryPolicy
 from imagegen.slots import upstream_slot
 
 MAX_JSON_BYTES = 64 * 1024
@@ -134,9 +135,14 @@ class FluxClient:
         self._session = session or requests.Session()
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
-        self._max_attempts = max_attempts
-        self._backoff_base_s = backoff_base_s
-        self._backoff_max_s = backoff_max_s
+        self._policy = RetryPolicy(
+            attempts=max_attempts,
+            base_s=backoff_base_s,
+            cap_s=backoff_max_s,
+            retry_after_cap_s=MAX_RETRY_AFTER_S,
+            retry_after_jitter_s=0.25,
+            reserve_s=MIN_ATTEMPT_S,
+        )
         self._output_schemes = ("https", "http") if allow_http_output else ("https",)
         self._sleep = sleep
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
@@ -155,41 +161,40 @@ class FluxClient:
         ).encode("utf-8")
         key = self._key_provider(False)
         key_refreshed = False
-        attempt = 0
         last: _Retry | None = None
         waited_s = 0.0  # for a free upstream slot
-        while True:
-            attempt += 1
-            remaining = deadline.remaining()
-            if remaining < MIN_ATTEMPT_S:
-                if last is None:
-                    raise UpstreamTimeoutError("no time left to call the Flux Schnell API within the request budget")
+        retrying = Retrying(self._policy, sleep=self._sleep, rng=self._rng, remaining=deadline.remaining)
+        for attempt in retrying:
+            while True:  # a second pass only with a re-read key after a 401/403: the same attempt, not a retry
+                if deadline.remaining() < MIN_ATTEMPT_S:
+                    if last is None:
+                        raise UpstreamTimeoutError(
+                            "no time left to call the Flux Schnell API within the request budget"
+                        )
+                    raise self._unavailable(last)
+                try:
+                    # One of the invocation's upstream slots for this attempt only: given back once the answer is
+                    # read (before the image is mirrored) and during the backoff below (imagegen.slots).
+                    asked = time.monotonic()
+                    with upstream_slot(deadline, reserve_s=MIN_ATTEMPT_S):
+                        waited_s += time.monotonic() - asked  # not the upstream's time: kept out of elapsed_ms
+                        url = self._attempt(payload, key, deadline)
+                    elapsed_ms = int((time.monotonic() - started - waited_s) * 1000)
+                    return UpstreamResult(url, attempt, elapsed_ms, key_refreshed)
+                except UpstreamAuthError:
+                    if key_refreshed:
+                        raise
+                    # The key may have been rotated: re-read the secret once, bypassing the cache, and retry.
+                    key = self._key_provider(True)
+                    key_refreshed = True
+                except _Retry as retry:
+                    last = retry
+                    break
+            # Retry-After (clamped to MAX_RETRY_AFTER_S) plus up to 250 ms, or full-jitter backoff; never after
+            # the last attempt, never a wait that leaves less than one attempt's time before the deadline.
+            if not retrying.wait(last.retry_after):
                 raise self._unavailable(last)
-            try:
-                # One of the invocation's upstream slots for this attempt only: given back once the answer is
-                # read (before the image is mirrored) and during the backoff below (imagegen.slots).
-                asked = time.monotonic()
-                with upstream_slot(deadline, reserve_s=MIN_ATTEMPT_S):
-                    waited_s += time.monotonic() - asked  # not the upstream's time: kept out of elapsed_ms
-                    url = self._attempt(payload, key, deadline)
-                elapsed_ms = int((time.monotonic() - started - waited_s) * 1000)
-                return UpstreamResult(url, attempt, elapsed_ms, key_refreshed)
-            except UpstreamAuthError:
-                if key_refreshed:
-                    raise
-                # The key may have been rotated: re-read the secret once, bypassing the cache, and retry.
-                key = self._key_provider(True)
-                key_refreshed = True
-                attempt -= 1  # the retry with the fresh key is not a backoff attempt
-                continue
-            except _Retry as retry:
-                last = retry
-            if attempt >= self._max_attempts:
-                raise self._unavailable(last)
-            delay = self._delay(attempt, last.retry_after)
-            if delay > deadline.remaining() - MIN_ATTEMPT_S:
-                raise self._unavailable(last)
-            self._sleep(delay)
+        raise AssertionError("not reached: the last attempt's wait() is False")  # pragma: no cover
 
     def _attempt(self, payload: bytes, key: str, deadline: Deadline) -> str:
         read_timeout = min(self._read_timeout_s, deadline.remaining())
@@ -278,14 +283,8 @@ class FluxClient:
             raise ImageRejectedError("the upstream's output URL must not carry credentials")
         return str(output).strip()
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return retry_after + self._rng.uniform(0, 0.25)
-        ceiling = min(self._backoff_max_s, self._backoff_base_s * 2 ** (attempt - 1))
-        return self._rng.uniform(0, ceiling)
-
     def _unavailable(self, last: _Retry) -> UpstreamUnavailableError:
-        retry_after = last.retry_after if last.retry_after is not None else self._backoff_base_s
+        retry_after = last.retry_after if last.retry_after is not None else self._policy.base_s
         return UpstreamUnavailableError(
             f"the Flux Schnell API is unavailable ({last.reason}); retry later",
             retry_after=max(1, math.ceil(retry_after)),

@@ -24,7 +24,7 @@ import binascii
 import json
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -45,6 +45,7 @@ from imagegen.models import (
     JobCounts,
     WebhookInfo,
 )
+from imagegen.retry import Retrying, RetryPolicy, Uniform
 
 # The entities live in the domain; re-exported here for the modules that imported them from the adapter.
 __all__ = ["Item", "Job", "JobRepository", "JobUnavailable", "LeaseHeld", "TransitionConflict"]
@@ -52,6 +53,11 @@ __all__ = ["Item", "Job", "JobRepository", "JobUnavailable", "LeaseHeld", "Trans
 _RETRYABLE_REASONS = frozenset(
     {None, "None", "TransactionConflict", "ThrottlingError", "ProvisionedThroughputExceeded"}
 )
+# The retries botocore does not make (imagegen.retry): a batch's unprocessed items (throttling), and transactions
+# canceled by a conflict with a concurrent one. Full jitter; the conflict's floor of 20 ms lets the other finish.
+BATCH_WRITE_RETRY = RetryPolicy(attempts=8, base_s=0.05, cap_s=2.0)
+CONFLICT_RETRY = RetryPolicy(attempts=6, base_s=0.05, cap_s=0.8, floor_s=0.02)
+CANCEL_REREAD_RETRY = RetryPolicy(attempts=5, base_s=0.0, cap_s=0.0)  # no wait: a fresh read, then at once
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
 STATUSES: tuple[ItemStatus, ...] = ("queued", "running", "succeeded", "failed", "canceled")
@@ -121,11 +127,24 @@ class JobExtras:
 
 
 class JobRepository:
-    def __init__(self, client: Any, table_name: str, retention_days: int) -> None:
+    def __init__(
+        self,
+        client: Any,
+        table_name: str,
+        retention_days: int,
+        *,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: Uniform = random,
+    ) -> None:
         self._client = client
         self._table = table_name
         self._retention = timedelta(days=retention_days)
+        self._sleep = sleep
+        self._rng = rng
         self.conflict_retries = 0  # transactions retried after a TransactionConflict (and throttling)
+
+    def _retrying(self, policy: RetryPolicy) -> Retrying:
+        return Retrying(policy, sleep=self._sleep, rng=self._rng)
 
     # ------------------------------------------------------------------------------------------ create
     def create(
@@ -343,15 +362,19 @@ class JobRepository:
             entry["correlation_id"] = {"S": correlation_id}
         return entry
 
-    def _batch_write(self, requests: list[dict[str, Any]], attempts: int = 8) -> None:
+    def _batch_write(self, requests: list[dict[str, Any]], policy: RetryPolicy = BATCH_WRITE_RETRY) -> None:
+        """Write every request or raise: the unprocessed items of an answer (botocore does not retry those) are
+        written again under ``policy``; when it runs out, RuntimeError, never a job with items silently missing."""
         pending = {self._table: requests}
-        for attempt in range(attempts):
+        retrying = self._retrying(policy)
+        for _ in retrying:
             answer = self._client.batch_write_item(RequestItems=pending)
             pending = answer.get("UnprocessedItems") or {}
-            if not pending:
-                return
-            time.sleep(min(2.0, 0.05 * 2**attempt))
-        raise RuntimeError("DynamoDB kept throttling the job's item writes")
+            if not pending or not retrying.wait():
+                break
+        if pending:
+            left = sum(len(writes) for writes in pending.values())
+            raise RuntimeError(f"DynamoDB kept throttling the job's item writes ({left} unwritten, {retrying.why_not})")
 
     # ------------------------------------------------------------------------------------------ read
     def get_job(self, job_id: str) -> Job | None:
@@ -558,7 +581,8 @@ class JobRepository:
             }
             for shard in shards
         )
-        for attempt in range(6):
+        retrying = self._retrying(CONFLICT_RETRY)
+        for _ in retrying:
             try:
                 self._client.transact_write_items(TransactItems=operations)
                 return True
@@ -568,11 +592,10 @@ class JobRepository:
                 codes = [reason.get("Code") for reason in exc.response.get("CancellationReasons") or []]
                 if codes and codes[0] == "ConditionalCheckFailed":
                     return False
-                if attempt == 5 or any(code not in _RETRYABLE_REASONS for code in codes):
+                if any(code not in _RETRYABLE_REASONS for code in codes) or not retrying.wait():
                     raise
                 self.conflict_retries += 1
-                time.sleep(random.uniform(0.02, 0.05 * 2**attempt))  # noqa: S311 - jitter
-        return False  # not reached
+        raise AssertionError("not reached: the last attempt's wait() is False")  # pragma: no cover
 
     def cancel_queued_page(self, job_id: str, cursor: str | None, limit: int = 100) -> str | None:
         """Cancel the queued items of one page of a canceled job (with their shards' counters, a transaction per
@@ -588,8 +611,9 @@ class JobRepository:
         return next_cursor
 
     def _cancel_queued(self, job_id: str, items: list[Item], *, legacy: bool = False) -> None:
-        """Cancel queued items in one transaction; on a conflict, retry with those still queued."""
-        for _ in range(5):
+        """Cancel queued items in one transaction; on a conflict, retry at once with those still queued (the
+        transaction's own conflicts were already backed off in ``_transact``)."""
+        for _ in self._retrying(CANCEL_REREAD_RETRY):
             if not items:
                 return
             updates = [
@@ -611,6 +635,8 @@ class JobRepository:
             except TransitionConflict:
                 fresh = (self.get_item(job_id, item.index) for item in items)
                 items = [item for item in fresh if item is not None and item.status == "queued"]
+        if not items:
+            return
         raise RuntimeError(f"could not cancel the queued items of {job_id}")
 
     def complete_if_done(self, job_id: str) -> Job | None:
@@ -808,14 +834,17 @@ class JobRepository:
             }
         }
 
-    def _transact(self, operations: list[dict[str, Any]], counters: list[dict[str, Any]], attempts: int = 6) -> None:
+    def _transact(
+        self, operations: list[dict[str, Any]], counters: list[dict[str, Any]], policy: RetryPolicy = CONFLICT_RETRY
+    ) -> None:
         """Run a transaction of the items' ``operations`` and then their ``counters`` updates. Raises
         TransitionConflict when an item was no longer in the expected status, _JobGuardFailed when only a counter's
         guard failed.
 
         Concurrent transitions on one shard collide (TransactionConflict) and are retried here with jittered
         backoff: botocore does not retry a canceled transaction. ``conflict_retries`` counts those retries."""
-        for attempt in range(attempts):
+        retrying = self._retrying(policy)
+        for _ in retrying:
             try:
                 self._client.transact_write_items(TransactItems=[*operations, *counters])
                 return
@@ -827,10 +856,9 @@ class JobRepository:
                     raise TransitionConflict("an item was no longer in the expected status") from exc
                 if any(code == "ConditionalCheckFailed" for code in codes[len(operations) :]):
                     raise _JobGuardFailed() from exc
-                if attempt + 1 == attempts or any(code not in _RETRYABLE_REASONS for code in codes):
+                if any(code not in _RETRYABLE_REASONS for code in codes) or not retrying.wait():
                     raise
                 self.conflict_retries += 1
-                time.sleep(random.uniform(0.02, 0.05 * 2**attempt))  # noqa: S311 - jitter
 
 
 class _JobGuardFailed(Exception):

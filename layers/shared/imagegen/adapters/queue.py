@@ -4,13 +4,14 @@ per-message backoff, and the dead-letter queue for messages that cannot be under
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from imagegen.models import ControlMessage
+from imagegen.retry import Retrying, RetryPolicy
 
 SEND_BATCH = 10  # SendMessageBatch's limit
 # SQS counts its 12 h maximum from the receive, and refuses more: keep a margin for the time already spent.
@@ -18,11 +19,22 @@ MAX_VISIBILITY_S = 12 * 3600 - 900
 
 
 class JobQueue:
-    def __init__(self, client: Any, queue_url: str, dlq_url: str | None = None, *, attempts: int = 4) -> None:
+    def __init__(
+        self,
+        client: Any,
+        queue_url: str,
+        dlq_url: str | None = None,
+        *,
+        attempts: int = 4,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         self._client = client
         self._url = queue_url
         self._dlq_url = dlq_url
-        self._attempts = attempts
+        # botocore retries a throttled or failed call; the entries a SendMessageBatch answer lists as failed it
+        # does not: those are sent again under this policy (100 ms doubling to 1 s, full jitter).
+        self._policy = RetryPolicy(attempts=attempts, base_s=0.1, cap_s=1.0)
+        self._sleep = sleep
 
     def send(self, messages: Sequence[BaseModel]) -> list[int]:
         """Send every message; return the positions that could not be enqueued after the retries."""
@@ -34,7 +46,9 @@ class JobQueue:
 
     def _send_batch(self, messages: Sequence[BaseModel], positions: list[int]) -> list[int]:
         pending = positions
-        for attempt in range(self._attempts):
+        permanent: list[int] = []  # sender faults of every attempt: each is reported, none forgotten on a retry
+        retrying = Retrying(self._policy, sleep=self._sleep)
+        for _ in retrying:
             entries = [
                 {"Id": str(position), "MessageBody": messages[position].model_dump_json(exclude_none=True)}
                 for position in pending
@@ -45,12 +59,11 @@ class JobQueue:
                 answer = {"Failed": [{"Id": entry["Id"], "SenderFault": False} for entry in entries]}
             # Sender faults (a malformed entry) will fail again: only the others are worth another try.
             retry = [int(f["Id"]) for f in answer.get("Failed", []) if not f.get("SenderFault")]
-            permanent = [int(f["Id"]) for f in answer.get("Failed", []) if f.get("SenderFault")]
-            if not retry:
-                return permanent
+            permanent.extend(int(f["Id"]) for f in answer.get("Failed", []) if f.get("SenderFault"))
             pending = retry
-            if attempt + 1 < self._attempts:
-                time.sleep(min(1.0, 0.1 * 2**attempt))
+            if not pending or not retrying.wait():
+                break
+        # Never a partial success reported as a whole one: every position returned is one not enqueued.
         return pending + permanent
 
     def send_control(self, message: ControlMessage) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import random
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from standardwebhooks.webhooks import Webhook
 
 from imagegen.adapters.mirror import AddressRefusedError, UrlGuard, guarded_session
 from imagegen.errors import ImageRejectedError
+from imagegen.retry import Retrying, RetryPolicy
 
 logger = Logger(child=True)
 
@@ -50,15 +50,20 @@ class WebhookSender:
         timeout_s: float = 5.0,
         budget_s: float = 20.0,
         sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._secret_provider = secret_provider
         self._guard = UrlGuard(("*",), allow_http=allow_http)
         self._session = guarded_session(allowed_private_networks)
-        self._attempts = attempts
-        self._backoff_base_s = backoff_base_s
+        # All attempts together within budget_s (the completing invocation must not time out on them); a wait is
+        # only started when a whole attempt (timeout_s) still fits after it.
+        self._policy = RetryPolicy(
+            attempts=attempts, base_s=backoff_base_s, cap_s=backoff_base_s * 2 ** (attempts - 1), reserve_s=timeout_s
+        )
         self._timeout_s = timeout_s
-        self._budget_s = budget_s  # all attempts together: the completing invocation must not time out on them
+        self._budget_s = budget_s
         self._sleep = sleep
+        self._clock = clock
 
     def headers(self, message_id: str, body: str, now: datetime | None = None) -> dict[str, str]:
         timestamp = (now or datetime.now(UTC)).replace(microsecond=0)
@@ -72,16 +77,20 @@ class WebhookSender:
         }
 
     def deliver(self, url: str, message_id: str, payload: dict[str, Any]) -> Delivery:
-        """POST ``payload`` with retries (exponential backoff with jitter); never raises."""
+        """POST ``payload`` with retries (exponential backoff with full jitter, imagegen.retry); never raises: a
+        delivery that failed is reported as such (``delivered`` False), never as delivered."""
         try:
             self._guard.check(url)
         except ImageRejectedError as exc:
             return Delivery(False, 0, reason=exc.message.replace("image", "webhook"))
         body = json.dumps(payload, separators=(",", ":"))
         last = Delivery(False, 0)
-        give_up_at = time.monotonic() + self._budget_s
-        for attempt in range(1, self._attempts + 1):
-            if time.monotonic() + self._timeout_s > give_up_at:
+        give_up_at = self._clock() + self._budget_s
+        retrying = Retrying(
+            self._policy, sleep=self._sleep, clock=self._clock, remaining=lambda: give_up_at - self._clock()
+        )
+        for attempt in retrying:
+            if self._clock() + self._timeout_s > give_up_at:
                 break
             try:
                 # Signed per attempt: a retry carries a fresh timestamp, so receivers' replay windows hold.
@@ -101,7 +110,7 @@ class WebhookSender:
             except Exception as exc:
                 logger.exception("webhook delivery failed")
                 return Delivery(False, attempt, reason=type(exc).__name__)
-            if attempt < self._attempts:
-                self._sleep(self._backoff_base_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))  # noqa: S311
+            if not retrying.wait():
+                break
         logger.warning("webhook not delivered", attempts=last.attempts, reason=last.reason)
         return last
