@@ -21,6 +21,8 @@ from typing import Any
 
 import boto3
 
+from devstack.moderation_standin import GUARDRAIL_ID
+
 LOCAL_DIR = str(Path(__file__).resolve().parents[1])  # for the child: `python -m devstack.moto_server`
 REGION = "us-east-1"
 # What the local stack lets the service fetch from besides public addresses: its own loopback services (the
@@ -239,6 +241,8 @@ def service_environment(
     flux_api_url: str,
     image_host_allowlist: str,
     allow_local_images: bool,
+    moderation_url: str | None = None,
+    moderation_mode: str = "off",
     extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The environment variables template.yaml gives the functions, pointed at the local stack."""
@@ -268,5 +272,14 @@ def service_environment(
         "CORS_ALLOWED_ORIGINS": os.environ.get("CORS_ALLOWED_ORIGINS", "http://localhost:3000"),
         "ENABLE_DOCS": os.environ.get("ENABLE_DOCS", "true"),
     }
+    if moderation_url:  # the ApplyGuardrail stand-in (moto has no Bedrock Guardrails); boto3 reads this variable
+        env.update(
+            {
+                "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": moderation_url,
+                "MODERATION_MODE": moderation_mode,
+                "MODERATION_GUARDRAIL_ID": GUARDRAIL_ID,
+                "MODERATION_GUARDRAIL_VERSION": "1",
+            }
+        )
     env.update(extra or {})
     return env

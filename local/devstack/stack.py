@@ -50,6 +50,7 @@ from devstack.gateway import (
     load_sqs_mappings,
     load_template,
 )
+from devstack.moderation_standin import ModerationStandIn
 
 if TYPE_CHECKING:
     from devstack.runtime import LocalRuntime
@@ -109,6 +110,8 @@ class LocalStack:
         worker_parameters: dict[str, str] | None = None,
         throttle: tuple[float, int] | None = None,
         built: bool | Path = False,
+        moderation: str = "off",
+        moderation_port: int = 0,
     ) -> None:
         self.host = host
         self.port = port
@@ -127,6 +130,10 @@ class LocalStack:
             )
         )
         self._flux_api_url = flux_api_url
+        # The ApplyGuardrail stand-in always runs (tests switch MODERATION_MODE); ``moderation`` is the mode the
+        # functions start with: "both" for `make run`, "off" unless asked for the test session.
+        self.moderation = ModerationStandIn(host=host, port=moderation_port)
+        self.moderation_mode = moderation
         self._allowlist = image_host_allowlist
         self._template = template
         self._extra_env = extra_env or {}
@@ -171,6 +178,7 @@ class LocalStack:
             flux_url = self._flux_api_url
             allowlist = self._allowlist or "pub-*.r2.dev"
         local_images = self.emulator is not None
+        self.moderation.start()
         env = service_environment(
             self.aws,
             self.resources,
@@ -178,6 +186,8 @@ class LocalStack:
             flux_api_url=flux_url,
             image_host_allowlist=allowlist,
             allow_local_images=local_images,
+            moderation_url=self.moderation.url,
+            moderation_mode=self.moderation_mode,
             extra=self._extra_env,
         )
         routes = load_routes(self._template)
@@ -271,6 +281,7 @@ class LocalStack:
             self.runtime.stop()
         if self.emulator is not None:
             self.emulator.stop()
+        self.moderation.stop()
         self.aws.stop()
 
     def __enter__(self) -> LocalStack:
@@ -322,6 +333,8 @@ class LocalStack:
                 f"  Worker         jobs queue {self.resources.jobs_queue} -> "
                 + ", ".join(f"{p.function_name} (up to {p.maximum_concurrency} at once)" for p in self.pollers),
                 f"  Events         copied to the SQS queue {self.resources.events_capture_queue}",
+                f"  Moderation     {self.moderation_mode} (ApplyGuardrail stand-in {self.moderation.url}; a prompt with"
+                " [[unsafe]] or [[unsafe-image]] is blocked)",
                 *self.mode(),
                 "",
                 "Try it:",
@@ -368,6 +381,13 @@ def main(argv: list[str] | None = None) -> int:
         "instead of importing the source tree (env DEVSTACK_BUILT=1); make run-built",
     )
     parser.add_argument("--emulator-port", type=int, default=int(os.environ.get("FLUX_EMULATOR_PORT", "8081")))
+    parser.add_argument(
+        "--moderation",
+        choices=["off", "prompt", "image", "both"],
+        default=os.environ.get("MODERATION_MODE", "both"),
+        help="content moderation mode, against the local ApplyGuardrail stand-in (env MODERATION_MODE; default both)",
+    )
+    parser.add_argument("--moderation-port", type=int, default=int(os.environ.get("MODERATION_PORT", "8082")))
     args = parser.parse_args(argv)
 
     stack = LocalStack(
@@ -381,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         moto_port=args.moto_port,
         emulator_port=args.emulator_port,
         built=args.built,
+        moderation=args.moderation,
+        moderation_port=args.moderation_port,
     )
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -389,7 +411,10 @@ def main(argv: list[str] | None = None) -> int:
             ensure_built()  # `make build` when .aws-sam/build is missing or older than the sources
         stack.start()
     except OSError as exc:
-        print(f"devstack: could not start: {exc} (is a port in use? set PORT / MOTO_PORT / FLUX_EMULATOR_PORT)")
+        print(
+            f"devstack: could not start: {exc} "
+            "(is a port in use? set PORT / MOTO_PORT / FLUX_EMULATOR_PORT / MODERATION_PORT)"
+        )
         stack.stop()
         return 1
     except (ArtefactError, subprocess.CalledProcessError) as exc:

@@ -118,6 +118,9 @@ class ErrorDetail(Model):
     field: str | None = Field(None, description="The failing field, when there is one.")
     message: str
     type: str
+    categories: list[str] | None = Field(
+        None, description="For `content_blocked`: the moderation categories that blocked it (e.g. `SEXUAL`)."
+    )
 
 
 class ErrorInfo(Model):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -94,6 +94,14 @@ class Settings(BaseModel):
         default_factory=list, alias="WEBHOOK_ALLOWED_PRIVATE_NETWORKS"
     )
 
+    # Content moderation (Amazon Bedrock Guardrails, ApplyGuardrail): off by default, chosen per deployment.
+    # prompt: the prompt is checked before the upstream call; image: the image before it is stored; both.
+    moderation_mode: Literal["off", "prompt", "image", "both"] = Field("off", alias="MODERATION_MODE")
+    moderation_guardrail_id: str | None = Field(None, alias="MODERATION_GUARDRAIL_ID")
+    moderation_guardrail_version: str = Field(
+        "DRAFT", alias="MODERATION_GUARDRAIL_VERSION", pattern=r"^(DRAFT|[1-9][0-9]{0,7})$"
+    )
+
     # HTTP API
     api_budget_s: float = Field(28.0, alias="API_BUDGET_SECONDS", gt=1, le=900)
     response_reserve_s: float = Field(1.0, alias="RESPONSE_RESERVE_SECONDS", ge=0, le=10)
@@ -110,6 +118,20 @@ class Settings(BaseModel):
         missing = [str(self.__class__.model_fields[name].alias) for name in fields if getattr(self, name) in (None, "")]
         if missing:
             raise ConfigurationError("invalid configuration: " + "; ".join(f"{name} is required" for name in missing))
+
+    @property
+    def moderates_prompts(self) -> bool:
+        return self.moderation_mode in ("prompt", "both")
+
+    @property
+    def moderates_images(self) -> bool:
+        return self.moderation_mode in ("image", "both")
+
+    @model_validator(mode="after")
+    def _moderation_has_a_guardrail(self) -> Settings:
+        if self.moderation_mode != "off" and not self.moderation_guardrail_id:
+            raise ValueError(f"MODERATION_GUARDRAIL_ID is required when MODERATION_MODE is {self.moderation_mode!r}")
+        return self
 
     @model_validator(mode="after")
     def _budget_leaves_time_for_the_upstream(self) -> Settings:
