@@ -44,10 +44,6 @@ class Moderator(Protocol):
     ) -> None: ...
 
 
-class EventSink(Protocol):
-    def publish(self, detail_type: str, detail: dict[str, Any]) -> object: ...
-
-
 def blocked_event(exc: ContentBlockedError, **context: Any) -> dict[str, Any]:
     """The detail of an "Image Blocked" event: what was blocked and why, never a URL or the prompt."""
     return {"image_id": exc.image_id, "target": exc.target, "categories": exc.categories, **context}
@@ -101,7 +97,6 @@ class ImageService:
         moderator: Moderator | None = None,
         moderate_prompts: bool = False,
         moderate_images: bool = False,
-        events: EventSink | None = None,
     ) -> None:
         self._flux = flux
         self._mirror = mirror
@@ -113,17 +108,11 @@ class ImageService:
         self._moderator = moderator
         self._moderate_prompts = moderate_prompts and moderator is not None
         self._moderate_images = moderate_images and moderator is not None
-        self._events = events
 
     def generate(self, request: ImageRequest, deadline: Deadline) -> ImageDocument:
-        """The synchronous path: a new image, answered with its document. A blocked one is announced (a job
-        item's is announced by the worker, with its job)."""
-        try:
-            return self.document(self.generate_record(request, deadline))
-        except ContentBlockedError as exc:
-            if self._events is not None:
-                self._events.publish(BLOCKED_EVENT, blocked_event(exc, job_id=None, index=None))
-            raise
+        """The synchronous path: a new image, answered with its document. A blocked one is answered 422 and counted
+        (the API announces nothing itself; the worker announces a job item's "Image Blocked")."""
+        return self.document(self.generate_record(request, deadline))
 
     def generate_record(
         self,

@@ -47,7 +47,7 @@ S3_REGIONAL = Config(s3={"addressing_style": "virtual", "us_east_1_regional_endp
 # Moderation sits on the request path and fails closed: one retry of a throttle or 5xx, then a 503 with Retry-After.
 # No signature_version override: that setting is for S3 presigning.
 _MODERATION_CONFIG = Config(
-    retries={"mode": "standard", "max_attempts": 2},
+    retries={"mode": "standard", "total_max_attempts": 2},
     connect_timeout=2,
     read_timeout=5,
     max_pool_connections=50,
@@ -101,7 +101,6 @@ def build_image_service(settings: Settings) -> ImageService:
             settings.moderation_guardrail_version,
             client_factory=lambda: boto3.client("bedrock-runtime", config=_MODERATION_CONFIG),
         )
-    events = EventPublisher(aws_client("events"), settings.event_bus_name) if settings.event_bus_name else None
     return ImageService(
         flux,
         mirror,
@@ -112,7 +111,6 @@ def build_image_service(settings: Settings) -> ImageService:
         moderator=moderator,
         moderate_prompts=settings.moderates_prompts,
         moderate_images=settings.moderates_images,
-        events=events if moderator is not None else None,  # it announces only "Image Blocked"
     )
 
 

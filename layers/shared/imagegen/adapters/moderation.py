@@ -22,6 +22,7 @@ from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
+from aws_lambda_powertools.metrics.exceptions import SchemaValidationError
 from botocore.exceptions import BotoCoreError, ClientError
 
 from imagegen.errors import (
@@ -66,10 +67,13 @@ def blocked_categories(answer: dict[str, Any]) -> list[str]:
 
 def _count_block(target: str, categories: list[str]) -> None:
     """One ``ContentBlocked`` datapoint per category, with the category and target as dimensions (dashboard)."""
-    for category in categories:
-        with single_metric(name="ContentBlocked", unit=MetricUnit.Count, value=1) as metric:
-            metric.add_dimension(name="target", value=target)
-            metric.add_dimension(name="category", value=category)
+    try:
+        for category in categories:
+            with single_metric(name="ContentBlocked", unit=MetricUnit.Count, value=1) as metric:
+                metric.add_dimension(name="target", value=target)
+                metric.add_dimension(name="category", value=category)
+    except SchemaValidationError:  # no POWERTOOLS_METRICS_NAMESPACE: a lost datapoint, never a lost verdict
+        logger.warning("could not emit the ContentBlocked metric (no metrics namespace)")
 
 
 class GuardrailModerator:
