@@ -21,6 +21,8 @@ def post_image(invoke, prompt: str) -> tuple[int, dict[str, Any], dict[str, str]
     event["body"] = json.dumps({"prompt": prompt, "width": 256, "height": 256})
     response = invoke(event)
     headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
+    for name, values in (response.get("multiValueHeaders") or {}).items():
+        headers.setdefault(name.lower(), ",".join(values))
     return response["statusCode"], json.loads(response["body"]), headers
 
 
