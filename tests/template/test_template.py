@@ -1049,6 +1049,7 @@ def _emitted_metric_names() -> set[str]:
     for path in [*(ROOT / "layers" / "shared").rglob("*.py"), *(ROOT / "functions").rglob("*.py")]:
         source = path.read_text(encoding="utf-8")
         names |= set(re.findall(r'add_metric\(name="([A-Za-z]+)"', source))
+        names |= set(re.findall(r'single_metric\(name="([A-Za-z]+)"', source))  # with their own dimensions
         if 'name=f"Items{status.capitalize()}"' in source:
             names |= {f"Items{status.capitalize()}" for status in ("succeeded", "failed", "canceled")}
     return names
@@ -1087,6 +1088,12 @@ def check_operations_dashboard(t: dict[str, Any]) -> None:
         for metric in properties.get("metrics") or []:
             names = [part for part in metric if isinstance(part, str)]
             options = next((part for part in metric if isinstance(part, dict)), {})
+            if not names:  # a SEARCH expression: the metrics it finds must be emitted, in the service's namespace
+                expression = str(options.get("expression") or "")
+                searched = re.findall(r'MetricName=\\?"([A-Za-z]+)', expression)
+                assert searched and expression.startswith(f"SEARCH('{{{namespace},"), f"unexpected {expression}"
+                shown.update((namespace, name, "search") for name in searched)
+                continue
             ns, name, dimensions = names[0], names[1], dict(zip(names[2::2], names[3::2], strict=True))
             if ns == namespace:
                 assert dimensions == {"service": service}, f"{name}: not the dimension Powertools writes ({service})"

@@ -177,7 +177,6 @@ class GuardrailModerator:
             raise ModerationUnavailableError(
                 "content moderation is unreachable; try again later", retry_after=UNAVAILABLE_RETRY_AFTER_S
             ) from exc
-        metrics.add_metric(
-            name="ModerationLatency", unit=MetricUnit.Milliseconds, value=(time.monotonic() - started) * 1000
-        )
+        elapsed_ms = (time.monotonic() - started) * 1000
+        metrics.add_metric(name="ModerationLatency", unit=MetricUnit.Milliseconds, value=elapsed_ms)
         return answer
