@@ -18,7 +18,7 @@ from imagegen.adapters.flux import FluxClient
 from imagegen.adapters.images_table import ImageRepository
 from imagegen.adapters.mirror import ImageKind, ImageMirror, Screen
 from imagegen.budget import Deadline
-from imagegen.errors import ContentBlockedError, NotFoundError, UpstreamAuthError
+from imagegen.errors import ContentBlockedError, NotFoundError, UpstreamAuthError, UpstreamTimeoutError
 from imagegen.models import (
     MAX_SEED,
     GenerationParameters,
@@ -97,6 +97,7 @@ class ImageService:
         moderator: Moderator | None = None,
         moderate_prompts: bool = False,
         moderate_images: bool = False,
+        moderation_reserve_s: float = 2.0,
     ) -> None:
         self._flux = flux
         self._mirror = mirror
@@ -108,6 +109,8 @@ class ImageService:
         self._moderator = moderator
         self._moderate_prompts = moderate_prompts and moderator is not None
         self._moderate_images = moderate_images and moderator is not None
+        # The upstream leaves time for the mirror, and for the image check when there is one.
+        self._after_upstream_s = mirror_reserve_s + (moderation_reserve_s if self._moderate_images else 0.0)
 
     def generate(self, request: ImageRequest, deadline: Deadline) -> ImageDocument:
         """The synchronous path: a new image, answered with its document. A blocked one is answered 422 and counted
@@ -147,7 +150,7 @@ class ImageService:
                 exc.image_id = image_id
                 raise
         try:
-            upstream = self._flux.generate(params, deadline.shortened_by(self._mirror_reserve_s))
+            upstream = self._flux.generate(params, deadline.shortened_by(self._after_upstream_s))
         except UpstreamAuthError:
             metrics.add_metric(name="UpstreamAuthFailures", unit=MetricUnit.Count, value=1)
             raise
@@ -158,9 +161,8 @@ class ImageService:
 
         key_stem = key_stem or f"images/{created_at:%Y/%m/%d}/{image_id}"
         try:
-            stored = self._mirror.mirror(
-                upstream.output_url, key_stem, object_metadata(image_id, params), deadline, screen=self._screen()
-            )
+            metadata, screen = object_metadata(image_id, params), self._screen(deadline)
+            stored = self._mirror.mirror(upstream.output_url, key_stem, metadata, deadline, screen=screen)
         except ContentBlockedError as exc:
             exc.image_id = image_id
             raise
@@ -178,7 +180,7 @@ class ImageService:
         logger.info("image stored", image_id=image_id, bytes=stored.bytes, s3_key=stored.key)
         return record
 
-    def _screen(self) -> Screen | None:
+    def _screen(self, deadline: Deadline) -> Screen | None:
         """The image check the mirror runs on the whole image before storing it (None: moderation of images off)."""
         if not self._moderate_images:
             return None
@@ -186,6 +188,8 @@ class ImageService:
         assert moderator is not None
 
         def screen(data: bytes, kind: ImageKind) -> None:
+            if deadline.expired():  # never store it unchecked; the caller can retry (504, a retried job item)
+                raise UpstreamTimeoutError("no time left to screen the image within the request budget")
             moderator.check_image(data, kind.content_type, kind.width, kind.height)
 
         return screen

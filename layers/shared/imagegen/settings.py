@@ -101,6 +101,8 @@ class Settings(BaseModel):
     moderation_guardrail_version: str = Field(
         "DRAFT", alias="MODERATION_GUARDRAIL_VERSION", pattern=r"^(DRAFT|[1-9][0-9]{0,7})$"
     )
+    # Time the upstream call leaves for the image check (with MIRROR_RESERVE_SECONDS for the download).
+    moderation_reserve_s: float = Field(2.0, alias="MODERATION_RESERVE_SECONDS", ge=0, le=60)
 
     # HTTP API
     api_budget_s: float = Field(28.0, alias="API_BUDGET_SECONDS", gt=1, le=900)
@@ -135,10 +137,12 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _budget_leaves_time_for_the_upstream(self) -> Settings:
-        if self.api_budget_s <= self.response_reserve_s + self.mirror_reserve_s + 1:
+        moderation = self.moderation_reserve_s if self.moderates_images else 0.0
+        if self.api_budget_s <= self.response_reserve_s + self.mirror_reserve_s + moderation + 1:
             raise ValueError(
                 "API_BUDGET_SECONDS must exceed RESPONSE_RESERVE_SECONDS + MIRROR_RESERVE_SECONDS + 1 "
-                "(otherwise no request could reach the upstream)"
+                "(+ MODERATION_RESERVE_SECONDS when images are moderated; otherwise no request could reach the "
+                "upstream)"
             )
         return self
 

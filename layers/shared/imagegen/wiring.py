@@ -111,6 +111,7 @@ def build_image_service(settings: Settings) -> ImageService:
         moderator=moderator,
         moderate_prompts=settings.moderates_prompts,
         moderate_images=settings.moderates_images,
+        moderation_reserve_s=settings.moderation_reserve_s,
     )
 
 
