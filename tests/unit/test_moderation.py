@@ -241,3 +241,19 @@ def test_error_detail_carries_the_categories_in_the_api_shape() -> None:
 
     detail = ErrorDetail.model_validate(ContentBlockedError("image", ["VIOLENCE", "HATE"]).details[0])
     assert json.loads(detail.model_dump_json())["categories"] == ["HATE", "VIOLENCE"]
+
+
+def test_moderation_counts_each_block_by_category_and_target(moderator, monkeypatch, capsys) -> None:
+    # Given the metrics namespace the functions run with
+    monkeypatch.setenv("POWERTOOLS_METRICS_NAMESPACE", "FluxImageService")
+    monkeypatch.delenv("POWERTOOLS_METRICS_DISABLED", raising=False)
+    # When a prompt is blocked on two categories
+    with pytest.raises(ContentBlockedError):
+        moderator.check_prompt("[[unsafe:HATE]] [[unsafe:VIOLENCE]]")
+    # Then one ContentBlocked datapoint per category, with the category and target as dimensions (the dashboard's)
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if '"ContentBlocked"' in line]
+    assert sorted((line["category"], line["target"], line["ContentBlocked"]) for line in lines) == [
+        ("HATE", "prompt", [1.0]),
+        ("VIOLENCE", "prompt", [1.0]),
+    ]
+    assert all(line["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "FluxImageService" for line in lines)
