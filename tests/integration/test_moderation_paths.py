@@ -50,7 +50,9 @@ def test_moderation_blocked_prompt_422_and_no_upstream_call(invoke, emulator, mo
     assert object_count(stack) == before
 
 
-def test_moderation_blocked_image_422_and_nothing_stored_or_fetchable(invoke, emulator, moderation, stack) -> None:
+def test_moderation_blocked_image_422_and_nothing_stored_or_fetchable(
+    invoke, emulator, moderation, stack, events
+) -> None:
     # Given moderation of prompts and images
     standin = moderation("both")
     before = object_count(stack)
@@ -65,6 +67,12 @@ def test_moderation_blocked_image_422_and_nothing_stored_or_fetchable(invoke, em
     assert emulator.calls == 1
     assert standin.calls == {"INPUT": 1, "OUTPUT": 1}
     assert object_count(stack) == before
+    # And the worker announced it (the API hands it over the queue): categories, no URL, no prompt
+    [event] = events(1)
+    assert event["detail-type"] == "Image Blocked"
+    assert event["detail"]["target"] == "image" and event["detail"]["categories"] == ["SEXUAL"]
+    assert event["detail"]["image_id"].startswith("img_") and event["detail"]["job_id"] is None
+    assert "http" not in json.dumps(event["detail"]) and "lighthouse" not in json.dumps(event["detail"])
 
 
 def test_moderation_clean_request_is_screened_twice_and_stored(invoke, emulator, moderation, stack) -> None:

@@ -403,3 +403,35 @@ def test_moderation_unavailable_is_retried_like_an_upstream_outage(world):
     assert outcome.kind is OutcomeKind.RETRY and outcome.after_s == 5 and outcome.why == "moderation_unavailable"
     assert world.store.item(JOB_ID).status == "queued"
     assert "Image Blocked" not in world.events.types()
+
+
+def test_a_blocked_notice_from_the_api_is_announced_as_image_blocked(world):
+    from imagegen.models import BlockedNotice, ControlMessage
+
+    notice = BlockedNotice(image_id="img_" + "c" * 32, target="prompt", categories=["HATE"])
+    body = ControlMessage(blocked=notice).model_dump_json(exclude_none=True)
+    assert world.deliver(body=body) == Outcome.ack()
+    assert world.events.published == [
+        (
+            "Image Blocked",
+            {
+                "image_id": "img_" + "c" * 32,
+                "target": "prompt",
+                "categories": ["HATE"],
+                "job_id": None,
+                "index": None,
+                "correlation_id": None,
+            },
+        )
+    ]
+    assert world.images.calls == 0
+
+
+def test_a_control_message_with_two_orders_is_rejected():
+    from imagegen.models import ControlMessage
+
+    job = {"job_id": "job_" + "a" * 32}
+    with pytest.raises(ValueError, match="exactly one"):
+        ControlMessage.model_validate({"announce": job, "cancel": job})
+    with pytest.raises(ValueError, match="exactly one"):
+        ControlMessage.model_validate({})

@@ -282,7 +282,7 @@ def _names_item(body: str) -> tuple[str | None, int | None]:
 
 
 def _is_control(body: str) -> bool:
-    """A control message (``{"cancel": …}`` or ``{"announce": …}``), told apart from an item's by its keys."""
+    """A control message (``{"cancel": …}``, ``{"announce": …}``, ``{"blocked": …}``), told apart by its keys."""
     try:
         raw = json.loads(body)
     except ValueError:
@@ -477,6 +477,11 @@ class ItemProcessor:
             control = ControlMessage.model_validate_json(body)
         except ValidationError as exc:
             return self._reject(body, f"the control message is invalid: {_first_error(exc)}", message_id)
+        if control.blocked is not None:  # an image the API's moderation blocked: announced from here
+            notice = control.blocked
+            detail = {"image_id": notice.image_id, "target": notice.target, "categories": notice.categories}
+            self._events.publish(BLOCKED_EVENT, {**detail, "job_id": None, "index": None, "correlation_id": None})
+            return Outcome.ack()
         if control.announce is not None:
             job = self._repository.get_job(control.announce.job_id)
             if job is not None and job.completed_at is not None:

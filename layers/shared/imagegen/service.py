@@ -98,6 +98,7 @@ class ImageService:
         moderate_prompts: bool = False,
         moderate_images: bool = False,
         moderation_reserve_s: float = 2.0,
+        on_blocked: Callable[[ContentBlockedError], None] | None = None,
     ) -> None:
         self._flux = flux
         self._mirror = mirror
@@ -110,12 +111,22 @@ class ImageService:
         self._moderate_prompts = moderate_prompts and moderator is not None
         self._moderate_images = moderate_images and moderator is not None
         # The upstream leaves time for the mirror, and for the image check when there is one.
+        self._on_blocked = on_blocked
         self._after_upstream_s = mirror_reserve_s + (moderation_reserve_s if self._moderate_images else 0.0)
 
     def generate(self, request: ImageRequest, deadline: Deadline) -> ImageDocument:
-        """The synchronous path: a new image, answered with its document. A blocked one is answered 422 and counted
-        (the API announces nothing itself; the worker announces a job item's "Image Blocked")."""
-        return self.document(self.generate_record(request, deadline))
+        """The synchronous path: a new image, answered with its document. A blocked one is answered 422; the API
+        announces nothing itself, so ``on_blocked`` hands the block to the worker, which publishes "Image Blocked"."""
+        try:
+            return self.document(self.generate_record(request, deadline))
+        except ContentBlockedError as exc:
+            if self._on_blocked is not None:
+                try:
+                    self._on_blocked(exc)
+                except Exception:  # noqa: BLE001 - the caller's answer is the 422; a lost notice is counted
+                    metrics.add_metric(name="EventsLost", unit=MetricUnit.Count, value=1)
+                    logger.warning("could not hand the blocked image to the worker", image_id=exc.image_id)
+            raise
 
     def generate_record(
         self,

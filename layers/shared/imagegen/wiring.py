@@ -24,9 +24,11 @@ from imagegen.adapters.moderation import GuardrailModerator
 from imagegen.adapters.queue import JobQueue
 from imagegen.adapters.secrets import SubscriptionKeyProvider
 from imagegen.adapters.webhooks import WebhookSender
+from imagegen.errors import ContentBlockedError
 from imagegen.fanout import FanOut
 from imagegen.idempotency import IdempotentRunner
 from imagegen.jobs import ItemProcessor, JobService
+from imagegen.models import BlockedNotice, ControlMessage
 from imagegen.results import AnnouncingProcessor, JobResults
 from imagegen.service import ImageService
 from imagegen.settings import Settings, get_settings
@@ -112,7 +114,15 @@ def build_image_service(settings: Settings) -> ImageService:
         moderate_prompts=settings.moderates_prompts,
         moderate_images=settings.moderates_images,
         moderation_reserve_s=settings.moderation_reserve_s,
+        on_blocked=_hand_blocked_to_worker if moderator is not None and settings.jobs_queue_url else None,
     )
+
+
+def _hand_blocked_to_worker(exc: ContentBlockedError) -> None:
+    """A synchronous block, queued for the worker to announce: the API itself never publishes events."""
+    assert exc.image_id is not None
+    notice = BlockedNotice(image_id=exc.image_id, target=exc.target, categories=exc.categories)  # type: ignore[arg-type]
+    job_queue().send_control(ControlMessage(blocked=notice))
 
 
 @lru_cache(maxsize=1)
