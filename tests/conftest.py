@@ -12,6 +12,7 @@ from support.stack_fixtures import (  # noqa: F401 - pytest finds fixtures by na
     emulator,
     events,
     invoke,
+    moderation,
     repository,
     stack,
     webhook_receiver,

@@ -149,9 +149,16 @@ BODY_ERRORS: dict[int, Any] = {
 }
 GENERATION_ERRORS: dict[int, Any] = {
     400: _error_content("Malformed JSON, or the upstream refused the parameters."),
-    422: _error_content("Validation failed: `details` lists every failing field."),
+    422: _error_content(
+        "Validation failed: `details` lists every failing field. Or `content_blocked` (when the deployment moderates"
+        " content): the prompt (`body.prompt`, never sent upstream) or the generated image (`output.image`, never"
+        " stored) was blocked; `details[].categories` names why."
+    ),
     502: _error_content("The upstream answered something unusable, refused our key, or pointed at a bad image."),
-    503: _retry_later("The upstream is rate limiting or unavailable; see Retry-After."),
+    503: _retry_later(
+        "The upstream, or content moderation (`moderation_unavailable`: nothing unchecked is sent or returned), is"
+        " rate limiting or unavailable; see Retry-After."
+    ),
     504: _error_content(
         "The upstream did not answer within the request's time budget, or API Gateway's integration timeout passed."
     ),

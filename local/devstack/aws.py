@@ -21,6 +21,8 @@ from typing import Any
 
 import boto3
 
+from devstack.moderation_standin import GUARDRAIL_ID
+
 LOCAL_DIR = str(Path(__file__).resolve().parents[1])  # for the child: `python -m devstack.moto_server`
 REGION = "us-east-1"
 # What the local stack lets the service fetch from besides public addresses: its own loopback services (the
@@ -287,6 +289,8 @@ def service_environment(
     flux_api_url: str,
     image_host_allowlist: str,
     allow_local_images: bool,
+    moderation_url: str | None = None,
+    moderation_mode: str = "off",
     extra: Mapping[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
@@ -319,6 +323,15 @@ def service_environment(
         "ENABLE_DOCS": "true",
         "ENABLE_CONSOLE": "true",
     }
+    if moderation_url:  # the ApplyGuardrail stand-in (moto has no Bedrock Guardrails); boto3 reads this variable
+        env.update(
+            {
+                "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": moderation_url,
+                "MODERATION_MODE": moderation_mode,
+                "MODERATION_GUARDRAIL_ID": GUARDRAIL_ID,
+                "MODERATION_GUARDRAIL_VERSION": "1",
+            }
+        )
     env.update({name: environ[name] for name in PASSTHROUGH if environ.get(name)})  # empty counts as unset
     env.update(extra or {})
     return env

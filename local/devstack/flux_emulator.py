@@ -12,6 +12,9 @@ and lets tests drive every upstream failure through injectable faults, either qu
 (``emulator.inject("rate_limit", count=2, retry_after=3)``) or per request with the header
 ``X-Emulator-Fault: <mode>[; key=value ...]`` (e.g. ``X-Emulator-Fault: timeout; delay_s=2``).
 
+A prompt containing ``[[unsafe-image]]`` renders a PNG carrying a moderation mark (a ``tEXt`` chunk) that the
+local moderation stand-in (``devstack.moderation_standin``) blocks, as Bedrock Guardrails would block an unsafe image.
+
 Usage in tests::
 
     with FluxEmulator(api_key="k") as flux:
@@ -54,6 +57,8 @@ from email.message import Message
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
+
+from devstack.moderation_standin import mark_png
 
 __all__ = [
     "AUTH_HEADER",
@@ -133,6 +138,8 @@ _BACKEND_FAULTS = frozenset(
 )
 _IMAGE_PATH_RE = re.compile(r"/images/([A-Za-z0-9_-]{1,128})\.png")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# A prompt containing [[unsafe-image]] (or [[unsafe-image:HATE]]) renders an image the moderation stand-in blocks.
+UNSAFE_IMAGE = re.compile(r"\[\[unsafe-image(?::([A-Za-z_]{1,32}))?\]\]")
 
 
 # --------------------------------------------------------------------------------------------- PNG
@@ -164,7 +171,11 @@ def render_png(prompt: str, seed: int, num_steps: int, width: int, height: int) 
         raw_parts.append(row * (end - start))
         start = end
     idat = zlib.compress(b"".join(raw_parts), 6)
-    return PNG_SIGNATURE + _png_ihdr(width, height) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    png = PNG_SIGNATURE + _png_ihdr(width, height) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+    mark = UNSAFE_IMAGE.search(prompt)
+    if mark:  # the moderation stand-in blocks images carrying this mark (a tEXt chunk), like a real unsafe image
+        png = mark_png(png, "unsafe" + (f":{mark.group(1).upper()}" if mark.group(1) else ""))
+    return png
 
 
 def _param_key(prompt: str, seed: int, num_steps: int, width: int, height: int) -> str:

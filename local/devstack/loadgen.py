@@ -89,6 +89,7 @@ def _stack_process(
         "MOTO_PORT": str(moto_port),
         "FLUX_EMULATOR_PORT": str(free_port()),
         "CONSOLE_PORT": str(free_port()),  # the web console's own origin
+        "MODERATION_PORT": str(free_port()),  # the ApplyGuardrail stand-in
         "LOCAL_API_KEY": api_key,
         "FLUX_EMULATOR_LATENCY": str(emulator_latency_s),
         "POWERTOOLS_LOG_LEVEL": "WARNING",  # a line per request would cost the child more than the work

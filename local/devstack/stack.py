@@ -54,6 +54,7 @@ from devstack.gateway import (
     load_sqs_mappings,
     load_template,
 )
+from devstack.moderation_standin import ModerationStandIn
 
 if TYPE_CHECKING:
     from devstack.runtime import LocalRuntime
@@ -68,15 +69,17 @@ HANDLER_MODULES = {"api_handler.lambda_handler": "api_handler", "worker_handler.
 # The local stack's listening ports, in one place. PORT moves them all: each other port keeps its offset from
 # the API's unless its own variable is set, so a second stack needs only PORT=3100 (moto 5101, emulator 8181).
 DEFAULT_PORT = 3000
-PORT_OFFSETS = {"MOTO_PORT": 2001, "FLUX_EMULATOR_PORT": 5081}  # 5001 and 8081 with the default PORT
+PORT_OFFSETS = {"MOTO_PORT": 2001, "FLUX_EMULATOR_PORT": 5081, "MODERATION_PORT": 5082}  # 5001, 8081, 8082
 CONSOLE_PORT_OFFSET = 3  # the web console's own origin: 3003 with the default PORT (CONSOLE_PORT=-1: none)
 
 
 def local_ports(environ: Mapping[str, str]) -> dict[str, int]:
-    """``{"PORT": …, "MOTO_PORT": …, "FLUX_EMULATOR_PORT": …}`` from ``environ``; PORT=0 means any free ports."""
+    """``{"PORT": …, "MOTO_PORT": …, …}`` from ``environ``; PORT=0 means any free ports, and so does an offset that
+    would pass 65535 (a high PORT)."""
     ports = {"PORT": _port(environ, "PORT", DEFAULT_PORT)}
     for name, offset in PORT_OFFSETS.items():
-        ports[name] = _port(environ, name, ports["PORT"] + offset if ports["PORT"] else 0)
+        derived = ports["PORT"] + offset if ports["PORT"] else 0
+        ports[name] = _port(environ, name, derived if derived <= 65535 else 0)  # past the last port: any free one
     return ports
 
 
@@ -165,6 +168,8 @@ class LocalStack:
         built: bool | Path = False,
         environ: Mapping[str, str] | None = None,
         console_port: int | None = None,
+        moderation: str = "off",
+        moderation_port: int = 0,
     ) -> None:
         """``emulator_api_key``: the only subscription key the emulator accepts (default: ``flux_api_key``, so
         any key works); ``environ``: where the README's variables are read (default: this process's)."""
@@ -186,6 +191,11 @@ class LocalStack:
         )
         self.emulator_checks_key = emulator_api_key is not None
         self._flux_api_url = flux_api_url
+        # The ApplyGuardrail stand-in always runs (tests switch MODERATION_MODE); ``moderation`` is the mode the
+        # functions start with: "both" for `make run`, "off" unless asked for the test session.
+        self.moderation = ModerationStandIn(host=host, port=moderation_port)
+        self._moderation_port = moderation_port
+        self.moderation_mode = moderation
         self._allowlist = image_host_allowlist
         self._environ = environ
         self._moto_port = moto_port
@@ -234,6 +244,7 @@ class LocalStack:
         self.seeded = self.aws.seed(self.resources)
         if self.emulator is not None:
             _listen("the Flux emulator", "FLUX_EMULATOR_PORT", self.host, self._emulator_port, self.emulator.start)
+        _listen("the moderation stand-in", "MODERATION_PORT", self.host, self._moderation_port, self.moderation.start)
         self.env = env = self.function_environment(self.seeded)
         cors_parameters = self._console_cors(env)
         self.gateway_parameters = cors_parameters or {}  # template parameters the local gateway was read with
@@ -316,6 +327,8 @@ class LocalStack:
             flux_api_url=url,
             image_host_allowlist=self._allowlist or default_allowlist,
             allow_local_images=self.upstream_is_local,
+            moderation_url=self.moderation.url,
+            moderation_mode=self.moderation_mode,
             extra=self._extra_env,
             environ=self._environ,
         )
@@ -388,6 +401,7 @@ class LocalStack:
             self.runtime.stop()
         if self.emulator is not None:
             self.emulator.stop()
+        self.moderation.stop()
         self.aws.stop()
         replaced, self._replaced_env = self._replaced_env, {}
         for name, value in replaced.items():
@@ -476,6 +490,8 @@ class LocalStack:
                 f"  Worker         jobs queue {self.resources.jobs_queue} -> "
                 + ", ".join(f"{p.function_name} (up to {p.maximum_concurrency} at once)" for p in self.pollers),
                 f"  Events         copied to the SQS queue {self.resources.events_capture_queue}: make events",
+                f"  Moderation     {self.moderation_mode} (ApplyGuardrail stand-in {self.moderation.url}; a prompt with"
+                " [[unsafe]] or [[unsafe-image]] is blocked)",
                 *self.mode(),
                 *logs,
                 "",
@@ -549,6 +565,18 @@ def parse_args(argv: list[str] | None, environ: Mapping[str, str]) -> argparse.N
         default=console_port(environ, ports["PORT"]),
         help="web console port (env CONSOLE_PORT) [PORT + 3, so 3003]; -1: no console",
     )
+    parser.add_argument(
+        "--moderation",
+        choices=["off", "prompt", "image", "both"],
+        default=environ.get("MODERATION_MODE") or "both",
+        help="content moderation mode, against the local ApplyGuardrail stand-in (env MODERATION_MODE) [both]",
+    )
+    parser.add_argument(
+        "--moderation-port",
+        type=int,
+        default=ports["MODERATION_PORT"],
+        help="the ApplyGuardrail stand-in (env MODERATION_PORT) [PORT + 5082, so 8082]",
+    )
     return parser.parse_args(argv)
 
 
@@ -575,6 +603,8 @@ def stack_from_environment(args: argparse.Namespace, environ: Mapping[str, str])
         built=args.built,
         environ=environ,
         console_port=None if args.console_port < 0 else args.console_port,
+        moderation=args.moderation,
+        moderation_port=args.moderation_port,
     )
 
 

@@ -257,6 +257,7 @@ def test_make_demo_leaves_nothing_in_tmp(tmp_path):
         "MOTO_PORT": str(free_port()),
         "FLUX_EMULATOR_PORT": str(free_port()),
         "CONSOLE_PORT": str(free_port()),
+        "MODERATION_PORT": str(free_port()),
         "FLUX_EMULATOR_LATENCY": "0",
         "DEMO_OUT": str(tmp_path / "images"),
         "DEMO_LOG_DIR": str(tmp_path / "logs"),

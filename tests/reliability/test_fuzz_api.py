@@ -20,6 +20,7 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 from schemathesis import Case, GenerationMode
 from schemathesis.checks import CheckContext, not_a_server_error
 from schemathesis.core.failures import FailureGroup
@@ -404,3 +405,55 @@ def test_float_metadata_is_stored_and_echoed(api, emulator, reliability):
     assert created.json()["metadata"] == metadata
     assert api("GET", f"/v1/jobs/{created.json()['id']}").json()["metadata"] == metadata
     reliability.record("Bad input", "metadata with fractions and big integers", "202, echoed as sent")
+
+
+MARKERS = ["", "[[unsafe]]", "[[unsafe:hate]]", "[[unsafe-image]]", "[[unsafe-image:VIOLENCE]]"]
+
+
+def test_fuzzed_prompts_under_moderation_get_a_documented_answer(stack, emulator, schema, moderation, reliability):
+    # Given content moderation of prompts and images (the stand-in flags the markers)
+    moderation("both")
+    operation = schema["/v1/images"]["POST"]
+    answers: collections.Counter[str] = collections.Counter()
+
+    @settings(
+        max_examples=40,
+        deadline=None,
+        derandomize=True,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(
+        text=st.text(max_size=80),
+        marker=st.sampled_from(MARKERS),
+        at_end=st.booleans(),
+        size=st.sampled_from([256, 512]),
+    )
+    def one(text: str, marker: str, at_end: bool, size: int) -> None:
+        prompt = f"{text} {marker}" if at_end else f"{marker} {text}"
+        # When any prompt, with or without a marker anywhere in it, is asked for
+        response = requests.post(
+            f"{stack.url}/v1/images",
+            json={"prompt": prompt, "width": size, "height": size},
+            headers=HEADERS,
+            timeout=60,
+        )
+        # Then the answer is a documented one: created, refused as invalid, or blocked naming the right side
+        code = response.json().get("error", {}).get("code") if response.status_code >= 400 else "created"
+        answers[code] += 1
+        assert response.status_code in (201, 422), response.text[:500]
+        if code == "content_blocked":
+            detail = response.json()["error"]["details"][0]
+            expected = "output.image" if marker.startswith("[[unsafe-image") else "body.prompt"
+            assert marker and detail["location"] == expected and detail["categories"], response.text[:500]
+        else:
+            assert not marker or code == "validation_error", f"{marker!r} was not blocked: {response.text[:300]}"
+        operation.Case().validate_response(response, checks=CONFORMANCE)
+
+    one()
+    assert answers["content_blocked"] > 0 and answers["created"] > 0, answers
+    reliability.record(
+        "Bad input",
+        "fuzzed prompts under moderation (markers anywhere)",
+        ", ".join(f"{count} {code}" for code, count in sorted(answers.items())),
+    )

@@ -15,6 +15,7 @@ import copy
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 import uuid
@@ -85,6 +86,32 @@ def emulator(stack: LocalStack) -> Iterator[Any]:
     yield stack.emulator
     stack.emulator.clear_faults()
     stack.emulator.set_api_key(SUBSCRIPTION_KEY)
+
+
+@pytest.fixture
+def moderation(stack: LocalStack) -> Iterator[Callable[[str], Any]]:
+    """``moderation("both")`` switches the functions' MODERATION_MODE for one test (settings, services and clients
+    are rebuilt on next use, as after a SnapStart restore) and returns the ApplyGuardrail stand-in, its faults
+    cleared and its counters reset. The mode the session started with comes back afterwards."""
+    from imagegen.snapstart import after_restore
+
+    standin = stack.moderation
+    saved = os.environ.get("MODERATION_MODE", "off")
+    settle_worker(stack)
+
+    def switch(mode: str) -> Any:
+        settle_worker(stack)
+        os.environ["MODERATION_MODE"] = mode
+        after_restore()
+        standin.clear_faults()
+        standin.reset_counters()
+        return standin
+
+    yield switch
+    settle_worker(stack)
+    standin.clear_faults()
+    os.environ["MODERATION_MODE"] = saved
+    after_restore()
 
 
 @pytest.fixture

@@ -462,6 +462,8 @@ _SHARED_GRANTS = _grants(
     ("secretsmanager:GetSecretValue", json.dumps({"Ref": "FluxSecretArn"})),
     ("kms:Decrypt", _KEY),  # only when KmsKeyArn is set, and only through the data services (checked below)
     ("kms:GenerateDataKey", _KEY),
+    # Only when ModerationMode is not "off", and only this stack's guardrail (check_moderation_optional_and_scoped).
+    ("bedrock:ApplyGuardrail", json.dumps({"Fn::GetAtt": ["ModerationGuardrail", "GuardrailArn"]})),
 )
 # Exactly what each function may do: every (action, resource) pair, nothing more, nothing less.
 EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
@@ -1053,6 +1055,7 @@ def _emitted_metric_names() -> set[str]:
     for path in [*(ROOT / "layers" / "shared").rglob("*.py"), *(ROOT / "functions").rglob("*.py")]:
         source = path.read_text(encoding="utf-8")
         names |= set(re.findall(r'add_metric\(name="([A-Za-z]+)"', source))
+        names |= set(re.findall(r'single_metric\(name="([A-Za-z]+)"', source))  # with their own dimensions
         if 'name=f"Items{status.capitalize()}"' in source:
             names |= {f"Items{status.capitalize()}" for status in ("succeeded", "failed", "canceled")}
     return names
@@ -1091,6 +1094,12 @@ def check_operations_dashboard(t: dict[str, Any]) -> None:
         for metric in properties.get("metrics") or []:
             names = [part for part in metric if isinstance(part, str)]
             options = next((part for part in metric if isinstance(part, dict)), {})
+            if not names:  # a SEARCH expression: the metrics it finds must be emitted, in the service's namespace
+                expression = str(options.get("expression") or "")
+                searched = re.findall(r'MetricName=\\?"([A-Za-z]+)', expression)
+                assert searched and expression.startswith(f"SEARCH('{{{namespace},"), f"unexpected {expression}"
+                shown.update((namespace, name, "search") for name in searched)
+                continue
             ns, name, dimensions = names[0], names[1], dict(zip(names[2::2], names[3::2], strict=True))
             if ns == namespace:
                 assert dimensions == {"service": service}, f"{name}: not the dimension Powertools writes ({service})"
@@ -1199,6 +1208,42 @@ NAME_LIMITS: dict[str, dict[str, int]] = {
 }
 
 
+def _moderation_policies(t: dict[str, Any], function_id: str) -> list[Any]:
+    """The function's policies (its own role's, or its SAM Policies) that grant a bedrock action."""
+    role_id = _own_role(t, function_id)
+    policies = _as_list(_props(t, role_id or function_id).get("Policies") or [])
+    return [policy for policy in policies if "bedrock:" in json.dumps(policy)]
+
+
+def check_moderation_optional_and_scoped(t: dict[str, Any]) -> None:
+    """Content moderation is off unless a deployment chooses it; when on, the guardrail and the permission to
+    apply it exist, scoped to that one guardrail; when off, neither does."""
+    mode = t["Parameters"]["ModerationMode"]
+    assert mode.get("Default") == "off", "moderation must be off by default (chosen per deployment)"
+    assert set(mode.get("AllowedValues") or []) == {"off", "prompt", "image", "both"}
+    assert t["Conditions"]["ModerationEnabled"] == {"Fn::Not": [{"Fn::Equals": [{"Ref": "ModerationMode"}, "off"]}]}
+    for logical_id in ("ModerationGuardrail", "ModerationGuardrailVersion"):
+        assert _res(t, logical_id).get("Condition") == "ModerationEnabled", f"{logical_id} only when enabled"
+    filters = _props(t, "ModerationGuardrail")["ContentPolicyConfig"]["FiltersConfig"]
+    assert any("IMAGE" in (f.get("OutputModalities") or []) for f in filters), "the guardrail must screen images"
+    assert _function_env(t).get("MODERATION_MODE") == {"Ref": "ModerationMode"}
+    for function_id in FUNCTION_IDS:
+        policies = _moderation_policies(t, function_id)
+        assert policies, f"{function_id}: no permission to apply the guardrail"
+        for policy in policies:
+            assert isinstance(policy, dict) and set(policy) == {"Fn::If"}, f"{function_id}: {policy}"
+            condition, _, when_off = policy["Fn::If"]
+            assert condition == "ModerationEnabled" and when_off == {"Ref": "AWS::NoValue"}, (
+                f"{function_id}: bedrock permissions must exist only when moderation is enabled"
+            )
+        for statement in _permission_statements(t, function_id):
+            if any(str(a).startswith("bedrock:") or a == "*" for a in _as_list(statement.get("Action"))):
+                assert _as_list(statement["Action"]) == ["bedrock:ApplyGuardrail"], statement
+                assert statement["Resource"] == {"Fn::GetAtt": ["ModerationGuardrail", "GuardrailArn"]}, statement
+    dashboard = json.dumps(_props(t, "OperationsDashboard")["DashboardBody"])
+    assert "ContentBlocked" in dashboard and "category" in dashboard, "a dashboard widget shows blocks by category"
+
+
 def check_parameters_deployable(t: dict[str, Any]) -> None:
     """Values the parameters accept must deploy: no "default" bus, no over-reservation, any stack name."""
     bus = t["Parameters"]["EventBusName"]
@@ -1261,6 +1306,7 @@ CHECKS: list[Callable[[dict[str, Any]], None]] = [
     check_waf_optional,
     check_api_gateway_logging_role,
     check_parameters_deployable,
+    check_moderation_optional_and_scoped,
 ]
 
 
@@ -1314,6 +1360,24 @@ def _rule(t: dict[str, Any], rule_id: str) -> dict[str, Any]:
 
 
 MUTATIONS: dict[str, tuple[Callable[[dict[str, Any]], None], Callable[[dict[str, Any]], Any]]] = {
+    "moderation-on-by-default": (
+        check_moderation_optional_and_scoped,
+        lambda t: t["Parameters"]["ModerationMode"].update(Default="both"),
+    ),
+    "guardrail-without-condition": (
+        check_moderation_optional_and_scoped,
+        lambda t: _res(t, "ModerationGuardrail").pop("Condition"),
+    ),
+    "moderation-grant-on-any-guardrail": (
+        check_moderation_optional_and_scoped,
+        lambda t: _moderation_policies(t, WORKER_ID)[0]["Fn::If"][1]["PolicyDocument"]["Statement"][0].update(
+            Resource="*"
+        ),
+    ),
+    "moderation-grant-unconditional": (
+        check_moderation_optional_and_scoped,
+        lambda t: _p(t, FUNCTION_ID)["Policies"].__setitem__(-1, _moderation_policies(t, FUNCTION_ID)[0]["Fn::If"][1]),
+    ),
     "public-acls-allowed": (
         check_bucket_private,
         lambda t: _p(t, BUCKET_ID)["PublicAccessBlockConfiguration"].update(BlockPublicAcls=False),

@@ -38,31 +38,31 @@ def functions_env(environ: dict[str, str]) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------------------ ports
-def test_ports_default_to_the_documented_three():
-    assert local_ports({}) == {"PORT": 3000, "MOTO_PORT": 5001, "FLUX_EMULATOR_PORT": 8081}
+def test_ports_default_to_the_documented_ones():
+    assert local_ports({}) == {"PORT": 3000, "MOTO_PORT": 5001, "FLUX_EMULATOR_PORT": 8081, "MODERATION_PORT": 8082}
 
 
-def test_one_port_moves_all_three():
+def test_one_port_moves_them_all():
     # Given a second stack started with PORT only
     ports = local_ports({"PORT": "3100"})
-    # Then moto and the emulator moved with it, keeping their offsets
-    assert ports == {"PORT": 3100, "MOTO_PORT": 5101, "FLUX_EMULATOR_PORT": 8181}
+    # Then moto, the emulator and the moderation stand-in moved with it, keeping their offsets
+    assert ports == {"PORT": 3100, "MOTO_PORT": 5101, "FLUX_EMULATOR_PORT": 8181, "MODERATION_PORT": 8182}
 
 
 def test_a_port_set_explicitly_wins_over_the_derived_one():
     ports = local_ports({"PORT": "3100", "MOTO_PORT": "6000"})
-    assert ports == {"PORT": 3100, "MOTO_PORT": 6000, "FLUX_EMULATOR_PORT": 8181}
+    assert ports == {"PORT": 3100, "MOTO_PORT": 6000, "FLUX_EMULATOR_PORT": 8181, "MODERATION_PORT": 8182}
 
 
 def test_port_zero_means_free_ports_for_all():
-    assert local_ports({"PORT": "0"}) == {"PORT": 0, "MOTO_PORT": 0, "FLUX_EMULATOR_PORT": 0}
+    assert local_ports({"PORT": "0"}) == {"PORT": 0, "MOTO_PORT": 0, "FLUX_EMULATOR_PORT": 0, "MODERATION_PORT": 0}
 
 
 @pytest.mark.parametrize(
     ("environ", "named"),
     [
         ({"PORT": "web"}, "PORT='web' is not a port number"),
-        ({"PORT": "64000"}, "MOTO_PORT would be 66001"),
+        ({"PORT": "70000"}, "PORT would be 70000"),
         ({"PORT": "3000", "FLUX_EMULATOR_PORT": "70000"}, "FLUX_EMULATOR_PORT would be 70000"),
     ],
 )
@@ -249,3 +249,17 @@ def test_every_variable_the_readme_names_for_make_run_is_read_by_the_stack():
     assert len(names) >= 15, names
     unread = sorted(name for name in names if name not in PASSTHROUGH and f'"{name}"' not in source)
     assert not unread, f"named in the README, read nowhere: {unread}"
+
+
+def test_a_high_port_leaves_the_others_to_any_free_port():
+    # Given a PORT whose offsets would pass the last port (a free port picked by a test, say)
+    from devstack.stack import local_ports
+
+    ports = local_ports({"PORT": "64000"})
+
+    # Then the API keeps it, and each other port that would pass 65535 is any free one (0), not an error
+    assert ports["PORT"] == 64000
+    assert ports["MOTO_PORT"] == 0
+    assert ports["FLUX_EMULATOR_PORT"] == 0
+    assert ports["MODERATION_PORT"] == 0
+    assert local_ports({"PORT": "60000"})["MOTO_PORT"] == 62001

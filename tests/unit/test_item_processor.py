@@ -365,3 +365,73 @@ def test_job_service_cancel_is_one_write_and_a_control_message_and_announces_not
     assert document.status == "canceled" and document.counts.queued == 3
     assert world.queue.controls == [cancel_body().replace(" ", "")]
     assert world.events.published == [] and world.webhooks.sent == []
+
+
+# ------------------------------------------------------------------------------------------------ moderation
+def test_blocked_item_fails_for_good_and_is_announced_once_as_image_blocked(world):
+    # Given moderation blocking the item's image
+    from imagegen.errors import ContentBlockedError
+
+    blocked = ContentBlockedError("image", ["SEXUAL"])
+    blocked.image_id = "img_" + "b" * 32
+    world.images.fail_next(blocked)
+    # When its message is delivered, and delivered again
+    first = world.deliver()
+    second = world.deliver(receive_count=2)
+    # Then the item failed with content_blocked (acknowledged, not retried), and the block was announced once
+    assert first == second == Outcome.ack()
+    item = world.store.item(JOB_ID)
+    assert item.status == "failed" and item.error.code == "content_blocked"
+    assert world.images.calls == 1
+    assert world.events.types() == ["Image Failed", "Job Completed", "Image Blocked"]
+    detail = dict(world.events.published)["Image Blocked"]
+    assert detail == {
+        "image_id": "img_" + "b" * 32,
+        "target": "image",
+        "categories": ["SEXUAL"],
+        "job_id": JOB_ID,
+        "index": 0,
+        "correlation_id": None,
+    }
+
+
+def test_moderation_unavailable_is_retried_like_an_upstream_outage(world):
+    from imagegen.errors import ModerationUnavailableError
+
+    world.images.fail_next(ModerationUnavailableError("content moderation is unavailable", retry_after=5))
+    outcome = world.deliver()
+    assert outcome.kind is OutcomeKind.RETRY and outcome.after_s == 5 and outcome.why == "moderation_unavailable"
+    assert world.store.item(JOB_ID).status == "queued"
+    assert "Image Blocked" not in world.events.types()
+
+
+def test_a_blocked_notice_from_the_api_is_announced_as_image_blocked(world):
+    from imagegen.models import BlockedNotice, ControlMessage
+
+    notice = BlockedNotice(image_id="img_" + "c" * 32, target="prompt", categories=["HATE"])
+    body = ControlMessage(blocked=notice).model_dump_json(exclude_none=True)
+    assert world.deliver(body=body) == Outcome.ack()
+    assert world.events.published == [
+        (
+            "Image Blocked",
+            {
+                "image_id": "img_" + "c" * 32,
+                "target": "prompt",
+                "categories": ["HATE"],
+                "job_id": None,
+                "index": None,
+                "correlation_id": None,
+            },
+        )
+    ]
+    assert world.images.calls == 0
+
+
+def test_a_control_message_with_two_orders_is_rejected():
+    from imagegen.models import ControlMessage
+
+    job = {"job_id": "job_" + "a" * 32}
+    with pytest.raises(ValueError, match="exactly one"):
+        ControlMessage.model_validate({"announce": job, "cancel": job})
+    with pytest.raises(ValueError, match="exactly one"):
+        ControlMessage.model_validate({})

@@ -643,3 +643,45 @@ def test_image_mirror_does_not_fetch_once_the_deadline_has_passed(s3: Any, http_
         mirror.mirror(http_server.url("/x.png"), "images/x", {}, Deadline.after(-1))
     assert http_server.received == []
     assert http_server.connections == 0
+
+
+# ---------------------------------------------------------------------------------------------------- screening
+def test_image_mirror_screen_sees_the_whole_image_before_it_is_stored(s3: Any, http_server: Any) -> None:
+    # Given content moderation screening what the mirror downloads
+    body = png(640, 480, 300_000)
+    http_server.reply(200, body)
+    seen: list[tuple[bytes, str, int | None, int | None]] = []
+
+    def screen(data: bytes, kind: ImageKind) -> None:
+        seen.append((data, kind.content_type, kind.width, kind.height))
+        assert spy.calls == []  # nothing stored yet
+
+    mirror, spy = _mirror(s3)
+    # When mirrored, Then the screen got exactly the image's bytes, and the image was stored after it
+    stored = mirror.mirror(http_server.url("/ok.png"), STEM, METADATA, Deadline.after(10), screen=screen)
+    assert seen == [(body, "image/png", 640, 480)]
+    assert spy.calls == ["put_object"] and _keys(s3) == [stored.key]
+
+
+def test_image_mirror_a_refused_image_is_never_written(s3: Any, http_server: Any) -> None:
+    from imagegen.errors import ContentBlockedError
+
+    http_server.reply(200, png(256, 256, 20_000))
+
+    def screen(data: bytes, kind: ImageKind) -> None:
+        raise ContentBlockedError("image", ["VIOLENCE"])
+
+    mirror, spy = _mirror(s3)
+    with pytest.raises(ContentBlockedError):
+        mirror.mirror(http_server.url("/bad.png"), STEM, METADATA, Deadline.after(10), screen=screen)
+    assert spy.calls == [] and _keys(s3) == []
+
+
+def test_image_mirror_an_image_over_one_part_cannot_be_screened_and_leaves_nothing(s3: Any, http_server: Any) -> None:
+    # Given an image larger than one upload part (and than what moderation accepts)
+    http_server.reply(200, png(size=8 * MIB), declared_length=-1)
+    mirror, spy = _mirror(s3)
+    # When mirrored with a screen, Then it is refused before any upload starts
+    with pytest.raises(ImageRejectedError, match="too large to be screened"):
+        mirror.mirror(http_server.url("/big.png"), STEM, METADATA, Deadline.after(20), screen=lambda data, kind: None)
+    assert spy.calls == [] and _keys(s3) == [] and _pending_uploads(s3) == []

@@ -137,3 +137,45 @@ class PayloadTooLargeError(ServiceError):
 
     status = 413
     code = "payload_too_large"
+
+
+class ContentBlockedError(ServiceError):
+    """Moderation refused the prompt (checked before the upstream call: nothing paid) or the generated image
+    (checked before it is stored: no object, no URL). Permanent: the same request would be refused again.
+    ``target`` is ``prompt`` or ``image``; ``categories`` are the moderation service's own names (``SEXUAL``...)."""
+
+    status = 422
+    code = "content_blocked"
+
+    image_id: str | None = None  # set by the service: the id the image would have had
+
+    def __init__(self, target: str, categories: list[str]) -> None:
+        self.target = target
+        self.categories = sorted(set(categories))
+        named = ", ".join(self.categories) or "unspecified"
+        location, field, what = (
+            ("body.prompt", "prompt", "the prompt")
+            if target == "prompt"
+            else ("output.image", "image", "the generated image")
+        )
+        super().__init__(
+            f"{what} was blocked by content moderation ({named})",
+            details=[
+                {
+                    "location": location,
+                    "field": field,
+                    "message": f"blocked by content moderation: {named}",
+                    "type": "content_blocked",
+                    "categories": self.categories,
+                }
+            ],
+        )
+
+
+class ModerationUnavailableError(ServiceError):
+    """The moderation service is throttling, down or unreachable. The service fails closed: nothing is generated
+    (prompt check) or handed out (image check) unchecked. Retry later (see ``retry_after``)."""
+
+    status = 503
+    code = "moderation_unavailable"
+    retryable = True

@@ -27,6 +27,7 @@ from imagegen.adapters.queue import JobQueue
 from imagegen.budget import Deadline
 from imagegen.entities import Item, ItemStore, Job, JobUnavailable, LeaseHeld, TransitionConflict
 from imagegen.errors import (
+    ContentBlockedError,
     EnqueueError,
     InvalidRequestError,
     NotFoundError,
@@ -58,7 +59,7 @@ from imagegen.models import (
     WebhookInfo,
 )
 from imagegen.retry import RetryPolicy
-from imagegen.service import ImageService, item_image_id
+from imagegen.service import BLOCKED_EVENT, ImageService, blocked_event, item_image_id
 
 logger = Logger(child=True)
 metrics = Metrics()
@@ -285,7 +286,7 @@ def _names_item(body: str) -> tuple[str | None, int | None]:
 
 
 def _is_control(body: str) -> bool:
-    """A control message (``{"cancel": …}`` or ``{"announce": …}``), told apart from an item's by its keys."""
+    """A control message (``{"cancel": …}``, ``{"announce": …}``, ``{"blocked": …}``), told apart by its keys."""
     try:
         raw = json.loads(body)
     except ValueError:
@@ -480,6 +481,11 @@ class ItemProcessor:
             control = ControlMessage.model_validate_json(body)
         except ValidationError as exc:
             return self._reject(body, f"the control message is invalid: {_first_error(exc)}", message_id)
+        if control.blocked is not None:  # an image the API's moderation blocked: announced from here
+            notice = control.blocked
+            detail = {"image_id": notice.image_id, "target": notice.target, "categories": notice.categories}
+            self._events.publish(BLOCKED_EVENT, {**detail, "job_id": None, "index": None, "correlation_id": None})
+            return Outcome.ack()
         if control.announce is not None:
             job = self._repository.get_job(control.announce.job_id)
             if job is not None and job.completed_at is not None:
@@ -564,7 +570,10 @@ class ItemProcessor:
                 if not (exc.retryable and last_receive)
                 else f"{exc.message} (gave up after {receive_count} attempts)"
             )
-            self._settle(item, "failed", ItemError(code=exc.code, message=message), correlation_id)
+            settled = self._settle(item, "failed", ItemError(code=exc.code, message=message), correlation_id)
+            if settled and isinstance(exc, ContentBlockedError):
+                detail = blocked_event(exc, job_id=item.job_id, index=item.index, correlation_id=correlation_id)
+                self._events.publish(BLOCKED_EVENT, detail)
             return Outcome.ack()
         except Exception:
             logger.exception("unexpected error while generating an item", job_id=item.job_id, index=item.index)
@@ -585,8 +594,9 @@ class ItemProcessor:
         error: ItemError | None = None,
         correlation_id: str | None = None,
         record: Any = None,
-    ) -> None:
-        """Record a terminal state, announce it, and complete the job when it was the last item."""
+    ) -> bool:
+        """Record a terminal state, announce it, and complete the job when it was the last item. False when another
+        delivery had settled it already (nothing recorded or announced here)."""
         image_item = self._images.record_item(record) if record is not None else None
         try:
             completed = self._repository.transition(
@@ -598,7 +608,7 @@ class ItemProcessor:
             )
         except TransitionConflict:
             logger.info("item already settled by another delivery", job_id=item.job_id, index=item.index)
-            return
+            return False
         metrics.add_metric(name=f"Items{status.capitalize()}", unit=MetricUnit.Count, value=1)
         if status == "succeeded" and record is not None:
             self._events.publish(
@@ -622,6 +632,7 @@ class ItemProcessor:
             )
         if completed:
             self.announce(item.job_id)
+        return True
 
     def finish(self, job_id: str) -> None:
         """Complete the job if nothing remains (after cancelations, which move many items at once)."""

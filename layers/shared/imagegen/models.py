@@ -118,6 +118,9 @@ class ErrorDetail(Model):
     field: str | None = Field(None, description="The failing field, when there is one.")
     message: str
     type: str
+    categories: list[str] | None = Field(
+        None, description="For `content_blocked`: the moderation categories that blocked it (e.g. `SEXUAL`)."
+    )
 
 
 class ErrorInfo(Model):
@@ -400,24 +403,36 @@ class AnnounceOrder(Model):
     job_id: str = Field(pattern=JOB_ID_PATTERN)
 
 
+class BlockedNotice(Model):
+    """A synchronous image that content moderation blocked, for the worker to announce ("Image Blocked")."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
+
+    image_id: str = Field(pattern=r"^img_[0-9a-f]{32}$")
+    target: Literal["prompt", "image"]
+    categories: list[Annotated[str, Field(max_length=128)]] = Field(max_length=32)
+
+
 class ControlMessage(Model):
     """A message the service puts on the jobs queue for its own worker (never a producer's): cancel a job's queued
-    items, a page at a time (``{"cancel": {"job_id": …}}``), or announce a job the API side completed
-    (``{"announce": {"job_id": …}}``). Exactly one of the two."""
+    items, a page at a time (``{"cancel": {"job_id": …}}``), announce a job the API side completed
+    (``{"announce": {"job_id": …}}``), or announce an image moderation blocked on the API
+    (``{"blocked": {"image_id": …, "target": …, "categories": […]}}``). Exactly one of them."""
 
     model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
     cancel: CancelOrder | None = None
     announce: AnnounceOrder | None = None
+    blocked: BlockedNotice | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> ControlMessage:
-        if (self.cancel is None) == (self.announce is None):
-            raise ValueError("a control message is either cancel or announce")
+        if sum(order is not None for order in (self.cancel, self.announce, self.blocked)) != 1:
+            raise ValueError("a control message is exactly one of cancel, announce or blocked")
         return self
 
 
-CONTROL_KEYS = frozenset({"cancel", "announce"})
+CONTROL_KEYS = frozenset({"cancel", "announce", "blocked"})
 
 
 class JobMessage(Model):

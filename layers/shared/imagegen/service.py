@@ -1,4 +1,5 @@
-"""Image generation, the one engine behind every entry point: validate → upstream → mirror → record."""
+"""Image generation, the one engine behind every entry point: validate → moderate the prompt → upstream → mirror
+(moderating the image before it is stored) → record."""
 
 from __future__ import annotations
 
@@ -8,16 +9,16 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
 from imagegen.adapters.flux import FluxClient
 from imagegen.adapters.images_table import ImageRepository
-from imagegen.adapters.mirror import ImageMirror
+from imagegen.adapters.mirror import ImageKind, ImageMirror, Screen
 from imagegen.budget import Deadline
-from imagegen.errors import NotFoundError, UpstreamAuthError
+from imagegen.errors import ContentBlockedError, NotFoundError, UpstreamAuthError, UpstreamTimeoutError
 from imagegen.models import (
     MAX_SEED,
     GenerationParameters,
@@ -30,6 +31,22 @@ from imagegen.models import (
 
 logger = Logger(child=True)
 metrics = Metrics()
+
+
+BLOCKED_EVENT = "Image Blocked"
+
+
+class Moderator(Protocol):
+    def check_prompt(self, prompt: str) -> None: ...
+
+    def check_image(
+        self, data: bytes, content_type: str, width: int | None = None, height: int | None = None
+    ) -> None: ...
+
+
+def blocked_event(exc: ContentBlockedError, **context: Any) -> dict[str, Any]:
+    """The detail of an "Image Blocked" event: what was blocked and why, never a URL or the prompt."""
+    return {"image_id": exc.image_id, "target": exc.target, "categories": exc.categories, **context}
 
 
 def new_image_id() -> str:
@@ -77,6 +94,11 @@ class ImageService:
         presigned_url_ttl_s: int = 3600,
         mirror_reserve_s: float = 4.0,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        moderator: Moderator | None = None,
+        moderate_prompts: bool = False,
+        moderate_images: bool = False,
+        moderation_reserve_s: float = 2.0,
+        on_blocked: Callable[[ContentBlockedError], None] | None = None,
     ) -> None:
         self._flux = flux
         self._mirror = mirror
@@ -85,10 +107,26 @@ class ImageService:
         self._ttl_s = presigned_url_ttl_s
         self._mirror_reserve_s = mirror_reserve_s
         self._now = now
+        self._moderator = moderator
+        self._moderate_prompts = moderate_prompts and moderator is not None
+        self._moderate_images = moderate_images and moderator is not None
+        # The upstream leaves time for the mirror, and for the image check when there is one.
+        self._on_blocked = on_blocked
+        self._after_upstream_s = mirror_reserve_s + (moderation_reserve_s if self._moderate_images else 0.0)
 
     def generate(self, request: ImageRequest, deadline: Deadline) -> ImageDocument:
-        """The synchronous path: a new image, answered with its document."""
-        return self.document(self.generate_record(request, deadline))
+        """The synchronous path: a new image, answered with its document. A blocked one is answered 422; the API
+        announces nothing itself, so ``on_blocked`` hands the block to the worker, which publishes "Image Blocked"."""
+        try:
+            return self.document(self.generate_record(request, deadline))
+        except ContentBlockedError as exc:
+            if self._on_blocked is not None:
+                try:
+                    self._on_blocked(exc)
+                except Exception:  # noqa: BLE001 - the caller's answer is the 422; a lost notice is counted
+                    metrics.add_metric(name="EventsLost", unit=MetricUnit.Count, value=1)
+                    logger.warning("could not hand the blocked image to the worker", image_id=exc.image_id)
+            raise
 
     def generate_record(
         self,
@@ -115,8 +153,15 @@ class ImageService:
             width=params.width,
             height=params.height,
         )
+        if self._moderate_prompts:
+            assert self._moderator is not None
+            try:  # before the upstream call: a blocked prompt is never paid for
+                self._moderator.check_prompt(params.prompt)
+            except ContentBlockedError as exc:
+                exc.image_id = image_id
+                raise
         try:
-            upstream = self._flux.generate(params, deadline.shortened_by(self._mirror_reserve_s))
+            upstream = self._flux.generate(params, deadline.shortened_by(self._after_upstream_s))
         except UpstreamAuthError:
             metrics.add_metric(name="UpstreamAuthFailures", unit=MetricUnit.Count, value=1)
             raise
@@ -126,7 +171,12 @@ class ImageService:
             metrics.add_metric(name="SubscriptionKeyRefreshed", unit=MetricUnit.Count, value=1)
 
         key_stem = key_stem or f"images/{created_at:%Y/%m/%d}/{image_id}"
-        stored = self._mirror.mirror(upstream.output_url, key_stem, object_metadata(image_id, params), deadline)
+        try:
+            metadata, screen = object_metadata(image_id, params), self._screen(deadline)
+            stored = self._mirror.mirror(upstream.output_url, key_stem, metadata, deadline, screen=screen)
+        except ContentBlockedError as exc:
+            exc.image_id = image_id
+            raise
         record = ImageRecord(
             id=image_id,
             parameters=params,
@@ -140,6 +190,20 @@ class ImageService:
         metrics.add_metric(name="ImageBytes", unit=MetricUnit.Bytes, value=stored.bytes)
         logger.info("image stored", image_id=image_id, bytes=stored.bytes, s3_key=stored.key)
         return record
+
+    def _screen(self, deadline: Deadline) -> Screen | None:
+        """The image check the mirror runs on the whole image before storing it (None: moderation of images off)."""
+        if not self._moderate_images:
+            return None
+        moderator = self._moderator
+        assert moderator is not None
+
+        def screen(data: bytes, kind: ImageKind) -> None:
+            if deadline.expired():  # never store it unchecked; the caller can retry (504, a retried job item)
+                raise UpstreamTimeoutError("no time left to screen the image within the request budget")
+            moderator.check_image(data, kind.content_type, kind.width, kind.height)
+
+        return screen
 
     def record_item(self, record: ImageRecord) -> dict[str, Any]:
         return self._repository.item(record)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from functools import lru_cache
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
@@ -94,6 +94,16 @@ class Settings(BaseModel):
         default_factory=list, alias="WEBHOOK_ALLOWED_PRIVATE_NETWORKS"
     )
 
+    # Content moderation (Amazon Bedrock Guardrails, ApplyGuardrail): off by default, chosen per deployment.
+    # prompt: the prompt is checked before the upstream call; image: the image before it is stored; both.
+    moderation_mode: Literal["off", "prompt", "image", "both"] = Field("off", alias="MODERATION_MODE")
+    moderation_guardrail_id: str | None = Field(None, alias="MODERATION_GUARDRAIL_ID")
+    moderation_guardrail_version: str = Field(
+        "DRAFT", alias="MODERATION_GUARDRAIL_VERSION", pattern=r"^(DRAFT|[1-9][0-9]{0,7})$"
+    )
+    # Time the upstream call leaves for the image check (with MIRROR_RESERVE_SECONDS for the download).
+    moderation_reserve_s: float = Field(2.0, alias="MODERATION_RESERVE_SECONDS", ge=0, le=60)
+
     # HTTP API
     api_budget_s: float = Field(28.0, alias="API_BUDGET_SECONDS", gt=1, le=900)
     response_reserve_s: float = Field(1.0, alias="RESPONSE_RESERVE_SECONDS", ge=0, le=10)
@@ -111,12 +121,28 @@ class Settings(BaseModel):
         if missing:
             raise ConfigurationError("invalid configuration: " + "; ".join(f"{name} is required" for name in missing))
 
+    @property
+    def moderates_prompts(self) -> bool:
+        return self.moderation_mode in ("prompt", "both")
+
+    @property
+    def moderates_images(self) -> bool:
+        return self.moderation_mode in ("image", "both")
+
+    @model_validator(mode="after")
+    def _moderation_has_a_guardrail(self) -> Settings:
+        if self.moderation_mode != "off" and not self.moderation_guardrail_id:
+            raise ValueError(f"MODERATION_GUARDRAIL_ID is required when MODERATION_MODE is {self.moderation_mode!r}")
+        return self
+
     @model_validator(mode="after")
     def _budget_leaves_time_for_the_upstream(self) -> Settings:
-        if self.api_budget_s <= self.response_reserve_s + self.mirror_reserve_s + 1:
+        moderation = self.moderation_reserve_s if self.moderates_images else 0.0
+        if self.api_budget_s <= self.response_reserve_s + self.mirror_reserve_s + moderation + 1:
             raise ValueError(
                 "API_BUDGET_SECONDS must exceed RESPONSE_RESERVE_SECONDS + MIRROR_RESERVE_SECONDS + 1 "
-                "(otherwise no request could reach the upstream)"
+                "(+ MODERATION_RESERVE_SECONDS when images are moderated; otherwise no request could reach the "
+                "upstream)"
             )
         return self
 

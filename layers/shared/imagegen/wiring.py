@@ -20,12 +20,15 @@ from imagegen.adapters.images_table import ImageRepository
 from imagegen.adapters.job_objects import JobObjects
 from imagegen.adapters.jobs_table import JobRepository
 from imagegen.adapters.mirror import ImageMirror, UrlGuard, guarded_session
+from imagegen.adapters.moderation import GuardrailModerator
 from imagegen.adapters.queue import JobQueue
 from imagegen.adapters.secrets import SubscriptionKeyProvider
 from imagegen.adapters.webhooks import WebhookSender
+from imagegen.errors import ContentBlockedError
 from imagegen.fanout import FanOut
 from imagegen.idempotency import IdempotentRunner
 from imagegen.jobs import ItemProcessor, JobService
+from imagegen.models import BlockedNotice, ControlMessage
 from imagegen.results import AnnouncingProcessor, JobResults
 from imagegen.service import ImageService
 from imagegen.settings import Settings, get_settings
@@ -41,6 +44,16 @@ _BOTO_CONFIG = Config(
 
 # Virtual-hosted URLs on the Region's own endpoint, us-east-1 included (not the legacy global s3.amazonaws.com).
 S3_REGIONAL = Config(s3={"addressing_style": "virtual", "us_east_1_regional_endpoint": "regional"})
+
+
+# Moderation sits on the request path and fails closed: one retry of a throttle or 5xx, then a 503 with Retry-After.
+# No signature_version override: that setting is for S3 presigning.
+_MODERATION_CONFIG = Config(
+    retries={"mode": "standard", "total_max_attempts": 2},
+    connect_timeout=2,
+    read_timeout=5,
+    max_pool_connections=50,
+)
 
 
 def aws_client(service: str) -> Any:
@@ -82,6 +95,14 @@ def build_image_service(settings: Settings) -> ImageService:
         connect_timeout_s=settings.upstream_connect_timeout_s,
     )
     repository = ImageRepository(aws_client("dynamodb"), settings.images_table, settings.retention_days)
+    moderator = None
+    if settings.moderation_mode != "off":
+        assert settings.moderation_guardrail_id is not None  # the settings' validator requires it
+        moderator = GuardrailModerator(
+            settings.moderation_guardrail_id,
+            settings.moderation_guardrail_version,
+            client_factory=lambda: boto3.client("bedrock-runtime", config=_MODERATION_CONFIG),
+        )
     return ImageService(
         flux,
         mirror,
@@ -89,7 +110,19 @@ def build_image_service(settings: Settings) -> ImageService:
         s3,
         presigned_url_ttl_s=settings.presigned_url_ttl_s,
         mirror_reserve_s=settings.mirror_reserve_s,
+        moderator=moderator,
+        moderate_prompts=settings.moderates_prompts,
+        moderate_images=settings.moderates_images,
+        moderation_reserve_s=settings.moderation_reserve_s,
+        on_blocked=_hand_blocked_to_worker if moderator is not None and settings.jobs_queue_url else None,
     )
+
+
+def _hand_blocked_to_worker(exc: ContentBlockedError) -> None:
+    """A synchronous block, queued for the worker to announce: the API itself never publishes events."""
+    assert exc.image_id is not None
+    notice = BlockedNotice(image_id=exc.image_id, target=exc.target, categories=exc.categories)  # type: ignore[arg-type]
+    job_queue().send_control(ControlMessage(blocked=notice))
 
 
 @lru_cache(maxsize=1)

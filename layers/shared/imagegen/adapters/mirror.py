@@ -10,6 +10,9 @@ While streaming it refuses a body that is not an image (PNG/JPEG/WebP magic byte
 Memory stays bounded: the body is read in chunks of at most 1 MiB into one multipart part buffer (5 MiB, the S3
 minimum part size, plus at most one chunk), uploaded as is when full: a 64 MB image needs ~6 MiB, not 64.
 Small images (one part) take a single PutObject.
+
+With content moderation on, ``screen`` sees the whole image (one part: moderation takes at most 4 MB) before its
+PutObject: a blocked image is never written, so there is nothing to fetch, remove or quarantine.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import socket
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Any
@@ -195,6 +198,9 @@ def _webp_size(data: bytes) -> tuple[int | None, int | None]:
 
 
 # ---------------------------------------------------------------------------------------------------- mirror
+Screen = Callable[[bytes, ImageKind], None]  # sees a whole image before it is stored; raises to refuse it
+
+
 class ImageMirror:
     def __init__(
         self,
@@ -217,12 +223,21 @@ class ImageMirror:
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
 
-    def mirror(self, url: str, key_stem: str, metadata: Mapping[str, str], deadline: Deadline) -> StoredImage:
-        """Fetch ``url`` and store it at ``key_stem`` + ``.<ext>``; return what was stored."""
+    def mirror(
+        self,
+        url: str,
+        key_stem: str,
+        metadata: Mapping[str, str],
+        deadline: Deadline,
+        *,
+        screen: Screen | None = None,
+    ) -> StoredImage:
+        """Fetch ``url`` and store it at ``key_stem`` + ``.<ext>``; return what was stored. ``screen`` (content
+        moderation) sees the whole image before anything is written and raises to refuse it."""
         response = self._open(url, deadline)
         with response:
             try:
-                return self._store(iter_body(response, deadline, self._max_bytes), key_stem, metadata)
+                return self._store(iter_body(response, deadline, self._max_bytes), key_stem, metadata, screen)
             except BodyTooLargeError as exc:
                 raise ImageRejectedError(f"image is too large: {exc}") from exc
             except DeadlineExceededError as exc:
@@ -261,7 +276,9 @@ class ImageMirror:
             return response
         raise ImageRejectedError(f"more than {MAX_REDIRECTS} redirects while downloading the image")
 
-    def _store(self, chunks: Iterator[bytes], key_stem: str, metadata: Mapping[str, str]) -> StoredImage:
+    def _store(
+        self, chunks: Iterator[bytes], key_stem: str, metadata: Mapping[str, str], screen: Screen | None = None
+    ) -> StoredImage:
         buffer = bytearray()
         kind: ImageKind | None = None
         digest = hashlib.sha256()
@@ -282,6 +299,10 @@ class ImageMirror:
                 if len(buffer) >= self._part_bytes:
                     # The whole buffer is the part (botocore takes a bytearray as is): no slice, no copy.
                     if upload_id is None:
+                        if screen is not None:  # moderation must see the whole image before any byte is stored
+                            raise ImageRejectedError(
+                                "the image is too large to be screened by content moderation: refused"
+                            )
                         upload_id = self._s3.create_multipart_upload(
                             Bucket=self._bucket, Key=key, ContentType=kind.content_type, Metadata=dict(metadata)
                         )["UploadId"]
@@ -293,6 +314,8 @@ class ImageMirror:
             sha256 = digest.hexdigest()
             full_metadata = {**metadata, "sha256": sha256, "bytes": str(total)}
             if upload_id is None:
+                if screen is not None:
+                    screen(bytes(buffer), kind)  # raises to refuse: nothing has been written
                 self._s3.put_object(
                     Bucket=self._bucket,
                     Key=key,
