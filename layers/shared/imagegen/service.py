@@ -2,29 +2,34 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
+from imagegen.adapters.convert import Conversion
 from imagegen.adapters.flux import FluxClient
 from imagegen.adapters.images_table import ImageRepository
 from imagegen.adapters.mirror import ImageMirror
 from imagegen.budget import Deadline
-from imagegen.errors import NotFoundError, UpstreamAuthError
+from imagegen.errors import NotFoundError, ServiceError, UpstreamAuthError
 from imagegen.models import (
     MAX_SEED,
     GenerationParameters,
     ImageDocument,
+    ImageFailure,
     ImageInfo,
     ImageRecord,
     ImageRequest,
+    ImagesDocument,
     Timings,
 )
 
@@ -42,15 +47,39 @@ def item_image_id(job_id: str, index: int) -> str:
 
 
 def resolve_parameters(request: ImageRequest) -> GenerationParameters:
-    """The effective parameters: a request without a seed gets a random one, returned so results reproduce."""
+    """The effective parameters: a request without a seed gets a random one, returned so results reproduce; the
+    size is the one asked for, or the aspect ratio's."""
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    width, height = request.size
     return GenerationParameters(
         prompt=request.prompt,
         num_steps=request.num_steps,
         seed=seed,
-        width=request.width,
-        height=request.height,
+        width=width,
+        height=height,
+        aspect_ratio=request.aspect_ratio,
+        megapixels=request.megapixels,
+        output_format=request.output_format,
+        output_quality=request.output_quality,
     )
+
+
+def image_requests(request: ImageRequest) -> list[ImageRequest]:
+    """One single-image request per image of ``num_images``: seeds ``seed``, ``seed+1``, … (wrapping past the
+    largest seed to 0), the base seed picked here when the caller gave none."""
+    if request.num_images == 1:
+        return [request]
+    base = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    return [
+        request.model_copy(update={"seed": (base + offset) % (MAX_SEED + 1), "num_images": 1})
+        for offset in range(request.num_images)
+    ]
+
+
+def conversion_of(request: ImageRequest | GenerationParameters) -> Conversion | None:
+    if request.output_format is None:
+        return None
+    return Conversion(request.output_format, request.output_quality)
 
 
 def object_metadata(image_id: str, params: GenerationParameters) -> dict[str, str]:
@@ -86,9 +115,50 @@ class ImageService:
         self._mirror_reserve_s = mirror_reserve_s
         self._now = now
 
-    def generate(self, request: ImageRequest, deadline: Deadline) -> ImageDocument:
-        """The synchronous path: a new image, answered with its document."""
-        return self.document(self.generate_record(request, deadline))
+    def generate(self, request: ImageRequest, deadline: Deadline) -> ImageDocument | ImagesDocument:
+        """The synchronous path: a new image, answered with its document; with ``num_images`` over 1, the images
+        generated in parallel within the same deadline (see ``generate_many``)."""
+        if request.num_images == 1:
+            return self.document(self.generate_record(request, deadline))
+        return self.generate_many(request, deadline)
+
+    def generate_many(self, request: ImageRequest, deadline: Deadline) -> ImagesDocument:
+        """``num_images`` images at once, one thread each, all bound by ``deadline``. Each is a whole
+        ``generate_record`` (its own id, upstream call, mirror and record), so each is fetchable by its id. Some
+        failing: the successes are answered with the failures listed; all failing: the first failure is raised."""
+        singles = image_requests(request)
+        with ThreadPoolExecutor(max_workers=len(singles), thread_name_prefix="image") as pool:
+            futures = [pool.submit(self.generate_record, single, deadline) for single in singles]
+        images: list[ImageDocument] = []
+        failed: list[ImageFailure] = []
+        errors: list[ServiceError] = []
+        for single, future in zip(singles, futures, strict=True):
+            error = future.exception()
+            if error is None:
+                images.append(self.document(future.result()))
+            elif isinstance(error, ServiceError):
+                errors.append(error)
+                failed.append(ImageFailure(seed=single.seed or 0, code=error.code, message=error.message))
+            else:
+                raise error  # a bug, not an outcome: the API's one handler answers it
+        if not images:
+            raise errors[0]
+        if failed:
+            metrics.add_metric(name="ImagesFailedInBatch", unit=MetricUnit.Count, value=len(failed))
+            logger.warning("some images of a batch failed", succeeded=len(images), failed=len(failed))
+        return ImagesDocument(images=images, failed=failed)
+
+    def inline(self, image: dict[str, Any]) -> int:
+        """Add ``b64_json`` (the stored file, base64) to an image document's ``image`` in place; its length.
+        Read back from the bucket (the answer stored for an Idempotency-Key holds URLs only), and checked against
+        the document's digest."""
+        info = image["image"]
+        bucket, key = info["s3_uri"].removeprefix("s3://").split("/", 1)
+        data = self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise ServiceError(f"the stored copy of image {image['id']} does not match its record")
+        info["b64_json"] = base64.b64encode(data).decode("ascii")
+        return len(info["b64_json"])
 
     def generate_record(
         self,
@@ -126,7 +196,13 @@ class ImageService:
             metrics.add_metric(name="SubscriptionKeyRefreshed", unit=MetricUnit.Count, value=1)
 
         key_stem = key_stem or f"images/{created_at:%Y/%m/%d}/{image_id}"
-        stored = self._mirror.mirror(upstream.output_url, key_stem, object_metadata(image_id, params), deadline)
+        stored = self._mirror.mirror(
+            upstream.output_url,
+            key_stem,
+            object_metadata(image_id, params),
+            deadline,
+            conversion=conversion_of(params),
+        )
         record = ImageRecord(
             id=image_id,
             parameters=params,

@@ -9,7 +9,9 @@ While streaming it refuses a body that is not an image (PNG/JPEG/WebP magic byte
 
 Memory stays bounded: the body is read in chunks of at most 1 MiB into one multipart part buffer (5 MiB, the S3
 minimum part size, plus at most one chunk), uploaded as is when full: a 64 MB image needs ~6 MiB, not 64.
-Small images (one part) take a single PutObject.
+Small images (one part) take a single PutObject. A conversion (``output_format``) cannot stream: it holds the
+source (at most the size cap), one decoded frame of at most 2048×2048 and the converted file
+(``benchmarks/convert_memory.py`` measures it).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import connection as urllib3_connection
 
+from imagegen.adapters.convert import Conversion, convert
 from imagegen.adapters.http import BodyTooLargeError, DeadlineExceededError, IncompleteBodyError, iter_body
 from imagegen.addresses import Network, is_public_address, parse_networks
 from imagegen.budget import Deadline
@@ -217,12 +220,24 @@ class ImageMirror:
         self._connect_timeout_s = connect_timeout_s
         self._read_timeout_s = read_timeout_s
 
-    def mirror(self, url: str, key_stem: str, metadata: Mapping[str, str], deadline: Deadline) -> StoredImage:
-        """Fetch ``url`` and store it at ``key_stem`` + ``.<ext>``; return what was stored."""
+    def mirror(
+        self,
+        url: str,
+        key_stem: str,
+        metadata: Mapping[str, str],
+        deadline: Deadline,
+        *,
+        conversion: Conversion | None = None,
+    ) -> StoredImage:
+        """Fetch ``url`` and store it at ``key_stem`` + ``.<ext>``; return what was stored. With ``conversion`` the
+        image is stored in that format (the extension, content type, size and digest are the stored file's)."""
         response = self._open(url, deadline)
         with response:
             try:
-                return self._store(iter_body(response, deadline, self._max_bytes), key_stem, metadata)
+                chunks = iter_body(response, deadline, self._max_bytes)
+                if conversion is not None:
+                    chunks = self._converted(chunks, conversion)
+                return self._store(chunks, key_stem, metadata)
             except BodyTooLargeError as exc:
                 raise ImageRejectedError(f"image is too large: {exc}") from exc
             except DeadlineExceededError as exc:
@@ -260,6 +275,20 @@ class ImageMirror:
                 raise ImageRejectedError(f"the image host answered HTTP {response.status_code}")
             return response
         raise ImageRejectedError(f"more than {MAX_REDIRECTS} redirects while downloading the image")
+
+    def _converted(self, chunks: Iterator[bytes], conversion: Conversion) -> Iterator[bytes]:
+        """The whole source (a conversion decodes the file, so it cannot stream), checked as an image, then the
+        converted file; the source as it is when it is already what was asked for."""
+        source = bytearray()
+        for chunk in chunks:
+            source += chunk
+        kind = self._identify(source)
+        if not conversion.needed_for(kind.content_type):
+            yield source
+            return
+        converted = convert(source, conversion, width=kind.width, height=kind.height)
+        del source
+        yield converted
 
     def _store(self, chunks: Iterator[bytes], key_stem: str, metadata: Mapping[str, str]) -> StoredImage:
         buffer = bytearray()
