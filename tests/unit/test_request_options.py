@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from imagegen.inline import inline_images, job_item_or_422
 from imagegen.errors import FieldsInvalidError, ResponseTooLargeError
+from imagegen.inline import inline_images, job_item_or_422
 from imagegen.models import (
     MAX_INLINE_B64,
     MAX_INLINE_PNG_PIXELS,
