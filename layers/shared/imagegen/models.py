@@ -16,7 +16,6 @@ from pydantic import (
     Field,
     PlainSerializer,
     ValidationError,
-    model_serializer,
     model_validator,
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
@@ -212,13 +211,12 @@ class ImageRequest(Model):
         return (self.width or DEFAULT_SIDE, self.height or DEFAULT_SIDE)
 
 
-def _without_unset_options(value: Any, handler: Any) -> Any:
-    """The parameters as today's document has them: an option the caller did not use is left out (not null)."""
-    data = handler(value)
-    return {key: inner for key, inner in data.items() if key in CORE_PARAMETERS or inner is not None}
+def _is_none(value: Any) -> bool:
+    return value is None
 
 
-CORE_PARAMETERS = frozenset({"prompt", "num_steps", "seed", "width", "height"})
+# An option the caller did not use is left out of an answer (not null): without options, documents stay as before.
+UNUSED_LEFT_OUT: Any = {"exclude_if": _is_none}
 
 
 class GenerationParameters(Model):
@@ -230,14 +228,10 @@ class GenerationParameters(Model):
     seed: int
     width: int
     height: int
-    aspect_ratio: AspectRatio | None = None
-    megapixels: float | None = None
-    output_format: OutputFormat | None = None
-    output_quality: int | None = None
-
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: Any) -> Any:
-        return _without_unset_options(self, handler)
+    aspect_ratio: AspectRatio | None = Field(None, **UNUSED_LEFT_OUT)
+    megapixels: float | None = Field(None, **UNUSED_LEFT_OUT)
+    output_format: OutputFormat | None = Field(None, **UNUSED_LEFT_OUT)
+    output_quality: int | None = Field(None, **UNUSED_LEFT_OUT)
 
 
 class StoredImage(Model):
@@ -268,14 +262,8 @@ class ImageInfo(Model):
     b64_json: str | None = Field(
         None,
         description="With `response_format: b64_json` only (left out otherwise): the stored file, base64-encoded.",
+        **UNUSED_LEFT_OUT,
     )
-
-    @model_serializer(mode="wrap")
-    def _serialize(self, handler: Any) -> Any:
-        data = handler(self)
-        if data.get("b64_json") is None:
-            data.pop("b64_json", None)  # a URL answer stays exactly as it was before the option existed
-        return data
 
 
 class Timings(Model):

@@ -277,18 +277,24 @@ class ImageMirror:
         raise ImageRejectedError(f"more than {MAX_REDIRECTS} redirects while downloading the image")
 
     def _converted(self, chunks: Iterator[bytes], conversion: Conversion) -> Iterator[bytes]:
-        """The whole source (a conversion decodes the file, so it cannot stream), checked as an image, then the
-        converted file; the source as it is when it is already what was asked for."""
-        source = bytearray()
+        """The converted file. The header is read first: a source already in the asked format (and no quality
+        asked for) streams on as it is; any other is read whole (decoding needs the whole file), converted, and
+        only the converted file goes on."""
+        head = bytearray()
         for chunk in chunks:
-            source += chunk
-        kind = self._identify(source)
+            head += chunk
+            if len(head) >= SNIFF_BYTES:
+                break
+        kind = self._identify(head)
         if not conversion.needed_for(kind.content_type):
-            yield source
+            yield head
+            yield from chunks
             return
-        converted = convert(source, conversion, width=kind.width, height=kind.height)
-        del source
-        yield converted
+        parts = [bytes(head), *chunks]
+        del head
+        source = b"".join(parts)  # one bytes object: Pillow reads it through a BytesIO without another copy
+        del parts
+        yield convert(source, conversion, width=kind.width, height=kind.height)
 
     def _store(self, chunks: Iterator[bytes], key_stem: str, metadata: Mapping[str, str]) -> StoredImage:
         buffer = bytearray()
