@@ -113,7 +113,8 @@ def main() -> int:
                 results[fmt].append(result)
                 print(
                     f"{fmt:5s} {result['content_type']:11s} {result['bytes']:>10,} B  "
-                    f"peak RSS +{result['peak_rss_increase_mb']:5.1f} MB  tracemalloc {result['tracemalloc_peak_mb']:5.1f} MB"
+                    f"peak RSS +{result['peak_rss_increase_mb']:5.1f} MB  "
+                    f"tracemalloc {result['tracemalloc_peak_mb']:5.1f} MB"
                     f"  ({time.perf_counter() - started:.1f} s)"
                 )
     finally:
