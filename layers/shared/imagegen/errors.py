@@ -151,7 +151,7 @@ class FieldsInvalidError(ServiceError):
         super().__init__(
             f"the request is invalid: {summary}",
             details=[
-                {"location": f"{location}.{field}", "field": field, "message": message, "type": "value_error"}
+                {"location": f"{location}.{field}", "field": field, "message": message, "type": "conflicting_fields"}
                 for field, message in problems
             ],
         )
