@@ -135,7 +135,8 @@ def test_jsonl_problems_name_file_line_and_field_and_nothing_is_sent(
     assert result.code == 2
     for expected in [
         f"{path}:2: num_steps: must be an integer, not a string",
-        f"{path}:3: stepz: unknown field (allowed: prompt, num_steps, seed, width, height)",
+        f"{path}:3: stepz: unknown field (allowed: prompt, num_steps, seed, width, height, aspect_ratio, "
+        "megapixels, output_format, output_quality, num_images)",
         f"{path}:4: prompt: must not be blank",
         f"{path}:5: width: 500 is not a multiple of 16",
         f"{path}:5: seed: must be an integer, not a boolean",
