@@ -47,7 +47,7 @@ def convert(data: bytes, conversion: Conversion, *, width: int | None, height: i
     try:
         with Image.open(io.BytesIO(data)) as source:
             source.load()
-            image = source
+            image: Image.Image = source
             if conversion.format == "jpeg" and image.mode not in ("RGB", "L"):
                 image = image.convert("RGB")  # JPEG has no alpha
             elif image.mode not in ("RGB", "RGBA", "L", "LA"):
