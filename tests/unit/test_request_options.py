@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from imagegen.errors import FieldsInvalidError, ResponseTooLargeError
 from imagegen.inline import inline_images, job_item_or_422
 from imagegen.models import (
@@ -259,3 +261,15 @@ def test_generation_parameters_keep_the_options_used() -> None:
     params = GenerationParameters(prompt="p", num_steps=4, seed=1, width=512, height=512, output_format="webp")
     assert params.model_dump(mode="json")["output_format"] == "webp"
     assert "output_quality" not in params.model_dump(mode="json")
+
+
+@given(ratio=st.sampled_from(RATIOS), megapixels=st.floats(min_value=0.0625, max_value=4))
+def test_any_preset_size_is_valid_for_the_upstream_and_near_the_ratio_and_area(ratio: str, megapixels: float) -> None:
+    width, height = size_for(ratio, megapixels)
+    # Then the sides are what ImageRequest accepts for width/height (so the upstream gets a valid size) ...
+    assert ImageRequest.model_validate({"prompt": "p", "width": width, "height": height}).size == (width, height)
+    # ... the ratio holds within the rounding to 16 px, and the area is the one asked for unless a side hit a bound
+    ratio_w, ratio_h = (int(part) for part in ratio.split(":"))
+    assert abs(width / height - ratio_w / ratio_h) / (ratio_w / ratio_h) < 0.08
+    if min(width, height) > 256 and max(width, height) < 2048:
+        assert abs(width * height / (megapixels * 1024 * 1024) - 1) < 0.1
