@@ -107,6 +107,14 @@ def size_for(aspect_ratio: str, megapixels: float = 1.0) -> tuple[int, int]:
     )
 
 
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+# An option the caller did not use is left out of an answer (not null): without options, documents stay as before.
+UNUSED_LEFT_OUT: Any = {"exclude_if": _is_none}
+
+
 class ImageRequest(Model):
     """What a caller asks for. Unknown fields are rejected, so a typo never silently does nothing. Numbers are
     taken as written: an integer field refuses `4.0` and `"4"` (422), as it refuses any other type."""
@@ -143,6 +151,7 @@ class ImageRequest(Model):
         None,
         description="A preset instead of `width`/`height`: the nearest sides in multiples of 16 within 256–2048 "
         "for `megapixels` (the document shows the sides used).",
+        **UNUSED_LEFT_OUT,
     )
     megapixels: float | None = Field(
         None,
@@ -151,6 +160,7 @@ class ImageRequest(Model):
         allow_inf_nan=False,
         description="With `aspect_ratio` only: the image's size in megapixels of 1024×1024 pixels, 0.0625–4. "
         "Default 1.",
+        **UNUSED_LEFT_OUT,
     )
     num_images: int = Field(
         1,
@@ -160,13 +170,16 @@ class ImageRequest(Model):
         '`{"images": [...]}`; not with `Prefer: respond-async`, nor in a job\'s items.',
     )
     output_format: OutputFormat | None = Field(
-        None, description="Convert the image while storing it. Omitted: stored as the upstream made it (PNG)."
+        None,
+        description="Convert the image while storing it. Omitted: stored as the upstream made it (PNG).",
+        **UNUSED_LEFT_OUT,
     )
     output_quality: int | None = Field(
         None,
         ge=1,
         le=100,
         description=f"1–100, with `output_format` `jpeg` or `webp` only. Default {DEFAULT_QUALITY}.",
+        **UNUSED_LEFT_OUT,
     )
     response_format: ResponseFormat = Field(
         "url",
@@ -209,14 +222,6 @@ class ImageRequest(Model):
         if self.aspect_ratio is not None:
             return size_for(self.aspect_ratio, self.megapixels if self.megapixels is not None else 1.0)
         return (self.width or DEFAULT_SIDE, self.height or DEFAULT_SIDE)
-
-
-def _is_none(value: Any) -> bool:
-    return value is None
-
-
-# An option the caller did not use is left out of an answer (not null): without options, documents stay as before.
-UNUSED_LEFT_OUT: Any = {"exclude_if": _is_none}
 
 
 class GenerationParameters(Model):
