@@ -424,7 +424,10 @@ JsonMetadata = Annotated[
 
 # What _web_url accepts, for the spec: a scheme, an ASCII host name (no credentials), an optional port, then
 # anything without spaces. (IPv6 literals are accepted too, but left out here.)
-WEB_URL_PATTERN = r"^https?://[A-Za-z0-9._~%!$&'()*+,;=-]+(:[0-9]*)?([/?#]\S*)?$"
+# The port is 0-65535 in the pattern itself: a schema-valid URL must not be refused for its port (the fuzzing found
+# https://host:4601590822 accepted by the spec and refused by the model).
+PORT_PATTERN = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+WEB_URL_PATTERN = rf"^https?://[A-Za-z0-9._~%!$&'()*+,;=-]+(:{PORT_PATTERN}?)?([/?#]\S*)?$"
 
 
 def _web_url(value: str | None) -> str | None:
