@@ -27,7 +27,6 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagegen.budget import Deadline
 from imagegen.errors import ConfigurationError, ServiceError, UnsupportedMediaTypeError
-from imagegen.inline import inline_images, job_item_or_422
 from imagegen.models import (
     IMAGE_ID_PATTERN,
     JOB_ID_PATTERN,
@@ -278,6 +277,8 @@ def create_image(
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response[ImageDocument | ImagesDocument | JobDocument]:
     if _wants_async(prefer):
+        from imagegen.inline import job_item_or_422  # only when asked: nothing more loads at cold start
+
         job_item_or_422(request)
 
         def enqueue() -> dict[str, Any]:
@@ -302,6 +303,8 @@ def create_image(
 
     answer = _keyed("POST /v1/images", idempotency_key, request.model_dump(mode="json"), generate)
     if request.response_format == "b64_json":
+        from imagegen.inline import inline_images
+
         # After the idempotency layer: the stored answer holds URLs only (an inline body would pass DynamoDB's
         # 400 KB item), so a first answer and a replay alike read the bytes from the bucket here.
         answer = inline_images(image_service(), answer)

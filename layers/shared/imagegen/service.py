@@ -10,12 +10,11 @@ import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 
-from imagegen.adapters.convert import Conversion
 from imagegen.adapters.flux import FluxClient
 from imagegen.adapters.images_table import ImageRepository
 from imagegen.adapters.mirror import ImageMirror
@@ -32,6 +31,9 @@ from imagegen.models import (
     ImagesDocument,
     Timings,
 )
+
+if TYPE_CHECKING:
+    from imagegen.adapters.convert import Conversion
 
 logger = Logger(child=True)
 metrics = Metrics()
@@ -79,6 +81,8 @@ def image_requests(request: ImageRequest) -> list[ImageRequest]:
 def conversion_of(request: ImageRequest | GenerationParameters) -> Conversion | None:
     if request.output_format is None:
         return None
+    from imagegen.adapters.convert import Conversion  # only a conversion loads it (and Pillow, later)
+
     return Conversion(request.output_format, request.output_quality)
 
 

@@ -22,7 +22,7 @@ import struct
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -32,12 +32,14 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import connection as urllib3_connection
 
-from imagegen.adapters.convert import Conversion, convert
 from imagegen.adapters.http import BodyTooLargeError, DeadlineExceededError, IncompleteBodyError, iter_body
 from imagegen.addresses import Network, is_public_address, parse_networks
 from imagegen.budget import Deadline
 from imagegen.errors import ImageRejectedError, UpstreamTimeoutError
 from imagegen.models import StoredImage
+
+if TYPE_CHECKING:
+    from imagegen.adapters.convert import Conversion
 
 logger = Logger(child=True)
 S3_MIN_PART_BYTES = 5 * 1024 * 1024
@@ -290,6 +292,8 @@ class ImageMirror:
             yield head
             yield from chunks
             return
+        from imagegen.adapters.convert import convert  # a conversion only: never at cold start
+
         parts = [bytes(head), *chunks]
         del head
         source = b"".join(parts)  # one bytes object: Pillow reads it through a BytesIO without another copy
