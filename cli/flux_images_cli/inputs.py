@@ -21,8 +21,22 @@ from flux_images import idempotency
 
 from flux_images_cli.api import UsageError
 
-FIELDS = ("prompt", "num_steps", "seed", "width", "height")
-INT_FIELDS = ("num_steps", "seed", "width", "height")
+FIELDS = (
+    "prompt",
+    "num_steps",
+    "seed",
+    "width",
+    "height",
+    "aspect_ratio",
+    "megapixels",
+    "output_format",
+    "output_quality",
+    "num_images",
+)
+INT_FIELDS = ("num_steps", "seed", "width", "height", "output_quality", "num_images")
+ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21")
+OUTPUT_FORMATS = ("png", "jpeg", "webp")
+MAX_NUM_IMAGES = 4
 MAX_ITEMS_PER_JOB = 1000
 MAX_PROMPT_CHARS = 2000
 MAX_SEED = 4_294_967_295
@@ -68,12 +82,27 @@ def field_problem(name: str, value: Any) -> str | None:
         return None
     if name == "seed" and value is None:
         return None  # explicit null: the service picks the seed
+    if name in {"aspect_ratio", "output_format"}:
+        allowed = ASPECT_RATIOS if name == "aspect_ratio" else OUTPUT_FORMATS
+        if value not in allowed:
+            return f"{json.dumps(value)[:40]} is not one of {', '.join(allowed)}"
+        return None
+    if name == "megapixels":
+        if not isinstance(value, int | float) or isinstance(value, bool):
+            return f"must be a number, not {_json_type(value)}"
+        if not 0.0625 <= value <= 4:
+            return f"{value} is out of range 0.0625–4"
+        return None
     if not isinstance(value, int) or isinstance(value, bool):
         return f"must be an integer, not {_json_type(value)} {json.dumps(value)[:40]}"
     if name == "num_steps" and not 1 <= value <= 8:
         return f"{value} is out of range 1–8"
     if name == "seed" and not 0 <= value <= MAX_SEED:
         return f"{value} is out of range 0–{MAX_SEED}"
+    if name == "output_quality" and not 1 <= value <= 100:
+        return f"{value} is out of range 1–100"
+    if name == "num_images" and not 1 <= value <= MAX_NUM_IMAGES:
+        return f"{value} is out of range 1–{MAX_NUM_IMAGES}"
     if name in {"width", "height"}:
         if not 256 <= value <= 2048:
             return f"{value} is out of range 256–2048"
@@ -98,6 +127,21 @@ def _json_type(value: Any) -> str:
     return type(value).__name__
 
 
+def combination_problems(fields: dict[str, Any]) -> list[tuple[str, str]]:
+    """The service's rules across fields, each field of a broken rule named (as the API's 422 does)."""
+    problems: list[tuple[str, str]] = []
+    sides = [name for name in ("width", "height") if fields.get(name) is not None]
+    if fields.get("aspect_ratio") is not None and sides:
+        reason = f"aspect_ratio and {' and '.join(sides)} are mutually exclusive: give one or the other"
+        problems += [(name, reason) for name in ("aspect_ratio", *sides)]
+    if fields.get("megapixels") is not None and fields.get("aspect_ratio") is None:
+        problems.append(("megapixels", "needs aspect_ratio"))
+    if fields.get("output_quality") is not None and fields.get("output_format") not in ("jpeg", "webp"):
+        reason = "output_quality needs output_format jpeg or webp"
+        problems += [("output_quality", reason), ("output_format", reason)]
+    return problems
+
+
 def _check_request(fields: dict[str, Any], source: str, problems: list[str]) -> bool:
     ok = True
     for name, value in fields.items():
@@ -106,6 +150,44 @@ def _check_request(fields: dict[str, Any], source: str, problems: list[str]) -> 
             problems.append(f"{source}: {name}: {problem}")
             ok = False
     return ok
+
+
+def _check_combined(request: dict[str, Any], source: str, problems: list[str]) -> bool:
+    found = combination_problems(request)
+    problems += [f"{source}: {name}: {reason}" for name, reason in found]
+    return not found
+
+
+SIZE_BY_SIDES, SIZE_BY_RATIO = ("width", "height"), ("aspect_ratio", "megapixels")
+
+
+def with_defaults(defaults: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """A line's fields over the command line's defaults. The line's own way of sizing wins whole: a line with
+    width/height drops a default aspect_ratio/megapixels, and the other way round."""
+    merged = dict(defaults)
+    for own, other in ((SIZE_BY_SIDES, SIZE_BY_RATIO), (SIZE_BY_RATIO, SIZE_BY_SIDES)):
+        if any(name in fields for name in own):
+            for name in other:
+                merged.pop(name, None)
+    return {**merged, **fields}
+
+
+def expand_num_images(item: Item) -> list[Item]:
+    """A job item makes one image: ``num_images`` N becomes N items, seeds ``seed``, ``seed+1``, … when a seed is
+    given (as ``POST /v1/images`` numbers them), else each picked by the service."""
+    request = dict(item.request)
+    count = request.pop("num_images", 1)
+    if count == 1:
+        return [Item(request, item.source, item.own)]
+    seed = request.get("seed")
+    return [
+        Item(
+            {**request, **({"seed": (seed + offset) % (MAX_SEED + 1)} if seed is not None else {})},
+            f"{item.source} (image {offset + 1}/{count})",
+            item.own,
+        )
+        for offset in range(count)
+    ]
 
 
 # ------------------------------------------------------------------------------------------------ formats
@@ -135,7 +217,7 @@ def _jsonl_items(text: str, label: str, defaults: dict[str, Any], problems: list
             problems.append(f"{source}: prompt: missing (every line needs a prompt)")
         fields = {key: val for key, val in value.items() if key in FIELDS}
         if _check_request(fields, source, problems) and not unknown and "prompt" in value:
-            items.append(Item({**defaults, **fields}, source, frozenset(fields)))
+            items.append(Item(with_defaults(defaults, fields), source, frozenset(fields)))
     return items
 
 
@@ -178,6 +260,16 @@ def _csv_items(text: str, label: str, defaults: dict[str, Any], problems: list[s
             cell = cell.strip()
             if not cell:
                 continue  # empty cell: the default
+            if name in {"aspect_ratio", "output_format"}:
+                fields[name] = cell
+                continue
+            if name == "megapixels":
+                try:
+                    fields[name] = float(cell)
+                except ValueError:
+                    problems.append(f"{source}: {name}: {cell[:40]!r} is not a number")
+                    ok = False
+                continue
             if not _INTEGER.fullmatch(cell):
                 problems.append(f"{source}: {name}: {cell[:40]!r} is not an integer")
                 ok = False
@@ -187,7 +279,7 @@ def _csv_items(text: str, label: str, defaults: dict[str, Any], problems: list[s
             problems.append(f"{source}: prompt: missing")
             continue
         if _check_request(fields, source, problems) and ok:
-            items.append(Item({**defaults, **fields}, source, frozenset(fields)))
+            items.append(Item(with_defaults(defaults, fields), source, frozenset(fields)))
     if header is None:
         problems.append(f"{label}: empty CSV (the first line must be a header naming the columns, with 'prompt')")
     return items
@@ -248,6 +340,8 @@ def load_items(
         source = f"--prompt #{number}"
         if _check_request({"prompt": prompt}, source, problems):
             items.append(Item({**defaults, "prompt": prompt}, source, frozenset({"prompt"})))
+    items = [item for item in items if _check_combined(item.request, item.source, problems)]
+    items = [single for item in items for single in expand_num_images(item)]
     if problems:
         raise InputError(problems)
     if not items:

@@ -34,10 +34,12 @@ from flux_images_cli.api import (
 )
 from flux_images_cli.download import Downloader, DownloadReport
 from flux_images_cli.inputs import (
+    ASPECT_RATIOS,
     FIELDS,
     MAX_ITEMS_PER_JOB,
     MAX_JOB_BODY_BYTES,
     MAX_LINES_PER_UPLOAD,
+    OUTPUT_FORMATS,
     JobPlan,
     UploadPlan,
     check_metadata,
@@ -126,6 +128,28 @@ def _field_type(name: str) -> Callable[[str], int]:
 
     parse.__name__ = name
     return parse
+
+
+def _megapixels(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    problem = field_problem("megapixels", value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return value
+
+
+def _output_format(text: str) -> str:
+    if text in ("auto", "jsonl", "csv"):
+        raise argparse.ArgumentTypeError(
+            "--format is the format the images are stored in (png, jpeg, webp); the prompts file's format is "
+            "--input-format"
+        )
+    if text not in OUTPUT_FORMATS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    return text
 
 
 def _positive_float(text: str) -> float:
@@ -244,7 +268,7 @@ examples:
         "--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeatable; after the file's)"
     )
     submit.add_argument(
-        "--format",
+        "--input-format",
         choices=["auto", "jsonl", "csv"],
         default="auto",
         help="input format (default: by extension/content)",
@@ -253,6 +277,32 @@ examples:
     defaults.add_argument("--width", type=_field_type("width"), metavar="PX", help="256–2048, multiple of 16 [1024]")
     defaults.add_argument("--height", type=_field_type("height"), metavar="PX", help="256–2048, multiple of 16 [1024]")
     defaults.add_argument("--num-steps", type=_field_type("num_steps"), metavar="N", help="1–8 [4]")
+    defaults.add_argument(
+        "--num-images",
+        type=_field_type("num_images"),
+        metavar="N",
+        help="1–4 images per prompt, seeds seed, seed+1, … (each its own job item) [1]",
+    )
+    defaults.add_argument(
+        "--aspect-ratio", choices=ASPECT_RATIOS, help="a size preset instead of --width/--height [1:1 at 1 MP]"
+    )
+    defaults.add_argument(
+        "--megapixels", type=_megapixels, metavar="MP", help="with --aspect-ratio: 0.0625–4 (1 = 1024x1024) [1]"
+    )
+    defaults.add_argument(
+        "--format",
+        dest="output_format",
+        type=_output_format,
+        metavar="{png,jpeg,webp}",
+        help="store the images in this format [as generated: png]",
+    )
+    defaults.add_argument(
+        "--quality",
+        dest="output_quality",
+        type=_field_type("output_quality"),
+        metavar="Q",
+        help="1–100, jpeg/webp [90]",
+    )
     defaults.add_argument(
         "--seed", type=_field_type("seed"), metavar="N", help="0–4294967295 [picked by the service per item]"
     )
@@ -438,7 +488,7 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
     if args.prompts_file is None and not args.prompt:
         raise UsageError("nothing to submit: give a prompts file (JSONL or CSV, '-' for stdin) or --prompt TEXT")
     defaults = {name: getattr(args, name) for name in FIELDS if name != "prompt" and getattr(args, name) is not None}
-    items = load_items(args.prompts_file, args.prompt, defaults, fmt=args.format)
+    items = load_items(args.prompts_file, args.prompt, defaults, fmt=args.input_format)
     for name in overridden_defaults(items, defaults):
         console.warn(
             f"--{name.replace('_', '-')} {defaults[name]} changes nothing: every input line sets its own {name} "

@@ -35,6 +35,7 @@ from imagegen.models import (
     ErrorResponse,
     ImageDocument,
     ImageRequest,
+    ImagesDocument,
     JobDocument,
     JobRequest,
     UploadDocument,
@@ -217,23 +218,23 @@ def _answer(answer: dict[str, Any]) -> Response:
     )
 
 
-def _keyed(operation: str, idempotency_key: str | None, body: Any, execute: Callable[[], dict[str, Any]]) -> Response:
+def _keyed(
+    operation: str, idempotency_key: str | None, body: Any, execute: Callable[[], dict[str, Any]]
+) -> dict[str, Any]:
     """Run ``execute`` once per Idempotency-Key (scoped to the caller's API key), or plainly without one."""
     if idempotency_key is None:
-        return _answer(execute())
+        return execute()
     from imagegen.wiring import idempotent_runner
 
     identity = app.current_event.request_context.identity
     scope = identity.api_key_id or identity.api_key or "anonymous"
-    return _answer(
-        idempotent_runner()(
-            scope=scope,
-            operation=operation,
-            key=idempotency_key,
-            body=body,
-            execute=execute,
-            lambda_context=app.lambda_context,
-        )
+    return idempotent_runner()(
+        scope=scope,
+        operation=operation,
+        key=idempotency_key,
+        body=body,
+        execute=execute,
+        lambda_context=app.lambda_context,
     )
 
 
@@ -265,14 +266,18 @@ def _wants_async(prefer: str | None) -> bool:
     "/v1/images",
     summary="Generate an image",
     description=(
-        "Generates one image synchronously and answers with its document and a presigned URL. "
+        "Generates one image (or `num_images`, in parallel) synchronously and answers with its document and a "
+        "presigned URL (or the bytes inline with `response_format: b64_json`). "
         "With `Prefer: respond-async` the image is queued as a one-item job instead (202)."
     ),
     responses={
         201: {
-            "description": "The image was generated and stored.",
-            "content": {"application/json": {"model": ImageDocument}},
-            "headers": {"Location": _header("The image: `/v1/images/{id}`.", required=True), **REPLAYED},
+            "description": (
+                "The image was generated and stored (`ImageDocument`); with `num_images` over 1, the images "
+                "(`ImagesDocument`: the successes, and the failures when only some failed)."
+            ),
+            "content": {"application/json": {"model": ImageDocument | ImagesDocument}},
+            "headers": {"Location": _header("The (first) image: `/v1/images/{id}`.", required=True), **REPLAYED},
         },
         **ACCEPTED,
         **GENERATION_ERRORS,
@@ -289,15 +294,18 @@ def create_image(
         str | None, Header(alias="Prefer", description="`respond-async` queues the image (202) instead of waiting.")
     ] = None,
     idempotency_key: IdempotencyKeyHeader = None,
-) -> Response[ImageDocument | JobDocument]:
+) -> Response[ImageDocument | ImagesDocument | JobDocument]:
     if _wants_async(prefer):
+        from imagegen.inline import job_item_or_422  # only when asked: nothing more loads at cold start
+
+        job_item_or_422(request)
 
         def enqueue() -> dict[str, Any]:
             answer = _accepted(job_service().submit(JobRequest(items=[request])))
             answer["headers"]["Preference-Applied"] = "respond-async"
             return answer
 
-        return _keyed("POST /v1/images async", idempotency_key, request.model_dump(mode="json"), enqueue)
+        return _answer(_keyed("POST /v1/images async", idempotency_key, request.model_dump(mode="json"), enqueue))
 
     def generate() -> dict[str, Any]:
         settings = get_settings()
@@ -305,13 +313,21 @@ def create_image(
             app.lambda_context, cap_s=settings.api_budget_s, reserve_s=settings.response_reserve_s
         )
         document = image_service().generate(request, deadline)
+        first = document.images[0] if isinstance(document, ImagesDocument) else document
         return {
             "status": 201,
             "body": document.model_dump(mode="json"),
-            "headers": {"Location": _public_link(f"/v1/images/{document.id}")},
+            "headers": {"Location": _public_link(f"/v1/images/{first.id}")},
         }
 
-    return _keyed("POST /v1/images", idempotency_key, request.model_dump(mode="json"), generate)
+    answer = _keyed("POST /v1/images", idempotency_key, request.model_dump(mode="json"), generate)
+    if request.response_format == "b64_json":
+        from imagegen.inline import inline_images
+
+        # After the idempotency layer: the stored answer holds URLs only (an inline body would pass DynamoDB's
+        # 400 KB item), so a first answer and a replay alike read the bytes from the bucket here.
+        answer = inline_images(image_service(), answer)
+    return _answer(answer)
 
 
 @app.post(
@@ -369,11 +385,13 @@ def create_job(
     request: Annotated[JobRequest, Body()],
     idempotency_key: IdempotencyKeyHeader = None,
 ) -> Response[JobDocument]:
-    return _keyed(
-        "POST /v1/jobs",
-        idempotency_key,
-        request.model_dump(mode="json"),
-        lambda: _accepted(job_service().submit(request)),
+    return _answer(
+        _keyed(
+            "POST /v1/jobs",
+            idempotency_key,
+            request.model_dump(mode="json"),
+            lambda: _accepted(job_service().submit(request)),
+        )
     )
 
 

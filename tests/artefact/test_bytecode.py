@@ -125,3 +125,14 @@ def test_handler_loads_no_tracing_sdk_nor_parser_models(host_dir: Path, logical_
     loaded = sorted(name for name in result["modules"] if name.split(".")[0] in NEVER_LOADED[:2])
     loaded += sorted(name for name in result["modules"] if name.startswith(NEVER_LOADED[2]))
     assert loaded == [], f"{logical_id} loaded {loaded[:10]} with XRAY_SDK_TRACING=false"
+
+
+@pytest.mark.parametrize("logical_id", sorted(HANDLERS))
+def test_handler_loads_no_imaging_library(host_dir: Path, logical_id: str) -> None:
+    # Given the artefact, whose dependencies layer ships Pillow for output_format conversions
+    assert list((host_dir / "DependenciesLayer" / "python" / "PIL").glob("_imaging.*.so")), "Pillow is not shipped"
+    # When each handler is imported and handles its first event (no conversion asked for)
+    result = probe(host_dir, logical_id)
+    # Then Pillow was not imported: only a conversion loads it (imagegen.adapters.convert)
+    loaded = sorted(name for name in result["modules"] if name.split(".")[0] == "PIL")
+    assert loaded == [], f"{logical_id} loaded {loaded[:10]} at cold start"

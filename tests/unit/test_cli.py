@@ -137,7 +137,8 @@ def test_jsonl_problems_name_file_line_and_field_and_nothing_is_sent(
     assert result.code == 2
     for expected in [
         f"{path}:2: num_steps: must be an integer, not a string",
-        f"{path}:3: stepz: unknown field (allowed: prompt, num_steps, seed, width, height)",
+        f"{path}:3: stepz: unknown field (allowed: prompt, num_steps, seed, width, height, aspect_ratio, "
+        "megapixels, output_format, output_quality, num_images)",
         f"{path}:4: prompt: must not be blank",
         f"{path}:5: width: 500 is not a multiple of 16",
         f"{path}:5: seed: must be an integer, not a boolean",
@@ -979,3 +980,56 @@ def test_a_resumed_download_makes_no_call_for_the_files_already_there(
     calls, fetches, result = resume()
     assert calls == [0, 10, 20] and fetches == ["20.png", "21.png", "24.png"]
     assert len(fake.requests_to("image_doc")) == 1
+
+
+# ------------------------------------------------------------------------------------------------ image options
+def _submitted_items(fake: FakeJobsApi) -> list[dict[str, Any]]:
+    return [item for seen in fake.requests_to("create") for item in seen.json["items"]]
+
+
+def test_image_options_go_in_every_item_and_num_images_becomes_items_with_consecutive_seeds(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    # Given two prompts, one with its own size, and the options on the command line
+    prompts = jsonl(tmp_path / "p.jsonl", "a fox", {"prompt": "a hare", "width": 512, "height": 256, "seed": 9})
+    argv = ["--aspect-ratio", "16:9", "--megapixels", "0.5", "--format", "webp", "--quality", "70", "--num-images", "2"]
+    # When submitted
+    submit_no_wait(run, prompts, *argv)
+    # Then each prompt became two items; the line's own size wins over the preset; the seeds follow the line's
+    items = _submitted_items(fake)
+    assert len(items) == 4
+    fox, hare = items[:2], items[2:]
+    assert all(i["aspect_ratio"] == "16:9" and i["megapixels"] == 0.5 and "seed" not in i for i in fox)
+    assert [(i["width"], i["height"], i["seed"]) for i in hare] == [(512, 256, 9), (512, 256, 10)]
+    assert all("aspect_ratio" not in i and "megapixels" not in i for i in hare)
+    assert all(i["output_format"] == "webp" and i["output_quality"] == 70 for i in items)
+    assert all("num_images" not in i for i in items)
+
+
+def test_image_option_problems_name_the_field(run: Runner, tmp_path: Path) -> None:
+    both = jsonl(tmp_path / "b.jsonl", {"prompt": "x", "aspect_ratio": "1:1", "width": 512})
+    result = run("submit", both, "--dry-run")
+    assert result.code == 2
+    assert "b.jsonl:1: aspect_ratio: aspect_ratio and width are mutually exclusive" in result.err
+    assert "b.jsonl:1: width: aspect_ratio and width are mutually exclusive" in result.err
+    quality = run("submit", "--prompt", "x", "--quality", "50", "--dry-run")
+    assert quality.code == 2 and "output_quality: output_quality needs output_format jpeg or webp" in quality.err
+    assert run("submit", "--prompt", "x", "--num-images", "5", "--dry-run").code == 2
+    assert run("submit", "--prompt", "x", "--aspect-ratio", "2:1", "--dry-run").code == 2
+    old = run("submit", "--prompt", "x", "--format", "jsonl", "--dry-run")
+    assert old.code == 2 and "--input-format" in old.err
+    csv_file = write(tmp_path / "c.csv", "prompt,aspect_ratio,megapixels,output_format\nx,21:9,two,gif\n")
+    bad_csv = run("submit", csv_file, "--dry-run")
+    assert bad_csv.code == 2
+    assert "c.csv:2: megapixels: 'two' is not a number" in bad_csv.err
+    assert "c.csv:2: output_format" in bad_csv.err
+
+
+def test_csv_takes_the_image_option_columns(run: Runner, fake: FakeJobsApi, tmp_path: Path) -> None:
+    csv_file = write(
+        tmp_path / "c.csv", "prompt,aspect_ratio,megapixels,output_format,output_quality\nx,9:16,2,jpeg,80\n"
+    )
+    submit_no_wait(run, csv_file, "--input-format", "csv")
+    assert _submitted_items(fake) == [
+        {"prompt": "x", "aspect_ratio": "9:16", "megapixels": 2.0, "output_format": "jpeg", "output_quality": 80}
+    ]

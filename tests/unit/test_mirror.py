@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import random
 import socket
 import struct
@@ -16,6 +17,7 @@ import pytest
 import requests
 import urllib3.util.connection
 from imagegen.adapters import mirror as mirror_module
+from imagegen.adapters.convert import Conversion
 from imagegen.adapters.http import CHUNK_BYTES
 from imagegen.adapters.mirror import (
     S3_MIN_PART_BYTES,
@@ -685,3 +687,96 @@ def test_image_mirror_an_image_over_one_part_cannot_be_screened_and_leaves_nothi
     with pytest.raises(ImageRejectedError, match="too large to be screened"):
         mirror.mirror(http_server.url("/big.png"), STEM, METADATA, Deadline.after(20), screen=lambda data, kind: None)
     assert spy.calls == [] and _keys(s3) == [] and _pending_uploads(s3) == []
+
+
+# ---------------------------------------------------------------------------------------------------- conversion
+def _pillow_image(fmt: str, width: int, height: int, mode: str = "RGB") -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new(mode, (width, height), (10, 120, 200, 128)[: len(mode)]).save(out, format=fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("source", "conversion", "content_type", "extension", "pillow_format"),
+    [
+        (("PNG", "RGB"), Conversion("jpeg", 80), "image/jpeg", "jpg", "JPEG"),
+        (("PNG", "RGBA"), Conversion("jpeg"), "image/jpeg", "jpg", "JPEG"),  # alpha dropped: JPEG has none
+        (("PNG", "RGBA"), Conversion("webp", 50), "image/webp", "webp", "WEBP"),
+        (("JPEG", "RGB"), Conversion("png"), "image/png", "png", "PNG"),
+        (("JPEG", "RGB"), Conversion("jpeg", 30), "image/jpeg", "jpg", "JPEG"),  # a quality re-encodes
+        (("WEBP", "RGB"), Conversion("png"), "image/png", "png", "PNG"),
+    ],
+)
+def test_image_mirror_converts_and_describes_the_stored_file(
+    s3: Any,
+    http_server: Any,
+    source: tuple[str, str],
+    conversion: Conversion,
+    content_type: str,
+    extension: str,
+    pillow_format: str,
+) -> None:
+    from PIL import Image
+
+    # Given an image host serving a 320x240 image in the source format
+    body = _pillow_image(source[0], 320, 240, source[1])
+    http_server.reply(200, body, {"Content-Type": "application/octet-stream"})
+    mirror, _ = _mirror(s3)
+    # When mirrored with a conversion
+    stored = mirror.mirror(http_server.url("/x"), STEM, METADATA, Deadline.after(10), conversion=conversion)
+    # Then the stored object is that format, and the record describes it (not the source)
+    data = s3.get_object(Bucket=BUCKET, Key=stored.key)["Body"].read()
+    assert stored.key == f"{STEM}.{extension}"
+    assert (stored.content_type, stored.bytes, stored.sha256) == (
+        content_type,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+    )
+    assert (stored.width, stored.height) == (320, 240)
+    assert s3.head_object(Bucket=BUCKET, Key=stored.key)["ContentType"] == content_type
+    with Image.open(io.BytesIO(data)) as image:
+        assert image.format == pillow_format and image.size == (320, 240)
+
+
+def test_image_mirror_same_format_without_quality_is_stored_as_it_is(s3: Any, http_server: Any) -> None:
+    body = png(640, 480, 200_000)  # not decodable by Pillow: proves nothing decoded it
+    http_server.reply(200, body, {"Content-Type": "image/png"})
+    mirror, spy = _mirror(s3)
+    stored = mirror.mirror(http_server.url("/x"), STEM, METADATA, Deadline.after(10), conversion=Conversion("png"))
+    assert stored.sha256 == hashlib.sha256(body).hexdigest() and spy.calls == ["put_object"]
+
+
+def test_image_mirror_conversion_refuses_an_undecodable_or_oversized_image(s3: Any, http_server: Any) -> None:
+    mirror, _ = _mirror(s3)
+    # A PNG header over garbage: sniffed as an image, refused by the decoder (without Pillow's text)
+    http_server.reply(200, png(640, 480, 5_000), {"Content-Type": "image/png"})
+    with pytest.raises(ImageRejectedError, match="could not be decoded"):
+        mirror.mirror(http_server.url("/x"), STEM, METADATA, Deadline.after(10), conversion=Conversion("jpeg"))
+    # A header declaring more than 2048x2048: refused before decoding
+    http_server.reply(200, png(4096, 4096, 5_000), {"Content-Type": "image/png"})
+    with pytest.raises(ImageRejectedError, match="larger than 2048x2048"):
+        mirror.mirror(http_server.url("/x"), STEM, METADATA, Deadline.after(10), conversion=Conversion("webp"))
+    assert _keys(s3) == []
+
+
+def test_image_mirror_with_a_conversion_screens_the_upstream_file_not_the_converted_one(
+    s3: Any, http_server: Any
+) -> None:
+    # Given moderation screening, and a PNG stored as WebP (which moderation might not read)
+    body = _pillow_image("PNG", 320, 240)
+    http_server.reply(200, body, {"Content-Type": "image/png"})
+    seen: list[tuple[bytes, str]] = []
+
+    def screen(data: bytes, kind: ImageKind) -> None:
+        seen.append((data, kind.content_type))
+
+    mirror, spy = _mirror(s3)
+    # When mirrored with the conversion
+    stored = mirror.mirror(
+        http_server.url("/ok.png"), STEM, METADATA, Deadline.after(10), conversion=Conversion("webp"), screen=screen
+    )
+    # Then the screen saw the upstream's PNG once, before the WebP was stored
+    assert seen == [(body, "image/png")]
+    assert stored.content_type == "image/webp" and spy.calls == ["put_object"]

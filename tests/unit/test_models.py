@@ -27,7 +27,7 @@ def test_image_request_defaults_when_only_prompt_given() -> None:
     assert request.prompt == "a cabin under the stars"
     assert request.num_steps == 4
     assert request.seed is None
-    assert (request.width, request.height) == (1024, 1024)
+    assert request.size == (1024, 1024)  # width and height stay unset (None): the default size applies
 
 
 def test_image_request_accepts_every_boundary_value() -> None:
@@ -36,7 +36,7 @@ def test_image_request_accepts_every_boundary_value() -> None:
     high = {"prompt": "p" * 2000, "num_steps": 8, "seed": MAX_SEED, "width": 2048, "height": 2048}
     # When validated, Then all are accepted unchanged
     for payload in (low, high):
-        assert ImageRequest.model_validate(payload).model_dump() == payload
+        assert ImageRequest.model_validate(payload).model_dump(exclude_unset=True) == payload
 
 
 def test_image_request_accepts_explicit_null_seed() -> None:

@@ -179,3 +179,27 @@ class ModerationUnavailableError(ServiceError):
     status = 503
     code = "moderation_unavailable"
     retryable = True
+
+
+class FieldsInvalidError(ServiceError):
+    """A request whose fields are valid alone but not together for what it asks (e.g. options a queued image
+    cannot honour), every field named in ``details``."""
+
+    status = 422
+    code = "validation_error"
+
+    def __init__(self, problems: list[tuple[str, str]], *, location: str = "body") -> None:
+        summary = "; ".join(f"{field}: {message}" for field, message in problems)
+        super().__init__(
+            f"the request is invalid: {summary}",
+            details=[
+                {"location": f"{location}.{field}", "field": field, "message": message, "type": "conflicting_fields"}
+                for field, message in problems
+            ],
+        )
+
+
+class ResponseTooLargeError(FieldsInvalidError):
+    """The images asked for inline (``response_format: b64_json``) would pass Lambda's 6 MB response limit."""
+
+    code = "response_too_large"

@@ -40,6 +40,7 @@ from imagegen.models import (
     ItemError,
     JobMessage,
     WebhookInfo,
+    job_item,
 )
 
 logger = Logger(child=True)
@@ -126,7 +127,7 @@ class FanOut:
             if not raw.strip():
                 continue
             try:
-                request = ImageRequest.model_validate_json(raw)
+                request = job_item(ImageRequest.model_validate_json(raw))
                 valid.append((index, with_seed(request, entropy=item_seed_entropy(job_id, index))))
             except ValidationError as exc:
                 invalid.append((index, f"line {line_no}: {first_error(exc)}"[:500]))

@@ -9,7 +9,16 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 MAX_SEED = 4_294_967_295
 IMAGE_ID_PATTERN = r"^img_[0-9a-f]{32}$"
@@ -34,6 +43,76 @@ Dimension = Annotated[
     int,
     Field(ge=256, le=2048, multiple_of=16, description="Pixels: 256–2048, a multiple of 16.", examples=[1024]),
 ]
+MIN_SIDE, MAX_SIDE, SIDE_STEP = 256, 2048, 16
+DEFAULT_SIDE = 1024
+MAX_NUM_IMAGES = 4
+MEGAPIXEL = 1024 * 1024  # pixels: `megapixels: 1` is 1024×1024
+AspectRatio = Literal["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21"]
+OutputFormat = Literal["png", "jpeg", "webp"]
+ResponseFormat = Literal["url", "b64_json"]
+DEFAULT_QUALITY = 90  # jpeg/webp without output_quality
+
+
+# Lambda answers a synchronous invoke with at most 6 MB (6,291,456 bytes): the inline images (base64, 4 bytes per
+# 3) get that minus a reserve for the rest of the document and API Gateway's envelope.
+LAMBDA_RESPONSE_LIMIT = 6 * 1024 * 1024
+INLINE_RESERVE = 64 * 1024
+MAX_INLINE_B64 = LAMBDA_RESPONSE_LIMIT - INLINE_RESERVE
+SIZE_FIELDS = ("width", "height", "aspect_ratio", "megapixels")
+
+
+def inline_length(size: int) -> int:
+    """Characters of ``size`` bytes in base64."""
+    return 4 * -(-size // 3)
+
+
+def png_bound(width: int, height: int) -> int:
+    """The most bytes an 8-bit RGB PNG of ``width``×``height`` takes, incompressible content included: the raw
+    rows (a filter byte each) plus deflate's and the chunks' framing (under 0.2 %), plus the headers."""
+    raw = height * (3 * width + 1)
+    return raw + raw // 500 + 1024
+
+
+# The largest PNG area that fits inline, one image: 1024×1024 does; 1248×1248 does not.
+MAX_INLINE_PNG_PIXELS = (MAX_INLINE_B64 * 3 // 4 - 1024) * 500 // 1503
+
+
+def conflict_error(model: BaseModel, conflicts: list[tuple[str, str]]) -> ValidationError:
+    """A validation error with one entry per field (``loc`` the field, nested under the model's own place)."""
+    return ValidationError.from_exception_data(
+        type(model).__name__,
+        [
+            InitErrorDetails(
+                type=PydanticCustomError("conflicting_fields", "{reason}", {"reason": reason}),
+                loc=(name,),
+                input=getattr(model, name),
+            )
+            for name, reason in conflicts
+        ],
+    )
+
+
+def size_for(aspect_ratio: str, megapixels: float = 1.0) -> tuple[int, int]:
+    """The width and height for an aspect ratio at about ``megapixels``: each side a multiple of 16 within
+    256–2048. The ideal sides are scaled down (or up) as a pair when one would leave the range, so the ratio holds;
+    then each is rounded to the nearest multiple of 16."""
+    ratio_w, ratio_h = (int(part) for part in aspect_ratio.split(":"))
+    pixels = megapixels * MEGAPIXEL
+    width = (pixels * ratio_w / ratio_h) ** 0.5
+    height = pixels / width
+    scale = min(1.0, MAX_SIDE / max(width, height))
+    scale = max(scale, MIN_SIDE / min(width, height))
+    return tuple(  # type: ignore[return-value]
+        min(MAX_SIDE, max(MIN_SIDE, SIDE_STEP * round(side * scale / SIDE_STEP))) for side in (width, height)
+    )
+
+
+def _is_none(value: Any) -> bool:
+    return value is None
+
+
+# An option the caller did not use is left out of an answer (not null): without options, documents stay as before.
+UNUSED_LEFT_OUT: Any = {"exclude_if": _is_none}
 
 
 class ImageRequest(Model):
@@ -54,20 +133,110 @@ class ImageRequest(Model):
     ]
     num_steps: int = Field(4, ge=1, le=8, description="Diffusion steps, 1–8.")
     seed: int | None = Field(
-        None, ge=0, le=MAX_SEED, description="0–4294967295. Omitted: the service picks one and returns it."
+        None,
+        ge=0,
+        le=MAX_SEED,
+        description="0–4294967295. Omitted: the service picks one and returns it. With `num_images` over 1 the "
+        "images get `seed`, `seed+1`, … (wrapping past 4294967295 to 0).",
     )
-    width: Dimension = 1024
-    height: Dimension = 1024
+    # Omitted (null) rather than 1024 by default: a stored request keeps only what the caller set, so a request
+    # with `aspect_ratio` reloads without a width and height it never had.
+    width: Dimension | None = Field(
+        None, description="Pixels: 256–2048, a multiple of 16. Default 1024; not with `aspect_ratio`."
+    )
+    height: Dimension | None = Field(
+        None, description="Pixels: 256–2048, a multiple of 16. Default 1024; not with `aspect_ratio`."
+    )
+    aspect_ratio: AspectRatio | None = Field(
+        None,
+        description="A preset instead of `width`/`height`: the nearest sides in multiples of 16 within 256–2048 "
+        "for `megapixels` (the document shows the sides used).",
+        **UNUSED_LEFT_OUT,
+    )
+    megapixels: float | None = Field(
+        None,
+        ge=0.0625,
+        le=4,
+        allow_inf_nan=False,
+        description="With `aspect_ratio` only: the image's size in megapixels of 1024×1024 pixels, 0.0625–4. "
+        "Default 1.",
+        **UNUSED_LEFT_OUT,
+    )
+    num_images: int = Field(
+        1,
+        ge=1,
+        le=MAX_NUM_IMAGES,
+        description="1–4 images generated in parallel, with consecutive seeds. Over 1 the 201 answer is "
+        '`{"images": [...]}`; not with `Prefer: respond-async`, nor in a job\'s items.',
+    )
+    output_format: OutputFormat | None = Field(
+        None,
+        description="Convert the image while storing it. Omitted: stored as the upstream made it (PNG).",
+        **UNUSED_LEFT_OUT,
+    )
+    output_quality: int | None = Field(
+        None,
+        ge=1,
+        le=100,
+        description=f"1–100, with `output_format` `jpeg` or `webp` only. Default {DEFAULT_QUALITY}.",
+        **UNUSED_LEFT_OUT,
+    )
+    response_format: ResponseFormat = Field(
+        "url",
+        description="`b64_json`: the stored file inline in the 201 as `image.b64_json` (refused with a 422 when "
+        "the answer would pass Lambda's 6 MB response limit). Not with `Prefer: respond-async`, nor in a job.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent_options(self) -> ImageRequest:
+        """Every field of an invalid combination gets its own error, so a 422 names each of them."""
+        conflicts: list[tuple[str, str]] = []
+        sides = [name for name in ("width", "height") if getattr(self, name) is not None]
+        if self.aspect_ratio is not None and sides:
+            reason = f"aspect_ratio and {' and '.join(sides)} are mutually exclusive: give one or the other"
+            conflicts += [(name, reason) for name in ("aspect_ratio", *sides)]
+        if self.megapixels is not None and self.aspect_ratio is None:
+            conflicts.append(("megapixels", "needs aspect_ratio (megapixels sizes an aspect ratio preset)"))
+        if self.output_quality is not None and self.output_format not in ("jpeg", "webp"):
+            reason = "output_quality needs output_format jpeg or webp"
+            conflicts += [(name, reason) for name in ("output_quality", "output_format")]
+        if self.response_format == "b64_json" and self.output_format in (None, "png"):
+            width, height = self.size
+            if self.num_images * inline_length(png_bound(width, height)) > MAX_INLINE_B64:
+                reason = (
+                    f"{self.num_images} PNG image(s) of {width}x{height} could pass Lambda's 6 MB response limit "
+                    f"inline (PNG: about {MAX_INLINE_PNG_PIXELS:,} pixels in all): use response_format url, fewer "
+                    "or smaller images, or output_format jpeg or webp"
+                )
+                given = ["response_format", *(name for name in SIZE_FIELDS if getattr(self, name) is not None)]
+                if self.num_images > 1:
+                    given.append("num_images")
+                conflicts += [(name, reason) for name in given]
+        if conflicts:
+            raise conflict_error(self, conflicts)
+        return self
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """The width and height to generate."""
+        if self.aspect_ratio is not None:
+            return size_for(self.aspect_ratio, self.megapixels if self.megapixels is not None else 1.0)
+        return (self.width or DEFAULT_SIDE, self.height or DEFAULT_SIDE)
 
 
 class GenerationParameters(Model):
-    """The effective parameters of a generation: the request with the seed resolved."""
+    """The effective parameters of a generation: the request with the seed and the size resolved. The options
+    (`aspect_ratio`, `megapixels`, `output_format`, `output_quality`) appear only when the request used them."""
 
     prompt: str
     num_steps: int
     seed: int
     width: int
     height: int
+    aspect_ratio: AspectRatio | None = Field(None, **UNUSED_LEFT_OUT)
+    megapixels: float | None = Field(None, **UNUSED_LEFT_OUT)
+    output_format: OutputFormat | None = Field(None, **UNUSED_LEFT_OUT)
+    output_quality: int | None = Field(None, **UNUSED_LEFT_OUT)
 
 
 class StoredImage(Model):
@@ -95,6 +264,11 @@ class ImageInfo(Model):
     sha256: str
     width: int | None
     height: int | None
+    b64_json: str | None = Field(
+        None,
+        description="With `response_format: b64_json` only (left out otherwise): the stored file, base64-encoded.",
+        **UNUSED_LEFT_OUT,
+    )
 
 
 class Timings(Model):
@@ -111,6 +285,23 @@ class ImageDocument(Model):
     image: ImageInfo
     created_at: datetime
     timings: Timings
+
+
+class ImageFailure(Model):
+    """One image of a `num_images` request that failed while the others succeeded."""
+
+    seed: int = Field(description="The seed it was generated with.")
+    code: str
+    message: str
+
+
+class ImagesDocument(Model):
+    """The 201 of a request with `num_images` over 1: each image as `POST /v1/images` answers one (each has its
+    own id for `GET /v1/images/{id}`), in seed order. When some failed and at least one succeeded, `images`
+    lists the successes and `failed` the others; when all fail the answer is the first failure's error."""
+
+    images: list[ImageDocument]
+    failed: list[ImageFailure] = Field(default_factory=list)
 
 
 class ErrorDetail(Model):
@@ -236,7 +427,10 @@ JsonMetadata = Annotated[
 
 # What _web_url accepts, for the spec: a scheme, an ASCII host name (no credentials), an optional port, then
 # anything without spaces. (IPv6 literals are accepted too, but left out here.)
-WEB_URL_PATTERN = r"^https?://[A-Za-z0-9._~%!$&'()*+,;=-]+(:[0-9]*)?([/?#]\S*)?$"
+# The port is 0-65535 in the pattern itself: a schema-valid URL must not be refused for its port (the fuzzing found
+# https://host:4601590822 accepted by the spec and refused by the model).
+PORT_PATTERN = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+WEB_URL_PATTERN = rf"^https?://[A-Za-z0-9._~%!$&'()*+,;=-]+(:{PORT_PATTERN}?)?([/?#]\S*)?$"
 
 
 def _web_url(value: str | None) -> str | None:
@@ -257,6 +451,26 @@ def _web_url(value: str | None) -> str | None:
     return value
 
 
+QUEUED = "for a queued image (a job item, or Prefer: respond-async)"
+
+
+def job_item(request: ImageRequest) -> ImageRequest:
+    """What a job, a queue message or an event accepts of an image request (also checked per uploaded line): a
+    job item makes one image and answers through the job, so ``num_images`` over 1 and ``b64_json`` are refused,
+    each named."""
+    conflicts = []
+    if request.num_images != 1:
+        conflicts.append(("num_images", f"must be 1 {QUEUED}: send several items instead"))
+    if request.response_format != "url":
+        conflicts.append(("response_format", f"must be url {QUEUED}: its image is fetched by URL"))
+    if conflicts:
+        raise conflict_error(request, conflicts)
+    return request
+
+
+JobItem = Annotated[ImageRequest, AfterValidator(job_item)]
+
+
 class JobRequest(Model):
     """``POST /v1/jobs``: up to 1,000 image requests (or an uploaded file of up to 100,000), an optional webhook
     and metadata echoed back."""
@@ -275,7 +489,7 @@ class JobRequest(Model):
         },
     )
 
-    items: list[ImageRequest] | None = Field(
+    items: list[JobItem] | None = Field(
         None,
         min_length=1,
         max_length=MAX_JOB_ITEMS,
@@ -441,7 +655,7 @@ class JobMessage(Model):
     model_config = ConfigDict(extra="forbid", strict=True, defer_build=True, title="Flux image job message")
 
     version: Literal[1] = 1
-    request: ImageRequest
+    request: JobItem
     job_id: str | None = Field(None, pattern=JOB_ID_PATTERN, description="Set by the API for its own jobs.")
     index: int | None = Field(None, ge=0, lt=MAX_UPLOAD_LINES, description="Item index within job_id.")
     correlation_id: str | None = Field(None, max_length=128, description="Echoed in the events.")
@@ -482,8 +696,8 @@ class ImageRequestedDetail(Model):
 
     model_config = ConfigDict(extra="forbid", strict=True, defer_build=True, title="Image Requested event detail")
 
-    request: ImageRequest | None = None
-    requests: list[ImageRequest] | None = Field(None, min_length=1, max_length=MAX_JOB_ITEMS)
+    request: JobItem | None = None
+    requests: list[JobItem] | None = Field(None, min_length=1, max_length=MAX_JOB_ITEMS)
     correlation_id: str | None = Field(None, max_length=128, description="Echoed in the outcome events.")
     webhook_url: Annotated[str | None, Field(max_length=2048), AfterValidator(_web_url)] = None
     metadata: Annotated[JsonMetadata, Field(description=METADATA_DESCRIPTION), AfterValidator(_storable_metadata)] = (

@@ -3,13 +3,15 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
@@ -18,20 +20,24 @@ from imagegen.adapters.flux import FluxClient
 from imagegen.adapters.images_table import ImageRepository
 from imagegen.adapters.mirror import ImageKind, ImageMirror, Screen
 from imagegen.budget import Deadline
-from imagegen.errors import ContentBlockedError, NotFoundError, UpstreamAuthError, UpstreamTimeoutError
+from imagegen.errors import ContentBlockedError, NotFoundError, ServiceError, UpstreamAuthError, UpstreamTimeoutError
 from imagegen.models import (
     MAX_SEED,
     GenerationParameters,
     ImageDocument,
+    ImageFailure,
     ImageInfo,
     ImageRecord,
     ImageRequest,
+    ImagesDocument,
     Timings,
 )
 
+if TYPE_CHECKING:
+    from imagegen.adapters.convert import Conversion
+
 logger = Logger(child=True)
 metrics = Metrics()
-
 
 BLOCKED_EVENT = "Image Blocked"
 
@@ -59,15 +65,41 @@ def item_image_id(job_id: str, index: int) -> str:
 
 
 def resolve_parameters(request: ImageRequest) -> GenerationParameters:
-    """The effective parameters: a request without a seed gets a random one, returned so results reproduce."""
+    """The effective parameters: a request without a seed gets a random one, returned so results reproduce; the
+    size is the one asked for, or the aspect ratio's."""
     seed = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    width, height = request.size
     return GenerationParameters(
         prompt=request.prompt,
         num_steps=request.num_steps,
         seed=seed,
-        width=request.width,
-        height=request.height,
+        width=width,
+        height=height,
+        aspect_ratio=request.aspect_ratio,
+        megapixels=request.megapixels,
+        output_format=request.output_format,
+        output_quality=request.output_quality,
     )
+
+
+def image_requests(request: ImageRequest) -> list[ImageRequest]:
+    """One single-image request per image of ``num_images``: seeds ``seed``, ``seed+1``, … (wrapping past the
+    largest seed to 0), the base seed picked here when the caller gave none."""
+    if request.num_images == 1:
+        return [request]
+    base = request.seed if request.seed is not None else secrets.randbelow(MAX_SEED + 1)
+    return [
+        request.model_copy(update={"seed": (base + offset) % (MAX_SEED + 1), "num_images": 1})
+        for offset in range(request.num_images)
+    ]
+
+
+def conversion_of(request: ImageRequest | GenerationParameters) -> Conversion | None:
+    if request.output_format is None:
+        return None
+    from imagegen.adapters.convert import Conversion  # only a conversion loads it (and Pillow, later)
+
+    return Conversion(request.output_format, request.output_quality)
 
 
 def object_metadata(image_id: str, params: GenerationParameters) -> dict[str, str]:
@@ -114,19 +146,67 @@ class ImageService:
         self._on_blocked = on_blocked
         self._after_upstream_s = mirror_reserve_s + (moderation_reserve_s if self._moderate_images else 0.0)
 
-    def generate(self, request: ImageRequest, deadline: Deadline) -> ImageDocument:
-        """The synchronous path: a new image, answered with its document. A blocked one is answered 422; the API
-        announces nothing itself, so ``on_blocked`` hands the block to the worker, which publishes "Image Blocked"."""
+    def generate(self, request: ImageRequest, deadline: Deadline) -> ImageDocument | ImagesDocument:
+        """The synchronous path: a new image, answered with its document; with ``num_images`` over 1, the images
+        generated in parallel within the same deadline (see ``generate_many``). A blocked image is answered 422 (one
+        of several: listed as failed); the API announces nothing itself, so ``on_blocked`` hands each block to the
+        worker, which publishes "Image Blocked"."""
+        if request.num_images == 1:
+            try:
+                return self.document(self.generate_record(request, deadline))
+            except ContentBlockedError as exc:
+                self._hand_over_block(exc)
+                raise
+        return self.generate_many(request, deadline)
+
+    def _hand_over_block(self, exc: ContentBlockedError) -> None:
+        if self._on_blocked is None:
+            return
         try:
-            return self.document(self.generate_record(request, deadline))
-        except ContentBlockedError as exc:
-            if self._on_blocked is not None:
-                try:
-                    self._on_blocked(exc)
-                except Exception:  # noqa: BLE001 - the caller's answer is the 422; a lost notice is counted
-                    metrics.add_metric(name="EventsLost", unit=MetricUnit.Count, value=1)
-                    logger.warning("could not hand the blocked image to the worker", image_id=exc.image_id)
-            raise
+            self._on_blocked(exc)
+        except Exception:  # noqa: BLE001 - the caller's answer is the 422; a lost notice is counted
+            metrics.add_metric(name="EventsLost", unit=MetricUnit.Count, value=1)
+            logger.warning("could not hand the blocked image to the worker", image_id=exc.image_id)
+
+    def generate_many(self, request: ImageRequest, deadline: Deadline) -> ImagesDocument:
+        """``num_images`` images at once, one thread each, all bound by ``deadline``. Each is a whole
+        ``generate_record`` (its own id, upstream call, mirror and record), so each is fetchable by its id. Some
+        failing: the successes are answered with the failures listed; all failing: the first failure is raised."""
+        singles = image_requests(request)
+        with ThreadPoolExecutor(max_workers=len(singles), thread_name_prefix="image") as pool:
+            futures = [pool.submit(self.generate_record, single, deadline) for single in singles]
+        images: list[ImageDocument] = []
+        failed: list[ImageFailure] = []
+        errors: list[ServiceError] = []
+        for single, future in zip(singles, futures, strict=True):
+            error = future.exception()
+            if error is None:
+                images.append(self.document(future.result()))
+            elif isinstance(error, ServiceError):
+                if isinstance(error, ContentBlockedError):
+                    self._hand_over_block(error)
+                errors.append(error)
+                failed.append(ImageFailure(seed=single.seed or 0, code=error.code, message=error.message))
+            else:
+                raise error  # a bug, not an outcome: the API's one handler answers it
+        if not images:
+            raise errors[0]
+        if failed:
+            metrics.add_metric(name="ImagesFailedInBatch", unit=MetricUnit.Count, value=len(failed))
+            logger.warning("some images of a batch failed", succeeded=len(images), failed=len(failed))
+        return ImagesDocument(images=images, failed=failed)
+
+    def inline(self, image: dict[str, Any]) -> int:
+        """Add ``b64_json`` (the stored file, base64) to an image document's ``image`` in place; its length.
+        Read back from the bucket (the answer stored for an Idempotency-Key holds URLs only), and checked against
+        the document's digest."""
+        info = image["image"]
+        bucket, key = info["s3_uri"].removeprefix("s3://").split("/", 1)
+        data = self._s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        if hashlib.sha256(data).hexdigest() != info["sha256"]:
+            raise ServiceError(f"the stored copy of image {image['id']} does not match its record")
+        info["b64_json"] = base64.b64encode(data).decode("ascii")
+        return len(info["b64_json"])
 
     def generate_record(
         self,
@@ -172,8 +252,14 @@ class ImageService:
 
         key_stem = key_stem or f"images/{created_at:%Y/%m/%d}/{image_id}"
         try:
-            metadata, screen = object_metadata(image_id, params), self._screen(deadline)
-            stored = self._mirror.mirror(upstream.output_url, key_stem, metadata, deadline, screen=screen)
+            stored = self._mirror.mirror(
+                upstream.output_url,
+                key_stem,
+                object_metadata(image_id, params),
+                deadline,
+                conversion=conversion_of(params),
+                screen=self._screen(deadline),
+            )
         except ContentBlockedError as exc:
             exc.image_id = image_id
             raise

@@ -38,7 +38,7 @@ class ImageRepository:
             **image_key(record.id),
             "entity": {"S": "image"},
             "expires_at": {"N": str(int((record.created_at + self._retention).timestamp()))},
-            "record": _serializer.serialize(record.model_dump(mode="json")),
+            "record": _serializer.serialize(storable(record.model_dump(mode="json"))),
         }
 
     def put(self, record: ImageRecord, *, overwrite: bool = False) -> None:
@@ -66,6 +66,17 @@ class ImageRepository:
             return None
         document = _deserializer.deserialize(item["record"])
         return ImageRecord.model_validate(plain(document))
+
+
+def storable(value: Any) -> Any:
+    """JSON data as DynamoDB takes it: floats (``megapixels``) as Decimal, which it stores exactly."""
+    if isinstance(value, dict):
+        return {key: storable(inner) for key, inner in value.items()}
+    if isinstance(value, list):
+        return [storable(inner) for inner in value]
+    if isinstance(value, float):
+        return Decimal(repr(value))
+    return value
 
 
 def plain(value: Any) -> Any:

@@ -32,7 +32,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
-from imagegen.adapters.images_table import plain
+from imagegen.adapters.images_table import plain, storable
 from imagegen.entities import Item, Job, JobUnavailable, LeaseHeld, TransitionConflict
 from imagegen.errors import InvalidRequestError
 from imagegen.models import (
@@ -355,7 +355,7 @@ class JobRepository:
             "index": {"N": str(index)},
             "status": {"S": "queued"},
             "attempts": {"N": "0"},
-            "request": _serializer.serialize(request.model_dump(mode="json")),
+            "request": _serializer.serialize(storable(request.model_dump(mode="json"))),
             "expires_at": {"N": expires},
         }
         if correlation_id is not None:
@@ -705,7 +705,7 @@ class JobRepository:
             names["#error"] = "error"
         if record is not None:
             sets.append("#record = :record")
-            values[":record"] = _serializer.serialize(record.model_dump(mode="json"))
+            values[":record"] = _serializer.serialize(storable(record.model_dump(mode="json")))
             names["#record"] = "record"
         if to == "running":
             if lease_s is None:

@@ -9,10 +9,13 @@ While streaming it refuses a body that is not an image (PNG/JPEG/WebP magic byte
 
 Memory stays bounded: the body is read in chunks of at most 1 MiB into one multipart part buffer (5 MiB, the S3
 minimum part size, plus at most one chunk), uploaded as is when full: a 64 MB image needs ~6 MiB, not 64.
-Small images (one part) take a single PutObject.
+Small images (one part) take a single PutObject. A conversion (``output_format``) cannot stream: it holds the
+source (at most the size cap), one decoded frame of at most 2048×2048 and the converted file
+(``benchmarks/convert_memory.py`` measures it).
 
-With content moderation on, ``screen`` sees the whole image (one part: moderation takes at most 4 MB) before its
-PutObject: a blocked image is never written, so there is nothing to fetch, remove or quarantine.
+With content moderation on, ``screen`` sees the whole image before its PutObject: the upstream's own file (before a
+conversion, which moderation might not read, such as WebP) or the file stored (at most one part: moderation takes
+at most 4 MB). A blocked image is never written, so there is nothing to fetch, remove or quarantine.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import struct
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
@@ -38,6 +41,9 @@ from imagegen.addresses import Network, is_public_address, parse_networks
 from imagegen.budget import Deadline
 from imagegen.errors import ImageRejectedError, UpstreamTimeoutError
 from imagegen.models import StoredImage
+
+if TYPE_CHECKING:
+    from imagegen.adapters.convert import Conversion
 
 logger = Logger(child=True)
 S3_MIN_PART_BYTES = 5 * 1024 * 1024
@@ -142,6 +148,21 @@ class UrlGuard:
 
 
 # ---------------------------------------------------------------------------------------------------- sniffing
+Screen = Callable[[bytes, "ImageKind"], None]  # sees a whole image before it is stored; raises to refuse it
+
+
+class _Screening:
+    """One image's moderation: done on the upstream's file when a conversion reads it whole, else on the stored."""
+
+    def __init__(self, screen: Screen) -> None:
+        self.screen = screen
+        self.done = False
+
+    def whole(self, data: bytes, kind: ImageKind) -> None:
+        self.screen(data, kind)  # raises to refuse
+        self.done = True
+
+
 @dataclass(frozen=True)
 class ImageKind:
     content_type: str
@@ -198,9 +219,6 @@ def _webp_size(data: bytes) -> tuple[int | None, int | None]:
 
 
 # ---------------------------------------------------------------------------------------------------- mirror
-Screen = Callable[[bytes, ImageKind], None]  # sees a whole image before it is stored; raises to refuse it
-
-
 class ImageMirror:
     def __init__(
         self,
@@ -230,14 +248,20 @@ class ImageMirror:
         metadata: Mapping[str, str],
         deadline: Deadline,
         *,
+        conversion: Conversion | None = None,
         screen: Screen | None = None,
     ) -> StoredImage:
-        """Fetch ``url`` and store it at ``key_stem`` + ``.<ext>``; return what was stored. ``screen`` (content
-        moderation) sees the whole image before anything is written and raises to refuse it."""
+        """Fetch ``url`` and store it at ``key_stem`` + ``.<ext>``; return what was stored. With ``conversion`` the
+        image is stored in that format (the extension, content type, size and digest are the stored file's).
+        ``screen`` (content moderation) sees the whole image before anything is written and raises to refuse it."""
+        screening = _Screening(screen) if screen is not None else None
         response = self._open(url, deadline)
         with response:
             try:
-                return self._store(iter_body(response, deadline, self._max_bytes), key_stem, metadata, screen)
+                chunks = iter_body(response, deadline, self._max_bytes)
+                if conversion is not None:
+                    chunks = self._converted(chunks, conversion, screening)
+                return self._store(chunks, key_stem, metadata, screening)
             except BodyTooLargeError as exc:
                 raise ImageRejectedError(f"image is too large: {exc}") from exc
             except DeadlineExceededError as exc:
@@ -276,8 +300,34 @@ class ImageMirror:
             return response
         raise ImageRejectedError(f"more than {MAX_REDIRECTS} redirects while downloading the image")
 
+    def _converted(
+        self, chunks: Iterator[bytes], conversion: Conversion, screening: _Screening | None = None
+    ) -> Iterator[bytes]:
+        """The converted file. The header is read first: a source already in the asked format (and no quality
+        asked for) streams on as it is; any other is read whole (decoding needs the whole file), converted, and
+        only the converted file goes on."""
+        head = bytearray()
+        for chunk in chunks:
+            head += chunk
+            if len(head) >= SNIFF_BYTES:
+                break
+        kind = self._identify(head)
+        if not conversion.needed_for(kind.content_type):
+            yield head
+            yield from chunks
+            return
+        from imagegen.adapters.convert import convert  # a conversion only: never at cold start
+
+        parts = [bytes(head), *chunks]
+        del head
+        source = b"".join(parts)  # one bytes object: Pillow reads it through a BytesIO without another copy
+        del parts
+        if screening is not None:
+            screening.whole(source, kind)  # the upstream's own file, before the conversion
+        yield convert(source, conversion, width=kind.width, height=kind.height)
+
     def _store(
-        self, chunks: Iterator[bytes], key_stem: str, metadata: Mapping[str, str], screen: Screen | None = None
+        self, chunks: Iterator[bytes], key_stem: str, metadata: Mapping[str, str], screening: _Screening | None = None
     ) -> StoredImage:
         buffer = bytearray()
         kind: ImageKind | None = None
@@ -299,7 +349,7 @@ class ImageMirror:
                 if len(buffer) >= self._part_bytes:
                     # The whole buffer is the part (botocore takes a bytearray as is): no slice, no copy.
                     if upload_id is None:
-                        if screen is not None:  # moderation must see the whole image before any byte is stored
+                        if screening is not None and not screening.done:  # it must see the whole image first
                             raise ImageRejectedError(
                                 "the image is too large to be screened by content moderation: refused"
                             )
@@ -314,8 +364,8 @@ class ImageMirror:
             sha256 = digest.hexdigest()
             full_metadata = {**metadata, "sha256": sha256, "bytes": str(total)}
             if upload_id is None:
-                if screen is not None:
-                    screen(bytes(buffer), kind)  # raises to refuse: nothing has been written
+                if screening is not None and not screening.done:
+                    screening.whole(bytes(buffer), kind)  # raises to refuse: nothing has been written
                 self._s3.put_object(
                     Bucket=self._bucket,
                     Key=key,
