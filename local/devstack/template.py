@@ -7,8 +7,8 @@ What lives here:
   stack, the artefact reader and the template tests (``tests/template``) all read ``template.yaml`` through it.
 * :class:`Intrinsics` evaluates what the local stack needs of a template: parameters (their ``Default`` unless
   overridden), pseudo parameters, conditions and ``Fn::If``/``Equals``/``Not``/``And``/``Or``/``Select``/
-  ``Split``/``Join``/``Sub``/``GetAtt``. Nothing is deployed locally, so a reference to a resource is its
-  logical id and ``Fn::GetAtt`` is ``"Id.Attribute"``; ``Fn::FindInMap``, ``Fn::ImportValue`` and the like
+  ``Split``/``Join``/``Sub``/``GetAtt``/``FindInMap``. Nothing is deployed locally, so a reference to a resource
+  is its logical id and ``Fn::GetAtt`` is ``"Id.Attribute"``; ``Fn::ImportValue``, ``Fn::Base64`` and the like
   are left as they are.
 * :func:`load_api_config` (stage, usage-plan throttle and gateway responses of an ``AWS::Serverless::Api``) and
   :func:`load_sqs_mappings` (the ``Type: SQS`` events the local event source mapping emulates).
@@ -97,7 +97,7 @@ _PSEUDO_PARAMETERS = {
 
 
 class Intrinsics:
-    """Evaluates the intrinsic functions a local gateway needs: parameters, conditions, strings.
+    """Evaluates the intrinsic functions the local stack needs: parameters, conditions, mappings, strings.
 
     Parameters take their ``Default`` unless overridden; a reference to a resource evaluates to its
     logical id and ``Fn::GetAtt`` to ``"Id.Attribute"`` (placeholders; nothing is deployed locally).
@@ -105,8 +105,15 @@ class Intrinsics:
 
     def __init__(self, template: Mapping[str, Any], parameters: Mapping[str, Any] | None = None) -> None:
         self._conditions: Mapping[str, Any] = template.get("Conditions") or {}
+        self._mappings: Mapping[str, Any] = template.get("Mappings") or {}
         self._condition_values: dict[str, bool] = {}
         self._parameters: dict[str, str] = {}
+        # A Ref to a CommaDelimitedList (or List<...>) parameter is a list, as in CloudFormation.
+        self._list_parameters = {
+            name
+            for name, spec in (template.get("Parameters") or {}).items()
+            if isinstance(spec, dict) and str(spec.get("Type", "")).startswith(("CommaDelimitedList", "List<"))
+        }
         for name, spec in (template.get("Parameters") or {}).items():
             if isinstance(spec, dict) and "Default" in spec:
                 self._parameters[name] = self._text(spec["Default"])
@@ -132,7 +139,8 @@ class Intrinsics:
         if name == "AWS::NoValue":
             return NO_VALUE
         if name in self._parameters:
-            return self._parameters[name]
+            value = self._parameters[name]
+            return [item.strip() for item in value.split(",")] if name in self._list_parameters else value
         return _PSEUDO_PARAMETERS.get(name, name)
 
     def _sub(self, text: str, variables: Mapping[str, Any]) -> str:
@@ -186,6 +194,12 @@ class Intrinsics:
             return self._sub(text, self.resolve(variables))
         if key == "Fn::GetAtt":
             return ".".join(self._text(part) for part in arg)
+        if key == "Fn::FindInMap":
+            name, top, second = (self._text(self.resolve(item)) for item in arg[:3])
+            try:
+                return self.resolve(self._mappings[name][top][second])
+            except (KeyError, TypeError) as exc:
+                raise ValueError(f"Fn::FindInMap: no {name}.{top}.{second} in the template's Mappings") from exc
         return {key: self.resolve(arg)}
 
 
