@@ -1,10 +1,10 @@
 """The local AWS: a moto server on loopback, seeded with what template.yaml would create.
 
 Seeding reads the template (``devstack.template_resources``: the tables' keys and TTL attributes, the queues'
-visibility timeout, retention and redrive count, the bucket's public access block and encryption, the bus name and
-the Image Requested rule), so the code under test meets the same shapes it will meet in a real account and a
-template change reaches the local stack. The local names and the secrets' values (the deployer brings the
-subscription key; CloudFormation generates the webhook key) are chosen here.
+visibility timeout, retention and redrive count, the bucket's public access block, encryption, ownership and
+lifecycle rules, the bus name and the Image Requested rule), so the code under test meets the same shapes it will
+meet in a real account and a template change reaches the local stack. The local names and the secrets' values
+(the deployer brings the subscription key; CloudFormation generates the webhook key) are chosen here.
 """
 
 from __future__ import annotations
@@ -167,6 +167,16 @@ class LocalAws:
                 "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": spec.bucket.sse_algorithm}}]
             },
         )
+        if spec.bucket.object_ownership:
+            s3.put_bucket_ownership_controls(
+                Bucket=resources.bucket,
+                OwnershipControls={"Rules": [{"ObjectOwnership": spec.bucket.object_ownership}]},
+            )
+        if spec.bucket.lifecycle_rules:
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=resources.bucket,
+                LifecycleConfiguration={"Rules": [dict(rule) for rule in spec.bucket.lifecycle_rules]},
+            )
         dynamodb = self.client("dynamodb")
         _create_table(dynamodb, resources.table, spec.images_table)
         secrets = self.client("secretsmanager")

@@ -3,7 +3,8 @@
 :func:`read_seed_spec` evaluates (with the parameters' defaults, through ``devstack.template``) what moto can
 reproduce of the template's data resources: the images and idempotency tables (billing mode, key schema,
 attribute definitions, TTL attribute), the jobs queue and its dead-letter queue (visibility timeout, retention,
-the redrive ``maxReceiveCount``), the images bucket (public access block, default encryption), the event bus
+the redrive ``maxReceiveCount``), the images bucket (public access block, default encryption, object ownership,
+lifecycle rules), the event bus
 name and the ``ImageRequestedRule`` pattern. ``devstack.aws`` seeds from it.
 
 What does not live here: the seeding itself and the local names of the resources (``devstack.aws``: the
@@ -62,6 +63,9 @@ class BucketSpec:
 
     public_access_block: Mapping[str, bool]
     sse_algorithm: str
+    object_ownership: str | None = None
+    lifecycle_rules: tuple[Mapping[str, Any], ...] = ()
+    """In the S3 API's shape (``put_bucket_lifecycle_configuration``), converted from CloudFormation's."""
 
 
 @dataclass(frozen=True)
@@ -112,13 +116,44 @@ def _bucket(properties: Mapping[str, Any]) -> BucketSpec:
     block = properties.get("PublicAccessBlockConfiguration") or {}
     rules = (properties.get("BucketEncryption") or {}).get("ServerSideEncryptionConfiguration") or []
     default = (rules[0] if rules else {}).get("ServerSideEncryptionByDefault") or {}
+    ownership = (properties.get("OwnershipControls") or {}).get("Rules") or []
     return BucketSpec(
         public_access_block={
             name: block.get(name) in (True, "true", "True")
             for name in ("BlockPublicAcls", "IgnorePublicAcls", "BlockPublicPolicy", "RestrictPublicBuckets")
         },
         sse_algorithm=str(default.get("SSEAlgorithm", "AES256")),
+        object_ownership=next(
+            (
+                str(rule["ObjectOwnership"])
+                for rule in ownership
+                if isinstance(rule, dict) and "ObjectOwnership" in rule
+            ),
+            None,
+        ),
+        lifecycle_rules=tuple(
+            _lifecycle_rule(rule) for rule in (properties.get("LifecycleConfiguration") or {}).get("Rules") or []
+        ),
     )
+
+
+_LIFECYCLE_KEYS = {"Id", "Status", "Prefix", "ExpirationInDays", "AbortIncompleteMultipartUpload"}
+
+
+def _lifecycle_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
+    """A CloudFormation lifecycle rule in the S3 API's shape; ``ValueError`` for a key not reproduced locally."""
+    if unknown := sorted(set(rule) - _LIFECYCLE_KEYS):
+        raise ValueError(f"ImagesBucket lifecycle rule {rule.get('Id')!r}: {', '.join(unknown)} not reproduced locally")
+    converted: dict[str, Any] = {
+        "ID": str(rule["Id"]),
+        "Status": str(rule.get("Status", "Enabled")),
+        "Filter": {"Prefix": str(rule.get("Prefix", ""))},
+    }
+    if "ExpirationInDays" in rule:
+        converted["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    if abort := rule.get("AbortIncompleteMultipartUpload"):
+        converted["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": int(abort["DaysAfterInitiation"])}
+    return converted
 
 
 def read_seed_spec(template_path: str | Path = TEMPLATE, *, parameters: Mapping[str, Any] | None = None) -> SeedSpec:

@@ -97,6 +97,32 @@ def test_seeded_bucket_is_private_and_encrypted_like_the_template(seeded, templa
     assert block == expected["PublicAccessBlockConfiguration"]
     default = expected["BucketEncryption"]["ServerSideEncryptionConfiguration"][0]["ServerSideEncryptionByDefault"]
     assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == default["SSEAlgorithm"]
+    ownership = s3.get_bucket_ownership_controls(Bucket=resources.bucket)["OwnershipControls"]["Rules"]
+    assert ownership == expected["OwnershipControls"]["Rules"]
+
+
+def test_seeded_bucket_has_the_template_lifecycle_rules(seeded, template_props) -> None:
+    # Given the seeded bucket and the template's lifecycle rules (CloudFormation's shape)
+    aws, resources, _ = seeded
+    expected = template_props["ImagesBucket"]["LifecycleConfiguration"]["Rules"]
+
+    # When the bucket's lifecycle is read back (the S3 API's shape)
+    rules = aws.client("s3").get_bucket_lifecycle_configuration(Bucket=resources.bucket)["Rules"]
+
+    # Then each template rule is there with its prefix, expiry and multipart abort
+    seen = {rule["ID"]: rule for rule in rules}
+    assert sorted(seen) == sorted(rule["Id"] for rule in expected)
+    for rule in expected:
+        got = seen[rule["Id"]]
+        assert got["Status"] == rule["Status"]
+        assert got.get("Filter", {}).get("Prefix", "") == rule.get("Prefix", "")
+        assert got.get("Expiration", {}).get("Days") == (
+            int(rule["ExpirationInDays"]) if "ExpirationInDays" in rule else None
+        )
+        abort = rule.get("AbortIncompleteMultipartUpload")
+        assert got.get("AbortIncompleteMultipartUpload", {}).get("DaysAfterInitiation") == (
+            int(abort["DaysAfterInitiation"]) if abort else None
+        )
 
 
 def test_seeded_bus_and_image_requested_rule_are_the_template_ones(seeded, template_props) -> None:

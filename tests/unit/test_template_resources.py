@@ -59,3 +59,21 @@ def test_seed_spec_names_a_missing_resource(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="IdempotencyTable"):
         read_seed_spec(path)
+
+
+def test_seed_spec_converts_lifecycle_rules_and_refuses_what_it_cannot_reproduce(tmp_path: Path) -> None:
+    # Given the service template's lifecycle rules, then one with a transition the local stack does not reproduce
+    uploads = next(rule for rule in seed_spec().bucket.lifecycle_rules if rule["ID"] == "expire-uploads")
+    path = _edited_template(
+        tmp_path, "            Prefix: uploads/\n", "            Prefix: uploads/\n            Transitions: []\n"
+    )
+
+    # Then the first is in the S3 API's shape, and the second is refused, naming the rule and the key
+    assert uploads == {
+        "ID": "expire-uploads",
+        "Status": "Enabled",
+        "Filter": {"Prefix": "uploads/"},
+        "Expiration": {"Days": 1},
+    }
+    with pytest.raises(ValueError, match=r"expire-uploads.*Transitions"):
+        read_seed_spec(path)
