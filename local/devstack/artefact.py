@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .gateway import load_template
+from .template import load_template
 
 __all__ = [
     "BUILD_DIR",

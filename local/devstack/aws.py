@@ -1,8 +1,10 @@
 """The local AWS: a moto server on loopback, seeded with what template.yaml would create.
 
-Seeding mirrors the template (bucket private and encrypted, table keyed ``pk``/``sk`` with TTL on
-``expires_at``, the subscription key in Secrets Manager), so the code under test meets the same shapes it will
-meet in a real account.
+Seeding reads the template (``devstack.template_resources``: the tables' keys and TTL attributes, the queues'
+visibility timeout, retention and redrive count, the bucket's public access block, encryption, ownership and
+lifecycle rules, the bus name and the Image Requested rule), so the code under test meets the same shapes it will
+meet in a real account and a template change reaches the local stack. The local names and the secrets' values
+(the deployer brings the subscription key; CloudFormation generates the webhook key) are chosen here.
 """
 
 from __future__ import annotations
@@ -15,13 +17,15 @@ import sys
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import boto3
 
 from devstack.moderation_standin import GUARDRAIL_ID
+
+from .template_resources import TableSpec, seed_spec
 
 LOCAL_DIR = str(Path(__file__).resolve().parents[1])  # for the child: `python -m devstack.moto_server`
 REGION = "us-east-1"
@@ -46,9 +50,10 @@ class Resources:
     secret_value: str = "FLUX_API_KEY"  # noqa: S105 - the documented dummy key of the local emulator
     jobs_queue: str = "flux-images-jobs"
     jobs_dlq: str = "flux-images-jobs-dlq"
-    max_receive_count: int = 5
-    visibility_timeout_s: int = 780  # 6 × the worker's 120 s timeout + the 60 s batching window, as in template.yaml
-    event_bus: str = "flux-image-service"
+    # From template.yaml (JobsQueue's RedrivePolicy and VisibilityTimeout, EventBus's Name).
+    max_receive_count: int = field(default_factory=lambda: seed_spec().jobs_queue.max_receive_count or 5)
+    visibility_timeout_s: int = field(default_factory=lambda: seed_spec().jobs_queue.visibility_timeout_s or 30)
+    event_bus: str = field(default_factory=lambda: seed_spec().event_bus_name)
     events_capture_queue: str = "flux-images-events"  # every event of the bus, for developers and tests to read
     webhook_secret_name: str = "flux-image-service/webhook-signing-secret"  # noqa: S105 - a name
     webhook_secret_value: str = "local-webhook-signing-secret-0123456789"  # noqa: S105 - a local dummy
@@ -152,53 +157,43 @@ class LocalAws:
     def seed(self, resources: Resources | None = None) -> Seeded:
         """Create what template.yaml creates (and the subscription key secret the deployer brings)."""
         resources = resources or Resources()
+        spec = seed_spec()
         s3 = self.client("s3")
         s3.create_bucket(Bucket=resources.bucket)
         s3.put_public_access_block(
-            Bucket=resources.bucket,
-            PublicAccessBlockConfiguration={
-                "BlockPublicAcls": True,
-                "IgnorePublicAcls": True,
-                "BlockPublicPolicy": True,
-                "RestrictPublicBuckets": True,
-            },
+            Bucket=resources.bucket, PublicAccessBlockConfiguration=dict(spec.bucket.public_access_block)
         )
         s3.put_bucket_encryption(
             Bucket=resources.bucket,
             ServerSideEncryptionConfiguration={
-                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+                "Rules": [{"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": spec.bucket.sse_algorithm}}]
             },
         )
+        if spec.bucket.object_ownership:
+            s3.put_bucket_ownership_controls(
+                Bucket=resources.bucket,
+                OwnershipControls={"Rules": [{"ObjectOwnership": spec.bucket.object_ownership}]},
+            )
+        if spec.bucket.lifecycle_rules:
+            s3.put_bucket_lifecycle_configuration(
+                Bucket=resources.bucket,
+                LifecycleConfiguration={"Rules": [dict(rule) for rule in spec.bucket.lifecycle_rules]},
+            )
         dynamodb = self.client("dynamodb")
-        dynamodb.create_table(
-            TableName=resources.table,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "S"},
-            ],
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-        )
-        dynamodb.update_time_to_live(
-            TableName=resources.table, TimeToLiveSpecification={"Enabled": True, "AttributeName": "expires_at"}
-        )
+        _create_table(dynamodb, resources.table, spec.images_table)
         secrets = self.client("secretsmanager")
         secret = secrets.create_secret(Name=resources.secret_name, SecretString=resources.secret_value)
         webhook_secret = secrets.create_secret(
             Name=resources.webhook_secret_name, SecretString=resources.webhook_secret_value
         )
-        dynamodb.create_table(
-            TableName=resources.idempotency_table,
-            BillingMode="PAY_PER_REQUEST",
-            AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}],
-            KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
-        )
+        _create_table(dynamodb, resources.idempotency_table, spec.idempotency_table)
         sqs = self.client("sqs")
-        dlq_url = sqs.create_queue(QueueName=resources.jobs_dlq)["QueueUrl"]
+        dlq_url = sqs.create_queue(QueueName=resources.jobs_dlq, Attributes=spec.jobs_dlq.attributes())["QueueUrl"]
         dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         queue_url = sqs.create_queue(
             QueueName=resources.jobs_queue,
             Attributes={
+                **spec.jobs_queue.attributes(),
                 "VisibilityTimeout": str(resources.visibility_timeout_s),
                 "RedrivePolicy": json.dumps(
                     {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": resources.max_receive_count}
@@ -222,7 +217,7 @@ class LocalAws:
         events.put_rule(
             Name="image-requested",
             EventBusName=resources.event_bus,
-            EventPattern=json.dumps({"detail-type": ["Image Requested"], "source": [{"anything-but": [EVENT_SOURCE]}]}),
+            EventPattern=json.dumps(spec.image_requested_pattern),
         )
         events.put_targets(
             Rule="image-requested", EventBusName=resources.event_bus, Targets=[{"Id": "jobs", "Arn": queue_arn}]
@@ -233,6 +228,19 @@ class LocalAws:
             jobs_queue_url=queue_url,
             jobs_dlq_url=dlq_url,
             events_queue_url=events_queue_url,
+        )
+
+
+def _create_table(dynamodb: Any, name: str, table: TableSpec) -> None:
+    dynamodb.create_table(
+        TableName=name,
+        BillingMode=table.billing_mode,
+        AttributeDefinitions=[dict(item) for item in table.attribute_definitions],
+        KeySchema=[dict(item) for item in table.key_schema],
+    )
+    if table.ttl_attribute:
+        dynamodb.update_time_to_live(
+            TableName=name, TimeToLiveSpecification={"Enabled": True, "AttributeName": table.ttl_attribute}
         )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml  # type: ignore[import-untyped]
+from devstack import template as cfn_template
 
 pytestmark = pytest.mark.template
 
@@ -68,32 +68,9 @@ BROAD_POLICIES = {
 
 
 # ------------------------------------------------------------------------------------------------ loading
-class _CfnLoader(yaml.SafeLoader):
-    """A safe YAML loader that reads CloudFormation short tags (!Ref, !Sub, ...) as their long forms."""
-
-
-def _construct_intrinsic(loader: yaml.SafeLoader, tag_suffix: str, node: yaml.Node) -> dict[str, Any]:
-    if isinstance(node, yaml.ScalarNode):
-        value: Any = loader.construct_scalar(node)
-    elif isinstance(node, yaml.SequenceNode):
-        value = loader.construct_sequence(node, deep=True)
-    else:
-        value = loader.construct_mapping(node, deep=True)
-    if tag_suffix == "Ref":
-        return {"Ref": value}
-    if tag_suffix == "Condition":
-        return {"Condition": value}
-    if tag_suffix == "GetAtt" and isinstance(value, str):
-        value = value.split(".", 1)
-    return {f"Fn::{tag_suffix}": value}
-
-
-_CfnLoader.add_multi_constructor("!", _construct_intrinsic)
-
-
 def load_template(path: Path = TEMPLATE_PATH) -> dict[str, Any]:
-    with path.open(encoding="utf-8") as stream:
-        return yaml.load(stream, Loader=_CfnLoader)  # a SafeLoader subclass: no arbitrary objects
+    """The template as the local stack reads it: the repository's one CloudFormation loader (devstack.template)."""
+    return cfn_template.load_template(path)
 
 
 @pytest.fixture(scope="module")
