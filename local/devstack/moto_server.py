@@ -31,6 +31,11 @@ Sending a message asked for every queue attribute (each approximate count walks 
 FIFO setting, so a job's fan-out of 10,000 messages cost O(messages) per message sent: while sending, a queue's
 attributes are only its FIFO ones, computed as moto does.
 
+SQS's DeleteMessage rebuilt a queue's message list without the lock that SendMessage appends under, so a message
+sent while another was deleted could be appended to the discarded list: lost, never delivered (found when a
+10,000-line upload job ended with one SendMessageBatch's 10 items queued forever, their messages absent from the
+queue). The delete runs under the queue's lock here.
+
 Every look-up of a service's backend (several per request: one per item of a transaction) took one lock shared by
 every service and every request thread, to create the account's backend on first use; under a bulk job's load
 the request threads queued on it (py-spy: most of the moto process's samples). The look-up of an existing account
@@ -231,6 +236,14 @@ def _existing_backend_first(self: Any, account_id: str) -> Any:
         return _original_backend_getitem(self, account_id)
 
 
+_original_delete_message = Queue.delete_message
+
+
+def queue_delete_message(self: Queue, receipt_handle: str) -> None:
+    with self._messages_lock:  # the lock add_message appends under: no send lands in the list being replaced
+        _original_delete_message(self, receipt_handle)
+
+
 _sending = threading.local()
 _original_queue_attributes = Queue.attributes
 _original_send_message = SQSBackend.send_message
@@ -272,6 +285,7 @@ def install() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
     DynamoHandler.serialized = serialized  # type: ignore[method-assign]
     Table.query = query  # type: ignore[method-assign]
+    Queue.delete_message = queue_delete_message  # type: ignore[method-assign]
     Queue.attributes = property(queue_attributes)  # type: ignore[method-assign, assignment]
     SQSBackend.send_message = send_message  # type: ignore[method-assign]
     SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]

@@ -107,6 +107,9 @@ def test_routing_lists_moto_services_once(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(BackendDict, "__getitem__", BackendDict.__getitem__)
     monkeypatch.setattr(moto_server, "_original_backend_getitem", moto_server._original_backend_getitem)
+    for name in ("delete_message", "attributes"):
+        monkeypatch.setattr(moto_server.Queue, name, moto_server.Queue.__dict__[name])
+    monkeypatch.setattr(moto_server.SQSBackend, "send_message", moto_server.SQSBackend.send_message)
     monkeypatch.setattr(
         moto_server.SQSBackend,
         "is_message_valid_based_on_retention_period",
@@ -279,3 +282,51 @@ def test_a_send_reads_only_the_fifo_attributes(fifo: bool, monkeypatch: pytest.M
     assert sent_walks == 0
     assert counts["ApproximateNumberOfMessages"] == ("1" if fifo else "2")
     assert ("ContentBasedDeduplication" in counts) is fifo
+
+
+def test_a_message_sent_while_another_is_deleted_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a queue whose DeleteMessage has built its new message list and is about to put it in place when a
+    # SendMessage arrives (the moment is reached by tracing moto's own lines)
+    import sys
+    import threading
+    import time
+
+    import boto3
+    from moto import mock_aws
+    from moto.sqs.models import Message, Queue, sqs_backends
+
+    monkeypatch.setattr(Queue, "delete_message", moto_server.queue_delete_message)
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="q")["QueueUrl"]
+        sqs.send_message(QueueUrl=url, MessageBody="first")
+        receipt = sqs.receive_message(QueueUrl=url)["Messages"][0]["ReceiptHandle"]
+        queue = sqs_backends["123456789012"]["us-east-1"].get_queue("q")
+        senders: list[threading.Thread] = []
+
+        def lines(frame: Any, event: str, arg: Any) -> Any:
+            source = frame.f_code.co_filename
+            if event == "line" and not senders and source.endswith("models.py"):
+                import linecache
+
+                if linecache.getline(source, frame.f_lineno).strip() == "self._messages = new_messages":
+                    sender = threading.Thread(target=queue.add_message, args=(Message("m-2", "second", {}),))
+                    senders.append(sender)
+                    sender.start()
+                    time.sleep(0.2)  # time to append, unless the delete holds the queue's lock
+            return lines
+
+        def calls(frame: Any, event: str, arg: Any) -> Any:
+            return lines if frame.f_code.co_name == "delete_message" else None
+
+        # When the delete finishes
+        sys.settrace(calls)
+        try:
+            queue.delete_message(receipt)
+        finally:
+            sys.settrace(None)
+        assert senders, "moto's delete no longer replaces its message list: revisit the launcher's lock"
+        senders[0].join(5)
+
+        # Then the message sent meanwhile is in the queue
+        assert [message.body for message in queue._messages] == ["second"]
