@@ -5,37 +5,19 @@ can be fetched; a job item that is blocked fails with ``content_blocked`` and is
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 import requests
 from devstack.lambda_context import make_context
 from imagegen.models import ImageRequest, JobMessage
-from support.events import load_event
 from support.secrets_under_test import API_KEY
-from support.stack_fixtures import make_job, s3_keys, sqs_event
-
-
-def post_image(invoke, prompt: str) -> tuple[int, dict[str, Any], dict[str, str]]:
-    event = load_event("post_image")
-    event["body"] = json.dumps({"prompt": prompt, "width": 256, "height": 256})
-    response = invoke(event)
-    headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
-    for name, values in (response.get("multiValueHeaders") or {}).items():
-        headers.setdefault(name.lower(), ",".join(values))
-    return response["statusCode"], json.loads(response["body"]), headers
-
-
-def object_count(stack) -> int:
-    s3 = stack.aws.client("s3")
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=stack.resources.bucket, Prefix="images/")
-    return sum(page.get("KeyCount", 0) for page in pages)
+from support.stack_fixtures import image_object_count, make_job, post_image, s3_keys, sqs_event
 
 
 def test_moderation_blocked_prompt_422_and_no_upstream_call(invoke, emulator, moderation, stack) -> None:
     # Given moderation of prompts and images
     standin = moderation("both")
-    before = object_count(stack)
+    before = image_object_count(stack)
     # When a prompt the guardrail flags is submitted
     status, body, _ = post_image(invoke, "a scene [[unsafe]]")
     # Then 422 content_blocked names body.prompt and the category, and the upstream was never called (not paid)
@@ -47,7 +29,7 @@ def test_moderation_blocked_prompt_422_and_no_upstream_call(invoke, emulator, mo
     assert "[[unsafe]]" not in json.dumps(body)  # the prompt is not echoed
     assert emulator.calls == 0
     assert standin.calls == {"INPUT": 1}
-    assert object_count(stack) == before
+    assert image_object_count(stack) == before
 
 
 def test_moderation_blocked_image_422_and_nothing_stored_or_fetchable(
@@ -55,7 +37,7 @@ def test_moderation_blocked_image_422_and_nothing_stored_or_fetchable(
 ) -> None:
     # Given moderation of prompts and images
     standin = moderation("both")
-    before = object_count(stack)
+    before = image_object_count(stack)
     # When the generated image is one the guardrail flags
     status, body, _ = post_image(invoke, "a lighthouse [[unsafe-image]]")
     # Then 422 content_blocked names output.image; one upstream call was made, and no object, record or URL exists
@@ -66,7 +48,7 @@ def test_moderation_blocked_image_422_and_nothing_stored_or_fetchable(
     assert "http" not in json.dumps(body)  # no URL of any kind
     assert emulator.calls == 1
     assert standin.calls == {"INPUT": 1, "OUTPUT": 1}
-    assert object_count(stack) == before
+    assert image_object_count(stack) == before
     # And the worker announced it (the API hands it over the queue): categories, no URL, no prompt
     [event] = events(1)
     assert event["detail-type"] == "Image Blocked"

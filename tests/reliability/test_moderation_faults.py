@@ -5,32 +5,12 @@ upstream outage (and failed on its last receive), and a blocked item fails for g
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import pytest
 from devstack.lambda_context import make_context
 from imagegen.models import ImageRequest, JobMessage
-from support.events import load_event
-from support.stack_fixtures import make_job, s3_keys, sqs_event
+from support.stack_fixtures import image_object_count, make_job, post_image, s3_keys, sqs_event
 
 MAX_RECEIVES = 5  # the local stack's maxReceiveCount, as the template's default
-
-
-def post_image(invoke, prompt: str = "a quiet harbour") -> tuple[int, dict[str, Any], dict[str, str]]:
-    event = load_event("post_image")
-    event["body"] = json.dumps({"prompt": prompt, "width": 256, "height": 256})
-    response = invoke(event)
-    headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
-    for name, values in (response.get("multiValueHeaders") or {}).items():
-        headers.setdefault(name.lower(), ",".join(values))
-    return response["statusCode"], json.loads(response["body"]), headers
-
-
-def stored_images(stack) -> int:
-    s3 = stack.aws.client("s3")
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=stack.resources.bucket, Prefix="images/")
-    return sum(page.get("KeyCount", 0) for page in pages)
 
 
 def item_messages(job_id: str, prompts: list[str]) -> list[str]:
@@ -59,7 +39,7 @@ def test_moderation_fault_on_the_api_fails_closed_with_503_and_retry_after(
     # Given the moderation service failing on every call
     standin = moderation(mode)
     standin.inject(fault, count=None)
-    before = stored_images(stack)
+    before = image_object_count(stack)
     # When a client asks for an image
     status, body, headers = post_image(invoke)
     # Then 503 moderation_unavailable with Retry-After, after one bounded retry; nothing unchecked gets through
@@ -68,7 +48,7 @@ def test_moderation_fault_on_the_api_fails_closed_with_503_and_retry_after(
     assert int(headers["retry-after"]) == retry_after
     assert emulator.calls == upstream_calls
     assert standin.faulted == 2
-    assert stored_images(stack) == before
+    assert image_object_count(stack) == before
     side = "prompt" if mode == "both" else "image"
     reliability.record(
         "Upstream faults",

@@ -268,6 +268,24 @@ def messages(job_id: str, count: int) -> list[str]:
     ]
 
 
+def post_image(invoke, prompt: str = "a quiet harbour") -> tuple[int, dict[str, Any], dict[str, str]]:
+    """``POST /v1/images`` through the API handler (256x256): status, body, and headers by lower-case name."""
+    event = load_event("post_image")
+    event["body"] = json.dumps({"prompt": prompt, "width": 256, "height": 256})
+    response = invoke(event)
+    headers = {k.lower(): v for k, v in (response.get("headers") or {}).items()}
+    for name, values in (response.get("multiValueHeaders") or {}).items():
+        headers.setdefault(name.lower(), ",".join(values))
+    return response["statusCode"], json.loads(response["body"]), headers
+
+
+def image_object_count(stack) -> int:
+    """Every image object in the bucket (``images/``)."""
+    s3 = stack.aws.client("s3")
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=stack.resources.bucket, Prefix="images/")
+    return sum(page.get("KeyCount", 0) for page in pages)
+
+
 def s3_keys(stack, job_id: str, index: int) -> list[str]:
     """Every object stored for one item (its key derives from job id + index: a replay overwrites)."""
     s3 = stack.aws.client("s3")
