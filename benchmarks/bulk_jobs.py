@@ -1,12 +1,14 @@
 """Bulk jobs through the local stack: API → SQS → worker (local event source mapping) → emulator → S3.
 
-The emulator answers after 1 s and allows 16 concurrent generations (429 with Retry-After above that). The
-worker is configured like a deployment sized for that limit: ``WorkerMaxConcurrency`` invocations x
-``WorkerThreads`` upstream slots each = 16 calls in flight at most. An item gives its slot back as soon as the
-upstream answers and mirrors while the next item of its batch calls, so a batch of k x the slots leaves them
-idle for S3 and DynamoDB once per k generations (its tail) instead of once per generation; larger k, coarser
-steps at the job's end (a batch is taken whole by one invocation). Defaults, for 200 items: 16 x 1 slot,
-batches of 2. For 2,000 items: ``--invocations 8 --slots 2 --batch-size 10 --job-items 100``.
+The emulator answers after 1 s (``--latency``) and allows 16 concurrent generations (429 with Retry-After above
+that). The worker is configured like a deployment sized for that limit: ``WorkerMaxConcurrency`` invocations x
+``WorkerThreads`` upstream slots each = 16 calls in flight at most. An item holds its slot only while the upstream
+answers, and each invocation refills itself from the queue while its slots would wait (``WorkerRefill``,
+``imagegen.refill``; ``--no-refill`` for the batches the mapping delivers only). Defaults, for 200 items:
+16 x 1 slot, batches of 2. For 2,000 items: ``--invocations 8 --slots 2 --batch-size 10 --job-items 100``.
+Besides the wall time it prints how the upstream was used: the mean generations in flight from the first call
+seen to the last (sampled every 20 ms) and the time after the last call (mirror, record, completion, results
+file, the client's next poll).
 
 Checked: all items succeed, none lost, none generated twice (the emulator's call counter equals the items plus
 the 429s it answered, which must be 0; one S3 object per image); the most concurrent generations the emulator
@@ -26,6 +28,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import urllib.request
 from typing import Any
@@ -80,6 +83,10 @@ def main() -> int:
         "budget on a loaded 2-core machine: moto writes the items and the messages)",
     )
     parser.add_argument("--target", type=float, default=1.10, help="the ratio to the ideal to stay under")
+    parser.add_argument("--latency", type=float, default=LATENCY_S, help="the emulator's seconds per generation")
+    parser.add_argument(
+        "--no-refill", action="store_true", help="WorkerRefill false: only the batches the mapping delivers"
+    )
     args = parser.parse_args()
     if args.invocations * args.slots > CONCURRENCY_LIMIT:
         parser.error(f"{args.invocations} x {args.slots} slots exceed the emulator's limit of {CONCURRENCY_LIMIT}")
@@ -89,14 +96,15 @@ def main() -> int:
 
     stack = LocalStack(
         port=0,
-        emulator_latency_s=LATENCY_S,
+        emulator_latency_s=args.latency,
         emulator_concurrency_limit=CONCURRENCY_LIMIT,
         worker_parameters={
             "WorkerMaxConcurrency": str(args.invocations),
             "WorkerBatchSize": str(args.batch_size),
             "WorkerMaxBatchingWindowSeconds": str(args.batching_window),
         },
-        extra_env={"WORKER_THREADS": str(args.slots)},
+        # The local stack gives both functions one environment: the worker's template variables are set here
+        extra_env={"WORKER_THREADS": str(args.slots), "WORKER_REFILL": "false" if args.no_refill else "true"},
     )
     started = 0.0
     with stack:
@@ -107,7 +115,16 @@ def main() -> int:
         headers = {"x-api-key": stack.api_key}
         prompts = [{"prompt": f"bulk {i}", "seed": i, "width": 512, "height": 512} for i in range(args.items)]
         chunks = [prompts[start : start + args.job_items] for start in range(0, len(prompts), args.job_items)]
+        samples: list[tuple[float, int]] = []  # (s after submit, generations in flight), every 20 ms
+        sampling = threading.Event()
+
+        def sample() -> None:
+            while not sampling.wait(0.02):
+                samples.append((time.perf_counter() - started, stack.emulator.in_flight))
+
+        sampler = threading.Thread(target=sample, daemon=True)
         started = time.perf_counter()
+        sampler.start()
         pending = []
         for chunk in chunks:  # more items than --job-items: more jobs, submitted one after another
             submitted = requests.post(f"{stack.url}/v1/jobs", json={"items": chunk}, headers=headers, timeout=120)
@@ -124,6 +141,11 @@ def main() -> int:
             pending.append(pending.pop(0))
             time.sleep(0.25)
         wall_s = time.perf_counter() - started
+        sampling.set()
+        sampler.join()
+        busy = [(at, n) for at, n in samples if n]
+        calls_from_s, calls_to_s = (busy[0][0], busy[-1][0]) if busy else (0.0, 0.0)
+        during = [n for at, n in samples if calls_from_s <= at <= calls_to_s]
 
         by_status = stack.emulator.calls_by_status
         s3 = stack.aws.client("s3")
@@ -131,12 +153,13 @@ def main() -> int:
             len(page.get("Contents", []))
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.resources.bucket, Prefix="images/")
         )
-        ideal_s = args.items / CONCURRENCY_LIMIT * LATENCY_S
+        ideal_s = args.items / CONCURRENCY_LIMIT * args.latency
         mapping = stack.pollers[0].stats()
         first_s = min(start for start, _, _ in timeline)
         result = {
             "items": args.items,
-            "worker": f"{args.invocations} invocations x {args.slots} upstream slots, batches of {args.batch_size}",
+            "worker": f"{args.invocations} invocations x {args.slots} upstream slots, batches of {args.batch_size}"
+            + (", no refill" if args.no_refill else ", refill"),
             "invocations": mapping["invocations"],
             "jobs": len(jobs),
             "submit_s": round(submit_s, 2),
@@ -144,6 +167,13 @@ def main() -> int:
             "failed": sum(job["counts"]["failed"] for job in jobs),
             "first_invocation_s": round(first_s, 2),
             "batches": [f"{size} items {start:.1f}-{end:.1f} s" for start, end, size in sorted(timeline)],
+            # How the upstream's 16 slots were used: from the first generation seen to the last one, the mean
+            # number in flight (sampled every 20 ms), then what followed the last call (mirror, record,
+            # completion, results.jsonl and the client's next poll).
+            "calls_from_s": round(calls_from_s, 2),
+            "calls_to_s": round(calls_to_s, 2),
+            "mean_in_flight_during_calls": round(sum(during) / len(during), 2) if during else 0,
+            "after_last_call_s": round(wall_s - calls_to_s, 2),
             "upstream_calls": stack.emulator.calls,
             "upstream_429": by_status.get(429, 0),
             "upstream_max_in_flight": stack.emulator.max_in_flight,
@@ -155,7 +185,7 @@ def main() -> int:
             "ratio_to_ideal": round(wall_s / ideal_s, 3),
             # No schedule beats this: the first message reached the worker then, and some slot makes
             # ceil(items / 16) calls one after another (13 for 200 items, where the ideal counts 12.5).
-            "floor_s": round(first_s + math.ceil(args.items / CONCURRENCY_LIMIT) * LATENCY_S, 2),
+            "floor_s": round(first_s + math.ceil(args.items / CONCURRENCY_LIMIT) * args.latency, 2),
             "target_ratio": args.target,
         }
         result["meets_target"] = (

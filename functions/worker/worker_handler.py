@@ -24,9 +24,12 @@ from imagegen.snapstart import register_hooks
 from pydantic import ValidationError
 
 if TYPE_CHECKING:
+    from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
     from imagegen.adapters.queue import JobQueue
     from imagegen.fanout import FanOut
     from imagegen.jobs import ItemProcessor
+    from imagegen.refill import Refill
+    from imagegen.settings import Settings
 
 register_hooks()  # SnapStart only (EnableSnapStart): each restored environment re-seeds and rebuilds
 logger = Logger()
@@ -120,15 +123,60 @@ def _handle(record: QueueRecord, processor: "ItemProcessor", deadline: Deadline)
 @logger.inject_lambda_context(log_event=False)
 @tracer.capture_lambda_handler
 @metrics.log_metrics(capture_cold_start_metric=True)
-def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+def lambda_handler(event: dict[str, Any], context: LambdaContext) -> "PartialItemFailureResponse":
     settings = get_settings()
     deadline = Deadline.from_context(context, cap_s=900, reserve_s=settings.worker_reserve_s)
     processor = item_processor()
     batch = ConcurrentBatchProcessor(EventType.SQS, model=QueueRecord, max_workers=settings.worker_items_in_flight)
-    with bound_upstream(UpstreamSlots(settings.worker_threads)):  # this invocation's slots (imagegen.slots)
-        return process_partial_response(
-            event=event,
-            record_handler=lambda record: _handle(record, processor, deadline),
-            processor=batch,
-            context=context,
-        )
+    if not (settings.worker_refill and settings.jobs_queue_url):
+        with bound_upstream(UpstreamSlots(settings.worker_threads)):  # this invocation's slots (imagegen.slots)
+            return process_partial_response(
+                event=event,
+                record_handler=lambda record: _handle(record, processor, deadline),
+                processor=batch,
+                context=context,
+            )
+    refill = _refill(processor, deadline, settings)
+    with bound_upstream(refill.slots):
+        refill.expect(len(event.get("Records") or ()))
+        refill.start()
+        try:
+            return process_partial_response(
+                event=event,
+                record_handler=lambda record: refill.track(lambda: _handle(record, processor, deadline)),
+                processor=batch,
+                context=context,
+            )
+        finally:
+            refill.batch_ended()
+            refill.finish()  # the messages it took are all handled before the invocation ends
+            if refill.taken:
+                metrics.add_metric(name="RefilledMessages", unit=MetricUnit.Count, value=refill.taken)
+                logger.info("refill", taken=refill.taken, deleted=refill.deleted)
+
+
+def _refill(processor: "ItemProcessor", deadline: Deadline, settings: "Settings") -> "Refill":
+    """The invocation's refill (imagegen.refill): more messages from the jobs queue while its slots would wait."""
+    from imagegen.refill import Refill
+
+    def handle(raw: dict[str, Any]) -> None:
+        _handle(QueueRecord.model_validate(raw), processor, deadline)
+
+    def on_error(what: str, exc: BaseException) -> None:
+        if isinstance(exc, RetryLater):
+            return  # its visibility timeout is set: it comes back then, as a delivered message's retry does
+        logger.warning("refill: %s failed", what, error=type(exc).__name__, reason=str(exc)[:300])
+
+    slots = UpstreamSlots(settings.worker_threads)
+    refill = Refill(
+        job_queue(),
+        handle,
+        slots=slots,
+        deadline=deadline,
+        reserve_s=settings.worker_refill_reserve_s,
+        lookahead=settings.worker_threads,
+        max_items=settings.worker_items_in_flight,
+        on_error=on_error,
+    )
+    slots.add_release_listener(refill.notify)
+    return refill

@@ -49,8 +49,8 @@ def test_worker_keeps_upstream_calls_within_its_slots_and_frees_a_slot_before_mi
 
     real_acquire, real_release = slots_module.UpstreamSlots.acquire, slots_module.UpstreamSlots.release
 
-    def acquire(self: Any, timeout_s: float) -> bool:
-        taken = real_acquire(self, timeout_s)
+    def acquire(self: Any, timeout_s: float, **kwargs: Any) -> bool:
+        taken = real_acquire(self, timeout_s, **kwargs)
         if taken:
             sizes.append(self.size)
             note("slot taken")

@@ -85,6 +85,10 @@ class Settings(BaseModel):
     # WorkerMaxConcurrency x this in the fleet. Its items run in more threads (worker_items_in_flight).
     worker_threads: int = Field(8, alias="WORKER_THREADS", ge=1, le=64)
     worker_reserve_s: float = Field(5.0, alias="WORKER_RESERVE_SECONDS", ge=0, le=60)
+    # An invocation takes more messages from the jobs queue itself while its slots would otherwise wait
+    # (imagegen.refill), until less than WORKER_REFILL_RESERVE_SECONDS of it is left or the queue has none.
+    worker_refill: bool = Field(True, alias="WORKER_REFILL")
+    worker_refill_reserve_s: float = Field(60.0, alias="WORKER_REFILL_RESERVE_SECONDS", ge=0, le=900)
     # A delivery holds its item for the rest of its invocation (read from the Lambda context, so it follows the
     # function's Timeout whatever it is set to) plus this margin. A duplicate delivery waits for the lease.
     item_lease_margin_s: float = Field(30.0, alias="ITEM_LEASE_MARGIN_SECONDS", ge=1, le=600)

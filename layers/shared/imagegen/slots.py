@@ -21,7 +21,7 @@ Light on purpose (no requests, no boto3): the worker's handler imports it at col
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 
@@ -29,6 +29,9 @@ from imagegen.budget import Deadline
 from imagegen.errors import UpstreamTimeoutError
 
 _SLOTS: ContextVar[UpstreamSlots | None] = ContextVar("upstream_slots", default=None)
+# Called once, the first time an item asks for a slot (``on_first_request``): the worker's refill counts the items
+# that have not reached the upstream yet.
+_FIRST_REQUEST: ContextVar[Callable[[], None] | None] = ContextVar("first_slot_request", default=None)
 
 
 class UpstreamSlots:
@@ -41,22 +44,42 @@ class UpstreamSlots:
         self._free = threading.BoundedSemaphore(size)
         self._lock = threading.Lock()
         self._in_use = 0
+        self._waiting = 0
+        self._release_listeners: list[Callable[[], None]] = []
 
-    def acquire(self, timeout_s: float) -> bool:
-        if not self._free.acquire(timeout=max(0.0, timeout_s)):
-            return False
+    def acquire(self, timeout_s: float, *, waiting: Callable[[], None] | None = None) -> bool:
+        """Take a slot within ``timeout_s``; ``waiting()`` runs once the caller counts in ``demand``."""
         with self._lock:
-            self._in_use += 1
-        return True
+            self._waiting += 1
+        if waiting is not None:
+            waiting()
+        taken = self._free.acquire(timeout=max(0.0, timeout_s))
+        with self._lock:
+            self._waiting -= 1
+            if taken:
+                self._in_use += 1
+        return taken
 
     def release(self) -> None:
         with self._lock:
             self._in_use -= 1
         self._free.release()
+        for listener in self._release_listeners:
+            listener()
+
+    def add_release_listener(self, listener: Callable[[], None]) -> None:
+        """``listener()`` after every release (the worker's refill looks again when a slot comes free)."""
+        self._release_listeners.append(listener)
 
     @property
     def in_use(self) -> int:
         return self._in_use
+
+    @property
+    def demand(self) -> int:
+        """Calls in flight plus callers waiting for a slot."""
+        with self._lock:
+            return self._in_use + self._waiting
 
 
 @contextmanager
@@ -73,6 +96,12 @@ def current_slots() -> UpstreamSlots | None:
     return _SLOTS.get()
 
 
+def on_first_request(callback: Callable[[], None]) -> None:
+    """Call ``callback`` when the current context (one item's) first asks for a slot. Set it inside the item's
+    own context copy: a context variable set there reaches only that item."""
+    _FIRST_REQUEST.set(callback)
+
+
 @contextmanager
 def upstream_slot(deadline: Deadline, *, reserve_s: float = 0.0) -> Iterator[None]:
     """Hold one of the current slots for the ``with`` block (nothing outside a ``bound_upstream``).
@@ -80,11 +109,17 @@ def upstream_slot(deadline: Deadline, *, reserve_s: float = 0.0) -> Iterator[Non
     Waits at most until ``reserve_s`` before the deadline (an attempt needs time to run once it has its slot):
     then ``UpstreamTimeoutError``, retryable, so the item goes back to the queue for an invocation with time.
     """
+    first_request = _FIRST_REQUEST.get()
+    if first_request is not None:
+        _FIRST_REQUEST.set(None)
     slots = _SLOTS.get()
     if slots is None:
+        if first_request is not None:
+            first_request()
         yield
         return
-    if not slots.acquire(deadline.remaining() - reserve_s):
+    # Counted as waiting before it stops counting as not arrived: the refill never sees the item in neither
+    if not slots.acquire(deadline.remaining() - reserve_s, waiting=first_request):
         raise UpstreamTimeoutError("no upstream slot came free within the request budget")
     try:
         yield

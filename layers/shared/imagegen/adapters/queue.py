@@ -70,6 +70,20 @@ class JobQueue:
         """One control message for the worker (cancel a job's items, announce a completion)."""
         self._client.send_message(QueueUrl=self._url, MessageBody=message.model_dump_json(exclude_none=True))
 
+    def receive(self, max_messages: int, wait_s: int = 0) -> list[dict[str, Any]]:
+        """Up to ``max_messages`` (1–10) messages, with the receive count the worker reads (the refill's pull)."""
+        answer = self._client.receive_message(
+            QueueUrl=self._url,
+            MaxNumberOfMessages=max(1, min(max_messages, SEND_BATCH)),
+            WaitTimeSeconds=wait_s,
+            MessageSystemAttributeNames=["ApproximateReceiveCount"],
+        )
+        return list(answer.get("Messages", []))
+
+    def delete(self, receipt_handle: str) -> None:
+        """Acknowledge a message the worker took itself (the event source mapping deletes the ones it delivers)."""
+        self._client.delete_message(QueueUrl=self._url, ReceiptHandle=receipt_handle)
+
     def delay(self, receipt_handle: str, seconds: int) -> None:
         """Make a failed message reappear after ``seconds`` (its own backoff) instead of the queue default."""
         self._client.change_message_visibility(

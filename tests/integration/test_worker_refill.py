@@ -1,0 +1,67 @@
+"""The worker's refill on a whole local stack, as the bulk benchmark runs it (its own process: a stack with its own
+worker parameters): with WorkerRefill, invocations take messages from the queue themselves, so fewer invocations
+handle the same job, and still every item is generated once, within the fleet's upstream slots. Counts, never
+timings: the benchmark's wall-clock figures are not asserted here."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ITEMS = 24
+
+
+def bulk_run(*extra: str) -> dict[str, Any]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            str(ROOT / part) for part in ("layers/shared", "functions/api", "functions/worker", "local")
+        ),
+    }
+    command = [
+        sys.executable,
+        str(ROOT / "benchmarks" / "bulk_jobs.py"),
+        "--vendor-items",
+        "0",
+        "--items",
+        str(ITEMS),
+        "--job-items",
+        str(ITEMS),
+        "--invocations",
+        "2",
+        "--slots",
+        "1",
+        "--batch-size",
+        "1",
+        "--latency",
+        "0.1",
+        *extra,
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout[done.stdout.index("{\n") :])
+
+
+@pytest.mark.parametrize("refill", [True, False], ids=["refill", "no-refill"])
+def test_every_item_generated_once_within_the_slots_and_refill_takes_messages(refill):
+    # Given a 24-item job, two invocations of one slot each, batches of one message
+    # When it runs with or without the refill
+    result = bulk_run() if refill else bulk_run("--no-refill")
+    # Then every item succeeded, with one upstream call and one stored object each, never past the two slots
+    assert result["succeeded"] == ITEMS and result["failed"] == 0
+    assert result["upstream_calls"] == ITEMS and result["upstream_429"] == 0
+    assert result["s3_objects"] == ITEMS and result["none_generated_twice"]
+    assert result["upstream_max_in_flight"] <= 2
+    # ... and with the refill, invocations took messages themselves: fewer invocations than messages delivered
+    # one by one (the job's fan-out message is one more); without it, one invocation per message
+    if refill:
+        assert result["invocations"] < ITEMS
+    else:
+        assert result["invocations"] >= ITEMS + 1
