@@ -15,6 +15,11 @@ source (at most the size cap), one decoded frame of at most 2048×2048 and the c
 With content moderation on, ``screen`` sees the whole image before its PutObject: the upstream's own file (before a
 conversion, which moderation might not read, such as WebP) or the file stored (at most one part: moderation takes
 at most 4 MB). A blocked image is never written, so there is nothing to fetch, remove or quarantine.
+
+Over ~300 lines on purpose: fetch, check, convert and store are one pipeline over one response (the budget, the
+size cap and the moderation screen run through all of them, and a failure anywhere aborts the upload), and its two
+helpers (``_Body``, ``_MultipartUpload``) serve nothing else. What can stand alone lives next to it: the network guard
+(``netguard.py``), the sniffing (``sniff.py``), the conversion (``convert.py``) and the bounded reads (``http.py``).
 """
 
 from __future__ import annotations
