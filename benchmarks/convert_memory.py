@@ -62,7 +62,8 @@ MEASURE = r"""
 import json, resource, sys, tracemalloc
 import boto3
 from imagegen.adapters.convert import Conversion
-from imagegen.adapters.mirror import ImageMirror, UrlGuard, guarded_session
+from imagegen.adapters.mirror import ImageMirror
+from imagegen.adapters.netguard import UrlGuard, guarded_session
 from imagegen.budget import Deadline
 
 fmt, endpoint, images = sys.argv[1], sys.argv[2], sys.argv[3]

@@ -44,7 +44,8 @@ def main() -> int:
     import boto3
     from botocore.config import Config
     from devstack.aws import REGION, LocalAws, Resources
-    from imagegen.adapters.jobs_table import JobRepository, job_key
+    from imagegen.adapters.job_rows import job_key
+    from imagegen.adapters.jobs_table import JobRepository
     from imagegen.entities import Job
     from imagegen.models import ImageRequest
 

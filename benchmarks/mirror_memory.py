@@ -61,7 +61,8 @@ sys.stdin.read()
 MEASURE = r"""
 import json, resource, sys
 import boto3, requests
-from imagegen.adapters.mirror import ImageMirror, UrlGuard, guarded_session
+from imagegen.adapters.mirror import ImageMirror
+from imagegen.adapters.netguard import UrlGuard, guarded_session
 from imagegen.budget import Deadline
 
 mode, endpoint, images, size = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])

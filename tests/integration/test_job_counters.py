@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from imagegen.adapters.jobs_table import COUNTER_SHARDS, item_key, job_key
+from imagegen.adapters.job_rows import COUNTER_SHARDS, item_key, job_key, new_item_row
 from imagegen.entities import JobUnavailable
 from imagegen.models import ImageRequest
 from support.stack_fixtures import make_job
@@ -150,7 +150,7 @@ def test_a_job_written_before_the_shards_still_counts_on_its_row_and_completes_o
     for index in range(2):
         request = ImageRequest(prompt=f"p{index}", seed=index, width=256, height=256)
         repository._client.put_item(
-            TableName=repository._table, Item=repository._new_item(job_id, index, request, None, "9999999999")
+            TableName=repository._table, Item=new_item_row(job_id, index, request, None, "9999999999")
         )
     assert repository._client.get_item(TableName=repository._table, Key=item_key(job_id, 1))["Item"]
 

@@ -36,7 +36,7 @@ from typing import Any
 
 import pytest
 from devstack.sqs_poller import EventSourceMapping
-from imagegen.adapters.mirror import UrlGuard
+from imagegen.adapters.netguard import UrlGuard
 from imagegen.adapters.queue import JobQueue
 from imagegen.service import item_image_id
 from support.stack_fixtures import expire_lease, make_job, messages, s3_keys

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import requests
-from imagegen.adapters.mirror import UrlGuard
+from imagegen.adapters.netguard import UrlGuard
 from support.events import load_event
 from support.secrets_under_test import API_KEY, ROTATED_SUBSCRIPTION_KEY, SUBSCRIPTION_KEY
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+import socket
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
+import urllib3.util.connection
 
 FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -217,6 +219,37 @@ def http_server() -> Iterator[ScriptedServer]:
         yield server
     finally:
         server.stop()
+
+
+# ---------------------------------------------------------------------------------------------------- name resolution
+class ConnectRecorder:
+    """Replaces urllib3's create_connection: records the address and raises ``error``; never opens a socket."""
+
+    def __init__(self, error: OSError) -> None:
+        self.error = error
+        self.addresses: list[tuple[str, int]] = []
+
+    def __call__(self, address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        self.addresses.append(address)
+        raise self.error
+
+
+@pytest.fixture
+def resolve_to(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ConnectRecorder]:
+    """``resolve_to(*addresses, error=None)``: every host name resolves to ``addresses``, and every connection the
+    network guard lets through is recorded (and fails with ``error``) instead of being made."""
+
+    def install(*addresses: str, error: OSError | None = None) -> ConnectRecorder:
+        def fake_getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+            family = {True: socket.AF_INET6, False: socket.AF_INET}
+            return [(family[":" in a], socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+        recorder = ConnectRecorder(error or ConnectionRefusedError("test: no real connection"))
+        monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+        monkeypatch.setattr(urllib3.util.connection, "create_connection", recorder)
+        return recorder
+
+    return install
 
 
 # ---------------------------------------------------------------------------------------------------- helpers

@@ -1,4 +1,5 @@
-"""The image mirror: the URL and address guard, image sniffing, and streaming into S3 (moto) from a loopback host."""
+"""The image mirror: image sniffing, streaming into S3 (moto) from a loopback host, and the network guard's refusals
+in the mirror's words (the guard itself: test_netguard.py)."""
 
 from __future__ import annotations
 
@@ -14,22 +15,10 @@ from typing import Any
 
 import boto3
 import pytest
-import requests
-import urllib3.util.connection
-from imagegen.adapters import mirror as mirror_module
 from imagegen.adapters.convert import Conversion
 from imagegen.adapters.http import CHUNK_BYTES
-from imagegen.adapters.mirror import (
-    S3_MIN_PART_BYTES,
-    AddressRefusedError,
-    ImageKind,
-    ImageMirror,
-    UrlGuard,
-    guarded_session,
-    is_public_address,
-    parse_networks,
-    sniff_image,
-)
+from imagegen.adapters.mirror import S3_MIN_PART_BYTES, ImageKind, ImageMirror, image_refusal, sniff_image
+from imagegen.adapters.netguard import Refusal, RefusedError, UrlGuard, guarded_session
 from imagegen.budget import Deadline
 from imagegen.errors import ImageRejectedError, UpstreamTimeoutError
 from moto import mock_aws
@@ -81,180 +70,10 @@ def webp_vp8x(width: int = 2048, height: int = 1536) -> bytes:
     return b"RIFF" + struct.pack("<I", 4 + len(chunk)) + b"WEBP" + chunk
 
 
-# ---------------------------------------------------------------------------------------------------- UrlGuard
-@pytest.mark.parametrize(
-    "url",
-    [
-        "https://pub-582b7213209642b9b995c96c95a30381.r2.dev/flux-schnell-cf/prompt-1.png",
-        "HTTPS://PUB-ABC.R2.DEV/x.png",
-        "https://pub-abc.r2.dev./x.png",
-        "https://pub-abc.r2.dev:443/x.png?sig=1#frag",
-    ],
-    ids=["vendor", "upper-case", "trailing-dot", "port-query"],
-)
-def test_url_guard_allows_https_on_allowlisted_host(url: str) -> None:
-    R2_GUARD.check(url)  # Given an https URL on an allowlisted host, When checked, Then nothing is raised
-
-
-@pytest.mark.parametrize(
-    ("url", "reason"),
-    [
-        ("http://pub-abc.r2.dev/x.png", "scheme"),
-        ("ftp://pub-abc.r2.dev/x.png", "scheme"),
-        ("file:///etc/passwd", "scheme"),
-        ("//pub-abc.r2.dev/x.png", "scheme"),
-        ("pub-abc.r2.dev/x.png", "scheme"),
-        ("https:///x.png", "no host"),
-        ("https://user:pw@pub-abc.r2.dev/x.png", "credentials"),
-        ("https://user@pub-abc.r2.dev/x.png", "credentials"),
-        ("https://evil.example\\@pub-abc.r2.dev/x.png", "credentials"),
-        ("https://evil.example/x.png", "allowlist"),
-        ("https://pub-abc.r2.dev.evil.example/x.png", "allowlist"),
-        ("https://x.pub-abc.r2.dev/x.png", "allowlist"),
-        ("https://r2.dev/x.png", "allowlist"),
-        ("https://169.254.169.254/latest/meta-data/", "allowlist"),
-        ("https://pub-abc.r2.dev@evil.example/x.png", "credentials"),
-    ],
-)
-def test_url_guard_refuses_bad_scheme_host_or_credentials(url: str, reason: str) -> None:
-    # Given a URL that must not be fetched, When checked, Then it is refused as an image_rejected error
-    with pytest.raises(ImageRejectedError, match=reason) as caught:
-        R2_GUARD.check(url)
-    assert caught.value.code == "image_rejected"
-
-
-def test_url_guard_allows_http_only_when_configured() -> None:
-    local = UrlGuard(("127.0.0.1", "localhost"), allow_http=True)
-    local.check("http://127.0.0.1:8080/x.png")
-    local.check("https://localhost/x.png")
-    with pytest.raises(ImageRejectedError, match="scheme"):
-        local.check("ftp://127.0.0.1/x.png")
-    with pytest.raises(ImageRejectedError, match="allowlist"):
-        local.check("http://127.0.0.2/x.png")
-
-
-# ---------------------------------------------------------------------------------------------------- addresses
-@pytest.mark.parametrize(
-    "address",
-    [
-        "10.0.0.1",
-        "10.255.255.255",
-        "172.16.0.1",
-        "172.31.255.254",
-        "192.168.1.1",
-        "127.0.0.1",
-        "127.8.9.10",
-        "169.254.169.254",
-        "100.64.0.1",
-        "100.127.255.254",
-        "0.0.0.0",
-        "255.255.255.255",
-        "224.0.0.251",
-        "::1",
-        "::",
-        "fe80::1",
-        "fe80::1%eth0",
-        "febf:ffff::1",
-        "fd00:ec2::254",
-        "::ffff:127.0.0.1",
-        "::ffff:10.0.0.1",
-        "::ffff:169.254.169.254",
-        "ff02::1",
-    ],
-)
-def test_is_public_address_refuses_private_loopback_link_local_and_shared(address: str) -> None:
-    assert is_public_address(address) is False
-
-
-@pytest.mark.parametrize(
-    "address",
-    ["8.8.8.8", "1.1.1.1", "104.18.2.3", "172.32.0.1", "100.128.0.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"],
-)
-def test_is_public_address_accepts_public(address: str) -> None:
-    assert is_public_address(address) is True
-
-
-# ---------------------------------------------------------------------------------------------------- PublicOnlyAdapter
-def test_public_only_adapter_refuses_loopback_without_connecting(http_server: Any) -> None:
-    # Given a live server on 127.0.0.1 and the production (public-only) session
-    session = guarded_session()
-    # When the guarded session asks for it
-    with pytest.raises(AddressRefusedError, match="non-public"):
-        session.get(http_server.url("/image.png"), timeout=2)
-    # Then no connection was made: a later plain request is the first and only one the server ever accepted
-    http_server.reply(200, b"ok")
-    plain = requests.Session()
-    plain.trust_env = False
-    assert plain.get(http_server.url("/probe"), timeout=2).content == b"ok"
-    assert http_server.connections == 1
-    assert [request.path for request in http_server.received] == ["/probe"]
-
-
-def test_public_only_adapter_refuses_localhost_name(http_server: Any) -> None:
-    with pytest.raises(AddressRefusedError):
-        guarded_session().get(f"http://localhost:{http_server.port}/x.png", timeout=2)
-    assert http_server.received == []
-
-
-def test_guarded_session_allowing_loopback_reaches_loopback(http_server: Any) -> None:
-    http_server.reply(200, b"ok")
-    session = guarded_session(["127.0.0.0/8", "::1/128"])
-    assert session.trust_env is False  # no proxy or .netrc from the environment
-    assert session.get(http_server.url("/x"), timeout=2).content == b"ok"
-
-
-@pytest.mark.parametrize("address", ["169.254.169.254", "10.0.0.1", "192.168.1.1", "fd00:ec2::254", "::ffff:10.1.1.1"])
-def test_allowing_loopback_still_refuses_metadata_and_private_networks(address: str) -> None:
-    # The local stack's allowance is loopback only: the cloud metadata service and LANs stay out of reach
-    loopback = parse_networks(["127.0.0.0/8", "::1/128"])
-    assert is_public_address(address, loopback) is False
-    assert is_public_address("127.0.0.1", loopback) is True
-    assert is_public_address("::ffff:127.0.0.1", loopback) is True
-
-
-def test_allowing_loopback_refuses_a_link_local_connection(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given the local stack's session and a host that resolves to the metadata service
-    recorder = _resolve_to(monkeypatch, "169.254.169.254", error=OSError("must not connect"))
-    # When it is fetched, then it is refused before any connection
-    with pytest.raises(AddressRefusedError, match="non-public"):
-        guarded_session(["127.0.0.0/8", "::1/128"]).get("http://images.example.com/x.png", timeout=2)
-    assert recorder.addresses == []
-
-
-def test_parse_networks_names_a_bad_entry() -> None:
-    with pytest.raises(ValueError, match="'localhost' is not an IP network"):
-        parse_networks(["127.0.0.0/8", "localhost"])
-
-
-class _ConnectRecorder:
-    """Replaces urllib3's create_connection: records the address and raises ``error``; never opens a socket."""
-
-    def __init__(self, error: OSError) -> None:
-        self.error = error
-        self.addresses: list[tuple[str, int]] = []
-
-    def __call__(self, address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
-        self.addresses.append(address)
-        raise self.error
-
-
-def _resolve_to(monkeypatch: pytest.MonkeyPatch, *addresses: str, error: OSError | None = None) -> _ConnectRecorder:
-    """Make every host name resolve to ``addresses`` and record (instead of making) every connection."""
-
-    def fake_getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
-        return [
-            (socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses
-        ]
-
-    recorder = _ConnectRecorder(error or ConnectionRefusedError("test: no real connection"))
-    monkeypatch.setattr(mirror_module.socket, "getaddrinfo", fake_getaddrinfo)
-    monkeypatch.setattr(urllib3.util.connection, "create_connection", recorder)
-    return recorder
-
-
-def test_public_only_adapter_refuses_host_resolving_to_metadata_address(monkeypatch: pytest.MonkeyPatch) -> None:
+# ---------------------------------------------------------------------------------------------------- guard refusals
+def test_image_mirror_refuses_a_host_resolving_to_the_metadata_address(resolve_to: Any) -> None:
     # Given an allowlisted name that resolves to the instance metadata address (DNS rebinding)
-    recorder = _resolve_to(monkeypatch, "169.254.169.254")
+    recorder = resolve_to("169.254.169.254")
     mirror = ImageMirror(object(), BUCKET, R2_GUARD, session=guarded_session())
     # When the mirror fetches it
     with pytest.raises(ImageRejectedError, match="non-public"):
@@ -263,24 +82,58 @@ def test_public_only_adapter_refuses_host_resolving_to_metadata_address(monkeypa
     assert recorder.addresses == []
 
 
-def test_public_only_adapter_connects_only_to_the_checked_public_address(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Given a name resolving to private and public addresses
-    recorder = _resolve_to(monkeypatch, "10.0.0.5", "127.0.0.1", "93.184.216.34", "fd00::1")
-    # When the guarded session connects
-    with pytest.raises(requests.exceptions.ConnectionError):
-        guarded_session().get("https://pub-mixed.r2.dev/x.png", timeout=2)
-    # Then only the public address was tried
-    assert {address for address, _ in recorder.addresses} == {"93.184.216.34"}
-
-
-def test_public_only_adapter_connect_timeout_is_an_upstream_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_image_mirror_connect_timeout_is_an_upstream_timeout(resolve_to: Any) -> None:
     # Given a public image host that never completes the TCP handshake
-    recorder = _resolve_to(monkeypatch, "93.184.216.34", error=TimeoutError("timed out"))
+    recorder = resolve_to("93.184.216.34", error=TimeoutError("timed out"))
     mirror = ImageMirror(object(), BUCKET, R2_GUARD, session=guarded_session())
     # When the mirror fetches from it, Then it is a (retryable) timeout, not a refused image
     with pytest.raises(UpstreamTimeoutError):
         mirror.mirror("https://pub-slow.r2.dev/x.png", STEM, METADATA, Deadline.after(5))
     assert recorder.addresses == [("93.184.216.34", 443)]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("ftp://127.0.0.1/x.png", "image URL scheme 'ftp' is not allowed (https only)"),
+        ("//127.0.0.1/x.png", "image URL scheme '(none)' is not allowed (https only)"),
+        ("http:///x.png", "image URL has no host"),
+        ("http://user:pw@127.0.0.1/x.png", "image URL must not carry credentials"),
+        ("http://images.example.com/x.png", "image host 'images.example.com' is not on the allowlist"),
+    ],
+    ids=["scheme", "no-scheme", "no-host", "credentials", "allowlist"],
+)
+def test_image_mirror_words_the_guards_url_refusals_as_image_rejected(
+    s3: Any, http_server: Any, url: str, message: str
+) -> None:
+    # Given the mirror (its guard allows http on 127.0.0.1 only)
+    mirror, spy = _mirror(s3)
+    # When it is handed a URL the guard refuses
+    with pytest.raises(ImageRejectedError) as caught:
+        mirror.mirror(url, STEM, METADATA, Deadline.after(10))
+    # Then the caller sees the mirror's own wording as a 502 image_rejected, and nothing was fetched or stored
+    assert (caught.value.status, caught.value.code, caught.value.message) == (502, "image_rejected", message)
+    assert isinstance(caught.value.__cause__, RefusedError)
+    assert http_server.received == [] and spy.calls == []
+
+
+def test_image_mirror_words_an_unresolvable_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an allowlisted host name that does not resolve
+    def no_such_host(*args: Any, **kwargs: Any) -> list[Any]:
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_such_host)
+    mirror = ImageMirror(object(), BUCKET, R2_GUARD, session=guarded_session())
+    # When mirrored, Then it is refused in the mirror's words
+    with pytest.raises(ImageRejectedError) as caught:
+        mirror.mirror("https://pub-gone.r2.dev/x.png", STEM, METADATA, Deadline.after(5))
+    assert caught.value.message == "image host 'pub-gone.r2.dev' does not resolve"
+
+
+@pytest.mark.parametrize("reason", list(Refusal))
+def test_image_refusal_words_every_reason_of_the_guard(reason: Refusal) -> None:
+    error = image_refusal(RefusedError(reason, "a neutral sentence", "3"))
+    assert error.code == "image_rejected" and "image" in error.message and "webhook" not in error.message
 
 
 # ---------------------------------------------------------------------------------------------------- sniff_image
@@ -593,8 +446,9 @@ def test_image_mirror_refuses_endless_redirects(s3: Any, http_server: Any) -> No
     for index in range(6):
         http_server.reply(302, b"", {"Location": f"/hop{index}"})
     mirror, _ = _mirror(s3)
-    with pytest.raises(ImageRejectedError, match="redirects"):
+    with pytest.raises(ImageRejectedError) as caught:
         mirror.mirror(http_server.url("/start"), STEM, METADATA, Deadline.after(10))
+    assert caught.value.message == "more than 3 redirects while downloading the image"
     assert len(http_server.received) == 4  # the first request and three redirects
 
 
@@ -603,8 +457,9 @@ def test_image_mirror_production_session_refuses_loopback_host(s3: Any, http_ser
     guard = UrlGuard(("127.0.0.1",), allow_http=True)
     mirror = ImageMirror(s3, BUCKET, guard, session=guarded_session())
     # When mirrored, Then the address is refused as an image_rejected error and the server saw nothing
-    with pytest.raises(ImageRejectedError, match="non-public"):
+    with pytest.raises(ImageRejectedError) as caught:
         mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(10))
+    assert caught.value.message == "image host '127.0.0.1' resolves to a non-public address"
     assert http_server.received == []
 
 
@@ -624,15 +479,6 @@ def test_image_mirror_dripping_host_is_cut_at_the_deadline(s3: Any, http_server:
     with pytest.raises(UpstreamTimeoutError):
         mirror.mirror(http_server.url("/x.png"), STEM, METADATA, Deadline.after(0.8))
     assert _keys(s3) == []
-
-
-@pytest.mark.parametrize(
-    "address",
-    ["64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1", "2002:a9fe:a9fe::1", "::127.0.0.1", "::a9fe:a9fe"],
-)
-def test_is_public_address_refuses_ipv6_forms_that_embed_ipv4(address: str) -> None:
-    # NAT64, 6to4 and IPv4-compatible addresses can reach private IPv4 space through a translator
-    assert is_public_address(address) is False
 
 
 def test_image_mirror_does_not_fetch_once_the_deadline_has_passed(s3: Any, http_server: Any) -> None:

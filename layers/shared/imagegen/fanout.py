@@ -28,7 +28,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
 from imagegen.adapters.job_objects import CHUNK_ITEMS, JobObjects, items_key
-from imagegen.adapters.jobs_table import Job, JobRepository, encode_cursor
+from imagegen.adapters.job_rows import encode_cursor
+from imagegen.adapters.jobs_table import Job, JobRepository
 from imagegen.adapters.queue import JobQueue
 from imagegen.entities import Item, TransitionConflict
 from imagegen.jobs import with_seed

@@ -19,8 +19,9 @@ from imagegen.adapters.flux import FluxClient
 from imagegen.adapters.images_table import ImageRepository
 from imagegen.adapters.job_objects import JobObjects
 from imagegen.adapters.jobs_table import JobRepository
-from imagegen.adapters.mirror import ImageMirror, UrlGuard, guarded_session
+from imagegen.adapters.mirror import ImageMirror
 from imagegen.adapters.moderation import GuardrailModerator
+from imagegen.adapters.netguard import UrlGuard, guarded_session
 from imagegen.adapters.queue import JobQueue
 from imagegen.adapters.secrets import SubscriptionKeyProvider
 from imagegen.adapters.webhooks import WebhookSender

@@ -1,11 +1,10 @@
-"""Mirror the upstream's short-lived image into the private bucket, streaming, with a guard on what is fetched.
+"""Mirror the upstream's short-lived image into the private bucket, streaming, behind the network guard.
 
-The guard refuses, before any byte is fetched:
-- a URL that is not https (http only when the local stack allows it) or whose host is not on the allowlist;
-- a host that resolves to a non-public address (private, loopback, link-local, reserved...). The check runs
-  on the address the socket actually connects to, so DNS rebinding between check and connect is impossible;
-- a redirect that leaves the allowlist (redirects are followed by hand, each hop checked).
-While streaming it refuses a body that is not an image (PNG/JPEG/WebP magic bytes) or is larger than the limit.
+Before any byte is fetched the network guard (``adapters/netguard.py``) refuses a URL that is not https (http only
+when the local stack allows it) or whose host is not on the allowlist, a host that resolves to a non-public address
+(checked on the address the socket connects to), and a redirect that leaves the allowlist (each hop is checked).
+This module words those refusals for its callers (``image_rejected``, "image host ..."). While streaming it refuses
+a body that is not an image (PNG/JPEG/WebP magic bytes, ``adapters/sniff.py``) or is larger than the limit.
 
 Memory stays bounded: the body is read in chunks of at most 1 MiB into one multipart part buffer (5 MiB, the S3
 minimum part size, plus at most one chunk), uploaded as is when full: a 64 MB image needs ~6 MiB, not 64.
@@ -16,28 +15,25 @@ source (at most the size cap), one decoded frame of at most 2048×2048 and the c
 With content moderation on, ``screen`` sees the whole image before its PutObject: the upstream's own file (before a
 conversion, which moderation might not read, such as WebP) or the file stored (at most one part: moderation takes
 at most 4 MB). A blocked image is never written, so there is nothing to fetch, remove or quarantine.
+
+Over ~300 lines on purpose: fetch, check, convert and store are one pipeline over one response (the budget, the
+size cap and the moderation screen run through all of them, and a failure anywhere aborts the upload), and its two
+helpers (``_Body``, ``_MultipartUpload``) serve nothing else. What can stand alone lives next to it: the network guard
+(``netguard.py``), the sniffing (``sniff.py``), the conversion (``convert.py``) and the bounded reads (``http.py``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import socket
-import struct
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Any
-from urllib.parse import urljoin, urlsplit
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, assert_never
 
 import requests
 from aws_lambda_powertools import Logger
-from requests.adapters import HTTPAdapter
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.util import connection as urllib3_connection
 
 from imagegen.adapters.http import BodyTooLargeError, DeadlineExceededError, IncompleteBodyError, iter_body
-from imagegen.addresses import Network, is_public_address, parse_networks
+from imagegen.adapters.netguard import Refusal, RefusedError, UrlGuard, get_following_redirects, guarded_session
+from imagegen.adapters.sniff import SNIFF_BYTES, ImageKind, sniff_image
 from imagegen.budget import Deadline
 from imagegen.errors import ImageRejectedError, UpstreamTimeoutError
 from imagegen.models import StoredImage
@@ -45,109 +41,36 @@ from imagegen.models import StoredImage
 if TYPE_CHECKING:
     from imagegen.adapters.convert import Conversion
 
+# ImageKind and sniff_image are re-exported: the generation service and the tests import them from the mirror.
+__all__ = ["S3_MIN_PART_BYTES", "ImageKind", "ImageMirror", "Screen", "image_refusal", "sniff_image"]
+
 logger = Logger(child=True)
 S3_MIN_PART_BYTES = 5 * 1024 * 1024
-MAX_REDIRECTS = 3
-SNIFF_BYTES = 64 * 1024
+ACCEPT = {"Accept": "image/png, image/jpeg, image/webp"}
 
 
-# ---------------------------------------------------------------------------------------------------- URL guard
-class AddressRefusedError(Exception):
-    """A host resolved only to non-public addresses. Deliberately not an OSError: urllib3 must not retry it."""
+def image_refusal(exc: RefusedError) -> ImageRejectedError:
+    """The network guard's refusal in the mirror's words: what a caller sees in a 502 ``image_rejected``."""
+    match exc.reason:
+        case Refusal.SCHEME:
+            text = f"image URL scheme {exc.value or '(none)'!r} is not allowed (https only)"
+        case Refusal.NO_HOST:
+            text = "image URL has no host"
+        case Refusal.CREDENTIALS:
+            text = "image URL must not carry credentials"
+        case Refusal.HOST_NOT_ALLOWED:
+            text = f"image host {exc.value!r} is not on the allowlist"
+        case Refusal.UNRESOLVABLE:
+            text = f"image host {exc.value!r} does not resolve"
+        case Refusal.NON_PUBLIC_ADDRESS:
+            text = f"image host {exc.value!r} resolves to a non-public address"
+        case Refusal.TOO_MANY_REDIRECTS:
+            text = f"more than {exc.value} redirects while downloading the image"
+        case _:
+            assert_never(exc.reason)
+    return ImageRejectedError(text)
 
 
-class _PublicOnlyConnectionMixin:
-    """Connect only to public addresses: resolve, filter, and connect to the address that was checked."""
-
-    allowed_networks: tuple[Network, ...] = ()
-    _dns_host: str
-    host: str
-    port: int
-    timeout: Any
-    source_address: Any
-    socket_options: Any
-
-    def _new_conn(self) -> socket.socket:
-        try:
-            infos = socket.getaddrinfo(self._dns_host, self.port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise AddressRefusedError(f"image host {self.host!r} does not resolve") from exc
-        addresses = [info[4][0] for info in infos]
-        public = [address for address in addresses if is_public_address(address, self.allowed_networks)]
-        if not public:
-            raise AddressRefusedError(f"image host {self.host!r} resolves to a non-public address")
-        last_error: OSError | None = None
-        for address in public:
-            try:
-                return urllib3_connection.create_connection(
-                    (address, self.port), self.timeout, self.source_address, self.socket_options
-                )
-            except OSError as exc:
-                last_error = exc
-        assert last_error is not None
-        raise last_error
-
-
-class _PublicHTTPConnection(_PublicOnlyConnectionMixin, HTTPConnection):
-    pass
-
-
-class _PublicHTTPSConnection(_PublicOnlyConnectionMixin, HTTPSConnection):
-    pass
-
-
-def _pool_class(base: type[HTTPConnectionPool], connection: type[Any], allowed: tuple[Network, ...]) -> type[Any]:
-    """A pool whose connections also accept ``allowed`` (a subclass: urllib3 pools take no per-pool setting)."""
-    bound = type(connection.__name__, (connection,), {"allowed_networks": allowed})
-    return type(f"Public{base.__name__}", (base,), {"ConnectionCls": bound})
-
-
-class PublicOnlyAdapter(HTTPAdapter):
-    """A requests adapter whose connections can only reach public IP addresses (and ``allowed_networks``)."""
-
-    def __init__(self, allowed_networks: tuple[Network, ...] = (), **kwargs: Any) -> None:
-        self._pool_classes = {
-            "http": _pool_class(HTTPConnectionPool, _PublicHTTPConnection, allowed_networks),
-            "https": _pool_class(HTTPSConnectionPool, _PublicHTTPSConnection, allowed_networks),
-        }
-        super().__init__(**kwargs)
-
-    def init_poolmanager(self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any) -> None:
-        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager.pool_classes_by_scheme = dict(self._pool_classes)
-
-
-def guarded_session(allowed_private_networks: Iterable[str] = ()) -> requests.Session:
-    """A session that connects only to public addresses, checked on the socket it opens. The local stack adds
-    loopback (``allowed_private_networks``); link-local (cloud metadata), RFC 1918 and the rest stay refused."""
-    session = requests.Session()
-    session.trust_env = False  # no proxies or .netrc from the environment for fetching upstream content
-    adapter = PublicOnlyAdapter(parse_networks(allowed_private_networks))
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    return session
-
-
-@dataclass(frozen=True)
-class UrlGuard:
-    host_allowlist: tuple[str, ...]
-    allow_http: bool = False
-
-    def check(self, url: str) -> None:
-        parts = urlsplit(url)
-        schemes = ("https", "http") if self.allow_http else ("https",)
-        if parts.scheme not in schemes:
-            raise ImageRejectedError(f"image URL scheme {parts.scheme or '(none)'!r} is not allowed (https only)")
-        host = (parts.hostname or "").lower().rstrip(".")
-        if not host:
-            raise ImageRejectedError("image URL has no host")
-        if parts.username or parts.password:
-            raise ImageRejectedError("image URL must not carry credentials")
-        if not any(fnmatchcase(host, pattern.lower()) for pattern in self.host_allowlist):
-            raise ImageRejectedError(f"image host {host!r} is not on the allowlist")
-
-
-# ---------------------------------------------------------------------------------------------------- sniffing
 Screen = Callable[[bytes, "ImageKind"], None]  # sees a whole image before it is stored; raises to refuse it
 
 
@@ -163,59 +86,67 @@ class _Screening:
         self.done = True
 
 
-@dataclass(frozen=True)
-class ImageKind:
-    content_type: str
-    extension: str
-    width: int | None
-    height: int | None
+class _Body:
+    """The body as it arrives: its digest and size so far, and the bytes not yet uploaded (one part at most)."""
+
+    def __init__(self) -> None:
+        self.buffer = bytearray()
+        self.digest = hashlib.sha256()
+        self.total = 0
+
+    def add(self, chunk: bytes) -> None:
+        self.digest.update(chunk)
+        self.total += len(chunk)
+        self.buffer += chunk
+
+    def take(self) -> bytearray:
+        """The buffered bytes, as they are (botocore takes a bytearray: no slice, no copy); a new buffer starts."""
+        part, self.buffer = self.buffer, bytearray()
+        return part
 
 
-def sniff_image(head: bytes) -> ImageKind | None:
-    """Identify PNG, JPEG or WebP from the first bytes, with the dimensions when the header holds them."""
-    if head.startswith(b"\x89PNG\r\n\x1a\n"):
-        width = height = None
-        if len(head) >= 24 and head[12:16] == b"IHDR":
-            width, height = struct.unpack(">II", head[16:24])
-        return ImageKind("image/png", "png", width, height)
-    if head.startswith(b"\xff\xd8\xff"):
-        width, height = _jpeg_size(head)
-        return ImageKind("image/jpeg", "jpg", width, height)
-    if len(head) >= 12 and head[:4] == b"RIFF" and head[8:12] == b"WEBP":
-        width, height = _webp_size(head)
-        return ImageKind("image/webp", "webp", width, height)
-    return None
+class _MultipartUpload:
+    """One object's multipart upload, started on its first part. Unless completed, ``close`` aborts it."""
 
+    def __init__(self, s3_client: Any, bucket: str, key: str) -> None:
+        self._s3 = s3_client
+        self._bucket = bucket
+        self.key = key
+        self.upload_id: str | None = None
+        self._parts: list[dict[str, Any]] = []
+        self._completed = False
 
-def _jpeg_size(data: bytes) -> tuple[int | None, int | None]:
-    i = 2
-    while i + 9 < len(data):
-        if data[i] != 0xFF:
-            i += 1
-            continue
-        marker = data[i + 1]
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
-            i += 1 if marker == 0xFF else 2
-            continue
-        length = struct.unpack(">H", data[i + 2 : i + 4])[0]
-        if marker in (0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF):
-            height, width = struct.unpack(">HH", data[i + 5 : i + 9])
-            return width, height
-        i += 2 + length
-    return None, None
+    @property
+    def started(self) -> bool:
+        return self.upload_id is not None
 
+    def start(self, content_type: str, metadata: Mapping[str, str]) -> None:
+        answer = self._s3.create_multipart_upload(
+            Bucket=self._bucket, Key=self.key, ContentType=content_type, Metadata=dict(metadata)
+        )
+        self.upload_id = answer["UploadId"]
 
-def _webp_size(data: bytes) -> tuple[int | None, int | None]:
-    chunk = data[12:16]
-    if chunk == b"VP8 " and len(data) >= 30:
-        width, height = struct.unpack("<HH", data[26:30])
-        return width & 0x3FFF, height & 0x3FFF
-    if chunk == b"VP8L" and len(data) >= 25:
-        bits = int.from_bytes(data[21:25], "little")
-        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
-    if chunk == b"VP8X" and len(data) >= 30:
-        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
-    return None, None
+    def add(self, body: bytearray) -> None:
+        number = len(self._parts) + 1
+        answer = self._s3.upload_part(
+            Bucket=self._bucket, Key=self.key, UploadId=self.upload_id, PartNumber=number, Body=body
+        )
+        self._parts.append({"PartNumber": number, "ETag": answer["ETag"]})
+
+    def complete(self) -> None:
+        self._s3.complete_multipart_upload(
+            Bucket=self._bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": self._parts}
+        )
+        self._completed = True
+
+    def close(self) -> None:
+        """Abort an upload that was started and not completed: no parts are left behind (nor billed)."""
+        if self.upload_id is None or self._completed:
+            return
+        try:
+            self._s3.abort_multipart_upload(Bucket=self._bucket, Key=self.key, UploadId=self.upload_id)
+        except Exception:  # noqa: BLE001 - the original error matters more; the lifecycle rule cleans up
+            logger.warning("could not abort a multipart upload", key=self.key)
 
 
 # ---------------------------------------------------------------------------------------------------- mirror
@@ -269,37 +200,30 @@ class ImageMirror:
             except IncompleteBodyError as exc:
                 raise ImageRejectedError("the image download was truncated") from exc
 
+    # ------------------------------------------------------------------------------------------ fetch
     def _open(self, url: str, deadline: Deadline) -> requests.Response:
-        for _ in range(MAX_REDIRECTS + 1):
-            self._guard.check(url)
+        """The image host's 200, its body not read yet: every hop checked by the guard, each within the budget."""
+
+        def hop_timeouts() -> tuple[float, float]:
             if deadline.expired():
                 raise UpstreamTimeoutError("no time left to download the image within the request budget")
             read_timeout = max(0.1, min(self._read_timeout_s, deadline.remaining()))
-            try:
-                response = self._session.get(
-                    url,
-                    stream=True,
-                    allow_redirects=False,
-                    timeout=(min(self._connect_timeout_s, read_timeout), read_timeout),
-                    headers={"Accept": "image/png, image/jpeg, image/webp"},
-                )
-            except AddressRefusedError as exc:
-                raise ImageRejectedError(str(exc)) from exc
-            except requests.exceptions.Timeout as exc:
-                raise UpstreamTimeoutError("the image host did not answer within the request budget") from exc
-            except requests.exceptions.RequestException as exc:
-                raise ImageRejectedError("could not download the image from the upstream's URL") from exc
-            if response.is_redirect:
-                location = response.headers.get("Location", "")
-                response.close()
-                url = urljoin(url, location)
-                continue
-            if response.status_code != 200:
-                response.close()
-                raise ImageRejectedError(f"the image host answered HTTP {response.status_code}")
-            return response
-        raise ImageRejectedError(f"more than {MAX_REDIRECTS} redirects while downloading the image")
+            return min(self._connect_timeout_s, read_timeout), read_timeout
 
+        try:
+            response = get_following_redirects(self._session, url, self._guard, timeout=hop_timeouts, headers=ACCEPT)
+        except RefusedError as exc:
+            raise image_refusal(exc) from exc
+        except requests.exceptions.Timeout as exc:
+            raise UpstreamTimeoutError("the image host did not answer within the request budget") from exc
+        except requests.exceptions.RequestException as exc:
+            raise ImageRejectedError("could not download the image from the upstream's URL") from exc
+        if response.status_code != 200:
+            response.close()
+            raise ImageRejectedError(f"the image host answered HTTP {response.status_code}")
+        return response
+
+    # ------------------------------------------------------------------------------------------ convert
     def _converted(
         self, chunks: Iterator[bytes], conversion: Conversion, screening: _Screening | None = None
     ) -> Iterator[bytes]:
@@ -326,89 +250,92 @@ class ImageMirror:
             screening.whole(source, kind)  # the upstream's own file, before the conversion
         yield convert(source, conversion, width=kind.width, height=kind.height)
 
+    # ------------------------------------------------------------------------------------------ store
     def _store(
         self, chunks: Iterator[bytes], key_stem: str, metadata: Mapping[str, str], screening: _Screening | None = None
     ) -> StoredImage:
-        buffer = bytearray()
-        kind: ImageKind | None = None
-        digest = hashlib.sha256()
-        total = 0
-        key = ""
-        upload_id: str | None = None
-        parts: list[dict[str, Any]] = []
+        """Check the head, then store the body as it arrives: one PutObject when it fits in one part, else a
+        multipart upload (aborted on any failure) whose size and digest are recorded once it is complete."""
+        body = _Body()
+        kind = self._check_head(chunks, body)
+        upload = _MultipartUpload(self._s3, self._bucket, f"{key_stem}.{kind.extension}")
         try:
-            for chunk in chunks:
-                digest.update(chunk)
-                total += len(chunk)
-                buffer += chunk
-                if kind is None:
-                    if len(buffer) < SNIFF_BYTES and total < self._max_bytes:
-                        continue  # keep reading until the header is in hand
-                    kind = self._identify(buffer)
-                    key = f"{key_stem}.{kind.extension}"
-                if len(buffer) >= self._part_bytes:
-                    # The whole buffer is the part (botocore takes a bytearray as is): no slice, no copy.
-                    if upload_id is None:
-                        if screening is not None and not screening.done:  # it must see the whole image first
-                            raise ImageRejectedError(
-                                "the image is too large to be screened by content moderation: refused"
-                            )
-                        upload_id = self._s3.create_multipart_upload(
-                            Bucket=self._bucket, Key=key, ContentType=kind.content_type, Metadata=dict(metadata)
-                        )["UploadId"]
-                    parts.append(self._upload_part(key, upload_id, len(parts) + 1, buffer))
-                    buffer = bytearray()
-            if kind is None:
-                kind = self._identify(buffer)
-                key = f"{key_stem}.{kind.extension}"
-            sha256 = digest.hexdigest()
-            full_metadata = {**metadata, "sha256": sha256, "bytes": str(total)}
-            if upload_id is None:
-                if screening is not None and not screening.done:
-                    screening.whole(bytes(buffer), kind)  # raises to refuse: nothing has been written
-                self._s3.put_object(
-                    Bucket=self._bucket,
-                    Key=key,
-                    Body=buffer,
-                    ContentType=kind.content_type,
-                    Metadata=full_metadata,
-                )
+            for part in self._full_parts(chunks, body):
+                if not upload.started:
+                    self._refuse_unscreened(screening)
+                    upload.start(kind.content_type, metadata)
+                upload.add(part)
+            if upload.started:
+                self._finish_multipart(upload, body, kind, metadata)
             else:
-                if buffer:
-                    parts.append(self._upload_part(key, upload_id, len(parts) + 1, buffer))
-                self._s3.complete_multipart_upload(
-                    Bucket=self._bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": parts}
-                )
-                upload_id = None
-                # Size and digest are known only now: record them with a server-side self-copy (no bytes move
-                # through the function). Only images over one part (5 MiB) pay for it.
-                self._s3.copy_object(
-                    Bucket=self._bucket,
-                    Key=key,
-                    CopySource={"Bucket": self._bucket, "Key": key},
-                    MetadataDirective="REPLACE",
-                    ContentType=kind.content_type,
-                    Metadata=full_metadata,
-                )
+                self._put_whole(upload.key, body, kind, metadata, screening)
         finally:
-            if upload_id is not None:
-                try:
-                    self._s3.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
-                except Exception:  # noqa: BLE001 - the original error matters more; the lifecycle rule cleans up
-                    logger.warning("could not abort a multipart upload", key=key)
+            upload.close()
         return StoredImage(
             bucket=self._bucket,
-            key=key,
+            key=upload.key,
             content_type=kind.content_type,  # type: ignore[arg-type]
-            bytes=total,
-            sha256=sha256,
+            bytes=body.total,
+            sha256=body.digest.hexdigest(),
             width=kind.width,
             height=kind.height,
         )
 
-    def _upload_part(self, key: str, upload_id: str, number: int, body: bytearray) -> dict[str, Any]:
-        etag = self._s3.upload_part(Bucket=self._bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body)
-        return {"PartNumber": number, "ETag": etag["ETag"]}
+    def _check_head(self, chunks: Iterator[bytes], body: _Body) -> ImageKind:
+        """Read until the header is in hand (or the body ended, or reached the size cap), then identify it: a body
+        that is not an image is refused before anything is written."""
+        for chunk in chunks:
+            body.add(chunk)
+            if len(body.buffer) >= SNIFF_BYTES or body.total >= self._max_bytes:
+                break
+        return self._identify(body.buffer)
+
+    def _full_parts(self, chunks: Iterator[bytes], body: _Body) -> Iterator[bytearray]:
+        """Each time the buffer reaches the part size, the buffer itself (no copy); what is left stays in ``body``."""
+        while True:
+            if len(body.buffer) >= self._part_bytes:
+                yield body.take()
+            chunk = next(chunks, None)
+            if chunk is None:
+                return
+            body.add(chunk)
+
+    @staticmethod
+    def _refuse_unscreened(screening: _Screening | None) -> None:
+        """Moderation must see the whole image before any of it is written: an image over one part cannot be."""
+        if screening is not None and not screening.done:
+            raise ImageRejectedError("the image is too large to be screened by content moderation: refused")
+
+    def _put_whole(
+        self, key: str, body: _Body, kind: ImageKind, metadata: Mapping[str, str], screening: _Screening | None
+    ) -> None:
+        """One part or less: screened (when moderation is on and has not seen it yet), then one PutObject."""
+        if screening is not None and not screening.done:
+            screening.whole(bytes(body.buffer), kind)  # raises to refuse: nothing has been written
+        self._s3.put_object(
+            Bucket=self._bucket,
+            Key=key,
+            Body=body.buffer,
+            ContentType=kind.content_type,
+            Metadata=_with_digest(metadata, body),
+        )
+
+    def _finish_multipart(
+        self, upload: _MultipartUpload, body: _Body, kind: ImageKind, metadata: Mapping[str, str]
+    ) -> None:
+        """The last part, the completion, then the size and digest, known only now, recorded with a server-side
+        self-copy (no bytes move through the function). Only images over one part (5 MiB) pay for it."""
+        if body.buffer:
+            upload.add(body.take())
+        upload.complete()
+        self._s3.copy_object(
+            Bucket=self._bucket,
+            Key=upload.key,
+            CopySource={"Bucket": self._bucket, "Key": upload.key},
+            MetadataDirective="REPLACE",
+            ContentType=kind.content_type,
+            Metadata=_with_digest(metadata, body),
+        )
 
     @staticmethod
     def _identify(head: bytearray) -> ImageKind:
@@ -416,3 +343,7 @@ class ImageMirror:
         if kind is None:
             raise ImageRejectedError("the upstream's output is not an image (PNG, JPEG or WebP expected)")
         return kind
+
+
+def _with_digest(metadata: Mapping[str, str], body: _Body) -> dict[str, str]:
+    return {**metadata, "sha256": body.digest.hexdigest(), "bytes": str(body.total)}

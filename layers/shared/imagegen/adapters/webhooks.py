@@ -1,6 +1,7 @@
 """Signed webhooks (Standard Webhooks: webhook-id, webhook-timestamp, webhook-signature), signed with the
 ``standardwebhooks`` library and delivered only to https URLs whose host resolves to a public address (the
-same public-only connections as the image mirror)."""
+network guard, ``adapters/netguard.py``, as for the image mirror). This module words the guard's refusals for the
+webhook's record ("webhook URL ...", "webhook host ..."): a refused webhook is reported undelivered, never raised."""
 
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, assert_never
 
 import requests
 from aws_lambda_powertools import Logger
 from standardwebhooks.webhooks import Webhook
 
-from imagegen.adapters.mirror import AddressRefusedError, UrlGuard, guarded_session
-from imagegen.errors import ImageRejectedError
+from imagegen.adapters.netguard import AddressRefusedError, Refusal, RefusedError, UrlGuard, guarded_session
 from imagegen.retry import Retrying, RetryPolicy
 
 logger = Logger(child=True)
@@ -28,6 +28,27 @@ def signer(secret: str) -> Webhook:
     if secret.startswith("whsec_"):
         return Webhook(secret)
     return Webhook(base64.b64encode(secret.encode("utf-8")).decode("ascii"))
+
+
+def webhook_refusal(exc: RefusedError) -> str:
+    """The network guard's refusal in the webhook's words: the reason of an undelivered webhook."""
+    match exc.reason:
+        case Refusal.SCHEME:
+            return f"webhook URL scheme {exc.value or '(none)'!r} is not allowed (https only)"
+        case Refusal.NO_HOST:
+            return "webhook URL has no host"
+        case Refusal.CREDENTIALS:
+            return "webhook URL must not carry credentials"
+        case Refusal.HOST_NOT_ALLOWED:
+            return f"webhook host {exc.value!r} is not on the allowlist"
+        case Refusal.UNRESOLVABLE:
+            return f"webhook host {exc.value!r} does not resolve"
+        case Refusal.NON_PUBLIC_ADDRESS:
+            return f"webhook host {exc.value!r} resolves to a non-public address"
+        case Refusal.TOO_MANY_REDIRECTS:
+            return f"more than {exc.value} redirects while delivering the webhook"
+        case _:
+            assert_never(exc.reason)
 
 
 @dataclass(frozen=True)
@@ -81,8 +102,8 @@ class WebhookSender:
         delivery that failed is reported as such (``delivered`` False), never as delivered."""
         try:
             self._guard.check(url)
-        except ImageRejectedError as exc:
-            return Delivery(False, 0, reason=exc.message.replace("image", "webhook"))
+        except RefusedError as exc:
+            return Delivery(False, 0, reason=webhook_refusal(exc))
         body = json.dumps(payload, separators=(",", ":"))
         last = Delivery(False, 0)
         give_up_at = self._clock() + self._budget_s
@@ -104,7 +125,7 @@ class WebhookSender:
                 if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
                     return last  # the receiver refuses this payload: retrying will not change its mind
             except AddressRefusedError as exc:
-                return Delivery(False, attempt, reason=str(exc).replace("image", "webhook"))
+                return Delivery(False, attempt, reason=webhook_refusal(exc))
             except requests.exceptions.RequestException as exc:
                 last = Delivery(False, attempt, reason=type(exc).__name__)
             except Exception as exc:
