@@ -63,3 +63,15 @@ def test_webhook_to_an_unresolvable_host_is_reported(monkeypatch: pytest.MonkeyP
 def test_webhook_refusal_words_every_reason_of_the_guard(reason: Refusal) -> None:
     text = webhook_refusal(RefusedError(reason, "a neutral sentence", "3"))
     assert "webhook" in text and "image" not in text
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+def test_webhook_redirect_is_not_followed_nor_retried(http_server: Any, status: int) -> None:
+    # Given a receiver (on loopback, allowed here as the local stack allows it) that redirects elsewhere
+    http_server.reply(status, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
+    sender = _sender(allow_http=True, allowed_private_networks=["127.0.0.0/8"])
+    # When the webhook is delivered
+    delivery = sender.deliver(http_server.url("/hook"), "msg_1", {"id": "job_1"})
+    # Then the redirect is reported undelivered after one attempt, and only the named URL was ever asked
+    assert delivery == Delivery(False, 1, status, f"HTTP {status}: redirects are not followed")
+    assert [request.path for request in http_server.received] == ["/hook"]

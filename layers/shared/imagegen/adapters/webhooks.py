@@ -115,12 +115,22 @@ class WebhookSender:
                 break
             try:
                 # Signed per attempt: a retry carries a fresh timestamp, so receivers' replay windows hold.
+                # Never a redirect: a Location was not checked by the guard (scheme, credentials, host), and a
+                # signed payload goes to the URL the job named or nowhere, as the usual webhook senders do.
                 response = self._session.post(
-                    url, data=body.encode("utf-8"), headers=self.headers(message_id, body), timeout=self._timeout_s
+                    url,
+                    data=body.encode("utf-8"),
+                    headers=self.headers(message_id, body),
+                    timeout=self._timeout_s,
+                    allow_redirects=False,
                 )
                 response.close()
                 if 200 <= response.status_code < 300:
                     return Delivery(True, attempt, response.status_code)
+                if 300 <= response.status_code < 400:  # the receiver's configuration: another try will not help
+                    return Delivery(
+                        False, attempt, response.status_code, f"HTTP {response.status_code}: redirects are not followed"
+                    )
                 last = Delivery(False, attempt, response.status_code, f"HTTP {response.status_code}")
                 if 400 <= response.status_code < 500 and response.status_code not in (408, 409, 425, 429):
                     return last  # the receiver refuses this payload: retrying will not change its mind
