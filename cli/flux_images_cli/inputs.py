@@ -1,8 +1,10 @@
 """Prompts from JSONL, CSV or the command line, checked locally against the rules of ``POST /v1/images``.
 
 Every problem names where it is (``prompts.csv:12``) and the field, and all of them are reported at once. The
-rules mirror the service's (README, "The API"): unknown fields are refused, types are strict, so a file that
-passes here is not refused by the API for its items.
+rules are the service's (README, "The API"): unknown fields are refused, types are strict, so a file that
+passes here is not refused by the API for its items. The CLI is installed without the service's code, so the rules
+are written here a second time; ``tests/unit/test_cli_parity.py`` holds them to the service's ``ImageRequest``
+(every field at and around each of its bounds, and combinations of them): both accept and refuse the same values.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ FIELDS = (
     "num_images",
 )
 INT_FIELDS = ("num_steps", "seed", "width", "height", "output_quality", "num_images")
+# An explicit null in these is the service's default, as if the field were left out (num_steps and num_images
+# have a default but no null).
+NULLABLE = frozenset({"seed", "width", "height", "aspect_ratio", "megapixels", "output_format", "output_quality"})
 ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MAX_NUM_IMAGES = 4
@@ -79,9 +84,11 @@ def field_problem(name: str, value: Any) -> str | None:
             return "must not be blank"
         if len(value) > MAX_PROMPT_CHARS:
             return f"is {len(value):,} characters long; at most {MAX_PROMPT_CHARS:,} are allowed"
+        if not _is_unicode(value):
+            return "must be valid Unicode text (no lone surrogates such as \\ud800)"
         return None
-    if name == "seed" and value is None:
-        return None  # explicit null: the service picks the seed
+    if value is None and name in NULLABLE:
+        return None  # explicit null: the service's default (for seed: the service picks one)
     if name in {"aspect_ratio", "output_format"}:
         allowed = ASPECT_RATIOS if name == "aspect_ratio" else OUTPUT_FORMATS
         if value not in allowed:
@@ -109,6 +116,16 @@ def field_problem(name: str, value: Any) -> str | None:
         if value % 16:
             return f"{value} is not a multiple of 16"
     return None
+
+
+def _is_unicode(text: str) -> bool:
+    """JSON's ``\\ud800`` escapes (and undecodable bytes on a command line) give lone surrogates: no UTF-8 body can
+    carry them, and the service refuses them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_type(value: Any) -> str:
@@ -389,9 +406,12 @@ def check_idempotency_key(key: str | None, jobs: int) -> str | None:
     if key is None:
         return None
     room = MAX_IDEMPOTENCY_KEY - (len(_part_suffix(jobs, jobs)) if jobs > 1 else 0)
-    if not key or len(key) > room or not key.isascii() or not key.isprintable():
-        raise UsageError(f"--idempotency-key: must be 1–{room} printable ASCII characters")
-    return key
+    try:
+        return idempotency.check_key(key, room)  # the client's rule, with room left for -partNofM
+    except ValueError:
+        raise UsageError(
+            f"--idempotency-key: must be 1–{room} printable ASCII characters, without a space at either end"
+        ) from None
 
 
 def _part_suffix(number: int, total: int) -> str:
