@@ -42,11 +42,8 @@ class Result:
 
 @pytest.fixture
 def fake() -> Iterator[FakeJobsApi]:
-    server = FakeJobsApi(api_key=API_KEY).start()
-    try:
+    with FakeJobsApi(api_key=API_KEY) as server:
         yield server
-    finally:
-        server.stop()
 
 
 class Runner:
