@@ -1,14 +1,16 @@
 """The CLI's copy of the service's rules, held to the service's own.
 
 The ``flux-images`` CLI and its client are installed without the service's code, so they restate its rules: the
-request checks of ``flux_images_cli.inputs`` (one ``POST /v1/images`` body per line of a prompts file) and the
-Idempotency-Key rule of ``flux_images.idempotency``. Here the values come from the service's side (the bounds and
-enums of ``ImageRequest``'s schema, the published header pattern), and each is given to both sides: they must
-accept and refuse the same ones, and name the same fields when they refuse.
+request checks of ``flux_images_cli.inputs`` (one ``POST /v1/images`` body per line of a prompts file), the
+Idempotency-Key rule of ``flux_images.idempotency`` and the documents ``flux_images.models`` reads. Here the values
+come from the service's side (the bounds and enums of ``ImageRequest``'s schema, the published header pattern),
+and each is given to both sides: they must accept and refuse the same ones, and name the same fields when they
+refuse.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -17,6 +19,7 @@ from typing import Any, get_args
 
 import pytest
 from flux_images import idempotency as client_idempotency
+from flux_images import models as client_models
 from flux_images_cli import inputs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -327,3 +330,37 @@ def test_the_cli_key_leaves_room_for_the_part_suffix(jobs: int) -> None:
     for refused in (longest + "k", " k", "k ", "\u00e9"):
         with pytest.raises(inputs.UsageError, match="--idempotency-key"):
             inputs.check_idempotency_key(refused, jobs)
+
+
+# ------------------------------------------------------------------------------------------------ the documents
+# The client's typed view of the API's documents: each dataclass of flux_images.models and the service model it reads.
+DOCUMENTS = [
+    ("Parameters", "GenerationParameters"),
+    ("ImageFile", "ImageInfo"),
+    ("Image", "ImageDocument"),
+    ("Counts", "JobCounts"),
+    ("ItemError", "ItemError"),
+    ("JobItem", "JobItemDocument"),
+    ("ResultsFile", "ResultsInfo"),
+    ("JobState", "JobDocument"),
+    ("Upload", "UploadDocument"),
+]
+# Fields of the service's documents the client leaves untyped (they are in each result's ``raw``), and the client's
+# own names for a field. A new field of a document shows up here first: type it or list it.
+UNTYPED = {
+    "GenerationParameters": {"aspect_ratio", "megapixels", "output_format", "output_quality"},
+    "ImageInfo": {"b64_json"},
+}
+RENAMED = {("Image", "file"): "image"}  # Image.file is the document's "image" object
+
+
+@pytest.mark.parametrize(("client_name", "service_name"), DOCUMENTS)
+def test_the_client_reads_the_fields_the_service_writes(client_name: str, service_name: str) -> None:
+    client_fields = {
+        RENAMED.get((client_name, field.name), field.name)
+        for field in dataclasses.fields(getattr(client_models, client_name))
+        if field.name != "raw"
+    }
+    service_fields = set(getattr(models, service_name).model_fields)
+    assert client_fields <= service_fields, f"{client_name} reads fields {service_name} does not have"
+    assert service_fields - client_fields == UNTYPED.get(service_name, set())
