@@ -364,3 +364,119 @@ def test_the_client_reads_the_fields_the_service_writes(client_name: str, servic
     service_fields = set(getattr(models, service_name).model_fields)
     assert client_fields <= service_fields, f"{client_name} reads fields {service_name} does not have"
     assert service_fields - client_fields == UNTYPED.get(service_name, set())
+
+
+# ------------------------------------------------------------------------------------------------ job fields
+def _nested(levels: int) -> dict[str, Any]:
+    """An object nested ``levels`` levels deep (``{}`` is one level)."""
+    value: dict[str, Any] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+def _sized(size: int) -> dict[str, Any]:
+    """An object of exactly ``size`` bytes of compact JSON."""
+    return {"s": "x" * (size - len('{"s":""}'))}
+
+
+METADATA = [
+    {},
+    {"batch": "b1", "n": 3, "ok": True, "none": None, "list": [1, "two", 3.5]},
+    _nested(models.MAX_METADATA_DEPTH),
+    _nested(models.MAX_METADATA_DEPTH + 1),
+    {"list": [[[]]]},
+    _sized(models.MAX_METADATA_BYTES),
+    _sized(models.MAX_METADATA_BYTES + 1),
+    {"k": "\u00e9" * 339},  # 339 × 6 bytes escaped (\u00e9) + 8: 2,042
+    {"k": "\u00e9" * 341},  # 2,054: over, though 690 bytes as UTF-8
+    {"": 1},
+    {"a": {"": 1}},
+    {"n": int("9" * models.NUMBER_DIGITS)},
+    {"n": int("9" * (models.NUMBER_DIGITS + 1))},
+    {"n": 1e125},
+    {"n": 1e126},
+    {"n": 1e-130},
+    {"n": 1e-131},
+    {"n": 0},
+    {"n": 0.0},
+    {"n": -2.5e-7},
+    {"n": math.inf},
+    {"n": math.nan},
+    {"s": "snow \ud800"},
+    {"\udc80": 1},
+]
+
+
+def _service_takes(**fields: Any) -> bool:
+    try:
+        JobRequest.model_validate({"items": [{"prompt": "p"}], **fields})
+    except ValidationError:
+        return False
+    return True
+
+
+def _cli_takes(check: Any, value: Any) -> bool:
+    try:
+        check(value)
+    except inputs.UsageError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize("metadata", METADATA, ids=lambda value: json.dumps(value)[:40])
+def test_metadata_the_cli_takes_is_what_the_service_takes(metadata: dict[str, Any]) -> None:
+    text = json.dumps(metadata)  # what --metadata is given (NaN and Infinity as Python's json writes them)
+    assert _cli_takes(inputs.check_metadata, text) == _service_takes(metadata=json.loads(text))
+
+
+def test_the_metadata_values_reach_both_verdicts() -> None:
+    verdicts = {_service_takes(metadata=json.loads(json.dumps(value))) for value in METADATA}
+    assert verdicts == {True, False}
+
+
+WEBHOOK_URLS = [
+    "https://hooks.example.com/flux",
+    "https://hooks.example.com",
+    "https://hooks.example.com:443/x?a=1#f",
+    "https://hooks.example.com:0/",
+    "https://hooks.example.com:65535/",
+    "https://hooks.example.com:65536/",
+    "https://hooks.example.com:99999/",
+    "https://hooks.example.com:/x",
+    "https://hooks.example.com:x/",
+    "https://user:pw@hooks.example.com/",
+    "https://hooks.example.com/a b",
+    "https://hooks example.com/",
+    "https://[::1]/x",
+    "https://\u00e9xample.com/",
+    "https://xn--xample-9ua.com/",
+    "https:///x",
+    "https://hooks.example.com/" + "a" * (2048 - len("https://hooks.example.com/")),
+    "https://hooks.example.com/" + "a" * (2049 - len("https://hooks.example.com/")),
+    "ftp://hooks.example.com/",
+    "hooks.example.com/x",
+]
+
+
+@pytest.mark.parametrize("url", WEBHOOK_URLS, ids=lambda url: url[:50])
+def test_a_webhook_url_the_cli_takes_is_what_the_service_takes(url: str) -> None:
+    assert _cli_takes(inputs.check_webhook_url, url) == _service_takes(webhook_url=url)
+
+
+@pytest.mark.parametrize("url", ["http://hooks.example.com/flux", "http://127.0.0.1:8080/hooks"])
+def test_plain_http_the_cli_refuses_as_a_deployed_service_does(url: str) -> None:
+    """The one difference, on purpose: the model takes http's shape and leaves it to the deployment, which refuses
+    it unless configured for local use; the CLI cannot know the deployment and holds to the deployed rule."""
+    assert _service_takes(webhook_url=url)
+    assert not _cli_takes(inputs.check_webhook_url, url)
+
+
+def test_the_job_field_limits_are_the_services() -> None:
+    assert models.WEB_URL_PATTERN == inputs.WEB_URL_PATTERN
+    assert models.MAX_METADATA_DEPTH == inputs.MAX_METADATA_DEPTH
+    digits = (models.NUMBER_DIGITS, models.NUMBER_MIN_EXPONENT, models.NUMBER_MAX_EXPONENT)
+    assert digits == (inputs.NUMBER_DIGITS, inputs.NUMBER_MIN_EXPONENT, inputs.NUMBER_MAX_EXPONENT)
+    webhook = JobRequest.model_json_schema()["properties"]["webhook_url"]
+    [string] = [branch for branch in webhook["anyOf"] if branch.get("type") == "string"]
+    assert string["maxLength"] == inputs.MAX_WEBHOOK_URL
