@@ -48,7 +48,14 @@ def streamed_content_key(items: Iterable[bytes], extras: Mapping[str, Any]) -> s
 
 
 def check_key(key: str, room: int = MAX_KEY_LENGTH) -> str:
-    """``key`` when it is 1–``room`` printable ASCII characters; ValueError saying why otherwise."""
-    if not key or len(key) > room or not key.isascii() or not key.isprintable():
-        raise ValueError(f"an Idempotency-Key must be 1–{room} printable ASCII characters")
+    """``key`` when it is 1–``room`` printable ASCII characters, not starting or ending with a space (HTTP trims a
+    header's outer spaces, so the API's published header pattern has none); ValueError saying why otherwise.
+
+    The client's copy of the service's rule (``imagegen.idempotency.validate_key`` and the header's pattern in
+    docs/openapi.json; the client is installed without the service's code): tests/unit/test_cli_parity.py holds
+    the three to the same answers."""
+    if not key or len(key) > room or not key.isascii() or not key.isprintable() or key != key.strip(" "):
+        raise ValueError(
+            f"an Idempotency-Key must be 1–{room} printable ASCII characters, without a space at either end"
+        )
     return key

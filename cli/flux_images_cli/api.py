@@ -64,8 +64,9 @@ class NetworkError(CliError):
     """The API could not be reached (after the bounded retries): exit code 3."""
 
 
-class ApiError(CliError):
-    """A non-2xx answer of the API, in its ``{"error": {"code", "message", "details", "request_id"}}`` shape."""
+class ApiError(CliError, flux_images.ApiError):
+    """A non-2xx answer of the API: the client's ``flux_images.ApiError`` (its fields, ``no_such_route``) as a
+    ``CliError`` (exit code 3, ``render`` for people). One class, not a copy of the client's fields."""
 
     def __init__(
         self,
@@ -76,16 +77,22 @@ class ApiError(CliError):
         details: list[dict[str, Any]] | None = None,
         request_id: str | None = None,
         retry_after: float | None = None,
+        error_type: str | None = None,
         context: str = "",
+        note: str = "",
     ) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.details = details or []
-        self.request_id = request_id
-        self.retry_after = retry_after
-        self.context = context
-        self.error_type: str | None = None  # API Gateway's own x-amzn-ErrorType, when it answered itself
+        flux_images.ApiError.__init__(
+            self,
+            status,
+            code,
+            message,
+            details=details,
+            request_id=request_id,
+            retry_after=retry_after,
+            error_type=error_type,
+            context=context,
+            note=note,
+        )
         # Filled in by callers that can point at the input behind a detail (``body.items.3`` → ``prompts.csv:5``).
         self.detail_labels: Callable[[dict[str, Any]], str | None] | None = None
 
@@ -93,23 +100,16 @@ class ApiError(CliError):
     def from_client(cls, exc: flux_images.ApiError) -> ApiError:
         """The CLI's error for the client's: the same fields, what the client did about it in the message."""
         message = f"{exc.message} ({exc.note})" if exc.note else exc.message
-        error = cls(
+        return cls(
             exc.status,
             exc.code,
             message,
             details=exc.details,
             request_id=exc.request_id,
             retry_after=exc.retry_after,
+            error_type=exc.error_type,
             context=exc.context,
         )
-        error.error_type = exc.error_type
-        return error
-
-    @property
-    def no_such_route(self) -> bool:
-        """The deployment has no such route: the API's 404, or API Gateway's 403 for a resource it does not know
-        (``x-amzn-ErrorType: MissingAuthenticationTokenException``), told apart by type, not by message."""
-        return self.status == 404 or self.error_type == "MissingAuthenticationTokenException"
 
     def render(self) -> str:
         head = f"{self.context}: " if self.context else ""
@@ -150,6 +150,8 @@ def cli_errors() -> Iterator[None]:
     """The client's exceptions as the CLI's."""
     try:
         yield
+    except ApiError:
+        raise  # already the CLI's (it is a flux_images.ApiError too)
     except flux_images.ApiError as exc:
         raise ApiError.from_client(exc) from None
     except flux_images.NetworkError as exc:

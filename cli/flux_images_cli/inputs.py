@@ -1,8 +1,10 @@
 """Prompts from JSONL, CSV or the command line, checked locally against the rules of ``POST /v1/images``.
 
 Every problem names where it is (``prompts.csv:12``) and the field, and all of them are reported at once. The
-rules mirror the service's (README, "The API"): unknown fields are refused, types are strict, so a file that
-passes here is not refused by the API for its items.
+rules are the service's (README, "The API"): unknown fields are refused, types are strict, so a file that
+passes here is not refused by the API for its items. The CLI is installed without the service's code, so the rules
+are written here a second time; ``tests/unit/test_cli_parity.py`` holds them to the service's ``ImageRequest``
+(every field at and around each of its bounds, and combinations of them): both accept and refuse the same values.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,9 @@ FIELDS = (
     "num_images",
 )
 INT_FIELDS = ("num_steps", "seed", "width", "height", "output_quality", "num_images")
+# An explicit null in these is the service's default, as if the field were left out (num_steps and num_images
+# have a default but no null).
+NULLABLE = frozenset({"seed", "width", "height", "aspect_ratio", "megapixels", "output_format", "output_quality"})
 ASPECT_RATIOS = ("1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "21:9", "9:21")
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MAX_NUM_IMAGES = 4
@@ -79,9 +85,11 @@ def field_problem(name: str, value: Any) -> str | None:
             return "must not be blank"
         if len(value) > MAX_PROMPT_CHARS:
             return f"is {len(value):,} characters long; at most {MAX_PROMPT_CHARS:,} are allowed"
+        if not _is_unicode(value):
+            return "must be valid Unicode text (no lone surrogates such as \\ud800)"
         return None
-    if name == "seed" and value is None:
-        return None  # explicit null: the service picks the seed
+    if value is None and name in NULLABLE:
+        return None  # explicit null: the service's default (for seed: the service picks one)
     if name in {"aspect_ratio", "output_format"}:
         allowed = ASPECT_RATIOS if name == "aspect_ratio" else OUTPUT_FORMATS
         if value not in allowed:
@@ -109,6 +117,16 @@ def field_problem(name: str, value: Any) -> str | None:
         if value % 16:
             return f"{value} is not a multiple of 16"
     return None
+
+
+def _is_unicode(text: str) -> bool:
+    """JSON's ``\\ud800`` escapes (and undecodable bytes on a command line) give lone surrogates: no UTF-8 body can
+    carry them, and the service refuses them."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _json_type(value: Any) -> str:
@@ -356,6 +374,8 @@ def overridden_defaults(items: list[Item], defaults: dict[str, Any]) -> list[str
 
 
 def check_metadata(text: str | None) -> dict[str, Any] | None:
+    """``--metadata`` as the service takes it: a JSON object of at most 2,048 bytes, nested at most 16 levels, keys
+    not empty, numbers DynamoDB can store, text valid Unicode."""
     if text is None:
         return None
     try:
@@ -364,13 +384,58 @@ def check_metadata(text: str | None) -> dict[str, Any] | None:
         raise UsageError(f"--metadata: not valid JSON: {getattr(exc, 'msg', exc)}") from None
     if not isinstance(value, dict):
         raise UsageError(f"--metadata: must be a JSON object, not {_json_type(value)}")
+    problem = _metadata_problem(value, 1)
+    if problem:
+        raise UsageError(f"--metadata: {problem}")
     size = len(json.dumps(value, separators=(",", ":")).encode("utf-8"))  # measured as the service measures it
     if size > MAX_METADATA_BYTES:
         raise UsageError(f"--metadata: {size:,} bytes of JSON; at most {MAX_METADATA_BYTES:,} are allowed")
     return value
 
 
+MAX_METADATA_DEPTH = 16  # nesting levels
+# What a DynamoDB number holds: 38 significant digits, a magnitude from 1e-130 to below 1e126.
+NUMBER_DIGITS, NUMBER_MIN_EXPONENT, NUMBER_MAX_EXPONENT = 38, -130, 125
+
+
+def _metadata_problem(value: Any, depth: int) -> str | None:
+    """Why the service would refuse ``value`` (at nesting level ``depth``) inside metadata, or None."""
+    if isinstance(value, dict | list):
+        if depth > MAX_METADATA_DEPTH:
+            return f"must nest at most {MAX_METADATA_DEPTH} levels"
+        if isinstance(value, dict) and "" in value:
+            return "keys must not be empty"
+        inner = [*value.keys(), *value.values()] if isinstance(value, dict) else value
+        return next((found for part in inner if (found := _metadata_problem(part, depth + 1))), None)
+    if isinstance(value, str):
+        return None if _is_unicode(value) else "strings must be valid Unicode (no lone surrogates)"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+    if not number.is_finite() or (
+        number
+        and (
+            len(number.as_tuple().digits) > NUMBER_DIGITS
+            or not NUMBER_MIN_EXPONENT <= number.adjusted() <= NUMBER_MAX_EXPONENT
+        )
+    ):
+        return (
+            f"numbers must be finite, of at most {NUMBER_DIGITS} significant digits and a magnitude from "
+            f"1e{NUMBER_MIN_EXPONENT} to 1e{NUMBER_MAX_EXPONENT}"
+        )
+    return None
+
+
+# The shape of a webhook URL the service takes (a scheme, an ASCII host name without credentials, a port of 0-65535,
+# then anything without spaces): the service's own pattern, which it also publishes in its schema.
+PORT_PATTERN = r"(6553[0-5]|655[0-2][0-9]|65[0-4][0-9]{2}|6[0-4][0-9]{3}|[1-5][0-9]{4}|[0-9]{1,4})"
+WEB_URL_PATTERN = rf"^https?://[A-Za-z0-9._~%!$&'()*+,;=-]+(:{PORT_PATTERN}?)?([/?#]\S*)?$"
+MAX_WEBHOOK_URL = 2048
+
+
 def check_webhook_url(url: str | None) -> str | None:
+    """``--webhook-url`` as a deployed service takes it: https (plain http only where a deployment allows it, as the
+    local stack does: the CLI holds to the deployed rule), a host, no credentials, a port of 0-65535, no spaces."""
     if url is None:
         return None
     from urllib.parse import urlsplit
@@ -380,8 +445,16 @@ def check_webhook_url(url: str | None) -> str | None:
         raise UsageError(f"--webhook-url: {url!r} must be an https URL")
     if parts.username or parts.password:
         raise UsageError("--webhook-url: must not carry credentials")
-    if len(url) > 2048:
-        raise UsageError("--webhook-url: at most 2,048 characters")
+    if len(url) > MAX_WEBHOOK_URL:
+        raise UsageError(f"--webhook-url: at most {MAX_WEBHOOK_URL:,} characters")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when it is read
+    except ValueError:
+        raise UsageError("--webhook-url: the port must be a number from 0 to 65535") from None
+    if not re.fullmatch(WEB_URL_PATTERN, url):
+        raise UsageError(
+            f"--webhook-url: {url[:80]!r} must be an https URL: an ASCII host name, an optional port, then no spaces"
+        )
     return url
 
 
@@ -389,9 +462,12 @@ def check_idempotency_key(key: str | None, jobs: int) -> str | None:
     if key is None:
         return None
     room = MAX_IDEMPOTENCY_KEY - (len(_part_suffix(jobs, jobs)) if jobs > 1 else 0)
-    if not key or len(key) > room or not key.isascii() or not key.isprintable():
-        raise UsageError(f"--idempotency-key: must be 1–{room} printable ASCII characters")
-    return key
+    try:
+        return idempotency.check_key(key, room)  # the client's rule, with room left for -partNofM
+    except ValueError:
+        raise UsageError(
+            f"--idempotency-key: must be 1–{room} printable ASCII characters, without a space at either end"
+        ) from None
 
 
 def _part_suffix(number: int, total: int) -> str:

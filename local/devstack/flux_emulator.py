@@ -1,6 +1,6 @@
 """Local emulator of the Flux Schnell text-to-image HTTP API (pure stdlib).
 
-It serves the documented contract (see docs / shared reference ``flux-schnell-api.md``)::
+It serves the documented contract (docs/upstream.md)::
 
     POST /flux-1-schnell/v1/getData      header Ocp-Apim-Subscription-Key, JSON body
         200 {"output": "<base>/images/<name>.png"}

@@ -9,9 +9,8 @@ import json
 import pytest
 import requests
 from devstack.lambda_context import make_context
-from imagegen.models import ImageRequest, JobMessage
 from support.secrets_under_test import API_KEY
-from support.stack_fixtures import image_object_count, make_job, post_image, s3_keys, sqs_event
+from support.stack_fixtures import image_object_count, item_messages, make_job, post_image, s3_keys, sqs_event
 
 
 def test_moderation_blocked_prompt_422_and_no_upstream_call(invoke, emulator, moderation, stack) -> None:
@@ -99,15 +98,6 @@ def test_moderation_over_http_through_the_local_gateway(stack, emulator, moderat
 
 
 # ------------------------------------------------------------------------------------------------ job items
-def item_messages(job_id: str, prompts: list[str]) -> list[str]:
-    return [
-        JobMessage(
-            request=ImageRequest(prompt=prompt, seed=index, width=256, height=256), job_id=job_id, index=index
-        ).model_dump_json(exclude_none=True)
-        for index, prompt in enumerate(prompts)
-    ]
-
-
 def test_moderation_job_items_blocked_fail_with_content_blocked_and_are_announced(
     worker, repository, stack, emulator, moderation, events
 ) -> None:

@@ -7,19 +7,9 @@ from __future__ import annotations
 
 import pytest
 from devstack.lambda_context import make_context
-from imagegen.models import ImageRequest, JobMessage
-from support.stack_fixtures import image_object_count, make_job, post_image, s3_keys, sqs_event
+from support.stack_fixtures import image_object_count, item_messages, make_job, post_image, s3_keys, sqs_event
 
 MAX_RECEIVES = 5  # the local stack's maxReceiveCount, as the template's default
-
-
-def item_messages(job_id: str, prompts: list[str]) -> list[str]:
-    return [
-        JobMessage(
-            request=ImageRequest(prompt=prompt, seed=index, width=256, height=256), job_id=job_id, index=index
-        ).model_dump_json(exclude_none=True)
-        for index, prompt in enumerate(prompts)
-    ]
 
 
 # ------------------------------------------------------------------------------------------------ the API path

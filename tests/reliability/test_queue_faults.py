@@ -1,11 +1,10 @@
 """Queue faults through the real queue: duplicate concurrent delivery, an invocation killed or out of time
 mid-batch, poison messages, one permanent failure in a batch of ten, and the dead-letter queue.
 
-``test_queue_fault_matrix.py`` drives the worker handler the way the event source mapping would (redelivery
-simulated, receive counts set by hand). Here every fault goes through SQS itself (moto) and the local event
-source mapping (``devstack.sqs_poller``) in front of the real ``worker_handler.lambda_handler``: real receive
-counts, ``ChangeMessageVisibility``, partial batch responses, a whole batch coming back when its invocation
-dies, and the queue's ``RedrivePolicy`` moving a message to the DLQ after ``maxReceiveCount`` (5) receives.
+Every fault goes through SQS itself (moto) and the local event source mapping (``devstack.sqs_poller``) in front
+of the real ``worker_handler.lambda_handler``: real receive counts, ``ChangeMessageVisibility``, partial batch
+responses, a whole batch coming back when its invocation dies, and the queue's ``RedrivePolicy`` moving a message
+to the DLQ after ``maxReceiveCount`` (5) receives.
 
 Only time is compressed, so the file stays fast (``QueuePath``):
 

@@ -5,6 +5,11 @@ moves the job's counters with it, conditional on the status read; the transition
 completes the job and says so, once; a claim refuses a canceled job; a live lease is never taken over. Where the
 table keeps the counters (up to 64 shards per job, docs/scaling.md) is the adapter's business: the contract, and so
 this fake, counts per job.
+
+What has a real implementation is reused, not restated: an item is created as the jobs table writes its row and
+read back as the table reads it (``_new_item``/``_item``), the image service's documents and table items are the
+real service's and repository's (``image_document``, ``ImageRepository.item``), a queue body is the real queue's
+(``message_body``).
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from imagegen.adapters.images_table import ImageRepository
+from imagegen.adapters.jobs_table import JobExtras, JobRepository, _item
+from imagegen.adapters.queue import message_body
 from imagegen.entities import Item, Job, JobUnavailable, LeaseHeld, TransitionConflict
 from imagegen.models import (
     TERMINAL_ITEM_STATUSES,
     ControlMessage,
     GenerationParameters,
     ImageDocument,
-    ImageInfo,
     ImageRecord,
     ImageRequest,
     ItemError,
@@ -32,6 +39,13 @@ from imagegen.models import (
     StoredImage,
     Timings,
 )
+from imagegen.service import image_document
+
+
+def stored_item(job_id: str, index: int, request: ImageRequest, correlation_id: str | None) -> Item:
+    """A new queued item as the jobs table gives it back: its row as the table writes it, read as the table reads
+    it (the request through the same JSON, Decimal and non-strict validation)."""
+    return _item(JobRepository._new_item(job_id, index, request, correlation_id, expires="0"))
 
 
 class MemoryItemStore:
@@ -53,19 +67,18 @@ class MemoryItemStore:
         self.jobs[job.id] = stored
         ids = correlation_ids or [None] * len(requests)
         for index, (request, correlation_id) in enumerate(zip(requests, ids, strict=True)):
-            self.items[(job.id, index)] = Item(job.id, index, "queued", request, correlation_id=correlation_id)
+            self.items[(job.id, index)] = stored_item(job.id, index, request, correlation_id)
         return True
 
     def ensure_item(self, job_id: str, index: int, request: ImageRequest, correlation_id: str | None) -> None:
-        self.items.setdefault((job_id, index), Item(job_id, index, "queued", request, correlation_id=correlation_id))
+        if (job_id, index) not in self.items:
+            self.items[(job_id, index)] = stored_item(job_id, index, request, correlation_id)
 
     def get_job(self, job_id: str) -> Job | None:
         job = self.jobs.get(job_id)
         return copy.deepcopy(job) if job is not None else None
 
     def get_job_extras(self, job_id: str) -> tuple[Job | None, Any]:
-        from imagegen.adapters.jobs_table import JobExtras
-
         return self.get_job(job_id), JobExtras()
 
     def get_item(self, job_id: str, index: int) -> Item | None:
@@ -239,23 +252,12 @@ class FakeImages:
         return image_record(image_id or "img_" + "0" * 32, f"{key_stem}.png")
 
     def record_item(self, record: ImageRecord) -> dict[str, Any]:
-        return {"id": record.id}
+        """The image's table item, as the real service makes it (the repository needs no client for that)."""
+        return ImageRepository(None, "images", retention_days=1).item(record)
 
     def document(self, record: ImageRecord) -> ImageDocument:
-        stored = record.stored
-        info = ImageInfo(
-            url=f"https://example.test/{stored.key}",
-            url_expires_at=datetime.now(UTC) + timedelta(hours=1),
-            s3_uri=stored.s3_uri,
-            content_type=stored.content_type,
-            bytes=stored.bytes,
-            sha256=stored.sha256,
-            width=stored.width,
-            height=stored.height,
-        )
-        return ImageDocument(
-            id=record.id, parameters=record.parameters, image=info, created_at=record.created_at, timings=record.timings
-        )
+        url = f"https://example.test/{record.stored.key}"
+        return image_document(record, url, datetime.now(UTC).replace(microsecond=0) + timedelta(hours=1))
 
 
 @dataclass
@@ -295,7 +297,7 @@ class FakeQueue:
     on_send: Callable[[list[str]], None] | None = None  # e.g. a worker that is quicker than the API
 
     def send(self, messages: Sequence[JobMessage]) -> list[int]:
-        bodies = [m.model_dump_json(exclude_none=True) for i, m in enumerate(messages) if i not in self.refuse]
+        bodies = [message_body(m) for i, m in enumerate(messages) if i not in self.refuse]
         self.sent.extend(bodies)
         if self.on_send is not None:
             self.on_send(bodies)
@@ -305,7 +307,7 @@ class FakeQueue:
         self.messages.append((body, reason))
 
     def send_control(self, message: ControlMessage) -> None:
-        self.controls.append(message.model_dump_json(exclude_none=True))
+        self.controls.append(message_body(message))
 
 
 __all__ = [

@@ -29,6 +29,7 @@ import requests
 from devstack.lambda_context import make_context
 from devstack.stack import LocalStack
 from imagegen.adapters.jobs_table import Job
+from imagegen.adapters.queue import message_body
 from imagegen.jobs import new_job_id
 from imagegen.models import ImageRequest, JobMessage
 
@@ -218,6 +219,16 @@ def webhook_receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]
     server.server_close()
 
 
+def the_delivery(received: list[tuple[dict[str, str], bytes]], timeout_s: float = 10) -> tuple[dict[str, str], bytes]:
+    """The one webhook delivery a receiver gets (headers, body), waited for up to ``timeout_s``: a test that
+    expects one fails on none or more than one."""
+    deadline = time.monotonic() + timeout_s
+    while not received and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(received) == 1, f"{len(received)} webhook deliveries, expected 1"
+    return received[0]
+
+
 # ------------------------------------------------------------------------------- the worker, fed directly
 @pytest.fixture
 def worker(stack):
@@ -259,13 +270,20 @@ def sqs_event(bodies: list[str], receive_count: int = 1) -> dict[str, Any]:
     return {"Records": records}
 
 
-def messages(job_id: str, count: int) -> list[str]:
+def item_messages(job_id: str, prompts: list[str]) -> list[str]:
+    """The queue bodies of a job's items, one per prompt (256x256, seed = index), as the API enqueues them."""
     return [
-        JobMessage(
-            request=ImageRequest(prompt=f"p{i}", seed=i, width=256, height=256), job_id=job_id, index=i
-        ).model_dump_json(exclude_none=True)
-        for i in range(count)
+        message_body(
+            JobMessage(
+                request=ImageRequest(prompt=prompt, seed=index, width=256, height=256), job_id=job_id, index=index
+            )
+        )
+        for index, prompt in enumerate(prompts)
     ]
+
+
+def messages(job_id: str, count: int) -> list[str]:
+    return item_messages(job_id, [f"p{index}" for index in range(count)])
 
 
 def post_image(invoke, prompt: str = "a quiet harbour") -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -140,6 +140,12 @@ class FakeJobsApi:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
+    def __enter__(self) -> FakeJobsApi:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
     def fail(
         self,
         route: str,
@@ -302,12 +308,20 @@ class FakeJobsApi:
                 return 200, {"Content-Type": "application/json"}, _dumps(self._job_document(job))
             return self._get(job, query)
 
+    def _replay(self, key: str | None, body: bytes) -> Any:
+        """The stored answer for an Idempotency-Key used before with the same body, its 422 with another body, or
+        None for a new key (or none)."""
+        if key is None or key not in self._idempotency:
+            return None
+        digest, status, answer = self._idempotency[key]
+        if digest != hashlib.sha256(body).hexdigest():
+            return _error(422, "idempotency_key_reused", "this Idempotency-Key was already used")
+        return status, {"Content-Type": "application/json"}, answer
+
     def _create(self, key: str | None, body: bytes) -> Any:
-        if key is not None and key in self._idempotency:
-            digest, status, answer = self._idempotency[key]
-            if digest != hashlib.sha256(body).hexdigest():
-                return _error(422, "idempotency_key_reused", "this Idempotency-Key was already used")
-            return status, {"Content-Type": "application/json"}, answer
+        replayed = self._replay(key, body)
+        if replayed is not None:
+            return replayed
         try:
             request = json.loads(body)
         except ValueError:
@@ -345,11 +359,9 @@ class FakeJobsApi:
 
     def _generate(self, key: str | None, body: bytes) -> Any:
         """``POST /v1/images``: a one-item job finished at once, answered with its image document (201)."""
-        if key is not None and key in self._idempotency:
-            digest, status, answer = self._idempotency[key]
-            if digest != hashlib.sha256(body).hexdigest():
-                return _error(422, "idempotency_key_reused", "this Idempotency-Key was already used")
-            return status, {"Content-Type": "application/json"}, answer
+        replayed = self._replay(key, body)
+        if replayed is not None:
+            return replayed
         try:
             request = json.loads(body)
         except ValueError:

@@ -42,11 +42,8 @@ class Result:
 
 @pytest.fixture
 def fake() -> Iterator[FakeJobsApi]:
-    server = FakeJobsApi(api_key=API_KEY).start()
-    try:
+    with FakeJobsApi(api_key=API_KEY) as server:
         yield server
-    finally:
-        server.stop()
 
 
 class Runner:
@@ -1033,3 +1030,33 @@ def test_csv_takes_the_image_option_columns(run: Runner, fake: FakeJobsApi, tmp_
     assert _submitted_items(fake) == [
         {"prompt": "x", "aspect_ratio": "9:16", "megapixels": 2.0, "output_format": "jpeg", "output_quality": 80}
     ]
+
+
+def test_the_cli_api_error_is_the_clients_with_an_exit_code() -> None:
+    """One ApiError: the CLI's is the client's (its fields and no_such_route) plus the exit code and the text."""
+    import flux_images
+
+    client_error = flux_images.ApiError(
+        403,
+        "http_403",
+        "Missing Authentication Token",
+        request_id="req-1",
+        error_type="MissingAuthenticationTokenException",
+        context="POST /v1/uploads",
+        note="not retried",
+    )
+    error = api.ApiError.from_client(client_error)
+    assert isinstance(error, flux_images.ApiError) and isinstance(error, api.CliError)
+    assert (error.status, error.code, error.request_id, error.context) == (403, "http_403", "req-1", "POST /v1/uploads")
+    assert error.no_such_route and error.exit_code == 3
+    assert error.render().splitlines() == [
+        "POST /v1/uploads: HTTP 403 http_403: Missing Authentication Token (not retried)",
+        "  check --api-key / FLUX_IMAGES_API_KEY and that --api-url points at the right stage",
+        "  request id: req-1",
+    ]
+    with pytest.raises(api.ApiError) as caught, api.cli_errors():
+        raise client_error
+    assert caught.value.message == "Missing Authentication Token (not retried)"
+    with pytest.raises(api.ApiError) as again, api.cli_errors():
+        raise error
+    assert again.value is error  # already the CLI's: not wrapped a second time

@@ -112,11 +112,8 @@ def test_a_redraw_overwrites_a_longer_previous_line_and_close_ends_it() -> None:
 # ------------------------------------------------------------------------------------------------ the CLI
 @pytest.fixture
 def fake() -> Iterator[FakeJobsApi]:
-    server = FakeJobsApi(api_key=API_KEY).start()
-    try:
+    with FakeJobsApi(api_key=API_KEY) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -52,11 +52,8 @@ class FakeClock:
 
 @pytest.fixture
 def fake() -> Iterator[FakeJobsApi]:
-    server = FakeJobsApi(api_key=API_KEY).start()
-    try:
+    with FakeJobsApi(api_key=API_KEY) as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

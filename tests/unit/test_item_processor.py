@@ -10,6 +10,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from imagegen.adapters.queue import message_body
 from imagegen.budget import Deadline
 from imagegen.entities import Job
 from imagegen.errors import (
@@ -60,7 +61,7 @@ class World:
     def deliver(self, index: int = 0, *, receive_count: int = 1, body: str | None = None, time_left_s: float = 120):
         if body is None:
             message = JobMessage(request=ImageRequest(prompt=f"p{index}", seed=index), job_id=JOB_ID, index=index)
-            body = message.model_dump_json(exclude_none=True)
+            body = message_body(message)
         deadline = Deadline.after(time_left_s, clock=lambda: 0.0)
         return self.processor.handle(body, message_id=f"m{index}", receive_count=receive_count, deadline=deadline)
 
@@ -97,6 +98,29 @@ def test_first_delivery_generates_settles_and_completes_the_job():
     assert world.events.types() == ["Image Generated", "Job Completed"]
     assert world.webhooks.sent == [("https://hooks.example.com/x", JOB_ID)]
     assert world.store.webhooks[JOB_ID] == ("delivered", 1)
+
+
+def test_a_succeeded_item_writes_the_image_row_the_images_table_writes():
+    # Given a one-item job
+    world = World()
+    # When its message is delivered and the image is made
+    assert world.deliver() == Outcome.ack()
+    # Then the image's row written with the item's last transition is the images table's own (the fake reuses it)
+    [row] = world.store.image_records
+    record = world.store.item(JOB_ID).record
+    assert record is not None
+    assert row["pk"] == {"S": f"IMAGE#{record.id}"} and row["entity"] == {"S": "image"} and "record" in row
+
+
+def test_an_item_keeps_its_request_as_the_jobs_table_gives_it_back():
+    # Given a job item with the options whose stored form differs from the request (a float kept as Decimal)
+    world = World()
+    request = ImageRequest(prompt="a fox", aspect_ratio="16:9", megapixels=0.3, output_format="webp", output_quality=70)
+    world.store.ensure_item(JOB_ID, 1, request, "corr-1")
+    # When it is read back
+    item = world.store.item(JOB_ID, 1)
+    # Then it is the request, through the table's row and reader
+    assert item.request == request and item.status == "queued" and item.correlation_id == "corr-1"
 
 
 def test_redelivery_of_a_finished_item_never_calls_the_upstream_again(world):

@@ -142,3 +142,16 @@ def test_job_message_index_and_job_id_go_together() -> None:
     assert JobMessage.model_validate({"request": {"prompt": "x"}, "job_id": "job_" + "a" * 32, "index": 3}).index == 3
     with pytest.raises(ValidationError, match="go together"):
         JobMessage.model_validate({"request": {"prompt": "x"}, "index": 3})
+
+
+def test_json_numbers_turns_dynamodb_decimals_back_into_json_numbers() -> None:
+    """The one copy the models' JSON answers (job metadata) and the tables' readers share."""
+    from decimal import Decimal
+
+    from imagegen.adapters import images_table
+    from imagegen.models import json_numbers
+
+    stored = {"a": Decimal("3"), "b": [Decimal("0.25"), Decimal("1E+2")], "c": {"d": "text", "e": True}, "f": None}
+    assert json_numbers(stored) == {"a": 3, "b": [0.25, 100], "c": {"d": "text", "e": True}, "f": None}
+    assert type(json_numbers(Decimal("3"))) is int and type(json_numbers(Decimal("0.25"))) is float
+    assert images_table.plain(stored) == json_numbers(stored)

@@ -11,21 +11,27 @@ Powertools is imported when the first keyed request arrives, not at cold start.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
 from imagegen.errors import ConflictError, InvalidRequestError, ServiceError
 
 MAX_KEY_LENGTH = 255
+# Printable ASCII without a space at either end (HTTP trims a header value's outer spaces): the rule the API's
+# header declares (functions/api publishes the same pattern in its spec), and the client's (flux_images.idempotency).
+KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 Answer = dict[str, Any]  # {"status": int, "body": ..., "headers": {...}}
 
 
 def validate_key(key: str) -> str:
-    if not 1 <= len(key) <= MAX_KEY_LENGTH or not key.isprintable() or not key.isascii():
+    if not 1 <= len(key) <= MAX_KEY_LENGTH or not re.fullmatch(KEY_PATTERN, key):
         raise InvalidRequestError(
-            f"must be 1-{MAX_KEY_LENGTH} printable ASCII characters", field="Idempotency-Key", location="header"
+            f"must be 1-{MAX_KEY_LENGTH} printable ASCII characters, without a space at either end",
+            field="Idempotency-Key",
+            location="header",
         )
     return key
 

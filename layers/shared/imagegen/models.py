@@ -363,7 +363,7 @@ METADATA_DESCRIPTION = (
 
 def _storable_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     """Metadata as the jobs table can store it: the size checked, numbers checked, floats as Decimal (DynamoDB
-    takes no floats); ``_json_numbers`` turns them back into JSON numbers in answers."""
+    takes no floats); ``json_numbers`` turns them back into JSON numbers in answers."""
     if value is None:
         return None
     if len(json.dumps(value, separators=(",", ":")).encode("utf-8")) > MAX_METADATA_BYTES:
@@ -408,12 +408,13 @@ def _text(value: str) -> str:
     return value
 
 
-def _json_numbers(value: Any) -> Any:
-    """Decimals (stored floats) back to JSON numbers, as the jobs table's readers get them."""
+def json_numbers(value: Any) -> Any:
+    """DynamoDB's numbers (Decimal) back to JSON numbers: whole ones as int (the models want ints), others as
+    float. The one copy: the tables' readers use it too (``imagegen.adapters.images_table.plain``)."""
     if isinstance(value, dict):
-        return {key: _json_numbers(inner) for key, inner in value.items()}
+        return {key: json_numbers(inner) for key, inner in value.items()}
     if isinstance(value, list):
-        return [_json_numbers(inner) for inner in value]
+        return [json_numbers(inner) for inner in value]
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     return value
@@ -421,7 +422,7 @@ def _json_numbers(value: Any) -> Any:
 
 JsonMetadata = Annotated[
     dict[str, Any] | None,
-    PlainSerializer(_json_numbers, return_type=dict[str, Any] | None, when_used="json"),
+    PlainSerializer(json_numbers, return_type=dict[str, Any] | None, when_used="json"),
 ]
 
 

@@ -306,20 +306,27 @@ class ImageService:
         url = self._s3.generate_presigned_url(
             "get_object", Params={"Bucket": stored.bucket, "Key": stored.key}, ExpiresIn=self._ttl_s
         )
-        return ImageDocument(
-            id=record.id,
-            status=record.status,
-            parameters=record.parameters,
-            image=ImageInfo(
-                url=url,
-                url_expires_at=(self._now() + timedelta(seconds=self._ttl_s)).replace(microsecond=0),
-                s3_uri=stored.s3_uri,
-                content_type=stored.content_type,
-                bytes=stored.bytes,
-                sha256=stored.sha256,
-                width=stored.width,
-                height=stored.height,
-            ),
-            created_at=record.created_at,
-            timings=record.timings,
-        )
+        return image_document(record, url, (self._now() + timedelta(seconds=self._ttl_s)).replace(microsecond=0))
+
+
+def image_document(record: ImageRecord, url: str, url_expires_at: datetime) -> ImageDocument:
+    """The API view of a record whose file is at ``url`` until ``url_expires_at`` (the unit tests' fake image
+    service builds its documents with it too, so the two cannot drift apart)."""
+    stored = record.stored
+    return ImageDocument(
+        id=record.id,
+        status=record.status,
+        parameters=record.parameters,
+        image=ImageInfo(
+            url=url,
+            url_expires_at=url_expires_at,
+            s3_uri=stored.s3_uri,
+            content_type=stored.content_type,
+            bytes=stored.bytes,
+            sha256=stored.sha256,
+            width=stored.width,
+            height=stored.height,
+        ),
+        created_at=record.created_at,
+        timings=record.timings,
+    )

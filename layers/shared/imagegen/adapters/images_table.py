@@ -17,6 +17,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 from botocore.exceptions import ClientError
 
 from imagegen.models import ImageRecord
+from imagegen.models import json_numbers as plain  # DynamoDB's Decimals back to ints/floats (jobs_table uses it too)
 
 _serializer = TypeSerializer()
 _deserializer = TypeDeserializer()
@@ -76,15 +77,4 @@ def storable(value: Any) -> Any:
         return [storable(inner) for inner in value]
     if isinstance(value, float):
         return Decimal(repr(value))
-    return value
-
-
-def plain(value: Any) -> Any:
-    """DynamoDB numbers come back as Decimal; the model wants ints."""
-    if isinstance(value, dict):
-        return {key: plain(inner) for key, inner in value.items()}
-    if isinstance(value, list):
-        return [plain(inner) for inner in value]
-    if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
     return value

@@ -18,6 +18,11 @@ SEND_BATCH = 10  # SendMessageBatch's limit
 MAX_VISIBILITY_S = 12 * 3600 - 900
 
 
+def message_body(message: BaseModel) -> str:
+    """A message as the queue carries it: compact JSON without the fields left unset (null)."""
+    return message.model_dump_json(exclude_none=True)
+
+
 class JobQueue:
     def __init__(
         self,
@@ -49,10 +54,7 @@ class JobQueue:
         permanent: list[int] = []  # sender faults of every attempt: each is reported, none forgotten on a retry
         retrying = Retrying(self._policy, sleep=self._sleep)
         for _ in retrying:
-            entries = [
-                {"Id": str(position), "MessageBody": messages[position].model_dump_json(exclude_none=True)}
-                for position in pending
-            ]
+            entries = [{"Id": str(position), "MessageBody": message_body(messages[position])} for position in pending]
             try:
                 answer = self._client.send_message_batch(QueueUrl=self._url, Entries=entries)
             except (ClientError, BotoCoreError):  # a timeout too: a duplicate message is harmless (claims reject it)
@@ -68,7 +70,7 @@ class JobQueue:
 
     def send_control(self, message: ControlMessage) -> None:
         """One control message for the worker (cancel a job's items, announce a completion)."""
-        self._client.send_message(QueueUrl=self._url, MessageBody=message.model_dump_json(exclude_none=True))
+        self._client.send_message(QueueUrl=self._url, MessageBody=message_body(message))
 
     def receive(self, max_messages: int, wait_s: int = 0) -> list[dict[str, Any]]:
         """Up to ``max_messages`` (1–10) messages, with the receive count the worker reads (the refill's pull)."""
