@@ -45,8 +45,12 @@ def _cors(origins: list[str]) -> CORSConfig | None:
 
 cors = _cors(http_settings.cors_allowed_origins)
 app = APIGatewayRestResolver(enable_validation=True, cors=cors)
-for router in (images.router, uploads.router, jobs.router, docs.router, console.router, api_errors.router):
-    app.include_router(router)
+app.include_router(images.router)  # POST /v1/images, GET /v1/images/{id}
+app.include_router(uploads.router)  # POST /v1/uploads
+app.include_router(jobs.router)  # POST /v1/jobs, GET and DELETE /v1/jobs/{id}
+app.include_router(docs.router)  # GET /openapi.json, GET /docs
+app.include_router(console.router)  # GET /console/, GET /console/{file}
+app.include_router(api_errors.router)  # exception → answer, for every route
 
 
 @logger.inject_lambda_context(correlation_id_path=correlation_paths.API_GATEWAY_REST, log_event=False)
