@@ -480,3 +480,32 @@ def test_handler_openapi_lists_only_schemas_an_operation_uses(invoke):
         reachable |= {name for name in schemas if f'"#/components/schemas/{name}"' in inside}
     assert set(schemas) == reachable
     assert not {"HTTPValidationError", "ValidationError", "ResponseValidationError"} & set(schemas)
+
+
+# ---------------------------------------------------------------------------------------- body media types
+def with_media_type(event: dict[str, Any], declared: str) -> dict[str, Any]:
+    for headers in (event["headers"], event.get("multiValueHeaders") or {}):
+        for name in [name for name in headers if name.lower() == "content-type"]:
+            del headers[name]
+    event["headers"]["Content-Type"] = declared
+    event.setdefault("multiValueHeaders", {})["Content-Type"] = [declared]
+    return event
+
+
+@pytest.mark.parametrize("name", ["post_image", "post_job"])
+@pytest.mark.parametrize("declared", ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data"])
+def test_handler_415_names_the_media_type_on_every_body_route(invoke, name, declared):
+    # Given each route that takes a body (api_json_body.JSON_BODY), When its body is declared as something else
+    response = invoke(with_media_type(load_event(name), declared))
+    # Then 415, naming what was declared (not a form parsed into fields, not a 500 for a missing boundary)
+    assert response["statusCode"] == 415
+    error = body_of(response)["error"]
+    assert error["code"] == "unsupported_media_type"
+    assert error["message"] == f"the request body must be application/json, not {declared}"
+
+
+def test_handler_202_for_a_job_declared_as_json_in_capitals(invoke):
+    # Given POST /v1/jobs with its media type in capitals, When the API answers, Then the job is queued
+    response = invoke(with_media_type(load_event("post_job"), "APPLICATION/JSON; charset=UTF-8"))
+    assert response["statusCode"] == 202, response["body"]
+    assert body_of(response)["id"].startswith("job_")

@@ -1,7 +1,7 @@
 """Domain errors. Each carries its HTTP status and a stable machine-readable ``code``.
 
 Adapters translate library errors into these (``raise ... from exc``); the API maps them to responses in one
-place (``functions/api/api_handler.py``) by type, never by message text. Messages are safe to show to callers:
+place (``functions/api/api_errors.py``) by type, never by message text. Messages are safe to show to callers:
 they never contain the subscription key, request headers or internal details.
 """
 
