@@ -14,6 +14,7 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Header
+from imagegen.idempotency import KEY_PATTERN, MAX_KEY_LENGTH
 from imagegen.models import JobDocument
 from imagegen.observability import tracer_from_env
 from imagegen.settings import load_http_settings
@@ -50,15 +51,13 @@ IDEMPOTENCY_KEY_DESCRIPTION = (
     "and creates nothing new; "
     "the same key with a different body is refused (422 idempotency_key_reused)."
 )
-# Printable ASCII, as the key store requires; HTTP trims a header value's outer spaces, so none are documented.
-IDEMPOTENCY_KEY_PATTERN = r"^[\x21-\x7e]([\x20-\x7e]*[\x21-\x7e])?$"
 IdempotencyKeyHeader = Annotated[
     str | None,
     Header(
         alias="Idempotency-Key",
         min_length=1,
-        max_length=255,
-        pattern=IDEMPOTENCY_KEY_PATTERN,
+        max_length=MAX_KEY_LENGTH,
+        pattern=KEY_PATTERN,  # the one rule (imagegen.idempotency), published in the spec
         description=IDEMPOTENCY_KEY_DESCRIPTION,
     ),
 ]
