@@ -66,9 +66,10 @@ demo: venv ## The local stack + a 12-prompt bulk job through the flux-images CLI
 	@bash scripts/demo.sh
 
 .PHONY: lint
-lint: venv ## ruff (lint + format check)
+lint: venv ## ruff (lint + format check) and mypy (with the pydantic plugin) over functions, layers, cli and local
 	@$(VENV)/bin/ruff check .
 	@$(VENV)/bin/ruff format --check .
+	@PYTHONPATH= $(VENV)/bin/mypy functions layers/shared cli local
 
 .PHONY: format
 format: venv ## Format the code

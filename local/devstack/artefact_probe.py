@@ -70,7 +70,7 @@ def handle_first_event(module: object, kind: str, event: dict) -> object:
     if kind == "worker":
         from imagegen import jobs
 
-        jobs.ItemProcessor.process = lambda self, message, **_: jobs.ACK  # type: ignore[method-assign]
+        jobs.ItemProcessor.process = lambda self, *args, **kwargs: jobs.Outcome.ack()  # type: ignore[method-assign]
     return module.lambda_handler(event, Context())  # type: ignore[attr-defined]
 
 

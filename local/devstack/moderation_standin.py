@@ -292,8 +292,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.connection.close()
             return
         if fault is not None:
-            status, error_type, message = FAULTS[fault]
-            self._send(status, {"message": message}, error_type)
+            fault_status, fault_type, message = FAULTS[fault]
+            self._send(fault_status, {"message": message}, fault_type)
             return
         try:
             request = json.loads(body or b"null")

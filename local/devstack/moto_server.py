@@ -59,7 +59,7 @@ import logging
 import sys
 import threading
 import types
-from typing import Any
+from typing import Any, cast
 
 from moto.core.responses import ActionResult
 from moto.core.utils import camelcase_to_underscores
@@ -95,7 +95,7 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
         op_type, op = next(iter(entry.items()))
         try:
             key = _key_of(self, op_type, op)
-            before = self.get_item(op["TableName"], key) if key else None
+            before = self.get_item(op["TableName"], key) if key is not None else None
         except Exception:  # noqa: BLE001, S112 - moto reports the invalid operation itself
             continue
         snapshot.append((op["TableName"], key, before.to_json()["Attributes"] if before else None))
@@ -103,6 +103,7 @@ def transact_write_items(self: DynamoDBBackend, transact_items: list[dict[str, A
         _original_transact(self, transact_items)
     except Exception:
         for table_name, key, attributes in reversed(snapshot):
+            assert key is not None  # only operations with a key were snapshotted
             if attributes is None:
                 if self.get_item(table_name, key) is not None:
                     self.delete_item(table_name, key)
@@ -209,8 +210,9 @@ def query(self: Table, *args: Any, **kwargs: Any) -> Any:
     if arguments.get("index_name") or not self.range_key_attr or hash_key is None:
         return _original_query(self, *args, **kwargs)
     candidates = list(self.items.get(hash_key, {}).values())
-    values = [_string_sort_key(item) for item in candidates]
-    if all(value is not None for value in values):  # string sort keys: narrow with plain string comparisons
+    keys = [_string_sort_key(item) for item in candidates]
+    values = [value for value in keys if value is not None]
+    if len(values) == len(keys):  # string sort keys: narrow with plain string comparisons
         paired = sorted(zip(values, candidates, strict=True), key=lambda pair: pair[0])
         comparison, operands = arguments.get("range_comparison"), arguments.get("range_objs") or []
         if comparison == "BEGINS_WITH" and operands and operands[0].type == "S":
@@ -219,13 +221,13 @@ def query(self: Table, *args: Any, **kwargs: Any) -> Any:
         if start and "S" in start and arguments.get("scan_index_forward", True):
             paired = [pair for pair in paired if pair[0] > start["S"]]
         candidates = [item for _, item in paired]
-    return _original_query(_OnePartition(self, candidates), *args, **kwargs)
+    return _original_query(cast(Table, _OnePartition(self, candidates)), *args, **kwargs)
 
 
 def is_message_valid_based_on_retention_period(self: SQSBackend, queue_name: str, message: Any) -> bool:
     from moto.core.utils import unix_time
 
-    retention_s = float(self.get_queue(queue_name).message_retention_period)
+    retention_s = float(self.get_queue(queue_name).message_retention_period)  # type: ignore[attr-defined]
     return bool(retention_s + message.sent_timestamp / 1000 > unix_time())
 
 
@@ -283,7 +285,7 @@ def install() -> None:
     module = sys.modules[models_module_name]
     module.copy = types.SimpleNamespace(deepcopy=_deepcopy_except_tables, copy=copy.copy)  # type: ignore[attr-defined]
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
-    DynamoHandler.serialized = serialized  # type: ignore[method-assign]
+    DynamoHandler.serialized = serialized  # type: ignore[method-assign, assignment]
     Table.query = query  # type: ignore[method-assign]
     Queue.delete_message = queue_delete_message  # type: ignore[method-assign]
     Queue.attributes = property(queue_attributes)  # type: ignore[method-assign, assignment]

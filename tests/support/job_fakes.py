@@ -7,9 +7,9 @@ table keeps the counters (up to 64 shards per job, docs/scaling.md) is the adapt
 this fake, counts per job.
 
 What has a real implementation is reused, not restated: an item is created as the jobs table writes its row and
-read back as the table reads it (``_new_item``/``_item``), the image service's documents and table items are the
-real service's and repository's (``image_document``, ``ImageRepository.item``), a queue body is the real queue's
-(``message_body``).
+read back as the table reads it (``job_rows.new_item_row``, ``item_from_row``), the image service's documents and
+table items are the real service's and repository's (``image_document``, ``ImageRepository.item``), a queue body
+is the real queue's (``message_body``).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from imagegen.adapters.images_table import ImageRepository
-from imagegen.adapters.jobs_table import JobExtras, JobRepository, _item
+from imagegen.adapters.job_rows import item_from_row, new_item_row
 from imagegen.adapters.queue import message_body
-from imagegen.entities import Item, Job, JobUnavailable, LeaseHeld, TransitionConflict
+from imagegen.entities import Item, Job, JobExtras, JobUnavailable, LeaseHeld, TransitionConflict
 from imagegen.models import (
     TERMINAL_ITEM_STATUSES,
     ControlMessage,
@@ -45,7 +45,7 @@ from imagegen.service import image_document
 def stored_item(job_id: str, index: int, request: ImageRequest, correlation_id: str | None) -> Item:
     """A new queued item as the jobs table gives it back: its row as the table writes it, read as the table reads
     it (the request through the same JSON, Decimal and non-strict validation)."""
-    return _item(JobRepository._new_item(job_id, index, request, correlation_id, expires="0"))
+    return item_from_row(new_item_row(job_id, index, request, correlation_id, expires="0"))
 
 
 class MemoryItemStore:

@@ -73,6 +73,16 @@ class JobUnavailable(Exception):
     """The job was canceled (or no longer exists): its queued items must not start."""
 
 
+@dataclass(frozen=True)
+class JobExtras:
+    """What the fan-out and the results file record on the job row besides the job itself."""
+
+    items_key: str | None = None  # the job's items object (fanned out by the worker), when it has one
+    correlation_id: str | None = None  # an event-driven job's correlation id, echoed in its events
+    results_key: str | None = None  # the results file, once written
+    results_items: int = 0
+
+
 class ItemStore(Protocol):
     """What the item processor needs from the jobs store. Every status change moves the job's counters with it,
     atomically; a transition that makes the last item terminal completes the job (returns True), exactly once."""
@@ -84,6 +94,8 @@ class ItemStore(Protocol):
     def ensure_item(self, job_id: str, index: int, request: ImageRequest, correlation_id: str | None) -> None: ...
 
     def get_job(self, job_id: str) -> Job | None: ...
+
+    def get_job_extras(self, job_id: str) -> tuple[Job | None, JobExtras]: ...
 
     def get_item(self, job_id: str, index: int) -> Item | None: ...
 

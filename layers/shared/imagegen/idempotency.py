@@ -36,11 +36,12 @@ def validate_key(key: str) -> str:
     return key
 
 
-def mark_replayed(answer: Any, _data_record: Any = None) -> Any:
-    """Powertools' ``response_hook``: the stored answer, with ``Idempotent-Replayed: true`` among its headers."""
-    if not isinstance(answer, dict):
-        return answer
-    return {**answer, "headers": {**(answer.get("headers") or {}), REPLAYED_HEADER: "true"}}
+def mark_replayed(response: Any, idempotent_data: Any = None) -> Any:
+    """Powertools' ``response_hook`` (its parameter names): the stored answer, with ``Idempotent-Replayed: true``
+    among its headers."""
+    if not isinstance(response, dict):
+        return response
+    return {**response, "headers": {**(response.get("headers") or {}), REPLAYED_HEADER: "true"}}
 
 
 class IdempotencyKeyReusedError(ServiceError):

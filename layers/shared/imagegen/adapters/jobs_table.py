@@ -11,7 +11,6 @@ transition errors) live in the domain (``imagegen.entities``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -36,21 +35,11 @@ from imagegen.adapters.job_rows import (
     shard_rows,
     utc_now,
 )
-from imagegen.entities import Item, Job, JobUnavailable, LeaseHeld, TransitionConflict
+from imagegen.entities import Item, Job, JobExtras, JobUnavailable, LeaseHeld, TransitionConflict
 from imagegen.models import ImageRequest
 
 # The entities live in the domain; re-exported here for the modules that imported them from the adapter.
 __all__ = ["Item", "Job", "JobExtras", "JobRepository", "JobUnavailable", "LeaseHeld", "TransitionConflict"]
-
-
-@dataclass(frozen=True)
-class JobExtras:
-    """What the fan-out and the results file record on the job row besides the job itself."""
-
-    items_key: str | None = None  # the job's items object (fanned out by the worker), when it has one
-    correlation_id: str | None = None  # an event-driven job's correlation id, echoed in its events
-    results_key: str | None = None  # the results file, once written
-    results_items: int = 0
 
 
 class JobRepository(ItemTable):
