@@ -58,6 +58,7 @@ import json
 import logging
 import sys
 import threading
+import time
 import types
 from typing import Any, cast
 
@@ -246,6 +247,40 @@ def queue_delete_message(self: Queue, receipt_handle: str) -> None:
         _original_delete_message(self, receipt_handle)
 
 
+_original_receive_message = SQSBackend.receive_message
+_RECEIVE_LOCKS: dict[int, threading.Lock] = {}
+_RECEIVE_LOCKS_GUARD = threading.Lock()
+
+
+def receive_message(
+    self: SQSBackend,
+    queue_name: str,
+    count: int,
+    wait_seconds_timeout: int,
+    visibility_timeout: int,
+    message_attribute_names: list[str] | None = None,
+) -> list[Any]:
+    """moto's ReceiveMessage with its take made atomic. moto checks a message's visibility and marks it received
+    without a lock, so two receives at once can both take one message, which SQS never does within a visibility
+    timeout; the worker's refill and the event source mapping's pollers receive at once. Each attempt runs
+    moto's own code as a short poll under the queue's receive lock; a long poll waits between attempts outside
+    it (moto's own wait, woken by a send), so one long poll never holds up another receiver."""
+    queue = self.get_queue(queue_name)
+    with _RECEIVE_LOCKS_GUARD:
+        lock = _RECEIVE_LOCKS.setdefault(id(queue), threading.Lock())
+    ends = time.monotonic() + wait_seconds_timeout
+    while True:
+        with lock:
+            taken = _original_receive_message(self, queue_name, count, 0, visibility_timeout, message_attribute_names)
+        remaining = ends - time.monotonic()
+        if taken or remaining <= 0:
+            return taken
+        waited = time.monotonic()
+        queue.wait_for_messages(min(1, remaining))  # type: ignore[arg-type]
+        if time.monotonic() - waited < 0.01:  # visible messages none could take (a FIFO group in flight)
+            time.sleep(min(0.05, max(0.0, remaining)))
+
+
 _sending = threading.local()
 _original_queue_attributes = Queue.attributes
 _original_send_message = SQSBackend.send_message
@@ -290,6 +325,7 @@ def install() -> None:
     Queue.delete_message = queue_delete_message  # type: ignore[method-assign]
     Queue.attributes = property(queue_attributes)  # type: ignore[method-assign, assignment]
     SQSBackend.send_message = send_message  # type: ignore[method-assign]
+    SQSBackend.receive_message = receive_message  # type: ignore[method-assign]
     SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]
     for name in _SERIALIZED:
         if hasattr(DynamoDBBackend, name):
