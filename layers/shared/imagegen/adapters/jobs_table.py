@@ -24,7 +24,7 @@ import binascii
 import json
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -261,18 +261,24 @@ class JobRepository:
         )
 
     def put_queued_items(
-        self, job: Job, requests: list[tuple[int, ImageRequest]], correlation_id: str | None
+        self,
+        job: Job,
+        requests: list[tuple[int, ImageRequest]],
+        correlation_id: str | None,
+        origins: Mapping[int, tuple[int, int]] | None = None,
     ) -> list[int]:
         """Write these items ``queued`` unless they exist (a replayed chunk never overwrites an item that moved).
-        Returns the indexes now queued, new or not: their messages may not have been sent before a crash."""
+        Returns the indexes now queued, new or not: their messages may not have been sent before a crash.
+        ``origins``: index → (request_index, image_index), for the items of a request of several images."""
         if not requests:
             return []
         expires = str(int((job.created_at + self._retention).timestamp()))
+        origins = origins or {}
         puts = [
             {
                 "Put": {
                     "TableName": self._table,
-                    "Item": self._new_item(job.id, index, request, correlation_id, expires),
+                    "Item": self._new_item(job.id, index, request, correlation_id, expires, origins.get(index)),
                     "ConditionExpression": "attribute_not_exists(pk)",
                 }
             }
@@ -297,9 +303,11 @@ class JobRepository:
                     queued.append(index)
         return queued
 
-    def put_failed_item(self, job: Job, index: int, error: ItemError) -> bool:
+    def put_failed_item(
+        self, job: Job, index: int, error: ItemError, origin: tuple[int, int] | None = None
+    ) -> bool:
         """Record an item that failed validation before it was ever queued (a bad line of an upload), with the
-        job's counters; False when it exists already (a replay)."""
+        job's counters; False when it exists already (a replay). ``origin`` as in ``put_queued_items``."""
         expires = str(int((job.created_at + self._retention).timestamp()))
         entry: dict[str, Any] = {
             **item_key(job.id, index),
@@ -310,6 +318,7 @@ class JobRepository:
             "attempts": {"N": "0"},
             "error": _serializer.serialize(error.model_dump(mode="json")),
             "expires_at": {"N": expires},
+            **_origin(origin),
         }
         put = {"Put": {"TableName": self._table, "Item": entry, "ConditionExpression": "attribute_not_exists(pk)"}}
         try:
@@ -346,7 +355,12 @@ class JobRepository:
 
     @staticmethod
     def _new_item(
-        job_id: str, index: int, request: ImageRequest, correlation_id: str | None, expires: str
+        job_id: str,
+        index: int,
+        request: ImageRequest,
+        correlation_id: str | None,
+        expires: str,
+        origin: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
         entry: dict[str, Any] = {
             **item_key(job_id, index),
@@ -357,6 +371,7 @@ class JobRepository:
             "attempts": {"N": "0"},
             "request": _serializer.serialize(storable(request.model_dump(mode="json"))),
             "expires_at": {"N": expires},
+            **_origin(origin),
         }
         if correlation_id is not None:
             entry["correlation_id"] = {"S": correlation_id}
@@ -927,6 +942,13 @@ def _job(raw: dict[str, Any], shards: list[dict[str, Any]] | None = None) -> Job
     )
 
 
+def _origin(origin: tuple[int, int] | None) -> dict[str, Any]:
+    """An item's ``request_index`` and ``image_index`` (a request of several images), or nothing."""
+    if origin is None:
+        return {}
+    return {"request_index": {"N": str(origin[0])}, "image_index": {"N": str(origin[1])}}
+
+
 def _item(raw: dict[str, Any]) -> Item:
     data = plain({key: _deserializer.deserialize(value) for key, value in raw.items()})
     return Item(
@@ -942,4 +964,6 @@ def _item(raw: dict[str, Any]) -> Item:
         lease_until=float(data.get("lease_until", 0) or 0),
         bad_outputs=int(data.get("bad_outputs", 0) or 0),
         retry_at=datetime.fromisoformat(data["retry_at"]) if data.get("retry_at") else None,
+        request_index=data.get("request_index"),
+        image_index=data.get("image_index"),
     )
