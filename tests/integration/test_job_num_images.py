@@ -86,7 +86,12 @@ def side_queue(worker, monkeypatch) -> RecordingQueue:
 # ------------------------------------------------------------------------------------------ POST /v1/jobs items
 def test_job_item_of_3_images_gives_3_items_with_consecutive_seeds_tied_to_its_index(api, emulator, events):
     # Given a job of two requests: three images from seed 40, then one image from seed 7
-    body = {"items": [{"prompt": "three foxes", "seed": 40, "num_images": 3, **SIZE}, {"prompt": "one whale", "seed": 7, **SIZE}]}
+    body = {
+        "items": [
+            {"prompt": "three foxes", "seed": 40, "num_images": 3, **SIZE},
+            {"prompt": "one whale", "seed": 7, **SIZE},
+        ]
+    }
 
     # When it is submitted
     response = api("POST", "/v1/jobs", json=body)
@@ -140,7 +145,9 @@ def test_job_item_of_3_images_gives_3_items_with_consecutive_seeds_tied_to_its_i
 
 def test_a_job_of_single_images_is_exactly_as_before(api, emulator, events):
     # Given a job whose requests ask for one image each (num_images 1 written out, or left out)
-    body = {"items": [{"prompt": "plain", "seed": 3, **SIZE}, {"prompt": "explicit", "seed": 4, "num_images": 1, **SIZE}]}
+    body = {
+        "items": [{"prompt": "plain", "seed": 3, **SIZE}, {"prompt": "explicit", "seed": 4, "num_images": 1, **SIZE}]
+    }
     job = wait_for_job(api, api("POST", "/v1/jobs", json=body).json()["id"])
     assert job["status"] == "succeeded" and job["total"] == 2
     # Then no item, results line or event carries request_index/image_index: the documents are today's
@@ -299,7 +306,9 @@ def test_cancel_midway_through_several_images_cancels_the_rest_and_pays_only_for
     assert emulator.calls == 6
     items = all_items(api, job_id)
     assert [item["status"] for item in items] == ["succeeded"] * 6 + ["canceled"] * 34
-    assert [(item["request_index"], item["image_index"]) for item in items] == [(r, i) for r in range(10) for i in range(4)]
+    assert [(item["request_index"], item["image_index"]) for item in items] == [
+        (r, i) for r in range(10) for i in range(4)
+    ]
     rows = results_of(api, job)
     assert len(rows) == 40 and Counter(row["status"] for row in rows) == {"succeeded": 6, "canceled": 34}
     assert all(row["request_index"] == row["index"] // 4 for row in rows)
@@ -310,7 +319,9 @@ def test_a_direct_message_of_two_images_becomes_a_job_of_two_items_once(worker, 
     from imagegen.jobs import direct_job_id
 
     # Given a producer's message asking for two images, delivered twice (at-least-once)
-    body = json.dumps({"request": {"prompt": "from a pipeline", "seed": 21, "num_images": 2, **SIZE}, "correlation_id": "o-7"})
+    body = json.dumps(
+        {"request": {"prompt": "from a pipeline", "seed": 21, "num_images": 2, **SIZE}, "correlation_id": "o-7"}
+    )
     context = make_context("WorkerFunction", 120)
     delivery = sqs_event([body])
     assert worker.lambda_handler(delivery, context) == {"batchItemFailures": []}

@@ -233,7 +233,9 @@ def test_a_direct_queue_message_may_ask_for_several_images() -> None:
 def test_an_item_message_of_a_job_is_one_image_and_says_where_it_comes_from() -> None:
     job = {"job_id": "job_" + "0" * 32, "index": 4}
     # The service's own item message: one image, with its request and image index
-    message = JobMessage.model_validate({"request": {"prompt": "p", "seed": 9}, **job, "request_index": 1, "image_index": 2})
+    message = JobMessage.model_validate(
+        {"request": {"prompt": "p", "seed": 9}, **job, "request_index": 1, "image_index": 2}
+    )
     assert (message.request_index, message.image_index) == (1, 2)
     # Several images in an item of a job: refused, naming job_id
     assert set(_errors(JobMessage, {"request": {"prompt": "p", "num_images": 2}, **job})) == {"job_id"}

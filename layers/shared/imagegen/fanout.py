@@ -6,6 +6,12 @@ an item that already moved) and sends the messages of its items still ``queued``
 therefore loses nothing and duplicates no upstream call: a second message for an item is refused by its claim.
 Seeds of items without one derive from job id + index, so a replay generates the same image.
 
+A request of ``num_images`` N makes N items here (one image, one paid call, one result line each; seeds ``seed``,
+``seed+1``, …), each carrying its ``request_index`` and ``image_index`` when the job has such requests: the one
+place every way of making a job goes through, so submit stays constant-time and an item stays one image
+(docs/jobs.md, "Several images per request"). A direct producer's message of several images becomes a job here too
+(``from_message``).
+
 A fan-out message that fails on every receive (its items object unreadable, the queue refusing its sends, a bug)
 would reach the dead-letter queue with its items never written, and the job would never complete. Its last receive
 therefore gives up instead (``give_up``): the items it never fanned out end ``failed`` (``fanout_failed``) and the
@@ -271,9 +277,7 @@ class FanOut:
         self._create_and_run(job, [message.request], message.correlation_id, "job created from a queue message")
         return job_id
 
-    def _create_and_run(
-        self, job: Job, requests: list[ImageRequest], correlation_id: str | None, what: str
-    ) -> None:
+    def _create_and_run(self, job: Job, requests: list[ImageRequest], correlation_id: str | None, what: str) -> None:
         key = items_key(job.id)
         # Deterministic content: a redelivery rewrites the same object.
         self._objects.put_lines(key, (request.model_dump_json(exclude_none=True) for request in requests))

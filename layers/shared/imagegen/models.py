@@ -166,7 +166,7 @@ class ImageRequest(Model):
         1,
         ge=1,
         le=MAX_NUM_IMAGES,
-        description="1–4 images with consecutive seeds. Over 1 the 201 answer is `{\"images\": [...]}` (generated "
+        description='1–4 images with consecutive seeds. Over 1 the 201 answer is `{"images": [...]}` (generated '
         "in parallel); in a job (or with `Prefer: respond-async`) the request becomes that many items, one image "
         "each, with `request_index` and `image_index`.",
     )
@@ -687,7 +687,8 @@ class JobMessage(Model):
             self.request_index is not None and self.job_id is None
         ):
             reason = "request_index and image_index go together, with job_id (a direct producer sets none of them)"
-            conflicts += [(name, reason) for name in ("request_index", "image_index") if getattr(self, name) is not None]
+            given = [name for name in ("request_index", "image_index") if getattr(self, name) is not None]
+            conflicts += [(name, reason) for name in given]
         if self.job_id is not None and self.request.num_images != 1:
             conflicts.append(("job_id", "an item of a job is one image: num_images over 1 only without job_id"))
         if conflicts:

@@ -1,7 +1,8 @@
 """A completed job's results file (``jobs/<job_id>/results.jsonl``), and its announcement.
 
-One line per item in index order: ``{"index", ["request_index", "image_index",] "status", "image_id", "s3_uri", "sha256", "bytes", "width",
-"height", "seed", "error"}`` (nulls where they do not apply). The file is written BEFORE the completion is
+One line per item in index order: ``{"index", "status", "image_id", "s3_uri", "sha256", "bytes", "width",
+"height", "seed", "error"}``, with ``request_index`` and ``image_index`` after ``index`` in a job where some
+request asks for several images (nulls where they do not apply). The file is written BEFORE the completion is
 announced, under a key derived from the job id: a replayed completion rewrites the same content. Content workflows
 read one object instead of paging ``GET /v1/jobs/{id}``.
 """

@@ -303,9 +303,7 @@ class JobRepository:
                     queued.append(index)
         return queued
 
-    def put_failed_item(
-        self, job: Job, index: int, error: ItemError, origin: tuple[int, int] | None = None
-    ) -> bool:
+    def put_failed_item(self, job: Job, index: int, error: ItemError, origin: tuple[int, int] | None = None) -> bool:
         """Record an item that failed validation before it was ever queued (a bad line of an upload), with the
         job's counters; False when it exists already (a replay). ``origin`` as in ``put_queued_items``."""
         expires = str(int((job.created_at + self._retention).timestamp()))
