@@ -372,3 +372,49 @@ def test_an_image_requested_event_with_num_images_makes_an_item_per_image(worker
     job = repository.get_job(event_job_id(envelope["id"]))
     assert job.total == 3
     assert emulator.calls == 3
+
+
+# ------------------------------------------------------------------------------------------ chunks of a large job
+def test_a_large_job_is_cut_into_chunks_by_items_and_giving_up_on_one_spares_the_next(
+    invoke, worker, repository, side_queue, emulator
+):
+    from imagegen import wiring
+    from imagegen.models import FanoutMessage
+
+    # Given 24 requests of 4 images, one of 3, one of 4 and one of 1: 104 items, more than one chunk
+    counts = [4] * 24 + [3, 4, 1]
+    body = {"items": [{"prompt": f"big {i}", "seed": 1000 * i, "num_images": n, **SIZE} for i, n in enumerate(counts)]}
+    event = load_event("post_job")
+    event["body"] = json.dumps(body)
+    response = invoke(event)
+    assert response["statusCode"] == 202 and json.loads(response["body"])["total"] == 104
+    job_id = json.loads(response["body"])["id"]
+    context = make_context("WorkerFunction", 120)
+
+    # When the worker splits it
+    (control,) = side_queue.take()
+    assert worker.lambda_handler(sqs_event([control]), context) == {"batchItemFailures": []}
+    chunks = [FanoutMessage.model_validate_json(body) for body in side_queue.take()]
+    # Then no chunk passes 100 items nor splits a request: 25 requests (99 items), then 2 requests (5 items)
+    assert [(c.chunk.index, c.chunk.request_index, c.chunk.items) for c in chunks] == [(0, 0, 99), (99, 25, 5)]
+
+    # When the second chunk runs, and the first fails on every receive (given up on its last)
+    assert worker.lambda_handler(sqs_event([chunks[1].model_dump_json()]), context) == {"batchItemFailures": []}
+    sent = [JobMessage.model_validate_json(body) for body in side_queue.take()]
+    assert [(m.index, m.request_index, m.image_index, m.request.seed) for m in sent] == [
+        (99, 25, 0, 25_000),
+        (100, 25, 1, 25_001),
+        (101, 25, 2, 25_002),
+        (102, 25, 3, 25_003),
+        (103, 26, 0, 26_000),
+    ]
+    assert wiring.fan_out().give_up(chunks[0], 5) == 99
+    # Then the first chunk's 99 items failed (fanout_failed) and the second chunk's are left queued to run
+    assert {repository.get_item(job_id, index).error.code for index in range(99)} == {"fanout_failed"}
+    assert {repository.get_item(job_id, index).status for index in range(99, 104)} == {"queued"}
+    assert worker.lambda_handler(sqs_event([m.model_dump_json(exclude_none=True) for m in sent]), context) == {
+        "batchItemFailures": []
+    }
+    job = repository.get_job(job_id)
+    assert (job.counts.failed, job.counts.succeeded, job.completed_at is not None) == (99, 5, True)
+    assert emulator.calls == 5
