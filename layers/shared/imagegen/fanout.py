@@ -157,9 +157,12 @@ class FanOut:
         failed = 0
         for item_index, reason in invalid:
             error = ItemError(code="invalid_request", message=reason)
-            if self._repository.put_failed_item(job, item_index, error, origins.get(item_index)):
+            origin = {"origin": origins[item_index]} if item_index in origins else {}
+            if self._repository.put_failed_item(job, item_index, error, **origin):
                 failed += 1
-        queued = set(self._repository.put_queued_items(job, valid, extras.correlation_id, origins))
+        # The origins only when there are any: a job of single images writes its rows exactly as before.
+        tagged = {"origins": origins} if origins else {}
+        queued = set(self._repository.put_queued_items(job, valid, extras.correlation_id, **tagged))
         if job.canceled:
             # Canceled before this chunk ran: none of its items may start, so none gets a message (one each, only
             # to be canceled on arrival); they are canceled here, a transaction per 99, and the job may complete.
