@@ -157,7 +157,8 @@ class ItemError:
 
 @dataclass(frozen=True)
 class JobItem:
-    """One item of a job: ``image`` once it succeeded, ``error`` once it failed or was canceled."""
+    """One item of a job: ``image`` once it succeeded, ``error`` once it failed or was canceled. An item of a
+    request of several images (``num_images``) names it: ``request_index`` and ``image_index`` (else None)."""
 
     index: int
     status: str
@@ -166,6 +167,8 @@ class JobItem:
     error: ItemError | None
     retry_at: dt.datetime | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    request_index: int | None = None
+    image_index: int | None = None
 
     @classmethod
     def from_json(cls, document: dict[str, Any]) -> JobItem:
@@ -180,6 +183,8 @@ class JobItem:
             ItemError(_str(error.get("code")), _str(error.get("message"))) if isinstance(error, dict) else None,
             parse_time(document.get("retry_at")),
             document,
+            _opt_int(document.get("request_index")),
+            _opt_int(document.get("image_index")),
         )
 
 

@@ -40,6 +40,7 @@ from flux_images.client import parse_results
 
 from flux_images_cli import api, manifest
 from flux_images_cli.api import ApiClient, ApiError, RetryPolicy, describe_exception
+from flux_images_cli.inputs import MAX_SEED
 from flux_images_cli.progress import ProgressLine
 
 CHUNK_BYTES = 1 << 20
@@ -239,7 +240,7 @@ class Downloader:
         with self._bar(len(succeeded)) as bar:
             for record in records:
                 index = record["index"]
-                request = known[index] if index < len(known) else None
+                request = _known_request(known, record)
                 row = manifest.row_for_result(job_id, record, request)
                 report.rows.append(row)
                 if record.get("status") != "succeeded":
@@ -487,6 +488,19 @@ class _Pages:
         if found is None:
             raise _ItemFailed("url_refresh_failed", "the item is no longer succeeded in the job, or not found")
         return found
+
+
+def _known_request(known: Sequence[dict[str, Any]], record: dict[str, Any]) -> dict[str, Any] | None:
+    """The submitted request a results line comes from: its ``request_index`` in a job with requests of several
+    images (its seed then the request's plus ``image_index``), else its own index."""
+    position = record.get("request_index", record["index"])
+    if not isinstance(position, int) or not 0 <= position < len(known):
+        return None
+    request = known[position]
+    offset = record.get("image_index") or 0
+    if offset and isinstance(request.get("seed"), int):
+        request = {**request, "seed": (request["seed"] + offset) % (MAX_SEED + 1)}
+    return request
 
 
 def _image_info(item: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -190,22 +190,18 @@ def with_defaults(defaults: dict[str, Any], fields: dict[str, Any]) -> dict[str,
     return {**merged, **fields}
 
 
-def expand_num_images(item: Item) -> list[Item]:
-    """A job item makes one image: ``num_images`` N becomes N items, seeds ``seed``, ``seed+1``, … when a seed is
-    given (as ``POST /v1/images`` numbers them), else each picked by the service."""
-    request = dict(item.request)
-    count = request.pop("num_images", 1)
-    if count == 1:
-        return [Item(request, item.source, item.own)]
-    seed = request.get("seed")
-    return [
-        Item(
-            {**request, **({"seed": (seed + offset) % (MAX_SEED + 1)} if seed is not None else {})},
-            f"{item.source} (image {offset + 1}/{count})",
-            item.own,
-        )
-        for offset in range(count)
-    ]
+def images_of(request: dict[str, Any]) -> int:
+    """The images (job items) a request makes: its ``num_images``, 1 by default."""
+    return int(request.get("num_images", 1))
+
+
+def without_default_num_images(item: Item) -> Item:
+    """``num_images`` is sent as given (the service makes a request of N images N job items, seeds ``seed``,
+    ``seed+1``, …); 1, the default, is left out, so an input of single images sends the bodies (and derives the
+    Idempotency-Keys) it always did."""
+    if item.request.get("num_images") != 1:
+        return item
+    return Item({k: v for k, v in item.request.items() if k != "num_images"}, item.source, item.own)
 
 
 # ------------------------------------------------------------------------------------------------ formats
@@ -359,7 +355,7 @@ def load_items(
         if _check_request({"prompt": prompt}, source, problems):
             items.append(Item({**defaults, "prompt": prompt}, source, frozenset({"prompt"})))
     items = [item for item in items if _check_combined(item.request, item.source, problems)]
-    items = [single for item in items for single in expand_num_images(item)]
+    items = [without_default_num_images(item) for item in items]
     if problems:
         raise InputError(problems)
     if not items:
@@ -487,6 +483,11 @@ class JobPlan:
     def size(self) -> int:
         return len(self.sources)
 
+    @property
+    def images(self) -> int:
+        """The job's items as the service counts them: one per image."""
+        return sum(images_of(request) for request in self.body["items"])
+
 
 def derived_key(body: dict[str, Any]) -> str:
     """The automatic Idempotency-Key of a job: the hash of its exact body (``flux_images.idempotency``, the rule
@@ -560,6 +561,11 @@ class UploadPlan:
         return len(self.items)
 
     @property
+    def images(self) -> int:
+        """The job's items as the service counts them: one per image."""
+        return sum(images_of(item.request) for item in self.items)
+
+    @property
     def sources(self) -> list[str]:
         return [item.source for item in self.items]
 
@@ -591,13 +597,22 @@ def plan_uploads(
     idempotency_key: str | None = None,
     per_upload: int = MAX_LINES_PER_UPLOAD,
 ) -> list[UploadPlan]:
-    """The upload jobs for ``items``: in order, at most ``per_upload`` lines each."""
+    """The upload jobs for ``items``: in order, at most ``per_upload`` items (images: a line of ``num_images`` N
+    counts N) each."""
     extras: dict[str, Any] = {}
     if webhook_url is not None:
         extras["webhook_url"] = webhook_url
     if metadata is not None:
         extras["metadata"] = metadata
-    chunks = [items[start : start + per_upload] for start in range(0, len(items), per_upload)]
+    chunks: list[list[Item]] = []
+    images = 0
+    for item in items:
+        count = images_of(item.request)
+        if not chunks or images + count > per_upload:
+            chunks.append([])
+            images = 0
+        chunks[-1].append(item)
+        images += count
     key = check_idempotency_key(idempotency_key, len(chunks))
     plans: list[UploadPlan] = []
     first = 1

@@ -476,6 +476,15 @@ def _report_job(client: ApiClient, job: dict[str, Any], console: Console) -> int
     return code
 
 
+def _items(plan: JobPlan | UploadPlan, *, grouped: bool = False) -> str:
+    """A job's items, one per image: "3 items", or "2 prompts, 5 items" when some prompt asks for several."""
+    number = "{:,}" if grouped else "{}"
+    items = f"{number.format(plan.images)} item{'s' if plan.images != 1 else ''}"
+    if plan.images == plan.size:
+        return items
+    return f"{number.format(plan.size)} prompt{'s' if plan.size != 1 else ''}, {items}"
+
+
 def _worst(codes: list[int]) -> int:
     for code in (EXIT_API, EXIT_ITEMS_FAILED):
         if code in codes:
@@ -504,7 +513,7 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
         if uploads:
             for number, upload in enumerate(uploads, start=1):
                 console.out(
-                    f"job {number}: {upload.size} items from an upload of {upload.file_bytes:,} bytes "
+                    f"job {number}: {_items(upload)} from an upload of {upload.file_bytes:,} bytes "
                     f"({upload.sources[0]} … {upload.sources[-1]})"
                 )
             console.info(
@@ -513,7 +522,7 @@ def cmd_submit(args: argparse.Namespace, console: Console) -> int:
             )
         else:
             for number, plan in enumerate(plan_jobs(items, **options), start=1):
-                console.out(f"job {number}: {plan.size} items ({plan.sources[0]} … {plan.sources[-1]})")
+                console.out(f"job {number}: {_items(plan)} ({plan.sources[0]} … {plan.sources[-1]})")
         console.info("input OK; nothing was sent (--dry-run)")
         return EXIT_OK
 
@@ -602,7 +611,7 @@ def _submit_uploads(
         console.out(job_id)
         where = f" (prompts {plan.first:,}–{plan.first + plan.size - 1:,})" if len(plans) > 1 else ""
         if not _found_again(document, sent_at, console):
-            console.info(f"submitted {job_id}: {plan.size:,} items from an upload{where}")
+            console.info(f"submitted {job_id}: {_items(plan, grouped=True)} from an upload{where}")
     return submitted
 
 
@@ -629,7 +638,7 @@ def _submit_inline(client: ApiClient, plans: list[JobPlan], console: Console) ->
         console.out(job_id)
         where = f" (prompts {plan.first:,}–{plan.first + plan.size - 1:,})" if len(plans) > 1 else ""
         if not _found_again(document, sent_at, console):
-            console.info(f"submitted {job_id}: {plan.size} item{'s' if plan.size != 1 else ''}{where}")
+            console.info(f"submitted {job_id}: {_items(plan)}{where}")
     return submitted
 
 

@@ -238,8 +238,8 @@ class Uploader:
 
 def _check_limits(plan: UploadPlan, upload: dict[str, Any]) -> None:
     max_lines, max_bytes = upload.get("max_lines"), upload.get("max_bytes")
-    if isinstance(max_lines, int) and plan.size > max_lines:
-        raise CliError(f"{plan.size:,} items, but the service takes at most {max_lines:,} lines per upload")
+    if isinstance(max_lines, int) and plan.images > max_lines:
+        raise CliError(f"{plan.images:,} items, but the service takes at most {max_lines:,} items per upload")
     if isinstance(max_bytes, int) and plan.file_bytes > max_bytes:
         raise CliError(
             f"the items make {plan.file_bytes:,} bytes of JSONL, but the service takes at most {max_bytes:,} bytes "

@@ -177,10 +177,22 @@ def test_handler_422_names_each_field_of_an_invalid_combination(invoke, emulator
 
 @pytest.mark.parametrize(
     ("payload", "fields"),
-    [({"num_images": 2}, {"num_images"}), ({"response_format": "b64_json"}, {"response_format"})],
+    [
+        ({"response_format": "b64_json"}, {"response_format"}),
+        ({"response_format": "b64_json", "num_images": 2}, {"response_format", "num_images"}),
+        ({"num_images": 5}, {"num_images"}),
+    ],
 )
 def test_handler_422_async_refuses_what_a_queued_image_cannot_honour(invoke, emulator, payload, fields):
     status, body = post(invoke, {"prompt": PROMPT, **payload}, headers={"Prefer": "respond-async"})
     assert status == 422, body
     assert {detail["field"] for detail in body["error"]["details"]} == fields
     assert emulator.calls == 0
+
+
+def test_handler_202_async_with_num_images_queues_a_job_of_that_many_items(invoke, emulator):
+    status, body = post(
+        invoke, {"prompt": PROMPT, "num_images": 3, "width": 256, "height": 256}, headers={"Prefer": "respond-async"}
+    )
+    assert status == 202, body
+    assert body["id"].startswith("job_") and body["total"] == 3 and body["counts"]["queued"] == 3

@@ -67,7 +67,7 @@ def _excused_refusal(case: Case, response: Any) -> str | None:
 def _documented_in_words(body: Any, detail: dict[str, Any]) -> str | None:
     location = detail["location"]
     # The rules across fields (aspect_ratio or width/height, megapixels with aspect_ratio, output_quality with a
-    # lossy output_format, num_images and b64_json only answered synchronously, the inline size limit): in the
+    # lossy output_format, b64_json only answered synchronously, the inline size limit): in the
     # fields' descriptions; JSON Schema could state some, but not for every null a generator sends.
     if detail.get("type") == "conflicting_fields":
         return "options that do not go together"
@@ -326,12 +326,27 @@ PROBES = [
         _json({"prompt": "x", "num_images": 4, "width": 2048, "height": 2048, "response_format": "b64_json"}),
     ),
     Probe(
-        "several images queued",
+        "several images queued (a job of one item per image)",
+        *IMAGE,
+        202,
+        None,
+        _json({"prompt": "x", "num_images": 2, "width": 256, "height": 256}),
+        headers={"Prefer": "respond-async"},
+    ),
+    Probe(
+        "inline bytes queued",
         *IMAGE,
         422,
         "validation_error",
-        _json({"prompt": "x", "num_images": 2}),
+        _json({"prompt": "x", "response_format": "b64_json"}),
         headers={"Prefer": "respond-async"},
+    ),
+    Probe(
+        "five images in a job item",
+        *JOB,
+        422,
+        "validation_error",
+        _json({"items": [{"prompt": "x", "num_images": 5}]}),
     ),
     Probe(
         "four small WebP images inline",
@@ -351,11 +366,11 @@ PROBES = [
         ),
     ),
     Probe(
-        "several images in a job item",
+        "several images in a job item (one item per image)",
         *JOB,
-        422,
-        "validation_error",
-        _json({"items": [{"prompt": "x", "num_images": 3}]}),
+        202,
+        None,
+        _json({"items": [{"prompt": "x", "num_images": 3, "width": 256, "height": 256}]}),
     ),
     Probe(
         "metadata number beyond storage",

@@ -984,23 +984,43 @@ def _submitted_items(fake: FakeJobsApi) -> list[dict[str, Any]]:
     return [item for seen in fake.requests_to("create") for item in seen.json["items"]]
 
 
-def test_image_options_go_in_every_item_and_num_images_becomes_items_with_consecutive_seeds(
+def test_image_options_go_in_every_item_and_num_images_is_sent_for_the_service_to_expand(
     run: Runner, fake: FakeJobsApi, tmp_path: Path
 ) -> None:
-    # Given two prompts, one with its own size, and the options on the command line
-    prompts = jsonl(tmp_path / "p.jsonl", "a fox", {"prompt": "a hare", "width": 512, "height": 256, "seed": 9})
+    # Given two prompts, one with its own size and seed, another asking for one image, and the options on the
+    # command line
+    prompts = jsonl(
+        tmp_path / "p.jsonl",
+        "a fox",
+        {"prompt": "a hare", "width": 512, "height": 256, "seed": 9},
+        {"prompt": "one owl", "num_images": 1},
+    )
     argv = ["--aspect-ratio", "16:9", "--megapixels", "0.5", "--format", "webp", "--quality", "70", "--num-images", "2"]
     # When submitted
-    submit_no_wait(run, prompts, *argv)
-    # Then each prompt became two items; the line's own size wins over the preset; the seeds follow the line's
+    result = run("submit", prompts, *argv, "--no-wait")
+    assert result.code == 0, result.err
+    # Then each prompt is one item carrying num_images (the service makes its images items, seeds seed, seed+1,
+    # ...); the line's own size wins over the preset, its own num_images over the option (1: left out)
     items = _submitted_items(fake)
-    assert len(items) == 4
-    fox, hare = items[:2], items[2:]
-    assert all(i["aspect_ratio"] == "16:9" and i["megapixels"] == 0.5 and "seed" not in i for i in fox)
-    assert [(i["width"], i["height"], i["seed"]) for i in hare] == [(512, 256, 9), (512, 256, 10)]
-    assert all("aspect_ratio" not in i and "megapixels" not in i for i in hare)
+    assert len(items) == 3
+    fox, hare, owl = items
+    assert fox["aspect_ratio"] == "16:9" and fox["megapixels"] == 0.5 and "seed" not in fox
+    assert (fox["num_images"], hare["num_images"]) == (2, 2) and "num_images" not in owl
+    assert (hare["width"], hare["height"], hare["seed"]) == (512, 256, 9)
+    assert "aspect_ratio" not in hare and "megapixels" not in hare
     assert all(i["output_format"] == "webp" and i["output_quality"] == 70 for i in items)
-    assert all("num_images" not in i for i in items)
+    # and the submission says how many items (images) the job has
+    assert "3 prompts, 5 items" in result.err
+
+
+def test_upload_plans_count_images_against_the_per_job_limit() -> None:
+    from flux_images_cli.inputs import Item, plan_uploads
+
+    # Given seven prompts of two images each and an upload limit of 5 items (images)
+    items = [Item({"prompt": f"p{i}", "num_images": 2}, f"f:{i + 1}", frozenset()) for i in range(7)]
+    plans = plan_uploads(items, per_upload=5)
+    # Then each upload holds whole prompts of at most 5 images: 2 prompts (4 images) each, then 1
+    assert [(plan.size, plan.images, plan.first) for plan in plans] == [(2, 4, 1), (2, 4, 3), (2, 4, 5), (1, 2, 7)]
 
 
 def test_image_option_problems_name_the_field(run: Runner, tmp_path: Path) -> None:
@@ -1060,3 +1080,15 @@ def test_the_cli_api_error_is_the_clients_with_an_exit_code() -> None:
     with pytest.raises(api.ApiError) as again, api.cli_errors():
         raise error
     assert again.value is error  # already the CLI's: not wrapped a second time
+
+
+def test_a_results_line_finds_its_submitted_request_by_request_index() -> None:
+    from flux_images_cli.download import _known_request
+
+    known = [{"prompt": "a", "seed": 4_294_967_295}, {"prompt": "b"}]
+    # A job with requests of several images: the line names its request, the seed follows the image
+    assert _known_request(known, {"index": 1, "request_index": 0, "image_index": 1}) == {"prompt": "a", "seed": 0}
+    assert _known_request(known, {"index": 2, "request_index": 1, "image_index": 0}) == {"prompt": "b"}
+    # A job of single images: the index is the request's
+    assert _known_request(known, {"index": 1}) == {"prompt": "b"}
+    assert _known_request(known, {"index": 2}) is None

@@ -459,3 +459,62 @@ def test_a_control_message_with_two_orders_is_rejected():
         ControlMessage.model_validate({"announce": job, "cancel": job})
     with pytest.raises(ValueError, match="exactly one"):
         ControlMessage.model_validate({})
+
+
+# ------------------------------------------------------------------------------------------ several images
+class FakeExpander:
+    """The fan-out as the processor sees it: makes a direct message of several images a job (or fails)."""
+
+    def __init__(self, failures: int = 0) -> None:
+        self.failures = failures
+        self.made: list[tuple[int, str]] = []
+        self.given_up: list[tuple[str, int]] = []
+
+    def from_message(self, message: JobMessage, message_id: str) -> str:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("the queue refused the items")
+        self.made.append((message.request.num_images, message_id))
+        return "job_" + "b" * 32
+
+    def give_up(self, message, attempts: int) -> int | None:
+        self.given_up.append((message.job_id, attempts))
+        return 1
+
+
+def several_world(expander: FakeExpander) -> World:
+    world = World()
+    world.processor._expander = lambda: expander
+    return world
+
+
+def test_a_direct_message_of_several_images_is_handed_to_the_fan_out_without_a_paid_call():
+    expander = FakeExpander()
+    world = several_world(expander)
+    body = json.dumps({"request": {"prompt": "x", "num_images": 3}})
+    assert world.deliver(body=body) == Outcome.ack()
+    assert expander.made == [(3, "m0")]
+    assert world.images.calls == 0 and world.queue.messages == []
+
+
+def test_a_direct_message_of_several_images_is_retried_then_given_up_on_its_last_receive():
+    from imagegen.jobs import direct_job_id
+
+    expander = FakeExpander(failures=MAX_RECEIVES)
+    world = several_world(expander)
+    body = json.dumps({"request": {"prompt": "x", "num_images": 2}})
+    # A failure before the last receive: the whole message comes back (safe: the job and its items are idempotent)
+    assert world.deliver(body=body).retries
+    assert expander.given_up == []
+    # On the last receive the fan-out gives up on what it could not queue, and the message is done
+    assert world.deliver(body=body, receive_count=MAX_RECEIVES) == Outcome.ack()
+    assert expander.given_up == [(direct_job_id("m0"), MAX_RECEIVES)]
+    assert world.images.calls == 0
+
+
+def test_a_direct_message_of_one_image_still_runs_inline():
+    expander = FakeExpander()
+    world = several_world(expander)
+    body = json.dumps({"request": {"prompt": "x", "num_images": 1}})
+    assert world.deliver(body=body) == Outcome.ack()
+    assert expander.made == [] and world.images.calls == 1

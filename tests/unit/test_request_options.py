@@ -190,12 +190,24 @@ def test_the_png_inline_limit_is_where_the_docs_say() -> None:
 
 
 # ------------------------------------------------------------------------------------------------ queued images
-def test_job_items_refuse_several_images_and_inline_bytes_naming_each() -> None:
-    errors = _errors(
-        JobRequest,
-        {"items": [{"prompt": "ok"}, {"prompt": "p", "num_images": 2, "response_format": "b64_json"}]},
-    )
-    assert set(errors) == {"items.1.num_images", "items.1.response_format"}
+@pytest.mark.parametrize("value", [1, 2, 3, 4])
+def test_job_items_take_num_images_1_to_4(value: int) -> None:
+    job = JobRequest.model_validate({"items": [{"prompt": "ok"}, {"prompt": "p", "num_images": value}]})
+    assert job.items is not None and [item.num_images for item in job.items] == [1, value]
+
+
+@pytest.mark.parametrize(
+    ("item", "fields"),
+    [
+        ({"num_images": 5}, {"items.1.num_images"}),
+        ({"num_images": 0}, {"items.1.num_images"}),
+        ({"num_images": 2, "response_format": "b64_json"}, {"items.1.num_images", "items.1.response_format"}),
+        ({"num_images": 5, "response_format": "b64_json"}, {"items.1.num_images"}),
+        ({"response_format": "b64_json", "output_format": "jpeg"}, {"items.1.response_format"}),
+    ],
+)
+def test_job_items_refuse_what_a_job_cannot_honour_naming_each_field(item: dict[str, Any], fields: set[str]) -> None:
+    assert set(_errors(JobRequest, {"items": [{"prompt": "ok"}, {"prompt": "p", **item}]})) == fields
 
 
 def test_job_items_take_the_size_and_format_options() -> None:
@@ -212,16 +224,38 @@ def test_a_stored_item_with_aspect_ratio_reloads() -> None:
     assert again == item
 
 
-def test_queue_message_refuses_several_images() -> None:
-    assert set(_errors(JobMessage, {"request": {"prompt": "p", "num_images": 3}})) == {"request.num_images"}
+def test_a_direct_queue_message_may_ask_for_several_images() -> None:
+    # A producer's message (no job_id): the worker makes it a job of that many items
+    assert JobMessage.model_validate({"request": {"prompt": "p", "num_images": 3}}).request.num_images == 3
+    assert set(_errors(JobMessage, {"request": {"prompt": "p", "num_images": 5}})) == {"request.num_images"}
 
 
-def test_async_request_with_several_images_is_a_422_naming_the_field() -> None:
+def test_an_item_message_of_a_job_is_one_image_and_says_where_it_comes_from() -> None:
+    job = {"job_id": "job_" + "0" * 32, "index": 4}
+    # The service's own item message: one image, with its request and image index
+    message = JobMessage.model_validate(
+        {"request": {"prompt": "p", "seed": 9}, **job, "request_index": 1, "image_index": 2}
+    )
+    assert (message.request_index, message.image_index) == (1, 2)
+    # Several images in an item of a job: refused, naming job_id
+    assert set(_errors(JobMessage, {"request": {"prompt": "p", "num_images": 2}, **job})) == {"job_id"}
+    # An origin without a job, or half of one: each given field named
+    assert set(_errors(JobMessage, {"request": {"prompt": "p"}, "request_index": 0, "image_index": 0})) == {
+        "request_index",
+        "image_index",
+    }
+    assert set(_errors(JobMessage, {"request": {"prompt": "p"}, **job, "image_index": 5})) == {"image_index"}
+    assert set(_errors(JobMessage, {"request": {"prompt": "p"}, **job, "request_index": 3})) == {"request_index"}
+
+
+def test_async_request_with_several_images_is_queued_but_inline_bytes_are_a_422() -> None:
+    # Prefer: respond-async queues the request as a job: several images are its items
     request = ImageRequest.model_validate({"prompt": "p", "num_images": 2})
+    assert job_item_or_422(request) is request
     with pytest.raises(FieldsInvalidError) as caught:
-        job_item_or_422(request)
+        job_item_or_422(ImageRequest.model_validate({"prompt": "p", "response_format": "b64_json"}))
     assert caught.value.status == 422
-    assert [detail["field"] for detail in caught.value.details] == ["num_images"]
+    assert [detail["field"] for detail in caught.value.details] == ["response_format"]
 
 
 # ------------------------------------------------------------------------------------------------ inline bytes

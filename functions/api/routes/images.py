@@ -41,7 +41,7 @@ def wants_async(prefer: str | None) -> bool:
     description=(
         "Generates one image (or `num_images`, in parallel) synchronously and answers with its document and a "
         "presigned URL (or the bytes inline with `response_format: b64_json`). "
-        "With `Prefer: respond-async` the image is queued as a one-item job instead (202)."
+        "With `Prefer: respond-async` the request is queued as a job instead (202), one item per image."
     ),
     responses=doc.CREATE_IMAGE,
     security=doc.API_KEY_SECURITY,

@@ -55,6 +55,17 @@ class Item:
     lease_until: float = 0.0  # epoch seconds: a delivery working on the item holds it until then
     bad_outputs: int = 0  # paid 200s without a usable output so far (each retry of one is another paid call)
     retry_at: datetime | None = None  # queued again after a retryable failure: its next try is not before then
+    # In a job where some request asked for several images: the request this item's image comes from, and which
+    # of its images it is (None otherwise: every item is its own request).
+    request_index: int | None = None
+    image_index: int | None = None
+
+    @property
+    def origin(self) -> dict[str, int]:
+        """``request_index`` and ``image_index`` for a document, an event or a results line; empty when unset."""
+        if self.request_index is None or self.image_index is None:
+            return {}
+        return {"request_index": self.request_index, "image_index": self.image_index}
 
 
 class TransitionConflict(Exception):

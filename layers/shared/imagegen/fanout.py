@@ -6,6 +6,12 @@ an item that already moved) and sends the messages of its items still ``queued``
 therefore loses nothing and duplicates no upstream call: a second message for an item is refused by its claim.
 Seeds of items without one derive from job id + index, so a replay generates the same image.
 
+A request of ``num_images`` N makes N items here (one image, one paid call, one result line each; seeds ``seed``,
+``seed+1``, …), each carrying its ``request_index`` and ``image_index`` when the job has such requests: the one
+place every way of making a job goes through, so submit stays constant-time and an item stays one image
+(docs/jobs.md, "Several images per request"). A direct producer's message of several images becomes a job here too
+(``from_message``).
+
 A fan-out message that fails on every receive (its items object unreadable, the queue refusing its sends, a bug)
 would reach the dead-letter queue with its items never written, and the job would never complete. Its last receive
 therefore gives up instead (``give_up``): the items it never fanned out end ``failed`` (``fanout_failed``) and the
@@ -27,12 +33,12 @@ from aws_lambda_powertools import Logger, Metrics
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
-from imagegen.adapters.job_objects import CHUNK_ITEMS, JobObjects, items_key
+from imagegen.adapters.job_objects import CHUNK_ITEMS, JobObjects, images_in_line, items_key
 from imagegen.adapters.job_rows import encode_cursor
 from imagegen.adapters.jobs_table import Job, JobRepository
 from imagegen.adapters.queue import JobQueue
 from imagegen.entities import Item, TransitionConflict
-from imagegen.jobs import with_seed
+from imagegen.jobs import direct_job_id, with_seed
 from imagegen.models import (
     FanoutChunk,
     FanoutMessage,
@@ -43,6 +49,7 @@ from imagegen.models import (
     WebhookInfo,
     job_item,
 )
+from imagegen.service import image_requests
 
 logger = Logger(child=True)
 metrics = Metrics()
@@ -123,21 +130,40 @@ class FanOut:
         data = self._objects.read_range(extras.items_key, chunk.offset, chunk.end)
         valid: list[tuple[int, ImageRequest]] = []
         invalid: list[tuple[int, str]] = []
+        # A job with requests of several images: each item says which request (and which of its images) it is.
+        origins: dict[int, tuple[int, int]] = {}
+        request_index = chunk.request_index
         index = chunk.index
         for line_no, raw in enumerate(data.split(b"\n"), start=chunk.line):
             if not raw.strip():
                 continue
+            count = images_in_line(raw)  # as the plan counted: the chunk's items add up to it
+            indexes = range(index, index + count)
+            if request_index is not None:
+                origins.update({item_index: (request_index, image) for image, item_index in enumerate(indexes)})
+                request_index += 1
             try:
                 request = job_item(ImageRequest.model_validate_json(raw))
-                valid.append((index, with_seed(request, entropy=item_seed_entropy(job_id, index))))
+                if request.num_images != count:  # only a JSON parser disagreeing with another could bring this
+                    raise ValueError(f"line {line_no}: num_images: could not be read unambiguously")
+                # N images: seeds seed, seed+1, … as POST /v1/images numbers them; without a seed, the base derives
+                # from the job and the first item, so a replay makes the same images (one image: as before).
+                seeded = with_seed(request, entropy=item_seed_entropy(job_id, index))
+                valid += zip(indexes, image_requests(seeded), strict=True)
             except ValidationError as exc:
-                invalid.append((index, f"line {line_no}: {first_error(exc)}"[:500]))
-            index += 1
+                invalid += [(item_index, f"line {line_no}: {first_error(exc)}"[:500]) for item_index in indexes]
+            except ValueError as exc:
+                invalid += [(item_index, str(exc)) for item_index in indexes]
+            index += count
         failed = 0
         for item_index, reason in invalid:
-            if self._repository.put_failed_item(job, item_index, ItemError(code="invalid_request", message=reason)):
+            error = ItemError(code="invalid_request", message=reason)
+            origin = {"origin": origins[item_index]} if item_index in origins else {}
+            if self._repository.put_failed_item(job, item_index, error, **origin):
                 failed += 1
-        queued = set(self._repository.put_queued_items(job, valid, extras.correlation_id))
+        # The origins only when there are any: a job of single images writes its rows exactly as before.
+        tagged = {"origins": origins} if origins else {}
+        queued = set(self._repository.put_queued_items(job, valid, extras.correlation_id, **tagged))
         if job.canceled:
             # Canceled before this chunk ran: none of its items may start, so none gets a message (one each, only
             # to be canceled on arrival); they are canceled here, a transaction per 99, and the job may complete.
@@ -148,7 +174,14 @@ class FanOut:
                 self._on_complete(job_id)
             return
         messages = [
-            JobMessage(request=request, job_id=job_id, index=item_index, correlation_id=extras.correlation_id)
+            JobMessage(
+                request=request,
+                job_id=job_id,
+                index=item_index,
+                correlation_id=extras.correlation_id,
+                request_index=origins[item_index][0] if item_index in origins else None,
+                image_index=origins[item_index][1] if item_index in origins else None,
+            )
             for item_index, request in valid
             if item_index in queued
         ]
@@ -183,8 +216,9 @@ class FanOut:
             open_rows: list[Item] = []
             written = {item.index for item in self._repository.iter_items(job.id)}
         else:
-            # Every chunk but the last has ``chunk_items`` items (``plan``), a job of one chunk at most that many.
-            indexes = range(chunk.index, min(chunk.index + self._chunk_items, job.total))
+            # A chunk says its items when some request makes several; otherwise every chunk but the last has
+            # ``chunk_items`` items (``plan``), a job of one chunk at most that many.
+            indexes = range(chunk.index, min(chunk.index + (chunk.items or self._chunk_items), job.total))
             rows = [self._repository.get_item(job.id, index) for index in indexes]
             open_rows = [item for item in rows if item is not None and item.status == "queued" and not item.attempts]
             written = {item.index for item in rows if item is not None}
@@ -219,23 +253,43 @@ class FanOut:
         if detail.webhook_url and not detail.webhook_url.startswith("https://") and not self._allow_http_webhooks:
             raise InvalidEvent("detail.webhook_url: must be an https URL")
         job_id = event_job_id(event_id)
-        requests = detail.all_requests
-        key = items_key(job_id)
-        # Deterministic content: a redelivered event rewrites the same object.
-        self._objects.put_lines(key, (request.model_dump_json(exclude_none=True) for request in requests))
         job = Job(
             id=job_id,
-            total=len(requests),
+            total=0,  # set by _create_and_run
             created_at=datetime.now(UTC),
             counts=None,  # type: ignore[arg-type]  # set by the repository
-            remaining=len(requests),
+            remaining=0,
             metadata=detail.metadata,
             webhook=WebhookInfo(url=detail.webhook_url) if detail.webhook_url else None,
         )
-        if self._repository.create(job, [], items_key=key, correlation_id=detail.correlation_id):
-            metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
-            logger.info("job created from an event", job_id=job_id, items=len(requests))
-        # At most 10 chunks (1,000 requests): fanned out here, not through more messages. A redelivery redoes it.
-        for chunk in self._objects.plan(key, self._chunk_items).chunks:
-            self.run_chunk(job_id, chunk)
+        self._create_and_run(job, detail.all_requests, detail.correlation_id, "job created from an event")
         return job_id
+
+    def from_message(self, message: JobMessage, message_id: str) -> str:
+        """A direct producer's message asking for several images (``num_images`` over 1) becomes a job of that many
+        items, as an event does: its id derived from the SQS message id, so a redelivery makes no second job, and
+        its items sent as messages of their own (each retried, claimed and counted as any item)."""
+        job_id = direct_job_id(message_id)
+        job = Job(
+            id=job_id,
+            total=0,  # set by _create_and_run
+            created_at=datetime.now(UTC),
+            counts=None,  # type: ignore[arg-type]  # set by the repository
+            remaining=0,
+            direct=True,
+        )
+        self._create_and_run(job, [message.request], message.correlation_id, "job created from a queue message")
+        return job_id
+
+    def _create_and_run(self, job: Job, requests: list[ImageRequest], correlation_id: str | None, what: str) -> None:
+        key = items_key(job.id)
+        # Deterministic content: a redelivery rewrites the same object.
+        self._objects.put_lines(key, (request.model_dump_json(exclude_none=True) for request in requests))
+        job.total = job.remaining = sum(request.num_images for request in requests)
+        if self._repository.create(job, [], items_key=key, correlation_id=correlation_id):
+            metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
+            logger.info(what, job_id=job.id, items=job.total, requests=len(requests))
+        # At most 40 chunks (1,000 requests of 4 images): fanned out here, not through more messages. A redelivery
+        # redoes it.
+        for chunk in self._objects.plan(key, self._chunk_items).chunks:
+            self.run_chunk(job.id, chunk)

@@ -45,8 +45,8 @@ def inline_images(service: InlineSource, answer: dict[str, Any]) -> dict[str, An
 
 
 def job_item_or_422(request: ImageRequest) -> ImageRequest:
-    """``request`` when it can be queued as a job item, else a 422 naming each option a queued image cannot
-    honour (``num_images`` over 1, ``b64_json``)."""
+    """``request`` when it can be queued as a job (``num_images`` N making N items), else a 422 naming each option
+    a queued image cannot honour (``b64_json``)."""
     try:
         return job_item(request)
     except ValidationError as exc:

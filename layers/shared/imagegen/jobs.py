@@ -155,10 +155,14 @@ class JobService:
         # splits the object into chunks), or for a job of one chunk that chunk itself (one queue hop less).
         control = FanoutMessage(job_id=job_id)
         if request.items is not None:
-            total = len(request.items)
+            # One item per image: a request of ``num_images`` N is N items, made on the queue side (``fanout``).
+            total = sum(item.num_images for item in request.items)
             size = self._objects.put_lines(key, (item.model_dump_json(exclude_none=True) for item in request.items))
             if total <= CHUNK_ITEMS:
-                control = FanoutMessage(job_id=job_id, chunk=FanoutChunk(index=0, line=1, offset=0, end=size))
+                chunk = FanoutChunk(index=0, line=1, offset=0, end=size)
+                if total > len(request.items):  # some request of several images: as the plan marks its chunks
+                    chunk = chunk.model_copy(update={"request_index": 0, "items": total})
+                control = FanoutMessage(job_id=job_id, chunk=chunk)
         else:
             assert request.items_upload_id is not None  # JobRequest requires exactly one
             total = self._items_from_upload(request.items_upload_id, key)
@@ -217,11 +221,15 @@ class JobService:
                 ],
             )
         self._objects.copy(upload_key(upload_id), key)  # the copy, not the upload, is what gets counted and read
-        total = self._objects.plan(key).items
+        plan = self._objects.plan(key)
+        total = plan.items  # one per image: a line with num_images N counts N
         if not 1 <= total <= MAX_UPLOAD_LINES:  # the copy expires with the bucket's lifecycle (jobs/)
-            reason = (
-                "has no items (no non-blank line)" if total == 0 else f"has {total} lines; at most {MAX_UPLOAD_LINES}"
-            )
+            if total == 0:
+                reason = "has no items (no non-blank line)"
+            elif total == plan.requests:
+                reason = f"has {total} lines; at most {MAX_UPLOAD_LINES}"
+            else:
+                reason = f"has {plan.requests} lines making {total} images (num_images); at most {MAX_UPLOAD_LINES}"
             raise InvalidRequestError(f"the uploaded file {reason}", field="items_upload_id", location="body")
         return total
 
@@ -262,6 +270,8 @@ class JobService:
     def item_document(self, item: Item) -> JobItemDocument:
         return JobItemDocument(
             index=item.index,
+            request_index=item.request_index,
+            image_index=item.image_index,
             status=item.status,
             request=item.request,
             error=item.error,
@@ -370,6 +380,14 @@ class WebhookSink(Protocol):
     def deliver(self, url: str, message_id: str, payload: dict[str, Any]) -> WebhookDelivery: ...
 
 
+class Expander(Protocol):
+    """What the item processor needs of the fan-out (``FanOut``): a direct message of several images made a job."""
+
+    def from_message(self, message: JobMessage, message_id: str) -> str: ...
+
+    def give_up(self, message: FanoutMessage, attempts: int) -> int | None: ...
+
+
 class WorkQueue(Protocol):
     """The jobs queue as the item processor uses it: its dead-letter queue, and control messages to itself."""
 
@@ -397,7 +415,10 @@ class ItemProcessor:
         *,
         max_receive_count: int = 5,
         lease_margin_s: float = 35.0,
+        expander: Callable[[], Expander] | None = None,
     ) -> None:
+        # The fan-out, built when a message first needs it (it announces through this processor: no cycle).
+        self._expander = expander
         self._repository = repository
         self._images = images
         self._events = events
@@ -428,6 +449,8 @@ class ItemProcessor:
     ) -> Outcome:
         job_id, index = message.job_id, message.index if message.index is not None else 0
         request = message.request
+        if job_id is None and request.num_images > 1:
+            return self._several(message, message_id, receive_count)
         if job_id is None:
             job_id = self._ensure_direct_job(message, message_id)
             request = with_seed(message.request, entropy=message_id)
@@ -442,7 +465,16 @@ class ItemProcessor:
         try:
             # First delivery, the usual case: claim without reading first (one round trip).
             self._repository.claim(job_id, index, lease_s=lease_s)
-            item = Item(job_id, index, "running", request, attempts=1, correlation_id=message.correlation_id)
+            item = Item(
+                job_id,
+                index,
+                "running",
+                request,
+                attempts=1,
+                correlation_id=message.correlation_id,
+                request_index=message.request_index,
+                image_index=message.image_index,
+            )
         except (TransitionConflict, JobUnavailable):
             claimed = self._look_again(job_id, index, lease_s)
             if claimed is None:
@@ -454,6 +486,29 @@ class ItemProcessor:
                 return claimed
             item = claimed
         return self._run(item, receive_count, deadline, message.correlation_id)
+
+    def _several(self, message: JobMessage, message_id: str, receive_count: int) -> Outcome:
+        """A direct producer's message of ``num_images`` over 1: the fan-out makes it a job of that many items, each
+        sent as its own message. A failure is retried whole (safe: the job's id derives from the message id, and
+        its item rows and messages are written conditionally and claimed); on the last receive the fan-out gives up
+        on what it could not queue, so the job still completes."""
+        if self._expander is None:
+            return self._reject(
+                message.model_dump_json(exclude_none=True), "num_images over 1 needs the fan-out", message_id
+            )
+        expander = self._expander()
+        try:
+            expander.from_message(message, message_id)
+        except Exception:
+            logger.exception("a message of several images could not be made a job", message_id=message_id)
+            if receive_count < self._max_receive_count:
+                return Outcome.retry(self._backoff(receive_count), "the job of several images is not fanned out yet")
+            job_id = direct_job_id(message_id)
+            if expander.give_up(FanoutMessage(job_id=job_id), receive_count) is None:
+                self._queue.dead_letter(
+                    message.model_dump_json(exclude_none=True), "its job could not be created", message_id
+                )
+        return Outcome.ack()
 
     def _reject(self, body: str, why: str, message_id: str) -> Outcome:
         """A message that can never be processed: record the failure on its item when it names one still open,
@@ -572,7 +627,9 @@ class ItemProcessor:
             )
             settled = self._settle(item, "failed", ItemError(code=exc.code, message=message), correlation_id)
             if settled and isinstance(exc, ContentBlockedError):
-                detail = blocked_event(exc, job_id=item.job_id, index=item.index, correlation_id=correlation_id)
+                detail = blocked_event(
+                    exc, job_id=item.job_id, index=item.index, **item.origin, correlation_id=correlation_id
+                )
                 self._events.publish(BLOCKED_EVENT, detail)
             return Outcome.ack()
         except Exception:
@@ -616,6 +673,7 @@ class ItemProcessor:
                 {
                     "job_id": item.job_id,
                     "index": item.index,
+                    **item.origin,
                     "correlation_id": correlation_id,
                     "image": self._images.document(record).model_dump(mode="json"),
                 },
@@ -626,6 +684,7 @@ class ItemProcessor:
                 {
                     "job_id": item.job_id,
                     "index": item.index,
+                    **item.origin,
                     "correlation_id": correlation_id,
                     "error": error.model_dump(mode="json"),
                 },

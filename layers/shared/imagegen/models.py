@@ -166,8 +166,9 @@ class ImageRequest(Model):
         1,
         ge=1,
         le=MAX_NUM_IMAGES,
-        description="1–4 images generated in parallel, with consecutive seeds. Over 1 the 201 answer is "
-        '`{"images": [...]}`; not with `Prefer: respond-async`, nor in a job\'s items.',
+        description='1–4 images with consecutive seeds. Over 1 the 201 answer is `{"images": [...]}` (generated '
+        "in parallel); in a job (or with `Prefer: respond-async`) the request becomes that many items, one image "
+        "each, with `request_index` and `image_index`.",
     )
     output_format: OutputFormat | None = Field(
         None,
@@ -457,15 +458,10 @@ QUEUED = "for a queued image (a job item, or Prefer: respond-async)"
 
 def job_item(request: ImageRequest) -> ImageRequest:
     """What a job, a queue message or an event accepts of an image request (also checked per uploaded line): a
-    job item makes one image and answers through the job, so ``num_images`` over 1 and ``b64_json`` are refused,
-    each named."""
-    conflicts = []
-    if request.num_images != 1:
-        conflicts.append(("num_images", f"must be 1 {QUEUED}: send several items instead"))
+    job item answers through the job, its image fetched by URL, so ``b64_json`` is refused, named. ``num_images``
+    N is accepted: the queue side makes it N items of one image each (``fanout``)."""
     if request.response_format != "url":
-        conflicts.append(("response_format", f"must be url {QUEUED}: its image is fetched by URL"))
-    if conflicts:
-        raise conflict_error(request, conflicts)
+        raise conflict_error(request, [("response_format", f"must be url {QUEUED}: its image is fetched by URL")])
     return request
 
 
@@ -536,7 +532,9 @@ class UploadDocument(Model):
     upload_url: str = Field(description="Presigned S3 PUT URL: PUT the file there (any content type).")
     expires_at: datetime = Field(description="The URL works until then; the file is deleted a day after upload.")
     max_bytes: int = Field(description="Largest file a job accepts (bigger: 413 at POST /v1/jobs).")
-    max_lines: int = Field(description="Most non-blank lines (items) a job accepts.")
+    max_lines: int = Field(
+        description="Most items a job accepts: non-blank lines, a line with `num_images` N counting N."
+    )
 
 
 class ResultsInfo(Model):
@@ -573,10 +571,22 @@ class WebhookInfo(Model):
     attempts: int = 0
 
 
+ORIGIN_DESCRIPTION = (
+    "Only in a job where some request asked for several images (`num_images` over 1): the request (item of "
+    "`items`, or non-blank line of the upload, from 0) this item's image comes from, and which of its images it "
+    "is (from 0; its seed is the request's seed plus this)."
+)
+
+
 class JobItemDocument(Model):
     index: int
+    request_index: int | None = Field(None, description=ORIGIN_DESCRIPTION, **UNUSED_LEFT_OUT)
+    image_index: int | None = Field(None, description=ORIGIN_DESCRIPTION, **UNUSED_LEFT_OUT)
     status: ItemStatus
-    request: ImageRequest | None = Field(description="Null for an uploaded line that failed validation.")
+    request: ImageRequest | None = Field(
+        description="The item's own request: one image, its seed resolved. Null for an uploaded line that failed "
+        "validation."
+    )
     error: ItemError | None = None
     image: ImageDocument | None = None
     retry_at: datetime | None = Field(
@@ -651,7 +661,9 @@ CONTROL_KEYS = frozenset({"cancel", "announce", "blocked"})
 
 
 class JobMessage(Model):
-    """One queue message: one image. Producers other than the API send ``request`` (and a correlation id)."""
+    """One queue message. Producers other than the API send ``request`` (and a correlation id): with
+    ``num_images`` N over 1 the worker makes it a job of N items. The service's own messages are one image each
+    (one item of ``job_id``)."""
 
     model_config = ConfigDict(extra="forbid", strict=True, defer_build=True, title="Flux image job message")
 
@@ -659,17 +671,39 @@ class JobMessage(Model):
     request: JobItem
     job_id: str | None = Field(None, pattern=JOB_ID_PATTERN, description="Set by the API for its own jobs.")
     index: int | None = Field(None, ge=0, lt=MAX_UPLOAD_LINES, description="Item index within job_id.")
+    request_index: int | None = Field(
+        None, ge=0, lt=MAX_UPLOAD_LINES, description="Set by the service with job_id: the request the item comes from."
+    )
+    image_index: int | None = Field(
+        None, ge=0, lt=MAX_NUM_IMAGES, description="Set by the service with job_id: which image of that request."
+    )
     correlation_id: str | None = Field(None, max_length=128, description="Echoed in the events.")
 
     @model_validator(mode="after")
     def _index_belongs_to_a_job(self) -> JobMessage:
         if (self.index is None) != (self.job_id is None):
             raise ValueError("job_id and index go together (a direct producer sets neither)")
+        conflicts: list[tuple[str, str]] = []
+        if (self.request_index is None) != (self.image_index is None) or (
+            self.request_index is not None and self.job_id is None
+        ):
+            reason = "request_index and image_index go together, with job_id (a direct producer sets none of them)"
+            given = [name for name in ("request_index", "image_index") if getattr(self, name) is not None]
+            conflicts += [(name, reason) for name in given]
+        if self.job_id is not None and self.request.num_images != 1:
+            conflicts.append(("job_id", "an item of a job is one image: num_images over 1 only without job_id"))
+        if conflicts:
+            raise conflict_error(self, conflicts)
         return self
 
 
 class FanoutChunk(Model):
-    """A run of lines of a job's items object: item ``index`` is on line ``line``, at byte ``offset`` (to ``end``)."""
+    """A run of lines of a job's items object: item ``index`` is on line ``line``, at byte ``offset`` (to ``end``).
+
+    In a job where some line asks for several images (``num_images``), a line makes that many items: the chunk then
+    also says which request (non-blank line, from 0) it starts with and how many items it makes, and every item of
+    the job carries its ``request_index`` and ``image_index``. Without them (every line one image) nothing differs
+    from a job before ``num_images`` was taken in jobs."""
 
     model_config = ConfigDict(extra="forbid", strict=True, defer_build=True)
 
@@ -677,6 +711,8 @@ class FanoutChunk(Model):
     line: int = Field(ge=1)
     offset: int = Field(ge=0)
     end: int = Field(ge=0)
+    request_index: int | None = Field(None, ge=0, lt=MAX_UPLOAD_LINES)
+    items: int | None = Field(None, ge=1)
 
 
 class FanoutMessage(Model):

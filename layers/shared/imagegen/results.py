@@ -1,7 +1,8 @@
 """A completed job's results file (``jobs/<job_id>/results.jsonl``), and its announcement.
 
 One line per item in index order: ``{"index", "status", "image_id", "s3_uri", "sha256", "bytes", "width",
-"height", "seed", "error"}`` (nulls where they do not apply). The file is written BEFORE the completion is
+"height", "seed", "error"}``, with ``request_index`` and ``image_index`` after ``index`` in a job where some
+request asks for several images (nulls where they do not apply). The file is written BEFORE the completion is
 announced, under a key derived from the job id: a replayed completion rewrites the same content. Content workflows
 read one object instead of paging ``GET /v1/jobs/{id}``.
 """
@@ -32,6 +33,7 @@ def result_line(item: Item) -> dict[str, Any]:
         seed = item.request.seed if item.request is not None else None
     return {
         "index": item.index,
+        **item.origin,  # only in a job with requests of several images
         "status": item.status,
         "image_id": record.id if record is not None else None,
         "s3_uri": stored.s3_uri if stored is not None else None,

@@ -196,6 +196,7 @@ def item_processor() -> ItemProcessor:
         # The deadline stops settings.worker_reserve_s before the invocation ends; the lease outlives the end.
         lease_margin_s=settings.worker_reserve_s + settings.item_lease_margin_s,
         results=JobResults(job_repository(), job_objects()),
+        expander=fan_out,  # a direct message of several images becomes a job through the fan-out
     )
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -36,6 +36,7 @@ from imagegen.adapters.job_rows import (
     item_key,
     job_key,
     new_item_row,
+    origin_attributes,
     shard_key,
     utc_now,
 )
@@ -66,18 +67,24 @@ class ItemTable(CountedWrites):
 
     # ------------------------------------------------------------------------------------------ write
     def put_queued_items(
-        self, job: Job, requests: list[tuple[int, ImageRequest]], correlation_id: str | None
+        self,
+        job: Job,
+        requests: list[tuple[int, ImageRequest]],
+        correlation_id: str | None,
+        origins: Mapping[int, tuple[int, int]] | None = None,
     ) -> list[int]:
         """Write these items ``queued`` unless they exist (a replayed chunk never overwrites an item that moved).
-        Returns the indexes now queued, new or not: their messages may not have been sent before a crash."""
+        Returns the indexes now queued, new or not: their messages may not have been sent before a crash.
+        ``origins``: index → (request_index, image_index), for the items of a request of several images."""
         if not requests:
             return []
         expires = expires_at(job, self._retention)
+        origins = origins or {}
         puts = [
             {
                 "Put": {
                     "TableName": self._table,
-                    "Item": new_item_row(job.id, index, request, correlation_id, expires),
+                    "Item": new_item_row(job.id, index, request, correlation_id, expires, origins.get(index)),
                     "ConditionExpression": "attribute_not_exists(pk)",
                 }
             }
@@ -102,10 +109,10 @@ class ItemTable(CountedWrites):
                     queued.append(index)
         return queued
 
-    def put_failed_item(self, job: Job, index: int, error: ItemError) -> bool:
+    def put_failed_item(self, job: Job, index: int, error: ItemError, origin: tuple[int, int] | None = None) -> bool:
         """Record an item that failed validation before it was ever queued (a bad line of an upload), with the
-        job's counters; False when it exists already (a replay)."""
-        entry = failed_item_row(job.id, index, error, expires_at(job, self._retention))
+        job's counters; False when it exists already (a replay). ``origin`` as in ``put_queued_items``."""
+        entry = {**failed_item_row(job.id, index, error, expires_at(job, self._retention)), **origin_attributes(origin)}
         put = {"Put": {"TableName": self._table, "Item": entry, "ConditionExpression": "attribute_not_exists(pk)"}}
         try:
             self._counted(job.id, index, [put], {"queued": -1, "failed": 1})

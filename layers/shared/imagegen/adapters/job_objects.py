@@ -9,6 +9,7 @@ files clients upload to submit large jobs.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,7 +17,7 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from imagegen.models import FanoutChunk
+from imagegen.models import MAX_NUM_IMAGES, FanoutChunk
 
 CHUNK_ITEMS = 100  # items per fan-out chunk: one chunk message writes and enqueues this many
 JSONL = "application/x-ndjson"
@@ -42,10 +43,29 @@ class ObjectInfo:
 
 @dataclass(frozen=True)
 class ItemsPlan:
-    """What one pass over an items object found: its non-blank lines (items) and the chunks they fall into."""
+    """What one pass over an items object found: its items (a non-blank line makes ``images_in_line`` of them), the
+    chunks they fall into, and its requests (non-blank lines)."""
 
     items: int
     chunks: list[FanoutChunk]
+    requests: int = 0
+
+
+def images_in_line(line: bytes) -> int:
+    """The items a line of a job's items object makes: its ``num_images`` when that is 1–4, else 1 (a line that
+    is not a valid request is one failed item). The plan and the fan-out both count with this, so a chunk's
+    items always add up to what the plan counted. Only a line that can name ``num_images`` (the key, or a JSON
+    escape that could spell it) is parsed: the usual line costs a substring search."""
+    if b"num_images" not in line and b"\\" not in line:
+        return 1
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return 1
+    count = value.get("num_images") if isinstance(value, dict) else None
+    if isinstance(count, int) and not isinstance(count, bool) and 1 <= count <= MAX_NUM_IMAGES:
+        return count
+    return 1
 
 
 class JobObjects:
@@ -103,22 +123,35 @@ class JobObjects:
             yield offset, pending
 
     def plan(self, key: str, chunk_items: int = CHUNK_ITEMS) -> ItemsPlan:
-        """Count the object's items (non-blank lines) and cut them into chunks of ``chunk_items``."""
+        """Count the object's items and cut them into chunks of at most ``chunk_items`` items, whole lines each (a
+        line of several images is never split; one larger than ``chunk_items`` is a chunk of its own). When some
+        line makes several items, every chunk also says its first request and its item count (``FanoutChunk``)."""
         chunks: list[FanoutChunk] = []
-        items = 0
-        end = 0
+        starts: list[tuple[int, int]] = []  # (first request, items) of each chunk
+        items = requests = end = 0
+        several = False
         for line_no, (offset, line) in enumerate(self.lines(key), start=1):
             end = offset + len(line) + 1
             if not line.strip():
                 continue
-            if items % chunk_items == 0:
+            count = images_in_line(line)
+            several = several or count > 1
+            if not chunks or starts[-1][1] + count > chunk_items:
                 if chunks:
                     chunks[-1] = chunks[-1].model_copy(update={"end": offset})
                 chunks.append(FanoutChunk(index=items, line=line_no, offset=offset, end=offset))
-            items += 1
+                starts.append((requests, 0))
+            starts[-1] = (starts[-1][0], starts[-1][1] + count)
+            items += count
+            requests += 1
         if chunks:
             chunks[-1] = chunks[-1].model_copy(update={"end": end})
-        return ItemsPlan(items, chunks)
+        if several:
+            chunks = [
+                chunk.model_copy(update={"request_index": first, "items": count})
+                for chunk, (first, count) in zip(chunks, starts, strict=True)
+            ]
+        return ItemsPlan(items, chunks, requests)
 
     def put_results(self, job_id: str, lines: Iterable[str]) -> str:
         key = results_key(job_id)

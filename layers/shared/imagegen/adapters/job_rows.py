@@ -135,9 +135,14 @@ def shard_rows(job: Job, expires: str) -> list[dict[str, Any]]:
 
 
 def new_item_row(
-    job_id: str, index: int, request: ImageRequest, correlation_id: str | None, expires: str
+    job_id: str,
+    index: int,
+    request: ImageRequest,
+    correlation_id: str | None,
+    expires: str,
+    origin: tuple[int, int] | None = None,
 ) -> dict[str, Any]:
-    """A queued item that never ran."""
+    """A queued item that never ran. ``origin``: (request_index, image_index), for a request of several images."""
     entry: dict[str, Any] = {
         **item_key(job_id, index),
         "entity": {"S": "item"},
@@ -147,10 +152,18 @@ def new_item_row(
         "attempts": {"N": "0"},
         "request": serializer.serialize(storable(request.model_dump(mode="json"))),
         "expires_at": {"N": expires},
+        **origin_attributes(origin),
     }
     if correlation_id is not None:
         entry["correlation_id"] = {"S": correlation_id}
     return entry
+
+
+def origin_attributes(origin: tuple[int, int] | None) -> dict[str, Any]:
+    """An item's ``request_index`` and ``image_index`` (a request of several images), or nothing."""
+    if origin is None:
+        return {}
+    return {"request_index": {"N": str(origin[0])}, "image_index": {"N": str(origin[1])}}
 
 
 def failed_item_row(job_id: str, index: int, error: ItemError, expires: str) -> dict[str, Any]:
@@ -216,6 +229,8 @@ def item_from_row(raw: dict[str, Any]) -> Item:
         lease_until=float(data.get("lease_until", 0) or 0),
         bad_outputs=int(data.get("bad_outputs", 0) or 0),
         retry_at=datetime.fromisoformat(data["retry_at"]) if data.get("retry_at") else None,
+        request_index=data.get("request_index"),
+        image_index=data.get("image_index"),
     )
 
 
