@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
     from imagegen.adapters.queue import JobQueue
     from imagegen.fanout import FanOut
-    from imagegen.jobs import ItemProcessor
+    from imagegen.item_processor import ItemProcessor
     from imagegen.refill import Refill
     from imagegen.settings import Settings
 

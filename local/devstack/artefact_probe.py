@@ -68,9 +68,9 @@ def handle_first_event(module: object, kind: str, event: dict) -> object:
     acknowledgement: measured is what the first batch sets up (settings, AWS clients, the batch processor, record
     parsing and validation), not the network."""
     if kind == "worker":
-        from imagegen import jobs
+        from imagegen import item_processor
 
-        jobs.ItemProcessor.process = lambda self, *args, **kwargs: jobs.Outcome.ack()  # type: ignore[method-assign]
+        item_processor.ItemProcessor.process = lambda self, *args, **kwargs: item_processor.Outcome.ack()  # type: ignore[method-assign]
     return module.lambda_handler(event, Context())  # type: ignore[attr-defined]
 
 

@@ -19,7 +19,7 @@ from imagegen.errors import (
     UpstreamRejectedError,
     UpstreamUnavailableError,
 )
-from imagegen.jobs import ItemProcessor, Outcome, OutcomeKind
+from imagegen.item_processor import ItemProcessor, Outcome, OutcomeKind
 from imagegen.models import ImageRequest, JobMessage
 from support.job_fakes import FakeEvents, FakeImages, FakeQueue, FakeWebhooks, MemoryItemStore
 

@@ -1,4 +1,9 @@
-"""The service's data model: one model per concept, reused by the API, the OpenAPI spec and storage."""
+"""The service's data model: one model per concept, reused by the API, the OpenAPI spec and storage.
+
+Over ~300 lines on purpose: it is the published contract (requests, documents, queue messages and events, whose
+schemas ``make docs`` writes to ``docs/``), declarations rather than logic, and one place to read it whole keeps
+the field rules that refer to each other (sizes, formats, inline limits, the queue's restrictions) side by side.
+Not here: how a request is carried out (``imagegen.service``), storage shapes (``imagegen.adapters``)."""
 
 from __future__ import annotations
 

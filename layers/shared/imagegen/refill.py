@@ -18,8 +18,8 @@ taking messages when the queue answers none, when less than ``reserve_s`` of the
 taken item has the time a delivered one has), or when the queue cannot be read; it then waits for the items it
 took, so the invocation ends with nothing of its own in flight.
 
-Not here: what an item does (``imagegen.jobs``), the slots themselves (``imagegen.slots``), the batch's partial
-response (Powertools, in the worker's entry point).
+Not here: what an item does (``imagegen.item_processor``), the slots themselves (``imagegen.slots``), the batch's
+partial response (Powertools, in the worker's entry point).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from imagegen.adapters.job_objects import JobObjects
 from imagegen.adapters.jobs_table import Item, Job, JobExtras, JobRepository
-from imagegen.jobs import ItemProcessor, job_document, results_info
+from imagegen.item_processor import ItemProcessor
+from imagegen.jobs import job_document, results_info
 from imagegen.models import ResultsInfo
 
 logger = Logger(child=True)

@@ -1,5 +1,8 @@
 """Image generation, the one engine behind every entry point: validate → moderate the prompt → upstream → mirror
-(moderating the image before it is stored) → record."""
+(moderating the image before it is stored) → record; several images of one request in parallel.
+
+Slightly over ~300 lines: the single- and several-image paths share their budget and error handling here.
+Not here: the HTTP answer (``functions/api``), jobs (``imagegen.jobs``, ``imagegen.item_processor``)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,8 @@ from imagegen.adapters.webhooks import WebhookSender
 from imagegen.errors import ContentBlockedError
 from imagegen.fanout import FanOut
 from imagegen.idempotency import IdempotentRunner
-from imagegen.jobs import ItemProcessor, JobService
+from imagegen.item_processor import ItemProcessor
+from imagegen.jobs import JobService
 from imagegen.models import BlockedNotice, ControlMessage
 from imagegen.results import AnnouncingProcessor, JobResults
 from imagegen.service import ImageService
