@@ -5,6 +5,7 @@ answer, event and webhook for secrets (``support/leak_watch``)."""
 import pytest
 from support import leak_watch
 from support import reliability as reliability_report
+from support.recording_queue import side_queue  # noqa: F401 - a fixture
 from support.routes import invocations  # noqa: F401 - a fixture
 from support.stack_fixtures import (  # noqa: F401 - pytest finds fixtures by name in conftest modules
     api,

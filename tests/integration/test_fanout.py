@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
 import requests
 from devstack.lambda_context import make_context
 from imagegen.models import JobMessage
@@ -39,41 +38,6 @@ def upload_event() -> dict[str, Any]:
 
 def items(count: int, prefix: str = "fan") -> list[dict[str, Any]]:
     return [{"prompt": f"{prefix} {i}", "seed": i, "width": 256, "height": 256} for i in range(count)]
-
-
-class RecordingQueue:
-    """The jobs queue as an in-memory fake: what was sent, in order (moto's SQS takes ~0.4 s a batch on a loaded
-    machine, and a 1,000-item fan-out sends 100 batches)."""
-
-    def __init__(self) -> None:
-        self.bodies: list[str] = []
-        self.sends = 0  # SendMessageBatch calls the real adapter would make (10 messages each)
-
-    def send(self, messages: Any) -> list[int]:
-        self.sends += -(-len(messages) // 10)
-        self.bodies += [message.model_dump_json(exclude_none=True) for message in messages]
-        return []
-
-    def take(self) -> list[str]:
-        bodies, self.bodies = self.bodies, []
-        return bodies
-
-    def delay(self, receipt_handle: str, seconds: int) -> None:
-        pass
-
-    def dead_letter(self, body: str, reason: str, message_id: str) -> None:
-        raise AssertionError(f"dead-lettered: {reason}")
-
-
-@pytest.fixture
-def side_queue(worker, monkeypatch) -> RecordingQueue:
-    from imagegen import wiring
-
-    queue = RecordingQueue()
-    monkeypatch.setattr(wiring.job_service(), "_queue", queue)
-    monkeypatch.setattr(wiring.fan_out(), "_queue", queue)
-    monkeypatch.setattr(worker, "job_queue", lambda: queue)
-    return queue
 
 
 @contextmanager

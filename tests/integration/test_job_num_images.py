@@ -47,42 +47,6 @@ def all_items(api, job_id: str) -> list[dict[str, Any]]:
             return items
 
 
-class RecordingQueue:
-    """The jobs queue as an in-memory fake: what was sent, in order."""
-
-    def __init__(self) -> None:
-        self.bodies: list[str] = []
-
-    def send(self, messages: Any) -> list[int]:
-        self.bodies += [message.model_dump_json(exclude_none=True) for message in messages]
-        return []
-
-    def send_control(self, message: Any) -> None:
-        self.bodies.append(message.model_dump_json(exclude_none=True))
-
-    def take(self) -> list[str]:
-        bodies, self.bodies = self.bodies, []
-        return bodies
-
-    def delay(self, receipt_handle: str, seconds: int) -> None:
-        pass
-
-    def dead_letter(self, body: str, reason: str, message_id: str) -> None:
-        raise AssertionError(f"dead-lettered: {reason}")
-
-
-@pytest.fixture
-def side_queue(worker, monkeypatch) -> RecordingQueue:
-    from imagegen import wiring
-
-    queue = RecordingQueue()
-    monkeypatch.setattr(wiring.job_service(), "_queue", queue)
-    monkeypatch.setattr(wiring.fan_out(), "_queue", queue)
-    monkeypatch.setattr(wiring.item_processor(), "_queue", queue)
-    monkeypatch.setattr(worker, "job_queue", lambda: queue)
-    return queue
-
-
 # ------------------------------------------------------------------------------------------ POST /v1/jobs items
 def test_job_item_of_3_images_gives_3_items_with_consecutive_seeds_tied_to_its_index(api, emulator, events):
     # Given a job of two requests: three images from seed 40, then one image from seed 7

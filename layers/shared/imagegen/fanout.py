@@ -253,12 +253,8 @@ class FanOut:
         if detail.webhook_url and not detail.webhook_url.startswith("https://") and not self._allow_http_webhooks:
             raise InvalidEvent("detail.webhook_url: must be an https URL")
         job_id = event_job_id(event_id)
-        job = Job(
-            id=job_id,
-            total=0,  # set by _create_and_run
-            created_at=datetime.now(UTC),
-            counts=None,  # type: ignore[arg-type]  # set by the repository
-            remaining=0,
+        job = _new_job(
+            job_id,
             metadata=detail.metadata,
             webhook=WebhookInfo(url=detail.webhook_url) if detail.webhook_url else None,
         )
@@ -270,14 +266,7 @@ class FanOut:
         items, as an event does: its id derived from the SQS message id, so a redelivery makes no second job, and
         its items sent as messages of their own (each retried, claimed and counted as any item)."""
         job_id = direct_job_id(message_id)
-        job = Job(
-            id=job_id,
-            total=0,  # set by _create_and_run
-            created_at=datetime.now(UTC),
-            counts=None,  # type: ignore[arg-type]  # set by the repository
-            remaining=0,
-            direct=True,
-        )
+        job = _new_job(job_id, direct=True)
         self._create_and_run(job, [message.request], message.correlation_id, "job created from a queue message")
         return job_id
 
@@ -293,3 +282,9 @@ class FanOut:
         # redoes it.
         for chunk in self._objects.plan(key, self._chunk_items).chunks:
             self.run_chunk(job.id, chunk)
+
+
+def _new_job(job_id: str, **fields: Any) -> Job:
+    """A job the queue side creates (from an event or a direct message): its total is set by ``_create_and_run``,
+    its counts by the repository."""
+    return Job(id=job_id, total=0, created_at=datetime.now(UTC), counts=None, remaining=0, **fields)  # type: ignore[arg-type]
