@@ -57,6 +57,10 @@ chromium: ## Install Debian's chromium for the browser tests when it is missing 
 events: venv ## The events the local stack's bus copied to its SQS queue, taken off it (ARGS=--keep leaves them)
 	@PYTHONPATH=local $(PY) -m devstack.events $(ARGS)
 
+.PHONY: unit
+unit: venv ## The fast loop: the tests that need no stack (tests/unit without the "stack" marker), in seconds
+	@PYTHONPATH= $(PY) -m pytest tests/unit -m "not stack" -q
+
 .PHONY: test
 test: venv tools chromium lint requirements-check ## Every check CI runs: lint, unit, integration, template, local-stack, browser tests
 	@PYTHONPATH= $(PY) -m pytest

@@ -1,6 +1,12 @@
 """Suite-wide fixtures and plugins: the one local stack of the session and its helpers (``support/stack_fixtures``),
 the reliability report every category records into (``support/reliability``) and the watch on every log line,
-answer, event and webhook for secrets (``support/leak_watch``)."""
+answer, event and webhook for secrets (``support/leak_watch``).
+
+Tiers: every test that needs a running stack (the session's local stack, ``make run``'s in a child process, the SAM
+CLI and template tools, the built artefact, Chromium) is marked ``stack``, by its folder or by the ``stack``
+fixture; ``make unit`` runs the rest (``pytest tests/unit -m "not stack"``), ``make test`` runs everything."""
+
+from pathlib import Path
 
 import pytest
 from support import leak_watch
@@ -24,3 +30,19 @@ def pytest_configure(config: pytest.Config) -> None:
     for plugin in (reliability_report, leak_watch):
         if not config.pluginmanager.is_registered(plugin):
             config.pluginmanager.register(plugin, f"flux-{plugin.__name__.rsplit('.', 1)[-1]}")
+
+
+TESTS = Path(__file__).resolve().parent
+STACK_FOLDERS = tuple(TESTS / name for name in ("integration", "reliability", "template", "artefact", "browser"))
+
+
+def needs_a_stack(item: pytest.Item) -> bool:
+    """Whether a test needs more than its own process: by folder, or by asking for the session's local stack."""
+    path = Path(str(item.path))
+    return any(path.is_relative_to(folder) for folder in STACK_FOLDERS) or "stack" in getattr(item, "fixturenames", ())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if needs_a_stack(item):
+            item.add_marker(pytest.mark.stack)
