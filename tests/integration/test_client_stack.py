@@ -4,7 +4,6 @@ presigned URLs and signed webhooks, not a fake's."""
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -15,6 +14,7 @@ from flux_images import ApiError, Client, verify_webhook
 from flux_images.errors import WebhookVerificationError
 from flux_images_cli.api import ApiClient
 from flux_images_cli.download import Downloader
+from support.polling import eventually
 from support.secrets_under_test import API_KEY
 
 
@@ -48,9 +48,7 @@ def test_the_client_generates_submits_follows_downloads_and_verifies_the_webhook
             assert item.image is not None and hashlib.sha256(path.read_bytes()).hexdigest() == item.image.sha256
 
     # The webhook the worker delivered verifies with the stack's secret; a forged one does not
-    deadline = time.monotonic() + 10
-    while not received and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: received, 10, "the job's webhook at the receiver", interval_s=0.1)
     assert len(received) == 1
     headers, body = received[0]
     secret = stack.resources.webhook_secret_value
