@@ -42,7 +42,16 @@ def needs_a_stack(item: pytest.Item) -> bool:
     return any(path.is_relative_to(folder) for folder in STACK_FOLDERS) or "stack" in getattr(item, "fixturenames", ())
 
 
+# Under pytest-xdist (make test) these folders stay on one worker each: the artefact tests share one `make build`
+# (two workers would build into the same .aws-sam at once) and the browser tests one Chromium.
+ONE_WORKER_FOLDERS = {TESTS / "artefact": "artefact", TESTS / "browser": "browser"}
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if needs_a_stack(item):
             item.add_marker(pytest.mark.stack)
+        path = Path(str(item.path))
+        for folder, group in ONE_WORKER_FOLDERS.items():
+            if path.is_relative_to(folder):
+                item.add_marker(pytest.mark.xdist_group(group))

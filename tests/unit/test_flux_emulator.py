@@ -790,6 +790,9 @@ def test_cli_serves_until_interrupted():
         stderr=subprocess.DEVNULL,
         text=True,
         env=env,
+        # Ctrl-C as in a terminal even when the suite itself runs in the background (`make test &`, a CI runner):
+        # a shell starts background jobs with SIGINT ignored, and a Python started so never raises KeyboardInterrupt
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     ) as process:
         try:
             assert process.stdout is not None
