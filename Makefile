@@ -13,7 +13,7 @@ PY              := $(VENV)/bin/python
 PYTHON312        = $(shell scripts/find-python.sh)
 PYTHONPATH_DEV  := layers/shared:functions/api:functions/worker:local
 # pytest-xdist workers: most of the suite waits on servers and queues, so more workers than cores still pays
-UNIT_WORKERS    ?= 2
+UNIT_WORKERS    ?= 4
 TEST_WORKERS    ?= 4
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
@@ -62,7 +62,7 @@ events: venv ## The events the local stack's bus copied to its SQS queue, taken 
 
 .PHONY: unit
 unit: venv ## The fast loop: the tests that need no stack (tests/unit without the "stack" marker), in seconds
-	@PYTHONPATH= $(PY) -m pytest tests/unit -m "not stack" -q -n $(UNIT_WORKERS)
+	@PYTHONPATH= $(PY) -m pytest tests/unit -m "not stack" -q -n $(UNIT_WORKERS) -p no:schemathesis -p no:anyio
 
 .PHONY: test
 test: venv tools chromium lint requirements-check ## Every check CI runs: lint, unit, integration, template, local-stack, browser tests
