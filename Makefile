@@ -61,7 +61,7 @@ events: venv ## The events the local stack's bus copied to its SQS queue, taken 
 	@PYTHONPATH=local $(PY) -m devstack.events $(ARGS)
 
 .PHONY: unit
-unit: venv ## The fast loop: the tests that need no stack (tests/unit without the "stack" marker), in seconds
+unit: venv ## The fast loop: the tests that need no stack (tests/unit without the "stack" marker), on 4 xdist workers
 	@PYTHONPATH= $(PY) -m pytest tests/unit -m "not stack" -q -n $(UNIT_WORKERS) -p no:schemathesis -p no:anyio
 
 .PHONY: test
