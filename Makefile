@@ -12,6 +12,9 @@ VENV            := .venv
 PY              := $(VENV)/bin/python
 PYTHON312        = $(shell scripts/find-python.sh)
 PYTHONPATH_DEV  := layers/shared:functions/api:functions/worker:local
+# pytest-xdist workers: most of the suite waits on servers and queues, so more workers than cores still pays
+UNIT_WORKERS    ?= 4
+TEST_WORKERS    ?= 4
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_COMPILE_BYTECODE := 1
@@ -57,9 +60,13 @@ chromium: ## Install Debian's chromium for the browser tests when it is missing 
 events: venv ## The events the local stack's bus copied to its SQS queue, taken off it (ARGS=--keep leaves them)
 	@PYTHONPATH=local $(PY) -m devstack.events $(ARGS)
 
+.PHONY: unit
+unit: venv ## The fast loop: the tests that need no stack (tests/unit without the "stack" marker), on 4 xdist workers
+	@PYTHONPATH= $(PY) -m pytest tests/unit -m "not stack" -q -n $(UNIT_WORKERS) -p no:schemathesis -p no:anyio
+
 .PHONY: test
 test: venv tools chromium lint requirements-check ## Every check CI runs: lint, unit, integration, template, local-stack, browser tests
-	@PYTHONPATH= $(PY) -m pytest
+	@PYTHONPATH= $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: demo
 demo: venv ## The local stack + a 12-prompt bulk job through the flux-images CLI; images land in ./demo-images

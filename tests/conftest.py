@@ -1,6 +1,12 @@
 """Suite-wide fixtures and plugins: the one local stack of the session and its helpers (``support/stack_fixtures``),
 the reliability report every category records into (``support/reliability``) and the watch on every log line,
-answer, event and webhook for secrets (``support/leak_watch``)."""
+answer, event and webhook for secrets (``support/leak_watch``).
+
+Tiers: every test that needs a running stack (the session's local stack, ``make run``'s in a child process, the SAM
+CLI and template tools, the built artefact, Chromium) is marked ``stack``, by its folder or by the ``stack``
+fixture; ``make unit`` runs the rest (``pytest tests/unit -m "not stack"``), ``make test`` runs everything."""
+
+from pathlib import Path
 
 import pytest
 from support import leak_watch
@@ -25,3 +31,28 @@ def pytest_configure(config: pytest.Config) -> None:
     for plugin in (reliability_report, leak_watch):
         if not config.pluginmanager.is_registered(plugin):
             config.pluginmanager.register(plugin, f"flux-{plugin.__name__.rsplit('.', 1)[-1]}")
+
+
+TESTS = Path(__file__).resolve().parent
+STACK_FOLDERS = tuple(TESTS / name for name in ("integration", "reliability", "template", "artefact", "browser"))
+
+
+def needs_a_stack(item: pytest.Item) -> bool:
+    """Whether a test needs more than its own process: by folder, or by asking for the session's local stack."""
+    path = Path(str(item.path))
+    return any(path.is_relative_to(folder) for folder in STACK_FOLDERS) or "stack" in getattr(item, "fixturenames", ())
+
+
+# Under pytest-xdist (make test) these folders stay on one worker each: the artefact tests share one `make build`
+# (two workers would build into the same .aws-sam at once) and the browser tests one Chromium.
+ONE_WORKER_FOLDERS = {TESTS / "artefact": "artefact", TESTS / "browser": "browser"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if needs_a_stack(item):
+            item.add_marker(pytest.mark.stack)
+        path = Path(str(item.path))
+        for folder, group in ONE_WORKER_FOLDERS.items():
+            if path.is_relative_to(folder):
+                item.add_marker(pytest.mark.xdist_group(group))

@@ -11,20 +11,19 @@ source tree on its path, so none of this can pass with the functions imported in
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
 import pytest
 import requests
 from devstack import artefact
 from devstack.loadgen import stack_process
+from support import stack_fixtures
 
 pytestmark = [pytest.mark.artefact, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "run-built-key"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-TERMINAL = {"succeeded", "partially_failed", "failed", "canceled"}
 INIT_LINE = re.compile(r"^\[(?P<function>\w+)#\d+\] INIT (?P<handler>\S+) in \d+ ms \(pid \d+\): (?P<loaded>.*)$")
 
 
@@ -40,14 +39,10 @@ def loaded_from(output: list[str]) -> dict[str, dict[str, Path]]:
 
 
 def wait_for_job(session: requests.Session, url: str, job_id: str, timeout_s: float = 120) -> dict:
-    deadline = time.monotonic() + timeout_s
-    job: dict = {}
-    while time.monotonic() < deadline:
-        job = session.get(f"{url}/v1/jobs/{job_id}", headers={"x-api-key": API_KEY}, timeout=30).json()
-        if job["status"] in TERMINAL and job["counts"]["queued"] == job["counts"]["running"] == 0:
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {job}")
+    def api(method: str, path: str) -> requests.Response:
+        return session.request(method, f"{url}{path}", headers={"x-api-key": API_KEY}, timeout=30)
+
+    return stack_fixtures.wait_for_job(api, job_id, timeout_s)
 
 
 def test_run_built_serves_images_and_jobs_from_the_artefact(built_artefact: Path) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -17,6 +16,7 @@ import requests
 from devstack.lambda_context import make_context
 from imagegen.models import JobMessage
 from support.events import load_event
+from support.polling import eventually
 from support.stack_fixtures import drain, sqs_event, wait_for_job
 
 
@@ -173,11 +173,9 @@ def test_upload_job_with_a_bad_line_3_fails_that_item_only_and_writes_the_result
 
     # And the results file (written right after completed_at, before "Job Completed") lists every item in index
     # order, as the job shows them
-    deadline = time.monotonic() + 10
-    while job["results"] is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        job = api("GET", f"/v1/jobs/{job['id']}").json()
-    results = job["results"]
+    results = eventually(
+        lambda: api("GET", f"/v1/jobs/{submitted.json()['id']}").json()["results"], 10, "the job's results file", 0.2
+    )
     assert results["items"] == 4 and results["s3_uri"].endswith(f"jobs/{job['id']}/results.jsonl")
     rows = [json.loads(line) for line in requests.get(results["url"], timeout=10).text.splitlines()]
     assert [row["index"] for row in rows] == [0, 1, 2, 3]
@@ -193,7 +191,7 @@ def test_upload_job_with_a_bad_line_3_fails_that_item_only_and_writes_the_result
             assert row["image_id"] is None and row["s3_uri"] is None and row["seed"] is None
             assert row["error"] == item["error"]
     # and "Job Completed" carried it
-    completed = [event for event in events(5) if event["detail-type"] == "Job Completed"]
+    completed = [event for event in events(4) if event["detail-type"] == "Job Completed"]  # 3 generated + 1
     assert completed[0]["detail"]["job"]["results"]["items"] == 4
 
 
@@ -210,12 +208,11 @@ def test_upload_job_of_150_lines_completes_with_its_results_file(api, emulator):
     # Then every item succeeded, generated once, and the results file has one line per item, in index order
     assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 150, job["counts"]
     assert emulator.calls == 150
-    deadline = time.monotonic() + 10
-    while job["results"] is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        job = api("GET", f"/v1/jobs/{job['id']}?limit=1").json()
-    assert job["results"]["items"] == 150
-    rows = [json.loads(line) for line in requests.get(job["results"]["url"], timeout=10).text.splitlines()]
+    results = eventually(
+        lambda: api("GET", f"/v1/jobs/{job['id']}?limit=1").json()["results"], 10, "the job's results file", 0.2
+    )
+    assert results["items"] == 150
+    rows = [json.loads(line) for line in requests.get(results["url"], timeout=10).text.splitlines()]
     assert [row["index"] for row in rows] == list(range(150))
     assert Counter(row["status"] for row in rows) == {"succeeded": 150}
 
@@ -300,11 +297,10 @@ def test_the_local_bus_routes_image_requested_to_the_jobs_queue(stack, emulator,
         ]
     )
     assert answer["FailedEntryCount"] == 0
-    generated = [event for event in events(3) if event["detail-type"] == "Image Generated"]
+    seen = events(2)
+    assert sorted(event["detail-type"] for event in seen) == ["Image Generated", "Job Completed"]
+    generated = [event for event in seen if event["detail-type"] == "Image Generated"]
     assert [event["detail"]["correlation_id"] for event in generated] == [correlation]
     job_id = generated[0]["detail"]["job_id"]
     assert job_id == event_job_id(answer["Entries"][0]["EventId"])
-    deadline = time.monotonic() + 10
-    while repository.get_job(job_id).completed_at is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert repository.get_job(job_id).completed_at is not None
+    eventually(lambda: repository.get_job(job_id).completed_at, 10, f"job {job_id} to be completed", 0.2)

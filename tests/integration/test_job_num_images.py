@@ -9,7 +9,6 @@ count does not depend on timing."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections import Counter
 from typing import Any
@@ -19,6 +18,7 @@ import requests
 from devstack.lambda_context import make_context
 from imagegen.models import JobMessage
 from support.events import load_event
+from support.polling import eventually
 from support.stack_fixtures import sqs_event, wait_for_job
 
 SIZE = {"width": 256, "height": 256}
@@ -28,12 +28,10 @@ ITEM_KEYS = {"index", "status", "request", "error", "image", "retry_at"}
 
 def results_of(api, job: dict[str, Any]) -> list[dict[str, Any]]:
     """The job's results file (written just after completion), read through its presigned URL."""
-    deadline = time.monotonic() + 10
-    while job["results"] is None and time.monotonic() < deadline:
-        time.sleep(0.2)
-        job = api("GET", f"/v1/jobs/{job['id']}?limit=1").json()
-    assert job["results"] is not None, job
-    return [json.loads(line) for line in requests.get(job["results"]["url"], timeout=10).text.splitlines()]
+    results = job["results"] or eventually(
+        lambda: api("GET", f"/v1/jobs/{job['id']}?limit=1").json()["results"], 10, "the job's results file", 0.2
+    )
+    return [json.loads(line) for line in requests.get(results["url"], timeout=10).text.splitlines()]
 
 
 def all_items(api, job_id: str) -> list[dict[str, Any]]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import base64
 import json
 import time
-from typing import Any
 
 import pytest
 import requests
 from standardwebhooks.webhooks import Webhook
+from support.polling import eventually
 from support.stack_fixtures import drain, the_delivery, wait_for_job
 
 
@@ -212,8 +212,9 @@ def test_malformed_queue_message_goes_to_the_dlq_without_stalling_others(stack, 
     sqs.send_message(QueueUrl=stack.seeded.jobs_queue_url, MessageBody=good)
     generated = [event for event in events(2) if event["detail-type"] == "Image Generated"]
     assert [event["detail"]["correlation_id"] for event in generated] == ["ok-1"]
-    deadline = time.monotonic() + 10
-    moved: list[dict[str, Any]] = []
-    while not moved and time.monotonic() < deadline:
-        moved = sqs.receive_message(QueueUrl=dlq, MessageAttributeNames=["All"], WaitTimeSeconds=1).get("Messages", [])
+    moved = eventually(
+        lambda: sqs.receive_message(QueueUrl=dlq, MessageAttributeNames=["All"], WaitTimeSeconds=1).get("Messages"),
+        10,
+        "the malformed message on the DLQ",
+    )
     assert [message["Body"] for message in moved] == ["{not json"]

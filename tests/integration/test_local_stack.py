@@ -7,7 +7,6 @@ import os
 import re
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ import requests
 from devstack import events as events_cli
 from devstack.flux_emulator import FluxEmulator
 from devstack.loadgen import free_port, stack_process
+from support.polling import eventually
 from support.secrets_under_test import API_KEY, ORIGIN
 from support.stack_fixtures import drain, wait_for_job
 
@@ -233,11 +233,11 @@ def test_make_events_reads_the_bus_copy_with_the_projects_own_boto3(stack, api, 
         return out.getvalue().splitlines()
 
     # When `make events ARGS=--keep` reads the queue (until the completion is there)
-    deadline = time.monotonic() + 20
-    kept = make_events("--keep")
-    while not any("Job Completed" in line for line in kept) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    def kept_with_the_completion() -> list[str] | None:
         kept = make_events("--keep")
+        return kept if any("Job Completed" in line for line in kept) else None
+
+    kept = eventually(kept_with_the_completion, 20, "Job Completed in `make events ARGS=--keep`", 0.2)
     # Then one line per event names its type and carries the job's id
     assert any("Image Generated" in line and job_id in line for line in kept), kept
     assert any("Job Completed" in line and job_id in line for line in kept), kept

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -38,6 +37,7 @@ from devstack.sqs_poller import EventSourceMapping
 from imagegen.adapters.netguard import UrlGuard
 from imagegen.adapters.queue import JobQueue
 from imagegen.service import item_image_id
+from support.polling import eventually
 from support.stack_fixtures import expire_lease, make_job, messages, s3_keys
 
 TERMINAL = {"succeeded", "failed", "canceled"}
@@ -158,12 +158,7 @@ class QueuePath:
         return accounted and self.depth() == 0 and all(mapping.in_flight == 0 for mapping in self.mappings)
 
     def wait_for(self, condition: Callable[[], bool], what: str, timeout_s: float = SETTLE_TIMEOUT_S) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.2)
-        raise AssertionError(f"not {what} after {timeout_s} s; mapping {self.stats()}\n{self.log.getvalue()[-3000:]}")
+        eventually(condition, timeout_s, lambda: f"{what}; mapping {self.stats()}\n{self.log.getvalue()[-3000:]}", 0.2)
 
     def wait_settled(self, repository: Any, job_id: str) -> None:
         """The job is complete and nothing is left on the queue (no redelivery could still call the upstream)."""
@@ -172,7 +167,7 @@ class QueuePath:
             job = repository.get_job(job_id)
             return job is not None and job.completed_at is not None and self.idle()
 
-        self.wait_for(settled, f"settled: job {job_id}")
+        self.wait_for(settled, f"job {job_id} to settle (complete, nothing left on the queue)")
 
 
 @pytest.fixture
@@ -487,9 +482,9 @@ def test_dlq_path_a_message_whose_item_never_gets_time_is_tried_on_its_last_rece
     queue_path.send(messages(job_id, 1))
     queue_path.wait_for(
         lambda: repository.get_job(job_id).completed_at is not None or queue_path.depth(queue_path.dlq_url) > 0,
-        "done or dead-lettered",
+        "the job to complete or its message to be dead-lettered",
     )
-    queue_path.wait_for(queue_path.idle, "idle")
+    queue_path.wait_for(queue_path.idle, "the mapping to be idle")
     # Then the last receive does not put it back (SQS would dead-letter it with its item never started, the job
     # never complete): it tries the item with the time there is, within the deadline, and the item ends terminal:
     # generated when that time suffices, failed without an upstream call when it cannot (no time left)
@@ -530,7 +525,9 @@ def test_dlq_path_an_item_that_kills_every_invocation_reaches_the_dlq_and_comple
     # them, and the bystander's batch would then succeed on its own)
     queue_path.send(bodies)
     queue_path.start()
-    queue_path.wait_for(lambda: queue_path.depth(queue_path.dlq_url) == 2 and queue_path.idle(), "dead-lettered")
+    queue_path.wait_for(
+        lambda: queue_path.depth(queue_path.dlq_url) == 2 and queue_path.idle(), "both messages dead-lettered"
+    )
     # Then the DLQ holds the killer's message (the DLQ depth alarm fires) with its item still running, so the job
     # is not complete; and its batch-mate's, which failed with the whole batch each time (a function error fails
     # every record), although its item had succeeded, with one call, on the first receive
@@ -767,9 +764,7 @@ def test_a_cancel_racing_the_fan_out_loses_nothing_and_starts_nothing_more(
 
         def cancel_midway(job: Any, requests: list[Any], correlation_id: Any) -> list[int]:
             if not canceled_at and requests and requests[0][0] == 15:
-                deadline = time.monotonic() + 20
-                while not started_items(repository, job.id) and time.monotonic() < deadline:
-                    time.sleep(0.1)
+                eventually(lambda: started_items(repository, job.id), 20, f"an item of job {job.id} to start", 0.1)
                 service.cancel(job.id)
                 canceled_at.append(len(list(repository.iter_items(job.id))))
                 started.update(started_items(repository, job.id))  # after the cancel: nothing else can start

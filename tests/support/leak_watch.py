@@ -14,6 +14,11 @@ Each text is searched for the subscription keys and the webhook secret the tests
 secret in the base64 form ``standardwebhooks`` signs with). The prompts are collected where they enter (every API
 request body, and what the upstream received); at the end no log line may hold one in full.
 ``tests/reliability/test_no_leaks.py`` runs last and fails on any finding.
+
+Under pytest-xdist every worker process has its own stack and its own taps: each sends what its watch saw to the
+controller when it finishes, and the controller gives the verdict on the whole session (the same two cases in the
+reliability report; findings fail the run and are listed in the terminal summary). The test itself then skips,
+saying so: on one worker it would see only that worker's share.
 """
 
 from __future__ import annotations
@@ -245,6 +250,106 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     for name, text in report.sections:
         if name.startswith("Captured"):
             WATCH.scan("log", text)
+
+
+# ------------------------------------------------------------------------------------------------ under pytest-xdist
+_FROM_WORKERS: list[dict[str, Any]] = []
+_VERDICT: list[str] = []  # the controller's findings, for the terminal summary
+
+
+def worker_payload(watch: LeakWatch, last_test: str | None) -> dict[str, Any]:
+    """What one worker's watch saw, as plain data execnet can carry. ``last_test``: the whole-session test's node id
+    when it was selected (without it there is no verdict, as in one process). A prompt counts as logged when a log
+    line of the same worker holds it: the stack runs in the worker's process, so its prompts and logs are there."""
+    return {
+        "last_test": last_test,
+        "seen": dict(watch.seen),
+        "findings": [vars(finding) for finding in watch.findings],
+        "prompts": sorted(watch.prompts),
+        "leaked": watch.prompts_logged(),
+    }
+
+
+@dataclass
+class SessionVerdict:
+    seen: Counter[str]
+    findings: list[Finding]
+    prompts: set[str]
+    leaked: list[str]
+
+    @classmethod
+    def merge(cls, payloads: list[dict[str, Any]]) -> SessionVerdict:
+        seen: Counter[str] = Counter()
+        for payload in payloads:
+            seen.update(payload["seen"])
+        return cls(
+            seen=seen,
+            findings=[Finding(**finding) for payload in payloads for finding in payload["findings"]],
+            prompts={prompt for payload in payloads for prompt in payload["prompts"]},
+            leaked=sorted({prompt for payload in payloads for prompt in payload["leaked"]}),
+        )
+
+    def failures(self) -> list[str]:
+        lines = [f"secrets reached a sink: {f.sink} {f.secret} in {f.where}: ...{f.excerpt}..." for f in self.findings]
+        return lines + [f"prompt logged in full: {prompt}" for prompt in self.leaked[:5]]
+
+
+def is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    payload = getattr(node, "workeroutput", {}).get("leak_watch")
+    if payload is not None:
+        _FROM_WORKERS.append(payload)
+
+
+@pytest.hookimpl(tryfirst=True)  # before the reliability report is written: the verdict is two of its cases
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if is_xdist_worker(session.config):
+        last_test = next((item.nodeid for item in session.items if item.name == LAST_TEST), None)
+        session.config.workeroutput["leak_watch"] = worker_payload(WATCH, last_test)  # type: ignore[attr-defined]
+        return
+    payloads, _FROM_WORKERS[:] = list(_FROM_WORKERS), []
+    last_test = next((payload["last_test"] for payload in payloads if payload["last_test"]), None)
+    if last_test is None:
+        return  # one process (the test gave the verdict), or the whole-session test was not selected
+    verdict = SessionVerdict.merge(payloads)
+    if verdict.seen["response"] == 0:
+        return  # as the test skips: nothing to look at
+    from support.reliability import _REPORT
+
+    _REPORT._current_test = last_test
+    _REPORT.record(
+        "Secrets and data",
+        "subscription keys and webhook secret, whole session",
+        f"{len(verdict.findings)} found in {sum(verdict.seen.values())} texts",
+        log_lines=verdict.seen.get("log", 0),
+        responses=verdict.seen.get("response", 0),
+        events=verdict.seen.get("event", 0),
+        webhooks=verdict.seen.get("webhook", 0),
+        findings=len(verdict.findings),
+    )
+    _REPORT.record(
+        "Secrets and data",
+        "prompts sent upstream, not logged in full",
+        f"{len(verdict.leaked)} of {len(verdict.prompts)} found in a log line",
+        prompts=len(verdict.prompts),
+        logged=len(verdict.leaked),
+    )
+    _REPORT.settle(_REPORT._current_test, passed=not verdict.failures())
+    _REPORT._current_test = ""
+    _VERDICT[:] = verdict.failures()
+    if _VERDICT:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _VERDICT:
+        terminalreporter.section("leak watch: the whole session (every xdist worker)", red=True)
+        for line in _VERDICT:
+            terminalreporter.write_line(line, red=True)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

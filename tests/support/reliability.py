@@ -9,6 +9,10 @@ A case counts as *held* only if its test passed. At the end of the session the r
 ``build/reliability-report.json`` (or ``$RELIABILITY_REPORT``) and summarised in the terminal;
 ``scripts/reliability_table.py`` turns the JSON into the README's "Reliability and security" table, so the
 figures there are the suite's own.
+
+Under pytest-xdist (``make test`` runs the suite in worker processes) each worker records its own cases and sends
+them to the controller when it finishes (``workeroutput``); the controller puts them back in collection order, as
+one process would have recorded them, and writes the one report.
 """
 
 from __future__ import annotations
@@ -82,6 +86,27 @@ class ReliabilityReport:
 
 
 _REPORT = ReliabilityReport()
+_ORDER: dict[str, int] = {}  # nodeid -> position in the collection (the same in every xdist worker)
+_FROM_WORKERS: list[list[Any]] = []  # [position, sequence, case] sent by each xdist worker
+
+
+def is_xdist_worker(config: pytest.Config) -> bool:
+    return hasattr(config, "workerinput")
+
+
+def worker_payload(report: ReliabilityReport, order: dict[str, int]) -> list[list[Any]]:
+    """The cases of one worker as plain data execnet can carry: ``[position of the test, sequence, case]``."""
+    return [
+        [order.get(case.test, len(order)), sequence, json.loads(json.dumps(asdict(case), default=str))]
+        for sequence, case in enumerate(report.cases)
+    ]
+
+
+def merged_cases(payloads: list[list[Any]], own: list[Case]) -> list[Case]:
+    """Every worker's cases in collection order (within a test: in the order recorded), then the controller's own
+    (the whole-session leak verdict, which comes last as its test does)."""
+    ordered = sorted(payloads, key=lambda entry: (entry[0], entry[1]))
+    return [Case(**case) for _, _, case in ordered] + own
 
 
 @pytest.fixture
@@ -99,7 +124,24 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         _REPORT.settle(item.nodeid, report.passed)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    _ORDER.clear()
+    _ORDER.update({item.nodeid: position for position, item in enumerate(session.items)})
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: Any) -> None:
+    """On the xdist controller: a worker has finished and sent its cases."""
+    _FROM_WORKERS.extend(getattr(node, "workeroutput", {}).get("reliability_cases", []))
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if is_xdist_worker(session.config):
+        session.config.workeroutput["reliability_cases"] = worker_payload(_REPORT, _ORDER)  # type: ignore[attr-defined]
+        return
+    if _FROM_WORKERS:
+        _REPORT.cases = merged_cases(_FROM_WORKERS, _REPORT.cases)
+        _FROM_WORKERS.clear()
     if _REPORT.cases:
         _REPORT.write()
 

@@ -11,6 +11,7 @@ in a subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -34,6 +35,7 @@ from imagegen.jobs import new_job_id
 from imagegen.models import ImageRequest, JobMessage
 
 from support.events import load_event
+from support.polling import eventually
 from support.secrets_under_test import API_KEY, ORIGIN, SUBSCRIPTION_KEY
 
 TEST_THROTTLE = (200.0, 400)  # (rate, burst) of the test client's usage plan
@@ -65,16 +67,17 @@ def settle_worker(stack: LocalStack, timeout_s: float = 20) -> None:
     queued work (a job, a fuzzed respond-async) must not pay upstream calls into the next test's counters. A
     message put back with a long delay (a retry) is waited for ``timeout_s`` at most."""
     sqs = stack.aws.client("sqs")
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+
+    def idle() -> bool:
         attributes = sqs.get_queue_attributes(
             QueueUrl=stack.seeded.jobs_queue_url,
             AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
         )["Attributes"]
         waiting = sum(int(value) for value in attributes.values())
-        if waiting == 0 and all(poller.in_flight == 0 for poller in stack.pollers):
-            return
-        time.sleep(0.1)
+        return waiting == 0 and all(poller.in_flight == 0 for poller in stack.pollers)
+
+    with contextlib.suppress(AssertionError):  # a delayed retry may outlast the wait: the next test goes on anyway
+        eventually(idle, timeout_s, "the worker to settle", interval_s=0.1)
 
 
 @pytest.fixture
@@ -159,13 +162,17 @@ def api(stack) -> Callable[..., requests.Response]:
 
 
 def wait_for_job(api, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = api("GET", f"/v1/jobs/{job_id}").json()
-        if job["status"] in TERMINAL and job["counts"]["queued"] == job["counts"]["running"] == 0:
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {job['status']} {job['counts']}")
+    """The job once it is terminal with nothing queued or running; ``api(method, path)`` answers like the fixture."""
+    last: dict[str, Any] = {}
+
+    def finished() -> dict[str, Any] | None:
+        last.update(api("GET", f"/v1/jobs/{job_id}").json())
+        done = last["status"] in TERMINAL and last["counts"]["queued"] == last["counts"]["running"] == 0
+        return dict(last) if done else None
+
+    return eventually(
+        finished, timeout_s, lambda: f"job {job_id} to finish (last: {last.get('status')} {last.get('counts')})", 0.3
+    )
 
 
 def drain(sqs: Any, url: str) -> None:
@@ -183,14 +190,18 @@ def events(stack) -> Callable[..., list[dict[str, Any]]]:
     drain(sqs, url)  # PurgeQueue is allowed once a minute
 
     def read(expected: int, timeout_s: float = 20) -> list[dict[str, Any]]:
+        """At least ``expected`` events (all that came by then), or a failure naming how many came."""
         found: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout_s
-        while len(found) < expected and time.monotonic() < deadline:
+
+        def enough() -> list[dict[str, Any]] | None:
             answer = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
             for message in answer.get("Messages", []):
                 found.append(json.loads(message["Body"]))
                 sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
-        return found
+            return found if len(found) >= expected else None
+
+        kinds = lambda: sorted(event["detail-type"] for event in found)  # noqa: E731
+        return eventually(enough, timeout_s, lambda: f"{expected} events on the bus, {len(found)} came: {kinds()}")
 
     return read
 
@@ -222,9 +233,7 @@ def webhook_receiver() -> Iterator[tuple[str, list[tuple[dict[str, str], bytes]]
 def the_delivery(received: list[tuple[dict[str, str], bytes]], timeout_s: float = 10) -> tuple[dict[str, str], bytes]:
     """The one webhook delivery a receiver gets (headers, body), waited for up to ``timeout_s``: a test that
     expects one fails on none or more than one."""
-    deadline = time.monotonic() + timeout_s
-    while not received and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: received, timeout_s, "the job's webhook at the receiver", interval_s=0.1)
     assert len(received) == 1, f"{len(received)} webhook deliveries, expected 1"
     return received[0]
 

@@ -37,6 +37,17 @@ def aws_credentials(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
+@pytest.fixture(autouse=True)
+def one_boto3_session_across_mocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """moto's ``mock_aws`` drops boto3's default session each time it starts, so every test's ``boto3.client(...)``
+    parsed the service's model again (about 0.1 s of CPU per client: most of ``test_mirror``'s time). Here every
+    credential is fake and the region is passed or set per test, so the session and the models it has loaded are
+    kept from one mock to the next; only for the unit tests (the setting goes back after each)."""
+    from moto.core.config import default_user_config
+
+    monkeypatch.setitem(default_user_config["core"], "reset_boto3_session", False)
+
+
 # ---------------------------------------------------------------------------------------------------- fake clock
 class FakeClock:
     """A monotonic clock that only moves when ``sleep`` is called; records every sleep."""

@@ -35,7 +35,7 @@ def test_make_help_prints_clean_aligned_lines():
     # And the descriptions start in one column
     columns = {len("  make ") + len(m.group(1)) + len(m.group(2)) for m in parsed if m}
     assert len(columns) == 1, lines
-    assert {m.group(1) for m in parsed if m} >= {"run", "test", "demo", "events", "venv"}
+    assert {m.group(1) for m in parsed if m} >= {"run", "unit", "test", "demo", "events", "venv"}
 
 
 def test_the_bootstrap_says_what_it_installs_and_how_long_it_takes():

@@ -22,6 +22,7 @@ from devstack.artefact import ArtefactFunction
 from devstack.gateway import LocalApiGateway, Route
 from devstack.lambda_context import make_context
 from devstack.runtime import FunctionError, LocalFunction, LocalRuntime
+from support.polling import eventually
 
 HANDLER = """
 import json, os, sys, time
@@ -141,9 +142,7 @@ def test_runtime_reuses_a_warm_environment(make_function: Any) -> None:
 def test_handler_output_is_forwarded_line_by_line_with_a_prefix(make_function: Any, log: io.StringIO) -> None:
     function = make_function()
     invoke(function, {"action": "print"})
-    deadline = time.monotonic() + 5
-    while "to stderr" not in log.getvalue() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: "to stderr" in log.getvalue(), 5, "the child's stderr line to be forwarded")
     lines = log.getvalue().splitlines()
     assert "[Fn#1] to stdout" in lines
     assert "[Fn#1] to stderr" in lines
@@ -165,9 +164,7 @@ def test_handler_exception_is_a_lambda_function_error_and_the_environment_stays(
     assert len(frames) == 1 and "in lambda_handler" in frames[0]  # the handler's frames, not the runtime's
     assert json.loads(str(raised.value))["errorType"] == "ValueError"
     # The error line travels on the child's stderr, forwarded by a reader thread: it may land after the result.
-    deadline = time.monotonic() + 5
-    while "[Fn#1] [ERROR] ValueError: boom" not in log.getvalue() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    eventually(lambda: "[Fn#1] [ERROR] ValueError: boom" in log.getvalue(), 5, "the error line to be forwarded")
     assert "[Fn#1] [ERROR] ValueError: boom" in log.getvalue()
     assert invoke(function, {})["pid"] == warm  # an error does not reset the environment
 

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from devstack.aws import LocalAws
 from devstack.sqs_poller import EventSourceMapping, InvalidBatchResponse, parse_batch_item_failures
+from support.polling import eventually
 
 SAM_EVENT = Path(__file__).resolve().parents[2] / "events" / "sqs_receive_message.json"
 
@@ -64,14 +65,6 @@ def messages_left(sqs: Any, url: str) -> int:
         QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
     )["Attributes"]
     return int(attributes["ApproximateNumberOfMessages"]) + int(attributes["ApproximateNumberOfMessagesNotVisible"])
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 class Recorder:
@@ -124,7 +117,7 @@ def test_the_event_has_the_keys_of_sam_generate_event(sqs: Any) -> None:
 
     # When the mapping delivers it
     with mapping(sqs, url, recorder, function_timeout_s=3, function_name="WorkerFunction") as esm:
-        wait_until(lambda: esm.records_deleted == 1, 5, "the delivery")
+        eventually(lambda: esm.records_deleted == 1, 5, "the delivery")
 
     # Then the event has exactly the SAM event's keys, in its order, with SQS's values
     [event] = recorder.events
@@ -164,7 +157,7 @@ def test_message_attributes_are_converted_like_lambda(sqs: Any) -> None:
 
     # When the mapping delivers it
     with mapping(sqs, url, recorder) as esm:
-        wait_until(lambda: esm.records_deleted == 1, 5, "the delivery")
+        eventually(lambda: esm.records_deleted == 1, 5, "the delivery")
 
     # Then the attributes have the event's camelCase shape, binary values base64 text
     [record] = recorder.events[0]["Records"]
@@ -191,7 +184,7 @@ def test_batches_never_exceed_the_batch_size(sqs: Any) -> None:
 
     # When the mapping drains the queue
     with mapping(sqs, url, recorder, batch_size=3) as esm:
-        wait_until(lambda: esm.records_deleted == 8, 6, "8 deletions")
+        eventually(lambda: esm.records_deleted == 8, 6, "8 deletions")
 
     # Then no batch had more than 3 records, and full batches were used
     assert max(recorder.batch_sizes) == 3
@@ -208,7 +201,7 @@ def test_a_batch_over_ten_is_gathered_across_receives_within_the_window(sqs: Any
 
     # When the mapping drains the queue
     with mapping(sqs, url, recorder, batch_size=25, batching_window_s=1) as esm:
-        wait_until(lambda: esm.records_deleted == 25, 8, "25 deletions")
+        eventually(lambda: esm.records_deleted == 25, 8, "25 deletions")
 
     # Then at least one batch was larger than one ReceiveMessage can return (10)
     assert sum(recorder.batch_sizes) == 25
@@ -249,7 +242,7 @@ def test_concurrent_invocations_never_exceed_maximum_concurrency(sqs: Any) -> No
 
     # When a mapping with maximum_concurrency 3 and batch size 1 drains the queue
     with mapping(sqs, url, Recorder(slow), batch_size=1, maximum_concurrency=3) as esm:
-        wait_until(lambda: esm.records_deleted == 12, 8, "12 deletions")
+        eventually(lambda: esm.records_deleted == 12, 8, "12 deletions")
 
     # Then at most 3 invocations ever ran at once, and they did run in parallel
     assert 2 <= peak <= 3
@@ -277,7 +270,7 @@ def test_only_reported_failures_come_back_with_an_incremented_receive_count(sqs:
 
     # When the mapping drains the queue
     with mapping(sqs, url, recorder, log_stream=log) as esm:
-        wait_until(lambda: esm.records_deleted == 4, 8, "4 deletions")
+        eventually(lambda: esm.records_deleted == 4, 8, "4 deletions")
 
     # Then only the failed ones came back, once, with ApproximateReceiveCount 2
     assert recorder.receive_counts() == {"ok-0": [1], "ok-1": [1], "fail-0": [1, 2], "fail-1": [1, 2]}
@@ -307,7 +300,7 @@ def test_a_visibility_set_by_the_handler_decides_when_a_failure_comes_back(sqs: 
     # When the mapping delivers it
     started = time.monotonic()
     with mapping(sqs, url, recorder) as esm:
-        wait_until(lambda: esm.records_deleted == 1, 5, "the second delivery")
+        eventually(lambda: esm.records_deleted == 1, 5, "the second delivery")
 
     # Then it came back long before the queue's 30 s: the mapping kept the handler's visibility
     assert recorder.receive_counts() == {"retry-now": [1, 2]}
@@ -339,7 +332,7 @@ def test_a_whole_batch_failure_redelivers_every_record(sqs: Any, misbehaviour: s
     # When the mapping drains the queue
     try:
         with mapping(sqs, url, recorder, function_timeout_s=0.5) as esm:
-            wait_until(lambda: esm.records_deleted == 3, 8, "3 deletions")
+            eventually(lambda: esm.records_deleted == 3, 8, "3 deletions")
     finally:
         release.set()
 
@@ -359,11 +352,12 @@ def test_redrive_moves_a_message_to_the_dlq_after_max_receive_count(sqs: Any) ->
     recorder = Recorder(lambda records: failures(*(r["messageId"] for r in records)))
 
     # When the mapping keeps receiving it
-    moved: list[dict[str, Any]] = []
     with mapping(sqs, url, recorder):
-        deadline = time.monotonic() + 8
-        while not moved and time.monotonic() < deadline:
-            moved = sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=1, AttributeNames=["All"]).get("Messages", [])
+        moved = eventually(
+            lambda: sqs.receive_message(QueueUrl=dlq_url, WaitTimeSeconds=1, AttributeNames=["All"]).get("Messages"),
+            8,
+            "the poison message on the DLQ",
+        )
 
     # Then the handler saw it exactly twice and SQS moved it to the DLQ, unchanged
     assert recorder.receive_counts() == {"poison": [1, 2]}
@@ -468,7 +462,7 @@ def test_stop_lets_an_invocation_in_flight_finish(sqs: Any) -> None:
     url = new_queue(sqs, visibility_timeout_s=5)
     send(sqs, url, "slow")
     esm = mapping(sqs, url, Recorder(lambda records: time.sleep(0.4)), function_timeout_s=2).start()
-    wait_until(lambda: esm.in_flight == 1, 5, "the invocation")
+    eventually(lambda: esm.in_flight == 1, 5, "the invocation")
 
     # When the mapping is stopped
     stopped = esm.stop()

@@ -19,21 +19,13 @@ from imagegen.budget import Deadline
 from imagegen.errors import UpstreamTimeoutError
 from imagegen.models import GenerationParameters
 from imagegen.slots import UpstreamSlots, bound_upstream, current_slots, upstream_slot
+from support.polling import eventually
 from support.secrets_under_test import UNIT_SUBSCRIPTION_KEY
 
 PATH = "/flux-1-schnell/v1/getData"
 OUTPUT = "https://pub-582b7213209642b9b995c96c95a30381.r2.dev/flux-schnell-cf/prompt-1.png"
 PARAMS = GenerationParameters(prompt="a lighthouse", num_steps=4, seed=1, width=512, height=512)
 WAIT_S = 10  # the bound of every wait: a broken implementation fails, it never hangs
-
-
-def _until(condition: Any) -> bool:
-    ends = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > ends:
-            return False
-        time.sleep(0.005)
-    return True
 
 
 def test_slots_bound_concurrent_holders_and_the_rest_wait() -> None:
@@ -56,7 +48,7 @@ def test_slots_bound_concurrent_holders_and_the_rest_wait() -> None:
         thread.start()
 
     # When three hold their slot, the others are kept out until the holders give theirs back
-    assert _until(lambda: slots.in_use == 3)
+    eventually(lambda: slots.in_use == 3, WAIT_S, "three threads to hold a slot", interval_s=0.005)
     assert holding[0] == 3
     go.set()
     for thread in threads:
