@@ -173,6 +173,11 @@ def main() -> int:
             "calls_from_s": round(calls_from_s, 2),
             "calls_to_s": round(calls_to_s, 2),
             "mean_in_flight_during_calls": round(sum(during) / len(during), 2) if during else 0,
+            # the same, by tenths of that span: where the slots waited
+            "mean_in_flight_by_tenth": [
+                round(sum(part) / len(part), 1) if part else 0
+                for part in (during[len(during) * k // 10 : len(during) * (k + 1) // 10] for k in range(10))
+            ],
             "after_last_call_s": round(wall_s - calls_to_s, 2),
             "upstream_calls": stack.emulator.calls,
             "upstream_429": by_status.get(429, 0),
