@@ -19,7 +19,7 @@ from imagegen.batch import ConcurrentBatchProcessor, QueueRecord
 from imagegen.budget import Deadline
 from imagegen.observability import tracer_from_env
 from imagegen.settings import get_settings
-from imagegen.slots import UpstreamSlots, bound_upstream
+from imagegen.slots import UpstreamSlots, bound_upstream, no_upstream_call
 from imagegen.snapstart import register_hooks
 from pydantic import ValidationError
 
@@ -106,6 +106,7 @@ def _handle(record: QueueRecord, processor: "ItemProcessor", deadline: Deadline)
     except ValueError:
         body = None
     if isinstance(body, dict) and ("kind" in body or "detail-type" in body):
+        no_upstream_call()  # the refill need not wait for it to reach a slot
         _fan_out(record, body)
         return
     outcome = processor.handle(

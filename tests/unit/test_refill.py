@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from imagegen.budget import Deadline
 from imagegen.refill import Refill, Taken
-from imagegen.slots import UpstreamSlots, bound_upstream, upstream_slot
+from imagegen.slots import UpstreamSlots, bound_upstream, no_upstream_call, upstream_slot
 
 WAIT_S = 10.0  # the longest any step here may take before the test fails (never reached when it passes)
 
@@ -27,6 +27,7 @@ class FakeQueue:
         ]
         self.receives: list[int] = []
         self.deleted: list[str] = []
+        self.delete_calls = 0
         self.fail_receive = fail_receive
         self._lock = threading.Lock()
 
@@ -38,9 +39,12 @@ class FakeQueue:
             taken, self._waiting = self._waiting[:max_messages], self._waiting[max_messages:]
             return taken
 
-    def delete(self, receipt_handle: str) -> None:
+    def delete(self, receipt_handles: list[str]) -> int:
         with self._lock:
-            self.deleted.append(receipt_handle)
+            assert 1 <= len(receipt_handles) <= 10
+            self.deleted.extend(receipt_handles)
+            self.delete_calls += 1
+            return 0
 
     @property
     def left(self) -> int:
@@ -251,3 +255,36 @@ def test_taken_reads_the_receive_count_and_builds_the_record_the_worker_validate
     record = QueueRecord.model_validate(taken.as_record())
     assert (record.messageId, record.receiptHandle, record.body) == ("id-1", "rh", "{}")
     assert record.attributes.ApproximateReceiveCount == "3"
+
+
+def test_deletes_ten_at_a_time_and_the_rest_at_the_end():
+    # Given 25 messages handled at once
+    queue = FakeQueue([f"m{i}" for i in range(25)])
+    run(make_refill(queue, lambda record: None, slots=3, lookahead=3))
+    # Then all were deleted, in three calls (10, 10, 5) rather than 25
+    assert sorted(queue.deleted) == sorted(f"r{i}" for i in range(25))
+    assert queue.delete_calls == 3
+
+
+def test_a_message_that_will_not_call_the_upstream_does_not_hold_up_the_refill():
+    # Given a first message that is not an item (a fan-out: it says so, then works for a while) and items behind it
+    queue = FakeQueue(["fan-out"] + [f"item {i}" for i in range(3)])
+    fan_out_done = threading.Event()
+    upstream = Upstream()
+    upstream.release(everything=True)
+
+    def handle(record: dict[str, Any]) -> None:
+        if record["body"] == "fan-out":
+            no_upstream_call()
+            assert fan_out_done.wait(WAIT_S)
+        else:
+            upstream.call(record["body"])
+
+    refill = make_refill(queue, handle, lookahead=0)  # one slot, nothing beyond it: a waiting fan-out would fill it
+    with bound_upstream(refill.slots):
+        refill.start()
+        # When the fan-out is still working, Then the items behind it are taken and generated meanwhile
+        until(lambda: len(upstream.done) == 3)
+        fan_out_done.set()
+        refill.finish()
+    assert len(queue.deleted) == 4

@@ -12,8 +12,9 @@ slots can start, so no message waits in one invocation while another has nothing
 The fleet-wide bound does not change: the slots are the invocation's (``imagegen.slots``), so at most
 ``WorkerMaxConcurrency`` x ``WorkerThreads`` upstream calls are in flight. A message the refill took is handled
 exactly as a delivered one (``handle``) and ends the same way: deleted when handled (an ack or a recorded
-rejection); left for its visibility timeout when the handler set one (a retry) or failed (the queue redelivers
-it, then dead-letters it after ``maxReceiveCount`` receives, as for a delivered message). The refill stops
+rejection; ten to a DeleteMessageBatch, the rest when the refill ends); left for its visibility timeout when the
+handler set one (a retry) or failed (the queue redelivers it, then dead-letters it after ``maxReceiveCount``
+receives, as for a delivered message). The refill stops
 taking messages when the queue answers none, when less than ``reserve_s`` of the invocation is left (so every
 taken item has the time a delivered one has), or when the queue cannot be read; it then waits for the items it
 took, so the invocation ends with nothing of its own in flight.
@@ -25,7 +26,7 @@ partial response (Powertools, in the worker's entry point).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import copy_context
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ IDLE_CHECK_S = 0.25  # the longest the refill sleeps without a slot or an item t
 class RefillQueue(Protocol):
     def receive(self, max_messages: int, wait_s: int = 0) -> list[dict[str, Any]]: ...
 
-    def delete(self, receipt_handle: str) -> None: ...
+    def delete(self, receipt_handles: Sequence[str]) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class Refill:
         self._stopped = False
         self.taken = 0
         self.deleted = 0
+        self._handled: list[str] = []  # receipt handles to delete, 10 at a time (DeleteMessageBatch)
         self._thread: threading.Thread | None = None
 
     @property
@@ -182,6 +184,7 @@ class Refill:
                     self.taken += 1
                     pool.submit(copy_context().run, self._run, taken)
         # the pool's exit waited for every item taken
+        self._delete_handled(everything=True)
 
     def _wait_for_room(self) -> int:
         """How many messages to take now (0: stop), waiting while the invocation has enough to do."""
@@ -220,13 +223,28 @@ class Refill:
         except Exception as exc:  # noqa: BLE001 - as a delivered message's failure: it comes back later
             self._on_error("item", exc)
         else:
-            try:
-                self._queue.delete(taken.receipt_handle)
-                self.deleted += 1
-            except Exception as exc:  # noqa: BLE001 - delivered again; its claim makes the duplicate a no-op
-                self._on_error("delete", exc)
+            with self._changed:
+                self._handled.append(taken.receipt_handle)
+            self._delete_handled()
         finally:
             reached()
             with self._changed:
                 self._running -= 1
                 self._changed.notify_all()
+
+    def _delete_handled(self, *, everything: bool = False) -> None:
+        """Delete what was handled, a full batch of 10 at a time (all of it at the end): one call per ten messages,
+        as the event source mapping deletes. A message handled but not yet deleted when the invocation dies comes
+        back, and its settled item acknowledges it without another upstream call."""
+        while True:
+            with self._changed:
+                if not self._handled or (len(self._handled) < RECEIVE_MAX and not everything):
+                    return
+                batch, self._handled = self._handled[:RECEIVE_MAX], self._handled[RECEIVE_MAX:]
+            try:
+                failed = self._queue.delete(batch)
+            except Exception as exc:  # noqa: BLE001 - delivered again; their claims make the duplicates no-ops
+                self._on_error("delete", exc)
+                continue
+            with self._changed:
+                self.deleted += len(batch) - failed

@@ -96,6 +96,15 @@ def current_slots() -> UpstreamSlots | None:
     return _SLOTS.get()
 
 
+def no_upstream_call() -> None:
+    """The current item will not call the upstream (a fan-out or control message): what waits for its first slot
+    request (the worker's refill) stops waiting now."""
+    first_request = _FIRST_REQUEST.get()
+    if first_request is not None:
+        _FIRST_REQUEST.set(None)
+        first_request()
+
+
 def on_first_request(callback: Callable[[], None]) -> None:
     """Call ``callback`` when the current context (one item's) first asks for a slot. Set it inside the item's
     own context copy: a context variable set there reaches only that item."""

@@ -82,9 +82,14 @@ class JobQueue:
         )
         return list(answer.get("Messages", []))
 
-    def delete(self, receipt_handle: str) -> None:
-        """Acknowledge a message the worker took itself (the event source mapping deletes the ones it delivers)."""
-        self._client.delete_message(QueueUrl=self._url, ReceiptHandle=receipt_handle)
+    def delete(self, receipt_handles: Sequence[str]) -> int:
+        """Acknowledge up to 10 messages the worker took itself (the event source mapping deletes the ones it
+        delivers); returns how many SQS did not delete (they come back, and their items' claims make that a no-op)."""
+        if not receipt_handles:
+            return 0
+        entries = [{"Id": str(n), "ReceiptHandle": handle} for n, handle in enumerate(receipt_handles[:SEND_BATCH])]
+        answer = self._client.delete_message_batch(QueueUrl=self._url, Entries=entries)
+        return len(answer.get("Failed", []))
 
     def delay(self, receipt_handle: str, seconds: int) -> None:
         """Make a failed message reappear after ``seconds`` (its own backoff) instead of the queue default."""
