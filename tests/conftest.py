@@ -48,6 +48,7 @@ def needs_a_stack(item: pytest.Item) -> bool:
 ONE_WORKER_FOLDERS = {TESTS / "artefact": "artefact", TESTS / "browser": "browser"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads xdist_group to place the tests
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if needs_a_stack(item):
