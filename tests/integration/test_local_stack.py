@@ -14,6 +14,7 @@ import requests
 from devstack import events as events_cli
 from devstack.flux_emulator import FluxEmulator
 from devstack.loadgen import free_port, stack_process
+from devstack.stack import PORT_OFFSETS
 from support.polling import eventually
 from support.secrets_under_test import API_KEY, ORIGIN
 from support.stack_fixtures import drain, wait_for_job
@@ -209,10 +210,12 @@ def test_make_run_names_a_port_already_in_use(variable, server):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        # When make run's program starts on it
+        # When make run's program starts on it, every other port free (0: any free one; otherwise PORT would move
+        # them to ports another test's stack may hold, and that one would be named first)
+        others = {name: "0" for name in ("PORT", *PORT_OFFSETS, "CONSOLE_PORT") if name != variable}
         with (
             pytest.raises(RuntimeError) as failed,
-            stack_process(emulator_latency_s=0, env_overrides={variable: str(port)}),
+            stack_process(emulator_latency_s=0, env_overrides={**others, variable: str(port)}),
         ):
             pass
     # Then it says which server, which address, and which variable moves it
