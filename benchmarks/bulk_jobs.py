@@ -127,7 +127,11 @@ def main() -> int:
         sampler.start()
         pending = []
         for chunk in chunks:  # more items than --job-items: more jobs, submitted one after another
-            submitted = requests.post(f"{stack.url}/v1/jobs", json={"items": chunk}, headers=headers, timeout=120)
+            while True:  # as a client must: the usage plan's throttle (5 rps, burst 10) answers 429 past its burst
+                submitted = requests.post(f"{stack.url}/v1/jobs", json={"items": chunk}, headers=headers, timeout=120)
+                if submitted.status_code != 429:
+                    break
+                time.sleep(float(submitted.headers.get("Retry-After") or 1))
             assert submitted.status_code == 202, submitted.text
             pending.append(submitted.json()["id"])
         submit_s = time.perf_counter() - started
