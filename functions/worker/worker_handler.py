@@ -174,7 +174,7 @@ def _refill(processor: "ItemProcessor", deadline: Deadline, settings: "Settings"
         handle,
         slots=slots,
         deadline=deadline,
-        reserve_s=settings.worker_refill_reserve_s,
+        reserve_s=settings.worker_refill_until_s,
         lookahead=settings.worker_threads,
         max_items=settings.worker_items_in_flight,
         on_error=on_error,

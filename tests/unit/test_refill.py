@@ -288,3 +288,20 @@ def test_a_message_that_will_not_call_the_upstream_does_not_hold_up_the_refill()
         fan_out_done.set()
         refill.finish()
     assert len(queue.deleted) == 4
+
+
+def test_a_loop_that_fails_still_deletes_what_was_handled():
+    # Given a queue whose second answer is unreadable (no MessageId), after ten messages were handled
+    queue = FakeQueue([f"m{i}" for i in range(3)])
+    real_receive = queue.receive
+    answers = iter([lambda n: real_receive(n), lambda n: [{"ReceiptHandle": "broken"}]])
+
+    def receive(max_messages: int, wait_s: int = 0) -> list[dict[str, Any]]:
+        return next(answers, lambda n: [])(max_messages)
+
+    queue.receive = receive  # type: ignore[method-assign]
+    refill = make_refill(queue, lambda record: None, slots=3, lookahead=0)
+    # When the refill runs, Then the malformed answer ends it with an error, and what it handled is still deleted
+    with bound_upstream(refill.slots), pytest.raises(KeyError):
+        refill._loop()
+    assert sorted(queue.deleted) == ["r0", "r1", "r2"]

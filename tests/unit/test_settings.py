@@ -154,3 +154,11 @@ def test_http_settings_enable_console_defaults_on_and_names_a_bad_value() -> Non
     assert load_http_settings({"ENABLE_CONSOLE": "false"}).enable_console is False
     with pytest.raises(ConfigurationError, match="ENABLE_CONSOLE"):
         load_http_settings({"ENABLE_CONSOLE": "sometimes"})
+
+
+def test_the_refill_keeps_time_for_one_whole_upstream_call_and_refuses_a_reserve_under_20_s():
+    assert load_settings(REQUIRED).worker_refill_until_s == 64.0  # 60 s read timeout + 4 s mirror reserve
+    assert load_settings({**REQUIRED, "WORKER_REFILL_RESERVE_SECONDS": "90"}).worker_refill_until_s == 90.0
+    with pytest.raises(ConfigurationError) as refused:
+        load_settings({**REQUIRED, "WORKER_REFILL_RESERVE_SECONDS": "5"})
+    assert "WORKER_REFILL_RESERVE_SECONDS" in str(refused.value)

@@ -15,8 +15,9 @@ exactly as a delivered one (``handle``) and ends the same way: deleted when hand
 rejection; ten to a DeleteMessageBatch, the rest when the refill ends); left for its visibility timeout when the
 handler set one (a retry) or failed (the queue redelivers it, then dead-letters it after ``maxReceiveCount``
 receives, as for a delivered message). The refill stops
-taking messages when the queue answers none, when less than ``reserve_s`` of the invocation is left (so every
-taken item has the time a delivered one has), or when the queue cannot be read; it then waits for the items it
+taking messages when the queue answers none, when less than ``reserve_s`` of the invocation is left (the worker
+sets it to at least one whole upstream call and its mirror, so a taken item is never cut short), or when the
+queue cannot be read; it then waits for the items it
 took, so the invocation ends with nothing of its own in flight.
 
 Not here: what an item does (``imagegen.item_processor``), the slots themselves (``imagegen.slots``), the batch's
@@ -161,6 +162,12 @@ class Refill:
     # -- the loop ---------------------------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        try:
+            self._take_and_run()
+        finally:  # whatever ended the loop, what was handled is deleted
+            self._delete_handled(everything=True)
+
+    def _take_and_run(self) -> None:
         with ThreadPoolExecutor(max_workers=self._max_items, thread_name_prefix="refill-item") as pool:
             while True:
                 wanted = self._wait_for_room()
@@ -184,7 +191,6 @@ class Refill:
                     self.taken += 1
                     pool.submit(copy_context().run, self._run, taken)
         # the pool's exit waited for every item taken
-        self._delete_handled(everything=True)
 
     def _wait_for_room(self) -> int:
         """How many messages to take now (0: stop), waiting while the invocation has enough to do."""
@@ -246,5 +252,7 @@ class Refill:
             except Exception as exc:  # noqa: BLE001 - delivered again; their claims make the duplicates no-ops
                 self._on_error("delete", exc)
                 continue
+            if failed:  # they come back; their settled items acknowledge them without another upstream call
+                self._on_error("delete", RuntimeError(f"{failed} of {len(batch)} messages not deleted"))
             with self._changed:
                 self.deleted += len(batch) - failed

@@ -86,9 +86,10 @@ class Settings(BaseModel):
     worker_threads: int = Field(8, alias="WORKER_THREADS", ge=1, le=64)
     worker_reserve_s: float = Field(5.0, alias="WORKER_RESERVE_SECONDS", ge=0, le=60)
     # An invocation takes more messages from the jobs queue itself while its slots would otherwise wait
-    # (imagegen.refill), until less than WORKER_REFILL_RESERVE_SECONDS of it is left or the queue has none.
+    # (imagegen.refill), until less than WORKER_REFILL_RESERVE_SECONDS of it is left or the queue has none. Never
+    # less than an item needs to start (15 s) nor than one upstream call and its mirror: see worker_refill_until_s.
     worker_refill: bool = Field(True, alias="WORKER_REFILL")
-    worker_refill_reserve_s: float = Field(60.0, alias="WORKER_REFILL_RESERVE_SECONDS", ge=0, le=900)
+    worker_refill_reserve_s: float = Field(60.0, alias="WORKER_REFILL_RESERVE_SECONDS", ge=20, le=900)
     # A delivery holds its item for the rest of its invocation (read from the Lambda context, so it follows the
     # function's Timeout whatever it is set to) plus this margin. A duplicate delivery waits for the lease.
     item_lease_margin_s: float = Field(30.0, alias="ITEM_LEASE_MARGIN_SECONDS", ge=1, le=600)
@@ -112,6 +113,13 @@ class Settings(BaseModel):
     api_budget_s: float = Field(28.0, alias="API_BUDGET_SECONDS", gt=1, le=900)
     response_reserve_s: float = Field(1.0, alias="RESPONSE_RESERVE_SECONDS", ge=0, le=10)
     mirror_reserve_s: float = Field(4.0, alias="MIRROR_RESERVE_SECONDS", ge=0, le=60)
+
+    @property
+    def worker_refill_until_s(self) -> float:
+        """The time an invocation must have left to take a message itself: the reserve, and at least what the
+        longest upstream call and the mirror after it may take, so a taken item is never cut short by the
+        invocation's end (a call abandoned mid-flight may still be billed)."""
+        return max(self.worker_refill_reserve_s, self.upstream_read_timeout_s + self.mirror_reserve_s)
 
     @property
     def worker_items_in_flight(self) -> int:
