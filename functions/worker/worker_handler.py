@@ -168,16 +168,13 @@ def _refill(processor: "ItemProcessor", deadline: Deadline, settings: "Settings"
             return  # its visibility timeout is set: it comes back then, as a delivered message's retry does
         logger.warning("refill: %s failed", what, error=type(exc).__name__, reason=str(exc)[:300])
 
-    slots = UpstreamSlots(settings.worker_threads)
-    refill = Refill(
+    return Refill(
         job_queue(),
         handle,
-        slots=slots,
+        slots=UpstreamSlots(settings.worker_threads),
         deadline=deadline,
         reserve_s=settings.worker_refill_until_s,
         lookahead=settings.worker_threads,
         max_items=settings.worker_items_in_flight,
         on_error=on_error,
     )
-    slots.add_release_listener(refill.notify)
-    return refill

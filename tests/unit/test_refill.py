@@ -13,6 +13,7 @@ import pytest
 from imagegen.budget import Deadline
 from imagegen.refill import Refill, Taken
 from imagegen.slots import UpstreamSlots, bound_upstream, no_upstream_call, upstream_slot
+from support.polling import eventually
 
 WAIT_S = 10.0  # the longest any step here may take before the test fails (never reached when it passes)
 
@@ -86,13 +87,6 @@ class Upstream:
             assert self._lock.wait_for(lambda: len(self.calling) >= count, WAIT_S), self.calling
 
 
-def until(condition: Callable[[], bool]) -> None:
-    deadline = Deadline.after(WAIT_S)
-    while not condition():
-        assert deadline.remaining() > 0, "condition never held"
-        threading.Event().wait(0.01)
-
-
 def make_refill(
     queue: FakeQueue,
     handle: Callable[[dict[str, Any]], None],
@@ -103,19 +97,16 @@ def make_refill(
     deadline_s: float = 60.0,
     errors: list[tuple[str, BaseException]] | None = None,
 ) -> Refill:
-    upstream_slots = UpstreamSlots(slots)
-    refill = Refill(
+    return Refill(
         queue,
         handle,
-        slots=upstream_slots,
+        slots=UpstreamSlots(slots),
         deadline=Deadline.after(deadline_s),
         reserve_s=reserve_s,
         lookahead=lookahead,
         max_items=4 * slots,
         on_error=lambda what, exc: (errors if errors is not None else []).append((what, exc)),
     )
-    upstream_slots.add_release_listener(refill.notify)
-    return refill
 
 
 def run(refill: Refill) -> None:
@@ -134,7 +125,7 @@ def test_takes_only_what_its_slots_can_start_and_handles_every_message_once():
         # When the first item is calling
         upstream.wait_calling(1)
         # Then one more was taken to wait for the slot, and no more: eight stay on the queue for other invocations
-        until(lambda: refill.slots.demand == 2)
+        eventually(lambda: refill.slots.demand == 2, WAIT_S, "one call and one waiter on the slot", 0.01)
         assert queue.left == 8
         assert upstream.max_in_flight == 1
         # When the upstream answers everything
@@ -206,7 +197,7 @@ def test_the_delivered_batch_comes_first():
             thread.start()
         # When one delivered item calls and the other waits for the slot
         upstream.wait_calling(1)
-        until(lambda: refill.slots.demand == 2)
+        eventually(lambda: refill.slots.demand == 2, WAIT_S, "one delivered item calling, one waiting", 0.01)
         refill.notify()
         # Then the refill took nothing: the batch's two items fill its one slot and its lookahead
         assert upstream.calling[0].startswith("delivered")
@@ -284,7 +275,7 @@ def test_a_message_that_will_not_call_the_upstream_does_not_hold_up_the_refill()
     with bound_upstream(refill.slots):
         refill.start()
         # When the fan-out is still working, Then the items behind it are taken and generated meanwhile
-        until(lambda: len(upstream.done) == 3)
+        eventually(lambda: len(upstream.done) == 3, WAIT_S, "the items behind the fan-out", 0.01)
         fan_out_done.set()
         refill.finish()
     assert len(queue.deleted) == 4

@@ -113,6 +113,7 @@ class Refill:
         self.deleted = 0
         self._handled: list[str] = []  # receipt handles to delete, 10 at a time (DeleteMessageBatch)
         self._thread: threading.Thread | None = None
+        slots.add_release_listener(self.notify)  # a slot came free: look again at once
 
     @property
     def slots(self) -> UpstreamSlots:

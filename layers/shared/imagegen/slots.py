@@ -96,12 +96,19 @@ def current_slots() -> UpstreamSlots | None:
     return _SLOTS.get()
 
 
-def no_upstream_call() -> None:
-    """The current item will not call the upstream (a fan-out or control message): what waits for its first slot
-    request (the worker's refill) stops waiting now."""
+def _take_first_request() -> Callable[[], None] | None:
+    """The current item's first-request callback, if it has one not yet called; it is called once at most."""
     first_request = _FIRST_REQUEST.get()
     if first_request is not None:
         _FIRST_REQUEST.set(None)
+    return first_request
+
+
+def no_upstream_call() -> None:
+    """The current item will not call the upstream (a fan-out or control message): what waits for its first slot
+    request (the worker's refill) stops waiting now."""
+    first_request = _take_first_request()
+    if first_request is not None:
         first_request()
 
 
@@ -118,9 +125,7 @@ def upstream_slot(deadline: Deadline, *, reserve_s: float = 0.0) -> Iterator[Non
     Waits at most until ``reserve_s`` before the deadline (an attempt needs time to run once it has its slot):
     then ``UpstreamTimeoutError``, retryable, so the item goes back to the queue for an invocation with time.
     """
-    first_request = _FIRST_REQUEST.get()
-    if first_request is not None:
-        _FIRST_REQUEST.set(None)
+    first_request = _take_first_request()
     slots = _SLOTS.get()
     if slots is None:
         if first_request is not None:
