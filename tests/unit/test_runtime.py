@@ -142,7 +142,12 @@ def test_runtime_reuses_a_warm_environment(make_function: Any) -> None:
 def test_handler_output_is_forwarded_line_by_line_with_a_prefix(make_function: Any, log: io.StringIO) -> None:
     function = make_function()
     invoke(function, {"action": "print"})
-    eventually(lambda: "to stderr" in log.getvalue(), 5, "the child's stderr line to be forwarded")
+    # stdout and stderr are forwarded by a reader thread each: wait for both lines, in whichever order they land
+    eventually(
+        lambda: "to stderr" in log.getvalue() and "to stdout" in log.getvalue(),
+        5,
+        "the child's stdout and stderr lines to be forwarded",
+    )
     lines = log.getvalue().splitlines()
     assert "[Fn#1] to stdout" in lines
     assert "[Fn#1] to stderr" in lines
