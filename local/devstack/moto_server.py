@@ -1,4 +1,6 @@
-"""moto's server, with one local fix: DynamoDB transactions that do not copy whole tables.
+"""moto's server for the local stack: moto's own application, with local fixes for speed and for AWS's semantics.
+
+DynamoDB transactions do not copy whole tables.
 
 moto backs up every table a TransactWriteItems touches with ``copy.deepcopy`` before applying it, once per
 operation, so each transaction costs time proportional to the table's size: a job of a few hundred items slows
@@ -45,6 +47,10 @@ Two per-request costs of moto's server go too: it lists its own package director
 ~150 folders) to route every request, under a lock all requests share (listed once now), and it logs a line per
 request through werkzeug, which contended for the logging lock (warnings and errors still print).
 
+Listing a queue's messages (every ReceiveMessage does) read the clock twice per message, so with a bulk job's
+2,000 messages queued one receive cost 25 ms of the process's CPU; it reads it once per listing now (3.3 ms;
+a receive of one message from a queue of 2,000, 300 receives from 4 threads, the process's CPU time per call).
+
 Development tooling only: ``python -m devstack.moto_server -H 127.0.0.1 -p 5001``.
 """
 
@@ -63,7 +69,7 @@ import types
 from typing import Any, cast
 
 from moto.core.responses import ActionResult
-from moto.core.utils import camelcase_to_underscores
+from moto.core.utils import camelcase_to_underscores, unix_time_millis
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models import __name__ as models_module_name
 from moto.dynamodb.models.table import Table
@@ -281,6 +287,15 @@ def receive_message(
             time.sleep(min(0.05, max(0.0, remaining)))
 
 
+_original_queue_messages = Queue.messages
+
+
+def queue_messages(self: Queue) -> list[Any]:
+    """A queue's visible, undelayed messages, as moto lists them, reading the clock once for the whole walk."""
+    now = unix_time_millis()
+    return [message for message in self._messages if now > message.visible_at and not now < message.delayed_until]
+
+
 _sending = threading.local()
 _original_queue_attributes = Queue.attributes
 _original_send_message = SQSBackend.send_message
@@ -324,6 +339,7 @@ def install() -> None:
     Table.query = query  # type: ignore[method-assign]
     Queue.delete_message = queue_delete_message  # type: ignore[method-assign]
     Queue.attributes = property(queue_attributes)  # type: ignore[method-assign, assignment]
+    Queue.messages = property(queue_messages)  # type: ignore[method-assign, assignment]
     SQSBackend.send_message = send_message  # type: ignore[method-assign]
     SQSBackend.receive_message = receive_message  # type: ignore[method-assign]
     SQSBackend.is_message_valid_based_on_retention_period = is_message_valid_based_on_retention_period  # type: ignore[method-assign]

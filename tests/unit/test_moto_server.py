@@ -107,7 +107,7 @@ def test_routing_lists_moto_services_once(monkeypatch: pytest.MonkeyPatch) -> No
 
     monkeypatch.setattr(BackendDict, "__getitem__", BackendDict.__getitem__)
     monkeypatch.setattr(moto_server, "_original_backend_getitem", moto_server._original_backend_getitem)
-    for name in ("delete_message", "attributes"):
+    for name in ("delete_message", "attributes", "messages"):
         monkeypatch.setattr(moto_server.Queue, name, moto_server.Queue.__dict__[name])
     monkeypatch.setattr(moto_server.SQSBackend, "send_message", moto_server.SQSBackend.send_message)
     monkeypatch.setattr(
@@ -221,6 +221,29 @@ def test_retention_check_reads_one_attribute(age_s: int, valid: bool, monkeypatc
 
     # Then it answers as moto's own check
     assert answer is expected is valid
+
+
+def test_a_queue_lists_the_messages_moto_lists() -> None:
+    # Given a queue with visible, in-flight and delayed messages
+    import boto3
+    from moto import mock_aws
+    from moto.sqs.models import sqs_backends
+
+    with mock_aws():
+        sqs = boto3.client("sqs", region_name="us-east-1")
+        url = sqs.create_queue(QueueName="q")["QueueUrl"]
+        for index in range(12):
+            sqs.send_message(QueueUrl=url, MessageBody=str(index), DelaySeconds=60 if index % 4 == 0 else 0)
+        sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=5, VisibilityTimeout=60)
+        queue = sqs_backends["123456789012"]["us-east-1"].get_queue("q")
+
+        # When the launcher lists the queue's messages, and moto does
+        listed = [message.body for message in moto_server.queue_messages(queue)]
+        expected = [message.body for message in moto_server._original_queue_messages.fget(queue)]
+
+    # Then both list the same messages in the same order: neither delayed nor in flight
+    assert listed == expected
+    assert len(listed) == 12 - 3 - 5
 
 
 def test_an_existing_account_s_backend_is_found_without_the_shared_lock(monkeypatch: pytest.MonkeyPatch) -> None:
