@@ -62,7 +62,7 @@ events: venv ## The events the local stack's bus copied to its SQS queue, taken 
 
 .PHONY: unit
 unit: venv ## The fast loop: the tests that need no stack (tests/unit without the "stack" marker), on 4 xdist workers
-	@PYTHONPATH= $(PY) -m pytest tests/unit -m "not stack" -q -n $(UNIT_WORKERS) -p no:schemathesis -p no:anyio
+	@PYTHONPATH= $(PY) -m pytest tests/unit -m "not stack" -q -n $(UNIT_WORKERS) --dist worksteal -p no:schemathesis -p no:anyio
 
 .PHONY: test
 test: venv tools chromium lint requirements-check ## Every check CI runs: lint, unit, integration, template, local-stack, browser tests

@@ -114,7 +114,9 @@ class ModerationStandIn:
         self._server = ThreadingHTTPServer((self.host, self._port), Handler)
         self._server.daemon_threads = True
         self._port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="moderation-standin", daemon=True)
+        self._thread = threading.Thread(  # stop() waits for the loop's next look (0.5 s by default)
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="moderation-standin", daemon=True
+        )
         self._thread.start()
         return self
 
