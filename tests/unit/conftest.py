@@ -234,28 +234,42 @@ def http_server() -> Iterator[ScriptedServer]:
 
 # ---------------------------------------------------------------------------------------------------- name resolution
 class ConnectRecorder:
-    """Replaces urllib3's create_connection: records the address and raises ``error``; never opens a socket."""
+    """Replaces urllib3's create_connection for the test's own thread: records the address and raises ``error``;
+    never opens a socket. Other threads connect as usual: under pytest-xdist a worker may hold a local stack from
+    an earlier test, whose pollers keep calling moto in the background."""
 
-    def __init__(self, error: OSError) -> None:
+    def __init__(self, error: OSError, real: Callable[..., socket.socket]) -> None:
         self.error = error
         self.addresses: list[tuple[str, int]] = []
+        self._real = real
+        self._thread = threading.get_ident()
 
     def __call__(self, address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
+        if threading.get_ident() != self._thread:
+            return self._real(address, *args, **kwargs)
         self.addresses.append(address)
         raise self.error
 
 
 @pytest.fixture
 def resolve_to(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ConnectRecorder]:
-    """``resolve_to(*addresses, error=None)``: every host name resolves to ``addresses``, and every connection the
-    network guard lets through is recorded (and fails with ``error``) instead of being made."""
+    """``resolve_to(*addresses, error=None)``: every host name the test's thread looks up resolves to ``addresses``,
+    and every connection the network guard lets through is recorded (and fails with ``error``) instead of being
+    made."""
+
+    real_getaddrinfo = socket.getaddrinfo
+    test_thread = threading.get_ident()
 
     def install(*addresses: str, error: OSError | None = None) -> ConnectRecorder:
         def fake_getaddrinfo(host: str, port: int, *args: Any, **kwargs: Any) -> list[Any]:
+            if threading.get_ident() != test_thread:  # another thread's look-up (see ConnectRecorder)
+                return real_getaddrinfo(host, port, *args, **kwargs)
             family = {True: socket.AF_INET6, False: socket.AF_INET}
             return [(family[":" in a], socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
 
-        recorder = ConnectRecorder(error or ConnectionRefusedError("test: no real connection"))
+        recorder = ConnectRecorder(
+            error or ConnectionRefusedError("test: no real connection"), urllib3.util.connection.create_connection
+        )
         monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
         monkeypatch.setattr(urllib3.util.connection, "create_connection", recorder)
         return recorder

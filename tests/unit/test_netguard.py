@@ -314,3 +314,28 @@ def test_get_following_redirects_asks_for_each_hops_timeouts_and_stops_when_they
             guarded_session(LOOPBACK), http_server.url("/x"), LOCAL_GUARD, timeout=timeouts, headers=HEADERS
         )
     assert asked == [0, 1] and [request.path for request in http_server.received] == ["/x"]
+
+
+def test_the_fake_resolution_leaves_other_threads_alone(resolve_to: Any, http_server: Any) -> None:
+    # Given the fake resolution and connection recorder installed for this test's thread
+    import threading
+
+    recorder = resolve_to("10.0.0.7")
+    http_server.reply(200, "ok")
+    answers: list[int] = []
+
+    # When another thread (under xdist, a local stack's poller from an earlier test) connects to a loopback server
+    def other() -> None:
+        answers.append(requests.get(http_server.url("/x"), timeout=5).status_code)
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(timeout=10)
+
+    # Then it connected for real, and the recorder saw only this thread's connections (none)
+    assert answers == [200]
+    assert recorder.addresses == []
+    # and this thread's connections are still recorded instead of made
+    with pytest.raises(requests.ConnectionError):
+        requests.get("http://anything.example/", timeout=5)
+    assert recorder.addresses == [("anything.example", 80)]
