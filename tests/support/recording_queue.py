@@ -4,6 +4,7 @@ a 1,000-item fan-out sends 100 batches)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -26,6 +27,12 @@ class RecordingQueue:
         bodies, self.bodies = self.bodies, []
         return bodies
 
+    def receive(self, max_messages: int, wait_s: int = 0) -> list[dict[str, Any]]:
+        return []  # the worker's refill takes nothing: the test delivers every message by hand
+
+    def delete(self, receipt_handles: Any) -> int:
+        return 0
+
     def delay(self, receipt_handle: str, seconds: int) -> None:
         pass
 
@@ -34,13 +41,24 @@ class RecordingQueue:
 
 
 @pytest.fixture
-def side_queue(worker: Any, monkeypatch: pytest.MonkeyPatch) -> RecordingQueue:
-    """Every sender of the local stack's functions sends to one ``RecordingQueue`` for this test."""
+def side_queue(stack: Any, worker: Any) -> Iterator[RecordingQueue]:
+    """Every sender of the local stack's functions sends to one ``RecordingQueue`` for this test.
+
+    The stack's event source mappings stop for the test and start again after it: they invoke the same functions in
+    this process, so a message an earlier test left on the real queue would otherwise be handled meanwhile and its
+    sends recorded here (seen under pytest-xdist, where a worker's stack outlives the tests that used it)."""
     from imagegen import wiring
 
-    queue = RecordingQueue()
-    monkeypatch.setattr(wiring.job_service(), "_queue", queue)
-    monkeypatch.setattr(wiring.fan_out(), "_queue", queue)
-    monkeypatch.setattr(wiring.item_processor(), "_queue", queue)
-    monkeypatch.setattr(worker, "job_queue", lambda: queue)
-    return queue
+    for poller in stack.pollers:
+        poller.stop()
+    try:
+        queue = RecordingQueue()
+        with pytest.MonkeyPatch.context() as patch:  # undone before the mappings start again
+            patch.setattr(wiring.job_service(), "_queue", queue)
+            patch.setattr(wiring.fan_out(), "_queue", queue)
+            patch.setattr(wiring.item_processor(), "_queue", queue)
+            patch.setattr(worker, "job_queue", lambda: queue)
+            yield queue
+    finally:
+        for poller in stack.pollers:
+            poller.start()
