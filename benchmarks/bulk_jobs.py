@@ -10,6 +10,11 @@ Besides the wall time it prints how the upstream was used: the mean generations 
 seen to the last (sampled every 20 ms) and the time after the last call (mirror, record, completion, results
 file, the client's next poll).
 
+``--aws-calls`` also times every AWS call the stack's process makes (botocore's HTTP send): per operation, the
+calls, their mean latency and that mean in each tenth of the run. The local moto answers all of them from one
+process, so this shows when it falls behind (DynamoDB calls waiting hundreds of milliseconds) and what it was
+asked for.
+
 Checked: all items succeed, none lost, none generated twice (the emulator's call counter equals the items plus
 the 429s it answered, which must be 0; one S3 object per image); the most concurrent generations the emulator
 saw. Target: wall time from submit to the last item ≤ 1.10 x the ideal items/16 x 1 s.
@@ -67,6 +72,54 @@ def _timed(handler: Any, timeline: list[tuple[float, float, int]], origin: Any) 
     return invoke
 
 
+class AwsCallTimer:
+    """Times every AWS call made in this process (botocore's HTTP send): the operation, when it began and how long
+    it took, relative to ``origin()``. Where a run loses its time: the local moto answers every call of the stack."""
+
+    def __init__(self, origin: Any) -> None:
+        self._origin = origin
+        self._calls: list[tuple[str, float, float]] = []
+        self._lock = threading.Lock()
+
+    def install(self) -> None:
+        from botocore.httpsession import URLLib3Session
+
+        send = URLLib3Session.send
+
+        def timed(session: Any, request: Any) -> Any:
+            begun = time.perf_counter()
+            try:
+                return send(session, request)
+            finally:
+                ended = time.perf_counter()
+                target = request.headers.get("X-Amz-Target") or b""
+                name = target.decode() if isinstance(target, bytes) else str(target)
+                operation = name.rpartition(".")[2] if name else f"S3 {request.method}"
+                with self._lock:
+                    self._calls.append((operation, begun - self._origin(), ended - begun))
+
+        URLLib3Session.send = timed  # type: ignore[method-assign, assignment]
+
+    def summary(self, wall_s: float) -> dict[str, Any]:
+        """Per operation: calls, mean ms, and mean ms in each tenth of the run (None: no call then)."""
+        by_operation: dict[str, list[tuple[float, float]]] = {}
+        with self._lock:
+            for operation, at, took in self._calls:
+                if 0 <= at <= wall_s:  # from the first submit to the last result seen
+                    by_operation.setdefault(operation, []).append((at, took))
+        summary: dict[str, Any] = {}
+        for operation, calls in sorted(by_operation.items(), key=lambda entry: -len(entry[1])):
+            tenths: list[list[float]] = [[] for _ in range(10)]
+            for at, took in calls:
+                tenths[min(9, int(at / wall_s * 10))].append(took)
+            summary[operation] = {
+                "calls": len(calls),
+                "mean_ms": round(sum(took for _, took in calls) / len(calls) * 1000, 1),
+                "mean_ms_by_tenth": [round(sum(part) / len(part) * 1000) if part else None for part in tenths],
+            }
+        return summary
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=200)
@@ -86,6 +139,11 @@ def main() -> int:
     parser.add_argument("--latency", type=float, default=LATENCY_S, help="the emulator's seconds per generation")
     parser.add_argument(
         "--no-refill", action="store_true", help="WorkerRefill false: only the batches the mapping delivers"
+    )
+    parser.add_argument(
+        "--aws-calls",
+        action="store_true",
+        help="time every AWS call the stack's process makes: count and mean latency per operation, by tenth of the run",
     )
     args = parser.parse_args()
     if args.invocations * args.slots > CONCURRENCY_LIMIT:
@@ -112,6 +170,9 @@ def main() -> int:
         timeline: list[tuple[float, float, int]] = []  # each invocation: start, end (s after submit), records
         for poller in stack.pollers:
             poller.handler = _timed(poller.handler, timeline, lambda: started)
+        aws_calls = AwsCallTimer(lambda: started)
+        if args.aws_calls:
+            aws_calls.install()
         headers = {"x-api-key": stack.api_key}
         prompts = [{"prompt": f"bulk {i}", "seed": i, "width": 512, "height": 512} for i in range(args.items)]
         chunks = [prompts[start : start + args.job_items] for start in range(0, len(prompts), args.job_items)]
@@ -203,6 +264,8 @@ def main() -> int:
             and result["upstream_429"] == 0
             and result["ratio_to_ideal"] <= args.target
         )
+        if args.aws_calls:
+            result["aws_calls"] = aws_calls.summary(wall_s)
         if args.vendor_items:
             stack.emulator.reset_counters()
             vendor_s = vendor_sample_loop(stack.emulator.url, stack.resources.secret_value, args.vendor_items)
