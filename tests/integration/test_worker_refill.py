@@ -53,7 +53,7 @@ def bulk_run(*extra: str) -> dict[str, Any]:
 def test_every_item_generated_once_within_the_slots_and_refill_takes_messages(refill):
     # Given a 24-item job, two invocations of one slot each, batches of one message
     # When it runs with or without the refill
-    result = bulk_run() if refill else bulk_run("--no-refill")
+    result = bulk_run("--aws-calls") if refill else bulk_run("--no-refill")
     # Then every item succeeded, with one upstream call and one stored object each, never past the two slots
     assert result["succeeded"] == ITEMS and result["failed"] == 0
     assert result["upstream_calls"] == ITEMS and result["upstream_429"] == 0
@@ -63,5 +63,10 @@ def test_every_item_generated_once_within_the_slots_and_refill_takes_messages(re
     # one by one (the job's fan-out message is one more); without it, one invocation per message
     if refill:
         assert result["invocations"] < ITEMS
+        # and --aws-calls counted the stack's AWS calls: at least a claim and a settle per item, an image each
+        calls = result["aws_calls"]
+        assert calls["TransactWriteItems"]["calls"] >= 2 * ITEMS
+        assert calls["S3 PUT"]["calls"] >= ITEMS
+        assert all(len(operation["mean_ms_by_tenth"]) == 10 for operation in calls.values())
     else:
         assert result["invocations"] >= ITEMS + 1
