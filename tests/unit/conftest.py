@@ -238,11 +238,11 @@ class ConnectRecorder:
     never opens a socket. Other threads connect as usual: under pytest-xdist a worker may hold a local stack from
     an earlier test, whose pollers keep calling moto in the background."""
 
-    def __init__(self, error: OSError, real: Callable[..., socket.socket]) -> None:
+    def __init__(self, error: OSError, real: Callable[..., socket.socket], thread: int) -> None:
         self.error = error
         self.addresses: list[tuple[str, int]] = []
         self._real = real
-        self._thread = threading.get_ident()
+        self._thread = thread
 
     def __call__(self, address: tuple[str, int], *args: Any, **kwargs: Any) -> socket.socket:
         if threading.get_ident() != self._thread:
@@ -258,6 +258,7 @@ def resolve_to(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ConnectRecorder
     made."""
 
     real_getaddrinfo = socket.getaddrinfo
+    real_create_connection = urllib3.util.connection.create_connection  # before any install() of this test
     test_thread = threading.get_ident()
 
     def install(*addresses: str, error: OSError | None = None) -> ConnectRecorder:
@@ -268,7 +269,7 @@ def resolve_to(monkeypatch: pytest.MonkeyPatch) -> Callable[..., ConnectRecorder
             return [(family[":" in a], socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
 
         recorder = ConnectRecorder(
-            error or ConnectionRefusedError("test: no real connection"), urllib3.util.connection.create_connection
+            error or ConnectionRefusedError("test: no real connection"), real_create_connection, test_thread
         )
         monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
         monkeypatch.setattr(urllib3.util.connection, "create_connection", recorder)
