@@ -14,6 +14,7 @@ from flux_images import ApiError, Client, verify_webhook
 from flux_images.errors import WebhookVerificationError
 from flux_images_cli.api import ApiClient
 from flux_images_cli.download import Downloader
+from support.polling import eventually
 from support.secrets_under_test import API_KEY
 from support.stack_fixtures import the_delivery
 
@@ -72,6 +73,9 @@ def test_a_download_costs_one_api_call_per_page_of_100_images_and_a_resume_fetch
     with Client(stack.url, API_KEY) as client:
         job = client.submit(["a red fox", "a blue whale", "an owl at dusk"])
         assert job.wait(poll_interval=0.3, timeout=60).status == "succeeded"
+        # The job reads completed a moment before its results file is recorded on it (the worker writes the file
+        # after the completion it won): until then a download reads the job's pages instead of the file
+        eventually(lambda: job.refresh().results is not None, 30, "the job's results file to be recorded")
         job_path = f"GET {urlsplit(stack.url).path.rstrip('/')}/v1/jobs/{job.id}"
         client.session.hooks["response"].append(recorder(calls))
         client._files.hooks["response"].append(recorder(fetches))
