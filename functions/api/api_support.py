@@ -10,13 +10,13 @@ documentation (``api_openapi``), the error mapping (``api_errors``), and no busi
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Annotated, Any, cast
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.event_handler import Response, content_types
 from aws_lambda_powertools.event_handler.api_gateway import Router
 from aws_lambda_powertools.event_handler.openapi.params import Header
 from imagegen.idempotency import KEY_PATTERN, MAX_KEY_LENGTH
 from imagegen.models import JobDocument
-from imagegen.observability import tracer_from_env
+from imagegen.observability import shared_metrics, tracer_from_env
 from imagegen.settings import load_http_settings
 
 if TYPE_CHECKING:
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 logger = Logger()
 tracer = tracer_from_env()
-metrics = Metrics()
+metrics = shared_metrics()
 # Read once per execution environment. Routes read it as ``api_support.http_settings`` at request time (a test
 # swaps it to turn the docs or the console off).
 http_settings = load_http_settings()

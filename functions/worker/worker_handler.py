@@ -11,13 +11,13 @@ the dead-letter queue with the reason).
 import json
 from typing import TYPE_CHECKING, Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.batch import EventType, process_partial_response
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagegen.batch import ConcurrentBatchProcessor, QueueRecord
 from imagegen.budget import Deadline
-from imagegen.observability import tracer_from_env
+from imagegen.observability import shared_metrics, tracer_from_env
 from imagegen.settings import get_settings
 from imagegen.slots import UpstreamSlots, bound_upstream, no_upstream_call
 from imagegen.snapstart import register_hooks
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 register_hooks()  # SnapStart only (EnableSnapStart): each restored environment re-seeds and rebuilds
 logger = Logger()
 tracer = tracer_from_env()
-metrics = Metrics()
+metrics = shared_metrics()
 
 
 def item_processor() -> "ItemProcessor":

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
@@ -49,10 +49,11 @@ from imagegen.models import (
     WebhookInfo,
     job_item,
 )
+from imagegen.observability import shared_metrics
 from imagegen.service import image_requests
 
 logger = Logger(child=True)
-metrics = Metrics()
+metrics = shared_metrics()
 
 IMAGE_REQUESTED = "Image Requested"
 FANOUT_FAILED = "fanout_failed"

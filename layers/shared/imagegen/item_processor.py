@@ -25,7 +25,7 @@ from datetime import UTC, datetime, timedelta
 from enum import Enum
 from typing import Any, Protocol
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
@@ -49,11 +49,12 @@ from imagegen.models import (
     ItemError,
     JobMessage,
 )
+from imagegen.observability import shared_metrics
 from imagegen.retry import RetryPolicy
 from imagegen.service import BLOCKED_EVENT, blocked_event, item_image_id
 
 logger = Logger(child=True)
-metrics = Metrics()
+metrics = shared_metrics()
 
 MIN_ITEM_TIME_S = 15.0  # an item does not start with less time left in the invocation than this
 MAX_BACKOFF_S = 900

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from imagegen.adapters.job_objects import CHUNK_ITEMS, JobObjects, items_key, upload_key
@@ -45,10 +45,11 @@ from imagegen.models import (
     UploadDocument,
     WebhookInfo,
 )
+from imagegen.observability import shared_metrics
 from imagegen.service import ImageService
 
 logger = Logger(child=True)
-metrics = Metrics()
+metrics = shared_metrics()
 
 UPLOAD_URL_TTL_S = 3600  # the presigned PUT URL of an upload
 UPLOAD_LIFETIME = timedelta(days=1)  # the bucket's lifecycle deletes uploads/ after a day: older ones are expired

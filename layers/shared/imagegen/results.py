@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from imagegen.adapters.job_objects import JobObjects
@@ -20,9 +20,10 @@ from imagegen.adapters.jobs_table import Item, Job, JobExtras, JobRepository
 from imagegen.item_processor import ItemProcessor
 from imagegen.jobs import job_document, results_info
 from imagegen.models import ResultsInfo
+from imagegen.observability import shared_metrics
 
 logger = Logger(child=True)
-metrics = Metrics()
+metrics = shared_metrics()
 
 
 def result_line(item: Item) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Protocol
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from imagegen.adapters.flux import FluxClient
@@ -35,12 +35,13 @@ from imagegen.models import (
     ImagesDocument,
     Timings,
 )
+from imagegen.observability import shared_metrics
 
 if TYPE_CHECKING:
     from imagegen.adapters.convert import Conversion
 
 logger = Logger(child=True)
-metrics = Metrics()
+metrics = shared_metrics()
 
 BLOCKED_EVENT = "Image Blocked"
 

@@ -7,15 +7,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 from botocore.exceptions import BotoCoreError, ClientError
 
+from imagegen.observability import shared_metrics
 from imagegen.retry import Retrying, RetryPolicy
 
 SOURCE = "flux-image-service"
 logger = Logger(child=True)
-metrics = Metrics()
+metrics = shared_metrics()
 
 
 class EventPublisher:

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from threading import Lock
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics
+from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit, single_metric
 from aws_lambda_powertools.metrics.exceptions import SchemaValidationError
 from botocore.exceptions import BotoCoreError, ClientError
@@ -31,9 +31,10 @@ from imagegen.errors import (
     ImageRejectedError,
     ModerationUnavailableError,
 )
+from imagegen.observability import shared_metrics
 
 logger = Logger(child=True)
-metrics = Metrics()
+metrics = shared_metrics()
 
 # What ApplyGuardrail accepts for an image (Bedrock Guardrails' documented limits).
 MAX_IMAGE_BYTES = 4 * 1024 * 1024
