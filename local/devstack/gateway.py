@@ -29,6 +29,7 @@ and live in their own modules.
 from __future__ import annotations
 
 import base64
+import collections
 import json
 import math
 import secrets
@@ -204,6 +205,9 @@ class LocalApiGateway:
         self._redirects = {path.rstrip("/"): url for path, url in (redirects or {}).items()}
         self._log_stream = log_stream
         self._log_lock = threading.Lock()
+        # The causes of its last 5xx answers, as (request id, what the log says): a test that meets a 5xx
+        # names the cause in its own failure message, whatever a long log's excerpt leaves out.
+        self.failures: collections.deque[tuple[str, str]] = collections.deque(maxlen=100)
         self._buckets: dict[str, _TokenBucket] = {}
         self._buckets_lock = threading.Lock()
         self._server: _Server | None = None
@@ -259,6 +263,11 @@ class LocalApiGateway:
 
     # -- logging -----------------------------------------------------------------------------------
 
+    def _failed(self, request_id: str, message: str) -> str:
+        self.failures.append((request_id, message))
+        self._log(message)
+        return "DEFAULT_5XX"
+
     def _log(self, message: str) -> None:
         stream = self._log_stream or sys.stderr
         with self._log_lock:
@@ -292,8 +301,9 @@ class LocalApiGateway:
             incoming = replace(incoming, body=self._read_body(request))
             outcome = self._handle(incoming, request_id, apigw_id)
         except Exception:  # noqa: BLE001 - the gateway must answer, whatever went wrong locally
-            self._log(f"internal error while handling {method} {path}:\n{traceback.format_exc().rstrip()}")
-            outcome = "DEFAULT_5XX"
+            outcome = self._failed(
+                request_id, f"internal error while handling {method} {path}:\n{traceback.format_exc().rstrip()}"
+            )
         if isinstance(outcome, str):
             response = gateway_error_response(
                 outcome,
@@ -415,22 +425,23 @@ class LocalApiGateway:
                     f"(request {request_id}); it keeps running"
                 )
                 return "INTEGRATION_TIMEOUT"
-            self._log(f"{route.function_id}: Task timed out after {self.function_timeout_s:.2f} seconds")
-            return "DEFAULT_5XX"
+            return self._failed(
+                request_id, f"{route.function_id}: Task timed out after {self.function_timeout_s:.2f} seconds"
+            )
 
         if "error" in outcome:
-            self._log(f"{route.function_id} raised (request {request_id}):\n{outcome['error']}")
-            return "DEFAULT_5XX"
+            message = f"{route.function_id} raised (request {request_id}):\n{outcome['error']}"
+            return self._failed(request_id, message)
         try:
             result = json.loads(json.dumps(outcome["result"], default=lambda_json_default))
         except (TypeError, ValueError) as exc:
-            self._log(f"{route.function_id}: Runtime.MarshalError, the result is not JSON: {exc}")
-            return "DEFAULT_5XX"
+            return self._failed(request_id, f"{route.function_id}: Runtime.MarshalError, the result is not JSON: {exc}")
         try:
             status, headers, payload = translate_proxy_response(result)
         except MalformedProxyResponse as exc:
-            self._log(f"{route.function_id}: malformed Lambda proxy response (request {request_id}): {exc}")
-            return "DEFAULT_5XX"
+            return self._failed(
+                request_id, f"{route.function_id}: malformed Lambda proxy response (request {request_id}): {exc}"
+            )
         if unknown := sorted(set(result) - PROXY_RESPONSE_KEYS):
             self._log(f"{route.function_id}: proxy response keys ignored by API Gateway: {', '.join(unknown)}")
         return GatewayResponse(status, headers, payload)

@@ -117,13 +117,16 @@ class Tally:
     server_errors: int = 0
     statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     failures: list[str] = field(default_factory=list)
+    server_error_ids: list[str] = field(default_factory=list)  # x-amzn-RequestId of each 5xx
 
 
 def _exercise(case: Case, session: requests.Session, tally: Tally) -> None:
     tally.cases += 1
     response = case.call(session=session, headers=HEADERS, timeout=60)
     tally.statuses[response.status_code] += 1
-    tally.server_errors += response.status_code >= 500
+    if response.status_code >= 500:
+        tally.server_errors += 1
+        tally.server_error_ids.append(response.headers.get("x-amzn-RequestId", ""))
     try:
         case.validate_response(response, checks=CHECKS, headers=HEADERS)
     except FailureGroup as group:
@@ -211,7 +214,11 @@ def test_fuzzing_every_operation_finds_no_5xx_and_no_answer_outside_the_spec(sta
     )
     per_operation = {label: tally.cases for label, tally in tallies.items()}
     assert total >= MIN_CASES, f"only {total} cases were sent: {per_operation}"
-    assert not failures, f"{len(failures)} of {total} cases failed; the first ones:\n\n" + "\n\n".join(failures[:5])
+    ids = {request_id for tally in tallies.values() for request_id in tally.server_error_ids}
+    causes = [f"request {request_id}: {cause}" for request_id, cause in stack.gateway.failures if request_id in ids]
+    why = "\n\nWhat the local gateway logged for them:\n" + "\n".join(causes) if causes else ""
+    first = "\n\n".join(failures[:5])
+    assert not failures, f"{len(failures)} of {total} cases failed; the first ones:\n\n{first}{why}"
 
 
 # ------------------------------------------------------------------------------------------ targeted bad input

@@ -661,6 +661,10 @@ def test_function_exception_is_a_502_with_the_traceback_in_the_log(
     assert "the model exploded" not in response.text
     assert "RuntimeError: the model exploded" in log_text(gateway)
     assert "Traceback" in log_text(gateway)
+    # and the gateway keeps the cause by request id, for a test that meets the 502 to quote
+    [(request_id, cause)] = gateway.failures
+    assert request_id == response.headers["x-amzn-RequestId"]
+    assert "RuntimeError: the model exploded" in cause
 
 
 @pytest.mark.parametrize(
