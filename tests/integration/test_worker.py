@@ -9,11 +9,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from botocore.exceptions import ClientError
 from devstack.lambda_context import make_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from imagegen.service import item_image_id
-from support.stack_fixtures import expire_lease, make_job, messages, s3_keys, sqs_event
+from support.stack_fixtures import age_completion, expire_lease, make_job, messages, s3_keys, sqs_event
 
 
 def test_worker_processes_a_batch_and_a_redelivery_calls_nobody_twice(worker, repository, stack, emulator):
@@ -243,3 +244,54 @@ def test_worker_canceling_a_job_with_a_waiting_item_keeps_the_counts_exact(worke
     job = repository.get_job(job_id)
     assert (job.counts.queued, job.counts.waiting, job.counts.canceled, job.remaining) == (0, 0, 1, 0)
     assert repository.get_item(job_id, 0).status == "canceled"
+
+
+def test_worker_a_completion_its_delivery_did_not_announce_is_announced_by_the_redelivery(
+    worker, repository, emulator, api, events, monkeypatch
+):
+    # Given a one-item job whose completion cannot write its results file once (S3 failing after botocore's retries)
+    job_id = make_job(repository, ["announced late"])
+    bodies = messages(job_id, 1)
+    objects = worker.item_processor()._results._objects
+    real = objects.put_results
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(objects, "put_results", real)
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "S3 is down"}}, "PutObject")
+
+    monkeypatch.setattr(objects, "put_results", fails_once)
+
+    # When its message is delivered: the item is generated and settled, completing the job, but nothing announced
+    first = worker.lambda_handler(sqs_event(bodies), make_context("WorkerFunction", 120))
+    assert len(first["batchItemFailures"]) == 1  # the queue delivers it again
+    job = repository.get_job(job_id)
+    assert job.completed_at is not None and not job.results_recorded
+
+    # Then a reader does not see a finished job without its results file
+    document = api("GET", f"/v1/jobs/{job_id}").json()
+    assert (document["status"], document["completed_at"], document["results"]) == ("running", None, None)
+    assert document["counts"]["succeeded"] == 1
+
+    # When the queue delivers it again at once (a duplicate, while the completer might still be announcing)
+    second = worker.lambda_handler(sqs_event(bodies, receive_count=2), make_context("WorkerFunction", 120))
+    # Then it announces nothing yet and comes back when the completer has surely ended
+    assert len(second["batchItemFailures"]) == 1
+    assert not repository.get_job(job_id).results_recorded
+
+    # When it comes back after that (Lambda's longest timeout), and once more (at-least-once)
+    age_completion(repository, job_id, 901)
+    third = worker.lambda_handler(sqs_event(bodies, receive_count=3), make_context("WorkerFunction", 120))
+    fourth = worker.lambda_handler(sqs_event(bodies, receive_count=4), make_context("WorkerFunction", 120))
+
+    # Then the third delivery announced it (results file, Job Completed) without another paid call; the fourth did not
+    assert third == fourth == {"batchItemFailures": []}
+    assert emulator.calls == 1
+    document = api("GET", f"/v1/jobs/{job_id}").json()
+    assert document["status"] == "succeeded" and document["completed_at"] is not None
+    assert document["results"]["items"] == 1
+    published = events(2)
+    assert sorted(event["detail-type"] for event in published) == ["Image Generated", "Job Completed"]
+    [completed] = [event for event in published if event["detail-type"] == "Job Completed"]
+    assert completed["detail"]["job"]["id"] == job_id and completed["detail"]["job"]["results"]["items"] == 1
+    with pytest.raises(AssertionError, match="1 events on the bus, 0 came"):
+        events(1, timeout_s=2)  # no second Job Completed

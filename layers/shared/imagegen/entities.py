@@ -25,6 +25,7 @@ class Job:
     metadata: dict[str, Any] | None = None
     webhook: WebhookInfo | None = None
     direct: bool = False  # created on the fly for a message a producer put on the queue itself
+    results_recorded: bool = False  # its completion's results file is written and recorded on the job
 
     @property
     def status(self) -> JobStatus:

@@ -64,6 +64,7 @@ ITEM_RETRY = RetryPolicy(attempts=1, base_s=5, cap_s=MAX_BACKOFF_S, floor_s=1)
 # A paid 200 without a usable output may be a passing fault: retried once per item, never more (each try is paid).
 MAX_BAD_OUTPUT_RETRIES = 1
 MIN_CANCEL_PAGE_TIME_S = 5.0  # a page of cancelations (100 items, two transactions) does not start with less
+ANNOUNCE_GRACE_S = 900  # Lambda's longest timeout: whatever completed a job longer ago than this has ended
 
 
 def _names_item(body: str) -> tuple[str | None, int | None]:
@@ -343,7 +344,9 @@ class ItemProcessor:
             if cursor is None:
                 break
         self.finish(order.job_id)
-        return Outcome.ack()
+        job = self._repository.get_job(order.job_id)
+        left = self._announce_if_left(job) if job is not None else None
+        return left or Outcome.ack()
 
     def _look_again(self, job_id: str, index: int, lease_s: float) -> Item | Outcome | None:
         """The claim failed: a redelivery, a canceled job, or an item a dead invocation left running. None when
@@ -355,6 +358,8 @@ class ItemProcessor:
             metrics.add_metric(name="DuplicateDeliveries", unit=MetricUnit.Count, value=1)
             if job is not None and job.remaining == 0 and job.completed_at is None:
                 self.finish(job_id)  # e.g. a cancelation whose completion the API did not get to write
+            elif job is not None and (left := self._announce_if_left(job)) is not None:
+                return left
             return Outcome.ack()  # done already: a redelivery never calls the upstream again
         if job is None:
             return Outcome.ack()  # the job expired (TTL): nothing left to record the item on
@@ -472,6 +477,26 @@ class ItemProcessor:
         """Complete the job if nothing remains (after cancelations, which move many items at once)."""
         if self._repository.complete_if_done(job_id) is not None:
             self.announce(job_id)
+
+    def _announce_if_left(self, job: Job) -> Outcome | None:
+        """A completed job whose announcement left no trace: the delivery that completed it failed before it
+        announced (S3 or DynamoDB unavailable, the function stopped), and the queue brought its message back. Once
+        whatever completed it has surely ended (``ANNOUNCE_GRACE_S``), announce in its place (an ack); until then,
+        put this message back for the rest of that time (a retry), so a live announcer is never doubled. None when
+        there is nothing to announce."""
+        if job.completed_at is None or self.announced(job):
+            return None
+        age_s = (datetime.now(UTC) - job.completed_at).total_seconds()
+        if age_s < ANNOUNCE_GRACE_S:
+            return Outcome.retry(int(ANNOUNCE_GRACE_S - age_s) + 1, "the job's completion may still be announcing")
+        logger.warning("announcing a completion its delivery did not", job_id=job.id)
+        self.announce(job.id)
+        return Outcome.ack()
+
+    def announced(self, job: Job) -> bool:
+        """Whether a completed job's announcement left its trace. Here, where the announcement records nothing,
+        always: only a processor whose announcement records something (``AnnouncingProcessor``) can tell."""
+        return True
 
     def announce(self, job_id: str) -> None:
         """The job just completed: "Job Completed" on the bus, and the signed webhook when it has one. Only the

@@ -13,6 +13,7 @@ import hashlib
 import random
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from aws_lambda_powertools import Logger
@@ -227,6 +228,10 @@ class JobService:
         if job is None:
             raise NotFoundError(f"job {job_id} not found")
         results = results_info(self._objects, extras)
+        if job.completed_at is not None and results is None:
+            # The worker writes the results file right after it completes the job: until it is recorded the job
+            # reads as not yet complete, so a client that sees a final status (or completed_at) finds its file.
+            job = replace(job, completed_at=None)
         if limit == 0:
             return job_document(job, results=results)
         items, next_cursor = self._repository.items_page(job_id, limit, cursor)

@@ -71,6 +71,10 @@ class AnnouncingProcessor(ItemProcessor):
         super().__init__(*args, **kwargs)
         self._results = results
 
+    def announced(self, job: Job) -> bool:
+        """The results file, the first thing an announcement writes, is recorded on the job."""
+        return job.results_recorded
+
     def announce(self, job_id: str) -> None:
         job, extras = self._repository.get_job_extras(job_id)
         if job is None:

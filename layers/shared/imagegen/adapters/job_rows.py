@@ -211,6 +211,7 @@ def job_from_rows(raw: dict[str, Any], shards: list[dict[str, Any]] | None = Non
         metadata=data.get("metadata"),
         webhook=webhook,
         direct=bool(data.get("direct")),
+        results_recorded="results_key" in data,
     )
 
 
