@@ -18,6 +18,10 @@ TEST_WORKERS    ?= 4
 export UV_PYTHON_DOWNLOADS := never
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_COMPILE_BYTECODE := 1
+# The test targets cache bytecode (__pycache__/, ignored by git) even when PYTHONDONTWRITEBYTECODE is set: every
+# xdist worker and every local-stack process would otherwise compile the project and rewrite the tests' asserts
+# again, about 15 s of CPU per `make unit` (docs/testing.md).
+TEST_ENV        := PYTHONPATH= PYTHONDONTWRITEBYTECODE=
 
 .PHONY: help
 help: ## List the targets
@@ -62,11 +66,11 @@ events: venv ## The events the local stack's bus copied to its SQS queue, taken 
 
 .PHONY: unit
 unit: venv ## The fast loop: the tests that need no stack (tests/unit without the "stack" marker), on 4 xdist workers
-	@PYTHONPATH= $(PY) -m pytest tests/unit -m "not stack" -q -n $(UNIT_WORKERS) --dist worksteal -p no:schemathesis -p no:anyio
+	@$(TEST_ENV) $(PY) -m pytest tests/unit -m "not stack" -q -n $(UNIT_WORKERS) --dist worksteal -p no:schemathesis -p no:anyio
 
 .PHONY: test
 test: venv tools chromium lint requirements-check ## Every check CI runs: lint, unit, integration, template, local-stack, browser tests
-	@PYTHONPATH= $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	@$(TEST_ENV) $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 .PHONY: demo
 demo: venv ## The local stack + a 12-prompt bulk job through the flux-images CLI; images land in ./demo-images

@@ -99,6 +99,10 @@ class Recorder:
 
 def mapping(sqs: Any, url: str, handler: Any, **options: Any) -> EventSourceMapping:
     options.setdefault("function_timeout_s", 1)
+    # Short polls (SHORT_POLL_PAUSE_S apart) unless a test asks for long ones: stopping a long-polling mapping
+    # waits out its poll, up to 1 s per test. Long polling is the local stack's own (the integration suite) and
+    # test_stop_is_prompt_when_idle's.
+    options.setdefault("poll_wait_s", 0)
     options.setdefault("log_stream", io.StringIO())
     return EventSourceMapping(url, handler, sqs_client_factory=lambda: sqs, **options)
 
