@@ -11,7 +11,8 @@ What lives here, by part:
 - the local AWS: ``aws`` and ``moto_server`` (moto, seeded from the template), ``sqs_poller`` (the SQS event
   source mapping);
 - the stand-ins AWS or the vendor cannot provide here: ``flux_emulator``, ``moderation_standin`` (Bedrock
-  Guardrails' ``ApplyGuardrail``); the browser side: ``console``;
+  Guardrails' ``ApplyGuardrail``); the browser side: ``console``; ``serving`` (the serve-in-a-thread lifecycle
+  these HTTP servers and the gateway share);
 - the built artefact (``make run-built``): ``artefact``, ``artefact_probe``, ``runtime``, ``lambda_bootstrap``,
   ``lambda_context``.
 

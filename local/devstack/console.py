@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import html
 import re
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from devstack.serving import ServerThread, http_url
 
 CONSOLE_DIR = Path(__file__).resolve().parents[2] / "console"
 CONTENT_TYPES = {
@@ -63,13 +64,12 @@ class ConsoleServer:
         self.port = port
         self.folder = folder
         self.files: dict[str, Path] = {}
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
 
     @property
     def origin(self) -> str:
         """What a browser sends as ``Origin`` from the console: the API's CORS allow-list needs it."""
-        return f"http://{self.host}:{self.port}"
+        return http_url(self.host, self.port)
 
     @property
     def url(self) -> str:
@@ -77,35 +77,27 @@ class ConsoleServer:
 
     def bind(self) -> ConsoleServer:
         """Take the port (``0``: a free one) before the API starts, so its CORS allow-list can name the origin."""
-        if self._server is None:
+        if self._serving is None:
             self.files = {path.name: path for path in sorted(self.folder.iterdir()) if path.is_file()}
             if "index.html" not in self.files:
                 raise FileNotFoundError(f"no index.html in {self.folder}")
             server = ThreadingHTTPServer((self.host, self.port), _Handler)
             server.daemon_threads = True
             server.console = self  # type: ignore[attr-defined]
-            self._server = server
-            self.port = server.server_address[1]
+            self._serving = ServerThread(server, "console")
+            self.port = self._serving.port
         return self
 
     def start(self) -> ConsoleServer:
         self.bind()
-        assert self._server is not None
-        self._thread = threading.Thread(
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="console", daemon=True
-        )
-        self._thread.start()
+        assert self._serving is not None
+        self._serving.start()
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is not None:
-            if thread is not None:
-                server.shutdown()
-            server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.stop()
 
     def answer(self, path: str) -> tuple[int, list[tuple[str, str]], bytes]:
         """(status, headers, body) for a GET of ``path``."""

@@ -59,6 +59,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from devstack.moderation_standin import mark_png
+from devstack.serving import ServerThread, http_url
 
 __all__ = [
     "AUTH_HEADER",
@@ -471,8 +472,7 @@ class FluxEmulator:
         self._requested_port = port
         self._lock = threading.Lock()
         self._stop_event = threading.Event()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
         self._connections: set[socket.socket] = set()
         self._api_keys: tuple[str, ...] = ()
         self.set_api_key(api_key)
@@ -493,36 +493,26 @@ class FluxEmulator:
 
     def start(self) -> FluxEmulator:
         """Bind and serve in a daemon thread. Returns self."""
-        if self._server is not None:
+        if self._serving is not None:
             raise RuntimeError("FluxEmulator already started")
         self._stop_event.clear()
-        self._server = _Server((self.host, self._requested_port), self)
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.02},
-            name=f"flux-emulator-{self.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._serving = ServerThread(_Server((self.host, self._requested_port), self), "flux-emulator")
+        self._serving.start()
         logger.info("Flux emulator listening on %s", self.url)
         return self
 
     def stop(self) -> None:
         """Stop serving; interrupts pending delays and closes open connections. Idempotent."""
-        server, thread = self._server, self._thread
-        if server is None:
+        serving, self._serving = self._serving, None
+        if serving is None:
             return
         self._stop_event.set()
-        server.shutdown()
-        server.server_close()
+        serving.stop()
         with self._lock:
             connections = list(self._connections)
         for conn in connections:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-        if thread is not None:
-            thread.join(timeout=5)
-        self._server = self._thread = None
         logger.info("Flux emulator stopped")
 
     def __enter__(self) -> FluxEmulator:
@@ -533,15 +523,14 @@ class FluxEmulator:
 
     @property
     def port(self) -> int:
-        if self._server is None:
+        if self._serving is None:
             raise RuntimeError("FluxEmulator not started")
-        return int(self._server.server_address[1])
+        return self._serving.port
 
     @property
     def base_url(self) -> str:
         """``http://host:port`` where the emulator actually listens."""
-        host = self.host if ":" not in self.host else f"[{self.host}]"
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
     @property
     def url(self) -> str:

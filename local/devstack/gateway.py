@@ -56,6 +56,7 @@ from .apigw_responses import (
 )
 from .lambda_context import DEFAULT_ACCOUNT_ID, LambdaContext, make_context
 from .routes import HTTP_METHODS, Route, compile_routes, load_routes, resolve, resolve_route
+from .serving import ServerThread, http_url
 from .template import (
     IMPLICIT_API_ID,
     ApiConfig,
@@ -210,8 +211,7 @@ class LocalApiGateway:
         self.failures: collections.deque[tuple[str, str]] = collections.deque(maxlen=100)
         self._buckets: dict[str, _TokenBucket] = {}
         self._buckets_lock = threading.Lock()
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------------
 
@@ -228,27 +228,19 @@ class LocalApiGateway:
         return invoke
 
     def start(self) -> LocalApiGateway:
-        if self._server is not None:
+        if self._serving is not None:
             raise RuntimeError("the gateway is already running")
         server = _Server((self.host, self.port), _RequestHandler)
         server.gateway = self
-        self._server = server
-        self.port = server.server_address[1]
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="local-api-gateway", daemon=True
-        )
-        self._thread.start()
+        self._serving = ServerThread(server, "local-api-gateway")
+        self.port = self._serving.port
+        self._serving.start()
         return self
 
     def stop(self) -> None:
-        server, thread = self._server, self._thread
-        self._server = self._thread = None
-        if server is None:
-            return
-        server.shutdown()
-        server.server_close()
-        if thread is not None:
-            thread.join(timeout=5)
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.stop()
 
     def __enter__(self) -> LocalApiGateway:
         return self.start()
@@ -258,8 +250,7 @@ class LocalApiGateway:
 
     @property
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}"
+        return http_url(self.host, self.port)
 
     # -- logging -----------------------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from devstack.serving import ServerThread, http_url
+
 logger = logging.getLogger(__name__)
 
 GUARDRAIL_ID = "local-guardrail"
@@ -100,8 +102,7 @@ class ModerationStandIn:
         self.guardrail_id = guardrail_id
         self._lock = threading.Lock()
         self._faults: collections.deque[_Fault] = collections.deque()
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
         self.reset_counters()
 
     # ------------------------------------------------------------------------------------------- lifecycle
@@ -111,20 +112,17 @@ class ModerationStandIn:
         class Handler(_Handler):
             owner = standin
 
-        self._server = ThreadingHTTPServer((self.host, self._port), Handler)
-        self._server.daemon_threads = True
-        self._port = self._server.server_address[1]
-        self._thread = threading.Thread(  # stop() waits for the loop's next look (0.5 s by default)
-            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="moderation-standin", daemon=True
-        )
-        self._thread.start()
+        server = ThreadingHTTPServer((self.host, self._port), Handler)
+        server.daemon_threads = True
+        self._serving = ServerThread(server, "moderation-standin")
+        self._port = self._serving.port
+        self._serving.start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            serving.stop()
 
     def __enter__(self) -> ModerationStandIn:
         return self.start()
@@ -138,7 +136,7 @@ class ModerationStandIn:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self._port}"
+        return http_url(self.host, self._port)
 
     # ------------------------------------------------------------------------------------------- test controls
     def inject(self, mode: str, count: int | None = 1) -> None:

@@ -1,0 +1,53 @@
+"""A loopback HTTP server served by a daemon thread: the lifecycle the local stand-ins share.
+
+The local API Gateway, the Flux emulator, the moderation stand-in and the web console each answer HTTP on a port
+of their own, from a ``socketserver`` server run by a daemon thread. ``ServerThread`` is that part: serve, stop
+promptly (the loop looks for a stop every ``POLL_INTERVAL_S``, not ``serve_forever``'s default 0.5 s, which a test
+teardown would wait out), the bound port. ``http_url`` writes a host and port as a URL.
+
+Not here: what each server answers, and what else its stop ends (the emulator's held connections).
+"""
+
+from __future__ import annotations
+
+import socketserver
+import threading
+
+POLL_INTERVAL_S = 0.05
+
+
+class ServerThread:
+    """``server`` served by a daemon thread named ``name``, from ``start()`` until ``stop()``."""
+
+    def __init__(self, server: socketserver.TCPServer, name: str) -> None:
+        self.server = server
+        self._name = name
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        """The port the server is bound to (the one the OS picked for port 0)."""
+        return int(self.server.server_address[1])
+
+    def start(self) -> None:
+        self._thread = threading.Thread(
+            target=self.server.serve_forever,
+            kwargs={"poll_interval": POLL_INTERVAL_S},
+            name=self._name,
+            daemon=True,
+        )
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket; a server bound but never started is closed too. Idempotent."""
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self.server.shutdown()
+        self.server.server_close()
+        if thread is not None:
+            thread.join(timeout=5)
+
+
+def http_url(host: str, port: int) -> str:
+    """``http://host:port``, with an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
