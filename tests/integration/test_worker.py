@@ -14,7 +14,7 @@ from devstack.lambda_context import make_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from imagegen.service import item_image_id
-from support.stack_fixtures import age_completion, expire_lease, make_job, messages, s3_keys, sqs_event
+from support.stack_fixtures import expire_lease, make_job, messages, s3_keys, sqs_event
 
 
 def test_worker_processes_a_batch_and_a_redelivery_calls_nobody_twice(worker, repository, stack, emulator):
@@ -272,14 +272,14 @@ def test_worker_a_completion_its_delivery_did_not_announce_is_announced_by_the_r
     assert (document["status"], document["completed_at"], document["results"]) == ("running", None, None)
     assert document["counts"]["succeeded"] == 1
 
-    # When the queue delivers it again at once (a duplicate, while the completer might still be announcing)
+    # When the queue delivers it again while the completer's lease on the item holds (it might still be announcing)
     second = worker.lambda_handler(sqs_event(bodies, receive_count=2), make_context("WorkerFunction", 120))
-    # Then it announces nothing yet and comes back when the completer has surely ended
+    # Then it announces nothing yet: it comes back when that lease has ended
     assert len(second["batchItemFailures"]) == 1
     assert not repository.get_job(job_id).results_recorded
 
-    # When it comes back after that (Lambda's longest timeout), and once more (at-least-once)
-    age_completion(repository, job_id, 901)
+    # When it comes back after the lease (as after the queue's visibility timeout), and once more (at-least-once)
+    expire_lease(repository, job_id, 0)
     third = worker.lambda_handler(sqs_event(bodies, receive_count=3), make_context("WorkerFunction", 120))
     fourth = worker.lambda_handler(sqs_event(bodies, receive_count=4), make_context("WorkerFunction", 120))
 
@@ -295,3 +295,41 @@ def test_worker_a_completion_its_delivery_did_not_announce_is_announced_by_the_r
     assert completed["detail"]["job"]["id"] == job_id and completed["detail"]["job"]["results"]["items"] == 1
     with pytest.raises(AssertionError, match="1 events on the bus, 0 came"):
         events(1, timeout_s=2)  # no second Job Completed
+
+
+def test_worker_a_cancel_order_redelivered_announces_the_completion_its_first_delivery_did_not(
+    worker, repository, emulator, api, events, monkeypatch
+):
+    from imagegen.adapters.queue import message_body
+    from imagegen.models import CancelOrder, ControlMessage
+
+    # Given a canceled job of two queued items, whose completion cannot write its results file once
+    job_id = make_job(repository, ["never", "started"])
+    assert repository.cancel(job_id)
+    order = message_body(ControlMessage(cancel=CancelOrder(job_id=job_id)))
+    objects = worker.item_processor()._results._objects
+    real = objects.put_results
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(objects, "put_results", real)
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "S3 is down"}}, "PutObject")
+
+    monkeypatch.setattr(objects, "put_results", fails_once)
+
+    # When the cancel order is delivered: its items are canceled and the job completed, but nothing announced
+    first = worker.lambda_handler(sqs_event([order]), make_context("WorkerFunction", 120))
+    assert len(first["batchItemFailures"]) == 1
+    assert not repository.get_job(job_id).results_recorded
+    assert api("GET", f"/v1/jobs/{job_id}").json()["completed_at"] is None
+
+    # When the queue delivers the order again
+    second = worker.lambda_handler(sqs_event([order], receive_count=2), make_context("WorkerFunction", 120))
+
+    # Then that delivery announces the completion once: the results file and one Job Completed; nothing was paid
+    assert second == {"batchItemFailures": []}
+    document = api("GET", f"/v1/jobs/{job_id}").json()
+    assert document["status"] == "canceled" and document["completed_at"] is not None
+    assert document["results"]["items"] == 2 and document["counts"]["canceled"] == 2
+    [completed] = events(1)
+    assert completed["detail-type"] == "Job Completed" and completed["detail"]["job"]["id"] == job_id
+    assert emulator.calls == 0

@@ -19,6 +19,7 @@ items into messages (``imagegen.fanout``), the SQS batch and its partial respons
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -64,7 +65,6 @@ ITEM_RETRY = RetryPolicy(attempts=1, base_s=5, cap_s=MAX_BACKOFF_S, floor_s=1)
 # A paid 200 without a usable output may be a passing fault: retried once per item, never more (each try is paid).
 MAX_BAD_OUTPUT_RETRIES = 1
 MIN_CANCEL_PAGE_TIME_S = 5.0  # a page of cancelations (100 items, two transactions) does not start with less
-ANNOUNCE_GRACE_S = 900  # Lambda's longest timeout: whatever completed a job longer ago than this has ended
 
 
 def _names_item(body: str) -> tuple[str | None, int | None]:
@@ -206,7 +206,7 @@ class ItemProcessor:
     def handle(self, body: str, *, message_id: str, receive_count: int, deadline: Deadline) -> Outcome:
         """One message body as the queue delivered it: parse it, then process it (or reject it)."""
         if _is_control(body):
-            return self._control(body, message_id, deadline)
+            return self._control(body, message_id, deadline, receive_count)
         try:
             message = JobMessage.model_validate_json(body)
         except ValidationError as exc:
@@ -307,7 +307,7 @@ class ItemProcessor:
         return Outcome.reject(why)
 
     # ------------------------------------------------------------------------------------------ control messages
-    def _control(self, body: str, message_id: str, deadline: Deadline) -> Outcome:
+    def _control(self, body: str, message_id: str, deadline: Deadline, receive_count: int = 1) -> Outcome:
         try:
             control = ControlMessage.model_validate_json(body)
         except ValidationError as exc:
@@ -323,9 +323,11 @@ class ItemProcessor:
                 self.announce(job.id)
             return Outcome.ack()
         assert control.cancel is not None
-        return self._cancel(control.cancel, body, message_id, deadline)
+        return self._cancel(control.cancel, body, message_id, deadline, receive_count)
 
-    def _cancel(self, order: CancelOrder, body: str, message_id: str, deadline: Deadline) -> Outcome:
+    def _cancel(
+        self, order: CancelOrder, body: str, message_id: str, deadline: Deadline, receive_count: int = 1
+    ) -> Outcome:
         """Settle a canceled job's queued items, a page at a time, within this invocation's deadline; when out of
         time, continue in a new control message from where this one stopped. Safe to replay: only items still
         queued move, and the job completes (and is announced) once."""
@@ -344,9 +346,11 @@ class ItemProcessor:
             if cursor is None:
                 break
         self.finish(order.job_id)
-        job = self._repository.get_job(order.job_id)
-        left = self._announce_if_left(job) if job is not None else None
-        return left or Outcome.ack()
+        if receive_count > 1:  # an earlier delivery of this order failed: maybe after it completed the job
+            job = self._repository.get_job(order.job_id)
+            if job is not None and (left := self._announce_if_left(job, busy_until=0.0)) is not None:
+                return left
+        return Outcome.ack()
 
     def _look_again(self, job_id: str, index: int, lease_s: float) -> Item | Outcome | None:
         """The claim failed: a redelivery, a canceled job, or an item a dead invocation left running. None when
@@ -358,7 +362,11 @@ class ItemProcessor:
             metrics.add_metric(name="DuplicateDeliveries", unit=MetricUnit.Count, value=1)
             if job is not None and job.remaining == 0 and job.completed_at is None:
                 self.finish(job_id)  # e.g. a cancelation whose completion the API did not get to write
-            elif job is not None and (left := self._announce_if_left(job)) is not None:
+            elif (
+                job is not None
+                and item.status != "canceled"  # settled by a cancel order, whose own redelivery announces
+                and (left := self._announce_if_left(job, busy_until=item.lease_until)) is not None
+            ):
                 return left
             return Outcome.ack()  # done already: a redelivery never calls the upstream again
         if job is None:
@@ -478,17 +486,18 @@ class ItemProcessor:
         if self._repository.complete_if_done(job_id) is not None:
             self.announce(job_id)
 
-    def _announce_if_left(self, job: Job) -> Outcome | None:
+    def _announce_if_left(self, job: Job, *, busy_until: float) -> Outcome | None:
         """A completed job whose announcement left no trace: the delivery that completed it failed before it
-        announced (S3 or DynamoDB unavailable, the function stopped), and the queue brought its message back. Once
-        whatever completed it has surely ended (``ANNOUNCE_GRACE_S``), announce in its place (an ack); until then,
-        put this message back for the rest of that time (a retry), so a live announcer is never doubled. None when
-        there is nothing to announce."""
+        announced (S3 or DynamoDB unavailable, the function stopped), and the queue brought its message back. While
+        that delivery may still be running (``busy_until``: the lease it held, epoch seconds), put this message
+        back until then (a retry), so a live announcer is never doubled; after, announce in its place (an ack). A
+        redelivery after a failure comes after the queue's visibility timeout, longer than any lease: it announces
+        at once. None when there is nothing to announce."""
         if job.completed_at is None or self.announced(job):
             return None
-        age_s = (datetime.now(UTC) - job.completed_at).total_seconds()
-        if age_s < ANNOUNCE_GRACE_S:
-            return Outcome.retry(int(ANNOUNCE_GRACE_S - age_s) + 1, "the job's completion may still be announcing")
+        wait_s = busy_until - time.time()
+        if wait_s > 0:
+            return Outcome.retry(int(wait_s) + 1, "the delivery that completed the job may still be announcing it")
         logger.warning("announcing a completion its delivery did not", job_id=job.id)
         self.announce(job.id)
         return Outcome.ack()
