@@ -348,8 +348,8 @@ class ItemProcessor:
         self.finish(order.job_id)
         if receive_count > 1:  # an earlier delivery of this order failed: maybe after it completed the job
             job = self._repository.get_job(order.job_id)
-            if job is not None and (left := self._announce_if_left(job, busy_until=0.0)) is not None:
-                return left
+            if job is not None:
+                self._announce_if_left(job, busy_until=0.0)
         return Outcome.ack()
 
     def _look_again(self, job_id: str, index: int, lease_s: float) -> Item | Outcome | None:
@@ -362,12 +362,8 @@ class ItemProcessor:
             metrics.add_metric(name="DuplicateDeliveries", unit=MetricUnit.Count, value=1)
             if job is not None and job.remaining == 0 and job.completed_at is None:
                 self.finish(job_id)  # e.g. a cancelation whose completion the API did not get to write
-            elif (
-                job is not None
-                and item.status != "canceled"  # settled by a cancel order, whose own redelivery announces
-                and (left := self._announce_if_left(job, busy_until=item.lease_until)) is not None
-            ):
-                return left
+            elif job is not None and item.status != "canceled":  # a cancel order's own redelivery announces those
+                self._announce_if_left(job, busy_until=item.lease_until)
             return Outcome.ack()  # done already: a redelivery never calls the upstream again
         if job is None:
             return Outcome.ack()  # the job expired (TTL): nothing left to record the item on
@@ -486,21 +482,16 @@ class ItemProcessor:
         if self._repository.complete_if_done(job_id) is not None:
             self.announce(job_id)
 
-    def _announce_if_left(self, job: Job, *, busy_until: float) -> Outcome | None:
+    def _announce_if_left(self, job: Job, *, busy_until: float) -> None:
         """A completed job whose announcement left no trace: the delivery that completed it failed before it
-        announced (S3 or DynamoDB unavailable, the function stopped), and the queue brought its message back. While
-        that delivery may still be running (``busy_until``: the lease it held, epoch seconds), put this message
-        back until then (a retry), so a live announcer is never doubled; after, announce in its place (an ack). A
-        redelivery after a failure comes after the queue's visibility timeout, longer than any lease: it announces
-        at once. None when there is nothing to announce."""
-        if job.completed_at is None or self.announced(job):
-            return None
-        wait_s = busy_until - time.time()
-        if wait_s > 0:
-            return Outcome.retry(int(wait_s) + 1, "the delivery that completed the job may still be announcing it")
+        announced (S3 or DynamoDB unavailable, the function stopped), and the queue brought a message back. Once
+        that delivery has surely ended (``busy_until``: the lease it held, epoch seconds), announce in its place.
+        Before, leave it alone: it may still be announcing, and if it fails, its own message, which it did not
+        delete, comes back after the queue's visibility timeout (longer than any lease) and announces then."""
+        if job.completed_at is None or self.announced(job) or busy_until > time.time():
+            return
         logger.warning("announcing a completion its delivery did not", job_id=job.id)
         self.announce(job.id)
-        return Outcome.ack()
 
     def announced(self, job: Job) -> bool:
         """Whether a completed job's announcement left its trace. Here, where the announcement records nothing,
