@@ -1,8 +1,9 @@
 """Checks of template.yaml.
 
 Two kinds:
-- the four tool checks (``sam validate --lint``, ``cfn-lint``, ``checkov``, ``sam build``), run with the isolated
-  tools that ``scripts/tools.sh`` installs into ``.tools/bin`` (skipped, saying so, when they are absent);
+- the three tool checks (``sam validate --lint``, ``cfn-lint``, ``checkov``), run with the isolated tools that
+  ``scripts/tools.sh`` installs into ``.tools/bin`` (skipped, saying so, when they are absent); ``sam build`` is
+  the artefact tests' (``tests/artefact``: one build per session, from nothing on a fresh clone);
 - structural checks of the protections the service relies on, read from the YAML itself. Each is a ``check_*``
   function run on the real template, and run again on a copy with that protection removed, where it must fail:
   a check that cannot fail protects nothing.
@@ -12,7 +13,6 @@ import copy
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -2166,45 +2166,3 @@ def test_checkov_has_no_failed_checks(reliability: Any) -> None:
     assert summary["failed"] == 0, f"checkov failed checks: {stdout[:4000]}"
     assert summary["parsing_errors"] == 0, "checkov could not parse the template"
     assert summary["passed"] >= 10, "checkov ran almost no check: did it read the template?"
-
-
-def _python312_dir() -> str | None:
-    finder = ROOT / "scripts" / "find-python.sh"
-    if finder.exists():
-        found = subprocess.run(["bash", str(finder)], capture_output=True, text=True, check=False)
-        if found.returncode == 0 and found.stdout.strip():
-            return str(Path(found.stdout.strip()).parent)
-    python = shutil.which("python3.12")
-    return str(Path(python).parent) if python else None
-
-
-@pytest.mark.timeout(900)
-def test_sam_build(tmp_path: Path) -> None:
-    sam = _tool("sam")
-    python_dir = _python312_dir()
-    if python_dir is None:
-        pytest.skip("sam build needs a Python 3.12 (the Lambda runtime) and none was found")
-    build_dir = tmp_path / "build"
-    _run(
-        [
-            sam,
-            "build",
-            "--template-file",
-            TEMPLATE_PATH,
-            "--build-dir",
-            build_dir,
-            "--cache-dir",
-            tmp_path / "cache",
-            "--no-cached",
-        ],
-        timeout=880,
-        cwd=tmp_path,  # keeps SAM's scratch directories out of the repository
-        env=_tool_env(python_dir),
-    )
-    assert (build_dir / "template.yaml").exists()
-    assert (build_dir / "ApiFunction" / "api_handler.py").exists(), "the handler was not packaged"
-    assert (build_dir / "WorkerFunction" / "worker_handler.py").exists(), "the worker was not packaged"
-    assert (build_dir / "SharedLayer" / "python" / "imagegen" / "__init__.py").exists(), "imagegen not under python/"
-    dependencies = build_dir / "DependenciesLayer" / "python"
-    assert (dependencies / "aws_lambda_powertools").is_dir()
-    assert list(dependencies.glob("pydantic_core/*aarch64*.so")), "pydantic-core must be built for arm64 (aarch64)"
