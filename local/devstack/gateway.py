@@ -206,8 +206,9 @@ class LocalApiGateway:
         self._redirects = {path.rstrip("/"): url for path, url in (redirects or {}).items()}
         self._log_stream = log_stream
         self._log_lock = threading.Lock()
-        # The causes of its last 5xx answers, as (request id, what the log says): a test that meets a 5xx
-        # names the cause in its own failure message, whatever a long log's excerpt leaves out.
+        # Why it answered its last 100 5xx of its own (a function that raised, timed out or answered something
+        # not a proxy response; not a function's own 500), as (request id, what the log says): a test that meets
+        # one names the cause in its failure message, whatever a long log's excerpt leaves out.
         self.failures: collections.deque[tuple[str, str]] = collections.deque(maxlen=100)
         self._buckets: dict[str, _TokenBucket] = {}
         self._buckets_lock = threading.Lock()

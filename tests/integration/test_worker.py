@@ -13,8 +13,9 @@ from botocore.exceptions import ClientError
 from devstack.lambda_context import make_context
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from imagegen.entities import RESULTS_AWAITED_S
 from imagegen.service import item_image_id
-from support.stack_fixtures import expire_lease, make_job, messages, s3_keys, sqs_event
+from support.stack_fixtures import age_completion, expire_lease, make_job, messages, s3_keys, sqs_event
 
 
 def test_worker_processes_a_batch_and_a_redelivery_calls_nobody_twice(worker, repository, stack, emulator):
@@ -272,14 +273,22 @@ def test_worker_a_completion_its_delivery_did_not_announce_is_announced_by_the_r
     assert (document["status"], document["completed_at"], document["results"]) == ("running", None, None)
     assert document["counts"]["succeeded"] == 1
 
-    # When a duplicate is delivered while the completer's lease on the item holds (it might still be announcing)
-    second = worker.lambda_handler(sqs_event(bodies, receive_count=2), make_context("WorkerFunction", 120))
-    # Then the duplicate is done with, and announces nothing: the completer's own message will come back
-    assert second == {"batchItemFailures": []}
+    # When a duplicate comes at once (a first receive), and the message comes back soon after (a redelivery)
+    duplicate = worker.lambda_handler(sqs_event(bodies), make_context("WorkerFunction", 120))
+    soon = worker.lambda_handler(sqs_event(bodies, receive_count=2), make_context("WorkerFunction", 120))
+    # Then neither announces while the completer may still be running: the duplicate is done with, the redelivery
+    # (perhaps the completer's own message) is put back until the completer has surely ended
+    assert duplicate == {"batchItemFailures": []}
+    assert len(soon["batchItemFailures"]) == 1
     assert not repository.get_job(job_id).results_recorded
 
-    # When it comes back after the lease (as after the queue's visibility timeout), and once more (at-least-once)
-    expire_lease(repository, job_id, 0)
+    # When no delivery announced it for longer than a reader waits for the file (RESULTS_AWAITED_S)
+    age_completion(repository, job_id, RESULTS_AWAITED_S + 1)
+    # Then the job reads finished, without a results file: a lost announcement never leaves it looking alive
+    document = api("GET", f"/v1/jobs/{job_id}").json()
+    assert (document["status"], document["results"]) == ("succeeded", None) and document["completed_at"]
+
+    # When the message comes back (after Lambda's longest timeout), and once more (at-least-once)
     third = worker.lambda_handler(sqs_event(bodies, receive_count=3), make_context("WorkerFunction", 120))
     fourth = worker.lambda_handler(sqs_event(bodies, receive_count=4), make_context("WorkerFunction", 120))
 
@@ -322,14 +331,50 @@ def test_worker_a_cancel_order_redelivered_announces_the_completion_its_first_de
     assert not repository.get_job(job_id).results_recorded
     assert api("GET", f"/v1/jobs/{job_id}").json()["completed_at"] is None
 
-    # When the queue delivers the order again
-    second = worker.lambda_handler(sqs_event([order], receive_count=2), make_context("WorkerFunction", 120))
+    # When the queue delivers the order again soon: it is put back while its first delivery may still be running
+    soon = worker.lambda_handler(sqs_event([order], receive_count=2), make_context("WorkerFunction", 120))
+    assert len(soon["batchItemFailures"]) == 1
+    # When it comes back after that (Lambda's longest timeout)
+    age_completion(repository, job_id, 901)
+    later = worker.lambda_handler(sqs_event([order], receive_count=3), make_context("WorkerFunction", 120))
 
     # Then that delivery announces the completion once: the results file and one Job Completed; nothing was paid
-    assert second == {"batchItemFailures": []}
+    assert later == {"batchItemFailures": []}
     document = api("GET", f"/v1/jobs/{job_id}").json()
     assert document["status"] == "canceled" and document["completed_at"] is not None
     assert document["results"]["items"] == 2 and document["counts"]["canceled"] == 2
     [completed] = events(1)
     assert completed["detail-type"] == "Job Completed" and completed["detail"]["job"]["id"] == job_id
     assert emulator.calls == 0
+
+
+def test_worker_a_batch_redelivered_after_a_failed_announcement_announces_it_once(
+    worker, repository, emulator, api, events, monkeypatch
+):
+    # Given a three-item job delivered in one batch whose completion cannot write its results file once
+    job_id = make_job(repository, ["one", "two", "three"])
+    bodies = messages(job_id, 3)
+    objects = worker.item_processor()._results._objects
+    real = objects.put_results
+
+    def fails_once(*args: Any, **kwargs: Any) -> Any:
+        monkeypatch.setattr(objects, "put_results", real)
+        raise ClientError({"Error": {"Code": "InternalError", "Message": "S3 is down"}}, "PutObject")
+
+    monkeypatch.setattr(objects, "put_results", fails_once)
+    first = worker.lambda_handler(sqs_event(bodies), make_context("WorkerFunction", 120))
+    assert len(first["batchItemFailures"]) == 1  # the item whose settle completed the job
+    assert repository.get_job(job_id).completed_at is not None
+
+    # When the whole batch comes back long after (e.g. the invocation had timed out), every message at once
+    age_completion(repository, job_id, 901)
+    again = worker.lambda_handler(sqs_event(bodies, receive_count=2), make_context("WorkerFunction", 120))
+
+    # Then exactly one of them announced: one results file, one Job Completed; three paid calls in all
+    assert again == {"batchItemFailures": []}
+    assert api("GET", f"/v1/jobs/{job_id}").json()["results"]["items"] == 3
+    published = events(4)
+    assert sorted(event["detail-type"] for event in published) == ["Image Generated"] * 3 + ["Job Completed"]
+    with pytest.raises(AssertionError, match="1 events on the bus, 0 came"):
+        events(1, timeout_s=2)
+    assert emulator.calls == 3

@@ -215,7 +215,9 @@ def test_fuzzing_every_operation_finds_no_5xx_and_no_answer_outside_the_spec(sta
     per_operation = {label: tally.cases for label, tally in tallies.items()}
     assert total >= MIN_CASES, f"only {total} cases were sent: {per_operation}"
     ids = {request_id for tally in tallies.values() for request_id in tally.server_error_ids}
-    causes = [f"request {request_id}: {cause}" for request_id, cause in stack.gateway.failures if request_id in ids]
+    causes = [
+        f"request {request_id}: {cause}" for request_id, cause in list(stack.gateway.failures) if request_id in ids
+    ]
     why = "\n\nWhat the local gateway logged for them:\n" + "\n".join(causes) if causes else ""
     first = "\n\n".join(failures[:5])
     assert not failures, f"{len(failures)} of {total} cases failed; the first ones:\n\n{first}{why}"

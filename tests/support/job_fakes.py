@@ -193,6 +193,13 @@ class MemoryItemStore:
         job.completed_at = datetime.now(UTC)
         return copy.deepcopy(job)
 
+    def claim_announcement(self, job_id: str, until: float) -> bool:
+        job = self.jobs.get(job_id)
+        if job is None or job.completed_at is None or job.results_recorded or job.announce_claim >= time.time():
+            return False
+        job.announce_claim = until
+        return True
+
     def record_webhook(self, job_id: str, status: str, attempts: int) -> None:
         self.webhooks[job_id] = (status, attempts)
 

@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, ClassVar
 
@@ -321,6 +321,18 @@ def s3_keys(stack, job_id: str, index: int) -> list[str]:
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=stack.resources.bucket, Prefix=prefix):
         found += [obj["Key"] for obj in page.get("Contents", [])]
     return found
+
+
+def age_completion(repository, job_id: str, seconds: float) -> None:
+    """Move the job's completed_at ``seconds`` into the past, as if it had completed that long ago."""
+    job = repository.get_job(job_id)
+    assert job is not None and job.completed_at is not None
+    repository._client.update_item(
+        TableName=repository._table,
+        Key={"pk": {"S": f"JOB#{job_id}"}, "sk": {"S": "JOB"}},
+        UpdateExpression="SET completed_at = :then",
+        ExpressionAttributeValues={":then": {"S": (job.completed_at - timedelta(seconds=seconds)).isoformat()}},
+    )
 
 
 def expire_lease(repository, job_id: str, index: int) -> None:

@@ -204,7 +204,8 @@ def test_a_batch_over_ten_is_gathered_across_receives_within_the_window(sqs: Any
     recorder = Recorder()
 
     # When the mapping drains the queue
-    with mapping(sqs, url, recorder, batch_size=25, batching_window_s=1) as esm:
+    # Long polls within the window, as the local stack polls (the other tests here short-poll)
+    with mapping(sqs, url, recorder, batch_size=25, batching_window_s=1, poll_wait_s=1) as esm:
         eventually(lambda: esm.records_deleted == 25, 8, "25 deletions")
 
     # Then at least one batch was larger than one ReceiveMessage can return (10)

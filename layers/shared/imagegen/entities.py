@@ -12,6 +12,13 @@ from typing import Any, Protocol
 
 from imagegen.models import ImageRecord, ImageRequest, ItemError, ItemStatus, JobCounts, JobStatus, WebhookInfo
 
+# Lambda's longest timeout: a delivery that completed a job longer ago than this has ended, whatever the worker's
+# Timeout. Until then only the completer announces the completion; after, a redelivery may in its place.
+ANNOUNCE_AFTER_S = 900
+# How long a completed job reads as not yet complete while its results file is not recorded: long enough for a
+# redelivery to announce in a failed completer's place, bounded so a job whose file never comes still ends.
+RESULTS_AWAITED_S = ANNOUNCE_AFTER_S + 300
+
 
 @dataclass
 class Job:
@@ -26,6 +33,7 @@ class Job:
     webhook: WebhookInfo | None = None
     direct: bool = False  # created on the fly for a message a producer put on the queue itself
     results_recorded: bool = False  # its completion's results file is written and recorded on the job
+    announce_claim: float = 0.0  # epoch seconds: a delivery announcing a completion its completer did not, until then
 
     @property
     def status(self) -> JobStatus:
@@ -142,5 +150,10 @@ class ItemStore(Protocol):
         ...
 
     def complete_if_done(self, job_id: str) -> Job | None: ...
+
+    def claim_announcement(self, job_id: str, until: float) -> bool:
+        """Hold the announcement of a completed job whose results file is not recorded until ``until`` (epoch
+        seconds), unless another delivery holds it: exactly one delivery announces in the completer's place."""
+        ...
 
     def record_webhook(self, job_id: str, status: str, attempts: int) -> None: ...

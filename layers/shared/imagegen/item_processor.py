@@ -31,7 +31,15 @@ from aws_lambda_powertools.metrics import MetricUnit
 from pydantic import ValidationError
 
 from imagegen.budget import Deadline
-from imagegen.entities import Item, ItemStore, Job, JobUnavailable, LeaseHeld, TransitionConflict
+from imagegen.entities import (
+    ANNOUNCE_AFTER_S,
+    Item,
+    ItemStore,
+    Job,
+    JobUnavailable,
+    LeaseHeld,
+    TransitionConflict,
+)
 from imagegen.errors import (
     ContentBlockedError,
     ServiceError,
@@ -252,7 +260,7 @@ class ItemProcessor:
                 image_index=message.image_index,
             )
         except (TransitionConflict, JobUnavailable):
-            claimed = self._look_again(job_id, index, lease_s)
+            claimed = self._look_again(job_id, index, lease_s, receive_count)
             if claimed is None:
                 why = f"job {job_id} has no item {index}"
                 return self._reject(
@@ -348,11 +356,12 @@ class ItemProcessor:
         self.finish(order.job_id)
         if receive_count > 1:  # an earlier delivery of this order failed: maybe after it completed the job
             job = self._repository.get_job(order.job_id)
-            if job is not None:
-                self._announce_if_left(job, busy_until=0.0)
+            lease_s = deadline.remaining() + self._lease_margin_s
+            if job is not None and (left := self._announce_if_left(job, receive_count, lease_s)) is not None:
+                return left
         return Outcome.ack()
 
-    def _look_again(self, job_id: str, index: int, lease_s: float) -> Item | Outcome | None:
+    def _look_again(self, job_id: str, index: int, lease_s: float, receive_count: int = 1) -> Item | Outcome | None:
         """The claim failed: a redelivery, a canceled job, or an item a dead invocation left running. None when
         there is no such item (nothing to record a failure on)."""
         item, job = self._repository.get_item_and_job(job_id, index)
@@ -362,8 +371,8 @@ class ItemProcessor:
             metrics.add_metric(name="DuplicateDeliveries", unit=MetricUnit.Count, value=1)
             if job is not None and job.remaining == 0 and job.completed_at is None:
                 self.finish(job_id)  # e.g. a cancelation whose completion the API did not get to write
-            elif job is not None and item.status != "canceled":  # a cancel order's own redelivery announces those
-                self._announce_if_left(job, busy_until=item.lease_until)
+            elif job is not None and (left := self._announce_if_left(job, receive_count, lease_s)) is not None:
+                return left
             return Outcome.ack()  # done already: a redelivery never calls the upstream again
         if job is None:
             return Outcome.ack()  # the job expired (TTL): nothing left to record the item on
@@ -482,20 +491,36 @@ class ItemProcessor:
         if self._repository.complete_if_done(job_id) is not None:
             self.announce(job_id)
 
-    def _announce_if_left(self, job: Job, *, busy_until: float) -> None:
-        """A completed job whose announcement left no trace: the delivery that completed it failed before it
-        announced (S3 or DynamoDB unavailable, the function stopped), and the queue brought a message back. Once
-        that delivery has surely ended (``busy_until``: the lease it held, epoch seconds), announce in its place.
-        Before, leave it alone: it may still be announcing, and if it fails, its own message, which it did not
-        delete, comes back after the queue's visibility timeout (longer than any lease) and announces then."""
-        if job.completed_at is None or self.announced(job) or busy_until > time.time():
-            return
+    def _announce_if_left(self, job: Job, receive_count: int, lease_s: float) -> Outcome | None:
+        """A completed job whose announcement left no trace (``announced``): the delivery that completed it may
+        have failed before it announced (S3 or DynamoDB unavailable, the function stopped). Its own message, which
+        it did not delete, comes back after the queue's visibility timeout, and so may other messages of the job.
+
+        - Within ``ANNOUNCE_AFTER_S`` of the completion the completer may still be running. A redelivery (receive
+          count > 1: perhaps the completer's own message) is put back until then; a first delivery (a duplicate)
+          is done with: the completer's own message stays to come back.
+        - After it, the completer has ended whatever its timeout: the one delivery that takes the job's
+          announcement claim (a conditional write) announces in its place; any other is done with. A claimer that
+          fails too lets its claim lapse after its lease, and its message comes back.
+
+        None when there is nothing to announce (the caller acknowledges)."""
+        if job.completed_at is None or self.announced(job):
+            return None
+        age_s = (datetime.now(UTC) - job.completed_at).total_seconds()
+        if age_s < ANNOUNCE_AFTER_S:
+            if receive_count > 1:
+                return Outcome.retry(int(ANNOUNCE_AFTER_S - age_s) + 1, "the job's completer may still announce it")
+            return None
+        if not self._repository.claim_announcement(job.id, time.time() + lease_s):
+            return None
         logger.warning("announcing a completion its delivery did not", job_id=job.id)
         self.announce(job.id)
+        return Outcome.ack()
 
     def announced(self, job: Job) -> bool:
-        """Whether a completed job's announcement left its trace. Here, where the announcement records nothing,
-        always: only a processor whose announcement records something (``AnnouncingProcessor``) can tell."""
+        """Whether a completed job's announcement got as far as leaving its trace. Here, where the announcement
+        records nothing, always: only a processor whose announcement records something (``AnnouncingProcessor``:
+        its results file, the first step) can tell. What follows the trace is not done again."""
         return True
 
     def announce(self, job_id: str) -> None:

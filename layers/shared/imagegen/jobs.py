@@ -22,7 +22,7 @@ from aws_lambda_powertools.metrics import MetricUnit
 from imagegen.adapters.job_objects import CHUNK_ITEMS, JobObjects, items_key, upload_key
 from imagegen.adapters.jobs_table import JobExtras, JobRepository
 from imagegen.adapters.queue import JobQueue
-from imagegen.entities import Item, Job
+from imagegen.entities import RESULTS_AWAITED_S, Item, Job
 from imagegen.errors import (
     EnqueueError,
     InvalidRequestError,
@@ -228,9 +228,11 @@ class JobService:
         if job is None:
             raise NotFoundError(f"job {job_id} not found")
         results = results_info(self._objects, extras)
-        if job.completed_at is not None and results is None:
+        awaited = job.completed_at is not None and self._now() - job.completed_at < timedelta(seconds=RESULTS_AWAITED_S)
+        if awaited and results is None:
             # The worker writes the results file right after it completes the job: until it is recorded the job
-            # reads as not yet complete, so a client that sees a final status (or completed_at) finds its file.
+            # reads as not yet complete, so a client that sees a final status (or completed_at) finds its file. A
+            # file that never comes (an announcement lost for good) is waited for RESULTS_AWAITED_S at most.
             job = replace(job, completed_at=None)
         if limit == 0:
             return job_document(job, results=results)

@@ -54,7 +54,7 @@ class LockedEMFProvider(AmazonCloudWatchEMFProvider):
     Powertools documents custom providers as its extension point (``Metrics(provider=...)``).
     """
 
-    _lock = threading.RLock()  # one for the process: its providers may share sets, and a publish calls add_metric
+    _lock = threading.RLock()  # one for the process: providers share the sets; re-entered (add_metric publishes)
 
     def add_metric(self, *args: Any, **kwargs: Any) -> None:
         with self._lock:

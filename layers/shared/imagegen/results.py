@@ -72,7 +72,8 @@ class AnnouncingProcessor(ItemProcessor):
         self._results = results
 
     def announced(self, job: Job) -> bool:
-        """The results file, the first thing an announcement writes, is recorded on the job."""
+        """The results file, the first thing an announcement writes, is recorded on the job. An announcement cut
+        short after it (the event published, the webhook not yet delivered) is not made again."""
         return job.results_recorded
 
     def announce(self, job_id: str) -> None:

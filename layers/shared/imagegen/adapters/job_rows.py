@@ -212,6 +212,7 @@ def job_from_rows(raw: dict[str, Any], shards: list[dict[str, Any]] | None = Non
         webhook=webhook,
         direct=bool(data.get("direct")),
         results_recorded="results_key" in data,
+        announce_claim=float(data.get("announce_claim", 0) or 0),
     )
 
 

@@ -11,6 +11,7 @@ transition errors) live in the domain (``imagegen.entities``).
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from botocore.exceptions import ClientError
@@ -127,6 +128,24 @@ class JobRepository(ItemTable):
             results_key=raw.get("results_key", {}).get("S"),
             results_items=int(raw.get("results_items", {}).get("N", "0")),
         )
+
+    def claim_announcement(self, job_id: str, until: float) -> bool:
+        try:
+            self._client.update_item(
+                TableName=self._table,
+                Key=job_key(job_id),
+                UpdateExpression="SET announce_claim = :until",
+                ConditionExpression=(
+                    "attribute_exists(completed_at) AND attribute_not_exists(results_key) "
+                    "AND (attribute_not_exists(announce_claim) OR announce_claim < :now)"
+                ),
+                ExpressionAttributeValues={":until": {"N": repr(until)}, ":now": {"N": repr(time.time())}},
+            )
+        except ClientError as exc:
+            if error_code(exc) == "ConditionalCheckFailedException":
+                return False
+            raise
+        return True
 
     def record_results(self, job_id: str, key: str, items: int) -> None:
         self._client.update_item(
