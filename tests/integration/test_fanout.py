@@ -276,6 +276,9 @@ def test_a_malformed_image_requested_event_goes_to_the_dlq_with_the_reason(worke
         QueueUrl=stack.seeded.jobs_dlq_url, MessageAttributeNames=["All"], WaitTimeSeconds=1
     ).get("Messages", [])
     assert [message["Body"] for message in moved] == [body]
+    sqs.delete_message(
+        QueueUrl=stack.seeded.jobs_dlq_url, ReceiptHandle=moved[0]["ReceiptHandle"]
+    )  # not the next test's
     reason = moved[0]["MessageAttributes"]["reason"]["StringValue"]
     assert "Image Requested" in reason and "width" in reason
     assert emulator.calls == 0
