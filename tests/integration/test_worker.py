@@ -247,12 +247,8 @@ def test_worker_canceling_a_job_with_a_waiting_item_keeps_the_counts_exact(worke
     assert repository.get_item(job_id, 0).status == "canceled"
 
 
-def test_worker_a_completion_its_delivery_did_not_announce_is_announced_by_the_redelivery(
-    worker, repository, emulator, api, events, monkeypatch
-):
-    # Given a one-item job whose completion cannot write its results file once (S3 failing after botocore's retries)
-    job_id = make_job(repository, ["announced late"])
-    bodies = messages(job_id, 1)
+def results_write_fails_once(worker: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The worker's next write of a results file fails (S3 down past botocore's retries); the writes after succeed."""
     objects = worker.item_processor()._results._objects
     real = objects.put_results
 
@@ -261,6 +257,15 @@ def test_worker_a_completion_its_delivery_did_not_announce_is_announced_by_the_r
         raise ClientError({"Error": {"Code": "InternalError", "Message": "S3 is down"}}, "PutObject")
 
     monkeypatch.setattr(objects, "put_results", fails_once)
+
+
+def test_worker_a_completion_its_delivery_did_not_announce_is_announced_by_the_redelivery(
+    worker, repository, emulator, api, events, monkeypatch
+):
+    # Given a one-item job whose completion cannot write its results file once (S3 failing after botocore's retries)
+    job_id = make_job(repository, ["announced late"])
+    bodies = messages(job_id, 1)
+    results_write_fails_once(worker, monkeypatch)
 
     # When its message is delivered: the item is generated and settled, completing the job, but nothing announced
     first = worker.lambda_handler(sqs_event(bodies), make_context("WorkerFunction", 120))
@@ -316,14 +321,7 @@ def test_worker_a_cancel_order_redelivered_announces_the_completion_its_first_de
     job_id = make_job(repository, ["never", "started"])
     assert repository.cancel(job_id)
     order = message_body(ControlMessage(cancel=CancelOrder(job_id=job_id)))
-    objects = worker.item_processor()._results._objects
-    real = objects.put_results
-
-    def fails_once(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(objects, "put_results", real)
-        raise ClientError({"Error": {"Code": "InternalError", "Message": "S3 is down"}}, "PutObject")
-
-    monkeypatch.setattr(objects, "put_results", fails_once)
+    results_write_fails_once(worker, monkeypatch)
 
     # When the cancel order is delivered: its items are canceled and the job completed, but nothing announced
     first = worker.lambda_handler(sqs_event([order]), make_context("WorkerFunction", 120))
@@ -354,14 +352,7 @@ def test_worker_a_batch_redelivered_after_a_failed_announcement_announces_it_onc
     # Given a three-item job delivered in one batch whose completion cannot write its results file once
     job_id = make_job(repository, ["one", "two", "three"])
     bodies = messages(job_id, 3)
-    objects = worker.item_processor()._results._objects
-    real = objects.put_results
-
-    def fails_once(*args: Any, **kwargs: Any) -> Any:
-        monkeypatch.setattr(objects, "put_results", real)
-        raise ClientError({"Error": {"Code": "InternalError", "Message": "S3 is down"}}, "PutObject")
-
-    monkeypatch.setattr(objects, "put_results", fails_once)
+    results_write_fails_once(worker, monkeypatch)
     first = worker.lambda_handler(sqs_event(bodies), make_context("WorkerFunction", 120))
     assert len(first["batchItemFailures"]) == 1  # the item whose settle completed the job
     assert repository.get_job(job_id).completed_at is not None
