@@ -45,6 +45,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from devstack.serving import ServerThread, http_url
+
 ROUTES = ("create", "get", "delete", "image", "upload_create", "upload_put", "results", "image_doc", "generate")
 UPLOAD_MAX_LINES = 100_000
 UPLOAD_MAX_BYTES = 64 * 1024 * 1024
@@ -122,23 +124,21 @@ class FakeJobsApi:
         self._faults: dict[str, deque[_Fault]] = {route: deque() for route in ROUTES}
         self._idempotency: dict[str, tuple[str, int, bytes]] = {}
         self._images: dict[str, tuple[str, int]] = {}  # image id → (job id, index)
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        httpd.daemon_threads = True
+        self._serving = ServerThread(httpd, "fake-jobs-api")
 
     # ------------------------------------------------------------------------------------------- control
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
+        return http_url("127.0.0.1", self._serving.port)
 
     def start(self) -> FakeJobsApi:
-        self._thread.start()
+        self._serving.start()
         return self
 
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        self._serving.stop()
 
     def __enter__(self) -> FakeJobsApi:
         return self.start()

@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import urllib3.util.connection
+from devstack.serving import ServerThread
 
 FAKE_AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -105,12 +106,11 @@ class ScriptedServer:
         self.connections = 0
         self.stopping = threading.Event()
         self._lock = threading.Lock()
-        self._httpd = _Server(("127.0.0.1", 0), _handler_for(self), self)
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._serving = ServerThread(_Server(("127.0.0.1", 0), _handler_for(self), self), "scripted-server")
 
     @property
     def port(self) -> int:
-        return int(self._httpd.server_address[1])
+        return self._serving.port
 
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -134,13 +134,11 @@ class ScriptedServer:
         return self.reply(status, json.dumps(document), {"Content-Type": "application/json", **(headers or {})})
 
     def start(self) -> None:
-        self._thread.start()
+        self._serving.start()
 
     def stop(self) -> None:
         self.stopping.set()
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        self._serving.stop()
 
     def _record(self, request: Received) -> Canned | Callable[[BaseHTTPRequestHandler], None]:
         with self._lock:
