@@ -5,6 +5,7 @@ seeded ``random.Random``."""
 from __future__ import annotations
 
 import random
+import threading
 from typing import Any
 
 import pytest
@@ -229,6 +230,28 @@ def test_queue_send_retries_only_transient_failures_and_reports_what_stayed_unse
     assert sorted(not_sent) == [1, 2]
     assert batches == [["0", "1", "2"], ["1"], ["1"], ["1"]]
     assert len(sleeps) == 3 and all(0 <= wait <= 1.0 for wait in sleeps)
+
+
+def test_queue_send_of_several_batches_sends_them_at_once_and_reports_every_batch_s_unsent() -> None:
+    # Given 25 messages (three SendMessageBatch calls) and an SQS that answers no call before all three arrived, and
+    # refuses one entry of the first batch and one of the last as the sender's fault
+    arrived = threading.Barrier(3, timeout=10)
+    batches: list[list[str]] = []
+
+    class AllAtOnce:
+        def send_message_batch(self, QueueUrl: str, Entries: list[dict[str, str]]) -> dict[str, Any]:
+            arrived.wait()  # BrokenBarrierError (a failed send) if the calls came one after another
+            ids = [entry["Id"] for entry in Entries]
+            batches.append(ids)
+            return {"Failed": [{"Id": n, "SenderFault": True} for n in ids if n in ("3", "24")]}
+
+    messages = [ControlMessage(cancel=CancelOrder(job_id=f"job_{n:032x}")) for n in range(25)]
+    # When they are sent
+    not_sent = JobQueue(AllAtOnce(), "url", attempts=1, sleep=_Sleeps()).send(messages)
+    # Then the three calls were in flight together, each message went once, and both refusals are reported
+    assert sorted(len(batch) for batch in batches) == [5, 10, 10]
+    assert sorted(int(n) for batch in batches for n in batch) == list(range(25))
+    assert sorted(not_sent) == [3, 24]
 
 
 def test_jobs_table_batch_write_raises_when_items_stay_unprocessed() -> None:
