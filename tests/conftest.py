@@ -6,6 +6,7 @@ Tiers: every test that needs a running stack (the session's local stack, ``make 
 CLI and template tools, the built artefact, Chromium) is marked ``stack``, by its folder or by the ``stack``
 fixture; ``make unit`` runs the rest (``pytest tests/unit -m "not stack"``), ``make test`` runs everything."""
 
+import functools
 from pathlib import Path
 
 import pytest
@@ -34,18 +35,26 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 TESTS = Path(__file__).resolve().parent
-STACK_FOLDERS = tuple(TESTS / name for name in ("integration", "reliability", "template", "artefact", "browser"))
+STACK_FOLDERS = frozenset({"integration", "reliability", "template", "artefact", "browser"})
+
+
+@functools.cache
+def _folder(path: str) -> str:
+    """The folder of ``tests/`` a test file is in ("unit", "integration", …): read once per file, not per test."""
+    try:
+        return Path(path).relative_to(TESTS).parts[0]
+    except ValueError:
+        return ""
 
 
 def needs_a_stack(item: pytest.Item) -> bool:
     """Whether a test needs more than its own process: by folder, or by asking for the session's local stack."""
-    path = Path(str(item.path))
-    return any(path.is_relative_to(folder) for folder in STACK_FOLDERS) or "stack" in getattr(item, "fixturenames", ())
+    return _folder(str(item.path)) in STACK_FOLDERS or "stack" in getattr(item, "fixturenames", ())
 
 
 # Under pytest-xdist (make test) these folders stay on one worker each: the artefact tests share one `make build`
 # (two workers would build into the same .aws-sam at once) and the browser tests one Chromium.
-ONE_WORKER_FOLDERS = {TESTS / "artefact": "artefact", TESTS / "browser": "browser"}
+ONE_WORKER_FOLDERS = frozenset({"artefact", "browser"})
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own, which reads xdist_group to place the tests
@@ -53,7 +62,5 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if needs_a_stack(item):
             item.add_marker(pytest.mark.stack)
-        path = Path(str(item.path))
-        for folder, group in ONE_WORKER_FOLDERS.items():
-            if path.is_relative_to(folder):
-                item.add_marker(pytest.mark.xdist_group(group))
+        if (folder := _folder(str(item.path))) in ONE_WORKER_FOLDERS:
+            item.add_marker(pytest.mark.xdist_group(folder))
