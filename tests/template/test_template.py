@@ -9,6 +9,7 @@ Two kinds:
   a check that cannot fail protects nothing.
 """
 
+import contextlib
 import copy
 import json
 import os
@@ -2028,24 +2029,66 @@ class NoNamedManagedPolicies:  # the template names no managed policy: nothing t
         return {}
 
 
-with open(sys.argv[1], encoding="utf-8") as stream:
-    template = yaml_parse(stream.read())
-for resource in template["Resources"].values():  # local code paths become what `sam package` uploads
-    for key in ("CodeUri", "ContentUri"):
-        if isinstance((resource.get("Properties") or {}).get(key), str):
-            resource["Properties"][key] = "s3://bucket/" + resource["Properties"][key]
-parameters = json.loads(sys.argv[2]) if len(sys.argv) > 2 else {}
-print(json.dumps(transform(template, parameters, NoNamedManagedPolicies())))
+for line in sys.stdin:  # one request per line: {"path": ..., "parameters": {...}}; one JSON answer per line
+    request = json.loads(line)
+    try:
+        with open(request["path"], encoding="utf-8") as stream:
+            template = yaml_parse(stream.read())
+        for resource in template["Resources"].values():  # local code paths become what `sam package` uploads
+            for key in ("CodeUri", "ContentUri"):
+                if isinstance((resource.get("Properties") or {}).get(key), str):
+                    resource["Properties"][key] = "s3://bucket/" + resource["Properties"][key]
+        answer = {"template": transform(template, request["parameters"], NoNamedManagedPolicies())}
+    except Exception as error:
+        answer = {"error": f"{type(error).__name__}: {error}"}
+    print(json.dumps(answer), flush=True)
 """
 
+SamTransform = Callable[..., dict[str, Any]]
 
-def _sam_transform(path: Path, parameters: dict[str, str] | None = None) -> dict[str, Any]:
-    """The template as CloudFormation gets it: the SAM CLI's own translator, offline (with these parameter values)."""
+
+@contextlib.contextmanager
+def _translator(stderr_path: Path) -> Iterator[SamTransform]:
+    """A process of the SAM CLI's own translator, offline: the template as CloudFormation gets it."""
     _tool("sam")
     python = ROOT / ".tools" / "uv" / "aws-sam-cli" / "bin" / "python"  # the SAM CLI's isolated environment
     if not python.exists():
         pytest.skip("the SAM CLI's environment is not at .tools/uv/aws-sam-cli: run `bash scripts/tools.sh`")
-    return json.loads(_run([python, "-c", _TRANSFORM_SCRIPT, path, json.dumps(parameters or {})], timeout=120))
+    with stderr_path.open("w", encoding="utf-8") as stderr:
+        process = subprocess.Popen(
+            [str(python), "-c", _TRANSFORM_SCRIPT],
+            cwd=ROOT,
+            env=_tool_env(),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=stderr,
+            text=True,
+        )
+    assert process.stdin is not None and process.stdout is not None
+    stdin, stdout = process.stdin, process.stdout
+
+    def transform(path: Path, parameters: dict[str, str] | None = None) -> dict[str, Any]:
+        stdin.write(json.dumps({"path": str(path), "parameters": parameters or {}}) + "\n")
+        stdin.flush()
+        line = stdout.readline()
+        assert line, f"the SAM translator exited ({process.poll()}):\n{stderr_path.read_text(encoding='utf-8')[-6000:]}"
+        answer = json.loads(line)
+        assert "error" not in answer, f"the SAM translator refused {path} with {parameters}: {answer['error']}"
+        return answer["template"]
+
+    try:
+        yield transform
+    finally:
+        stdin.close()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def sam_transform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SamTransform]:
+    """One translator for this module's transforms (with these parameter values): starting the SAM CLI's Python
+    and importing the translator costs about a second of CPU, and the tests below transform the template 9 times."""
+    with _translator(tmp_path_factory.mktemp("sam-transform") / "stderr.txt") as transform:
+        yield transform
 
 
 def _managed_policies(transformed: dict[str, Any], role_id: str) -> list[str]:
@@ -2053,10 +2096,11 @@ def _managed_policies(transformed: dict[str, Any], role_id: str) -> list[str]:
     return [json.dumps(arn) for arn in arns]
 
 
+@pytest.mark.xdist_group("sam-transform")  # one worker, so one translator process serves the three
 @pytest.mark.timeout(300)
-def test_transformed_roles_keep_least_privilege(tmp_path: Path) -> None:
+def test_transformed_roles_keep_least_privilege(sam_transform: SamTransform, tmp_path: Path) -> None:
     """SAM adds policies of its own (event sources, tracing): the generated roles must stay scoped too."""
-    transformed = _sam_transform(TEMPLATE_PATH)
+    transformed = sam_transform(TEMPLATE_PATH)
     for function_id in FUNCTION_IDS:
         role = transformed["Resources"][function_id]["Properties"]["Role"]
         assert role == {"Fn::GetAtt": [f"{function_id}Role", "Arn"]}, f"{function_id}: unexpected role {role}"
@@ -2069,7 +2113,7 @@ def test_transformed_roles_keep_least_privilege(tmp_path: Path) -> None:
     _p(mutated, WORKER_ID).pop("Role")
     mutated["Resources"].pop("WorkerFunctionRole")
     (tmp_path / "mutated.json").write_text(json.dumps(mutated), encoding="utf-8")
-    with_sqs_event = _sam_transform(tmp_path / "mutated.json")
+    with_sqs_event = sam_transform(tmp_path / "mutated.json")
     assert any("AWSLambdaSQSQueueExecutionRole" in arn for arn in _managed_policies(with_sqs_event, f"{WORKER_ID}Role"))
     with pytest.raises(AssertionError, match="AWSLambdaSQSQueueExecutionRole"):
         check_no_wildcard_permissions(with_sqs_event)
@@ -2089,10 +2133,11 @@ def _assert_invoked_through_live_aliases(transformed: dict[str, Any]) -> None:
     )
 
 
+@pytest.mark.xdist_group("sam-transform")  # one worker, so one translator process serves the three
 @pytest.mark.timeout(300)
-def test_transformed_releases_go_through_the_live_aliases(tmp_path: Path) -> None:
+def test_transformed_releases_go_through_the_live_aliases(sam_transform: SamTransform, tmp_path: Path) -> None:
     """After SAM's transform: callers invoke the aliases, CodeDeploy shifts them with rollback on the alarms."""
-    transformed = _sam_transform(TEMPLATE_PATH, {"DeploymentType": "Canary10Percent5Minutes"})
+    transformed = sam_transform(TEMPLATE_PATH, {"DeploymentType": "Canary10Percent5Minutes"})
     _assert_invoked_through_live_aliases(transformed)
     resources = transformed["Resources"]
     assert "CodeDeployServiceRole" not in resources, "SAM's generated role (AWSCodeDeployRoleForLambda) is unused"
@@ -2116,27 +2161,31 @@ def test_transformed_releases_go_through_the_live_aliases(tmp_path: Path) -> Non
         mutated["Outputs"].pop(output)
     (tmp_path / "mutated.json").write_text(json.dumps(mutated), encoding="utf-8")
     with pytest.raises(AssertionError, match="the API invokes"):
-        _assert_invoked_through_live_aliases(_sam_transform(tmp_path / "mutated.json"))
+        _assert_invoked_through_live_aliases(sam_transform(tmp_path / "mutated.json"))
 
 
 def _version_ids(transformed: dict[str, Any]) -> set[str]:
     return set(_resources_of_type(transformed, "AWS::Lambda::Version"))
 
 
+@pytest.mark.xdist_group("sam-transform")  # one worker, so one translator process serves the three
 @pytest.mark.timeout(300)
-def test_transformed_a_layer_change_or_a_new_release_id_publishes_new_versions(tmp_path: Path) -> None:
+def test_transformed_a_layer_change_or_a_new_release_id_publishes_new_versions(
+    sam_transform: SamTransform, tmp_path: Path
+) -> None:
     """The live aliases only move when SAM names a new version: a change of the shared layer (where the business
     logic lives) or of ReleaseId must name one; the same template twice names the same."""
-    base = _version_ids(_sam_transform(TEMPLATE_PATH))
+    base = _version_ids(sam_transform(TEMPLATE_PATH))
     assert len(base) == len(FUNCTION_IDS)
-    assert _version_ids(_sam_transform(TEMPLATE_PATH)) == base
+    with _translator(tmp_path / "stderr.txt") as another_process:  # as another `sam deploy` would translate it
+        assert _version_ids(another_process(TEMPLATE_PATH)) == base
     changed_layer = load_template()
     _p(changed_layer, "SharedLayer")["ContentUri"] = "s3://artifacts/shared-layer-v2.zip"  # what `sam package` writes
     (tmp_path / "layer.json").write_text(json.dumps(changed_layer), encoding="utf-8")
-    assert not _version_ids(_sam_transform(tmp_path / "layer.json")) & base
-    released = _version_ids(_sam_transform(TEMPLATE_PATH, {"ReleaseId": "20261129a"}))
+    assert not _version_ids(sam_transform(tmp_path / "layer.json")) & base
+    released = _version_ids(sam_transform(TEMPLATE_PATH, {"ReleaseId": "20261129a"}))
     assert not released & base
-    assert not released & _version_ids(_sam_transform(TEMPLATE_PATH, {"ReleaseId": "20261129b"}))
+    assert not released & _version_ids(sam_transform(TEMPLATE_PATH, {"ReleaseId": "20261129b"}))
 
 
 @pytest.mark.timeout(300)
