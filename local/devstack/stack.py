@@ -23,6 +23,7 @@ import ipaddress
 import os
 import platform
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -96,13 +97,32 @@ def _port(environ: Mapping[str, str], name: str, default: int) -> int:
     return value
 
 
+def _refuse_taken_ports(host: str, wanted: list[tuple[str, str, int]]) -> None:
+    """Name a port another program holds before anything starts: moto's start and its seeding take seconds, and
+    `make run` would otherwise spend them before saying that PORT is taken. Each server still reports a port taken
+    in the meantime when it binds (``_listen``). ``wanted``: (server, variable, port); port 0 (any free one) passes."""
+    for what, variable, port in wanted:
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do (TIME_WAIT is no owner)
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                raise _port_taken(what, variable, host, port, exc) from exc
+
+
 def _listen(what: str, variable: str, host: str, port: int, start: Callable[[], object]) -> None:
     """Start a server, naming the address and the variable that moves it when the port is taken."""
     try:
         start()
     except OSError as exc:
-        reason = exc.strerror or str(exc)
-        raise OSError(f"{what} cannot listen on {host}:{port}: {reason} (set {variable} to another port)") from exc
+        raise _port_taken(what, variable, host, port, exc) from exc
+
+
+def _port_taken(what: str, variable: str, host: str, port: int, exc: OSError) -> OSError:
+    reason = exc.strerror or str(exc)
+    return OSError(f"{what} cannot listen on {host}:{port}: {reason} (set {variable} to another port)")
 
 
 def is_loopback_url(url: str) -> bool:
@@ -237,6 +257,16 @@ class LocalStack:
     def start(self) -> LocalStack:
         if not self.built:
             self._code_on_path()
+        _refuse_taken_ports(
+            self.host,
+            [
+                ("moto", "MOTO_PORT", self._moto_port),
+                ("the Flux emulator", "FLUX_EMULATOR_PORT", self._emulator_port if self.emulator is not None else 0),
+                ("the moderation stand-in", "MODERATION_PORT", self._moderation_port),
+                ("the local API Gateway", "PORT", self.port),
+                ("the web console", "CONSOLE_PORT", self.console.port if self.console is not None else 0),
+            ],
+        )
         try:
             self.aws.start()
         except OSError as exc:

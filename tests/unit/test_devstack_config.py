@@ -10,13 +10,14 @@ from __future__ import annotations
 import io
 import json
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 from devstack.aws import LOOPBACK_NETWORKS, PASSTHROUGH, Seeded
 from devstack.logs import LogRouter, function_log_level, parse_level, summarise
-from devstack.stack import is_loopback_url, local_ports, parse_args, stack_from_environment
+from devstack.stack import LocalStack, is_loopback_url, local_ports, parse_args, stack_from_environment
 
 ROOT = Path(__file__).resolve().parents[2]
 SEEDED = Seeded(
@@ -263,3 +264,32 @@ def test_a_high_port_leaves_the_others_to_any_free_port():
     assert ports["FLUX_EMULATOR_PORT"] == 0
     assert ports["MODERATION_PORT"] == 0
     assert local_ports({"PORT": "60000"})["MOTO_PORT"] == 62001
+
+
+@pytest.mark.parametrize(
+    ("keyword", "variable", "server"),
+    [
+        ("port", "PORT", "the local API Gateway"),
+        ("moto_port", "MOTO_PORT", "moto"),
+        ("emulator_port", "FLUX_EMULATOR_PORT", "the Flux emulator"),
+        ("moderation_port", "MODERATION_PORT", "the moderation stand-in"),
+        ("console_port", "CONSOLE_PORT", "the web console"),
+    ],
+)
+def test_a_taken_port_is_named_before_anything_starts(keyword, variable, server):
+    # Given one of the stack's ports held by another program
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        stack = LocalStack(**{keyword: port})
+        try:
+            # When the stack starts
+            with pytest.raises(OSError, match=re.escape(f"{server} cannot listen on 127.0.0.1:{port}")) as refused:
+                stack.start()
+            # Then it names the variable that moves it, and nothing was started first (no moto process, no server)
+            assert f"(set {variable} to another port)" in str(refused.value)
+            assert stack.aws._process is None
+            assert stack.gateway is None and not stack.pollers
+        finally:
+            stack.stop()  # what `make run` does after a failed start (nothing to stop, unless this test fails)
