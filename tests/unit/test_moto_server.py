@@ -427,3 +427,36 @@ def test_a_long_poll_gets_a_message_sent_while_it_waits(monkeypatch: pytest.Monk
         poll.join(15)
     # Then the long poll answers it
     assert [message["Body"] for message in answers[0]] == ["late"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-11-30T05:06:32.000Z",  # an S3 object's LastModified, as moto stores it
+        "2026-11-30T05:06:32Z",
+        "2026-11-30T05:06:32.123456+02:00",
+        "2026-11-30T05:06:32",  # naive: UTC
+        "2026-11-30",  # no "T": botocore's parser
+        "1796015784",  # epoch seconds as text
+        1796015784.5,
+        datetime(2026, 11, 30, 5, 6, 32, tzinfo=UTC),
+    ],
+)
+def test_timestamps_read_as_botocore_reads_them(value: Any) -> None:
+    # Given a timestamp as moto's serializer gets it, when read for an answer, then it is botocore's datetime
+    fast, slow = moto_server.aware_datetime(value), moto_server._original_aware_datetime(value)
+    assert fast == slow and fast.utcoffset() == slow.utcoffset()
+    # and every format moto writes it in is the same text
+    for style in ("iso8601", "iso8601_zeroed", "rfc822", "unixtimestamp"):
+        serializer = moto_server.moto_serialize.TimestampSerializer(style)
+        converter = getattr(serializer, f"_timestamp_{style}")
+        assert converter(fast) == converter(slow)
+
+
+def test_a_bucket_listing_reads_last_modified_without_the_general_parser(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given moto's serializer as the launcher installs it, with botocore's general parser made to fail
+    monkeypatch.setattr(moto_server.moto_serialize, "parse_to_aware_datetime", moto_server.aware_datetime)
+    monkeypatch.setattr(moto_server, "_original_aware_datetime", lambda value: pytest.fail(f"parsed {value!r}"))
+    serializer = moto_server.moto_serialize.TimestampSerializer("iso8601")
+    # When an S3 object's LastModified is written, then it is the same instant, read without it
+    assert serializer._convert_timestamp_to_str("2026-11-30T05:06:32.000Z", "iso8601") == "2026-11-30T05:06:32Z"
