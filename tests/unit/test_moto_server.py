@@ -460,3 +460,41 @@ def test_a_bucket_listing_reads_last_modified_without_the_general_parser(monkeyp
     serializer = moto_server.moto_serialize.TimestampSerializer("iso8601")
     # When an S3 object's LastModified is written, then it is the same instant, read without it
     assert serializer._convert_timestamp_to_str("2026-11-30T05:06:32.000Z", "iso8601") == "2026-11-30T05:06:32Z"
+
+
+def test_event_templates_parse_each_jsonpath_once_and_answer_as_moto_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    import jsonpath_ng.ext
+    from moto.events.utils import EventTemplateParser
+
+    # Given an event as EventBridge hands it to a target, and moto's own answer for its default template
+    event: Any = {
+        "version": "0",
+        "id": "e-1",
+        "detail-type": "Image Generated",
+        "source": "flux-images",
+        "account": "123456789012",
+        "time": 1796015192.0,  # moto keeps it as epoch seconds until it delivers
+        "region": "us-east-1",
+        "resources": [],
+        "detail": {"image_id": "img_1", "nested": {"list": [1, 2]}},
+        "ingestion-time": 1796015784.0,
+    }
+    expected = EventTemplateParser.parse("", {}, event)
+    # When the launcher's parser serves moto, with the original made to count its parses
+    parsed: list[str] = []
+    original = moto_server._original_parse_jsonpath
+
+    def counting(expression: str) -> Any:
+        parsed.append(expression)
+        return original(expression)
+
+    moto_server.parse_jsonpath.cache_clear()
+    monkeypatch.setattr(moto_server, "_original_parse_jsonpath", counting)
+    monkeypatch.setattr(jsonpath_ng.ext, "parse", moto_server.parse_jsonpath)
+    first = EventTemplateParser.parse("", {}, event)
+    second = EventTemplateParser.parse("", {}, {**event, "id": "e-2", "detail": {"image_id": "img_2"}})
+    moto_server.parse_jsonpath.cache_clear()
+    # Then the answers are moto's, and each expression was parsed once for both events
+    assert first == expected
+    assert second["id"] == "e-2" and second["detail"] == {"image_id": "img_2"}
+    assert parsed and len(parsed) == len(set(parsed)) == len(EventTemplateParser.DEFAULT_EVENT_INPUT_PATHS_MAP)
