@@ -24,6 +24,7 @@ from typing import Any
 import boto3
 
 from devstack.moderation_standin import GUARDRAIL_ID
+from devstack.serving import check_free
 
 from .template_resources import TableSpec, seed_spec
 
@@ -89,12 +90,10 @@ class LocalAws:
                 probe.bind((self.host, 0))
                 self.port = probe.getsockname()[1]
         else:
-            with socket.socket() as probe:  # a clear error instead of a server that never answers
-                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will (TIME_WAIT)
-                try:
-                    probe.bind((self.host, self.port))
-                except OSError as exc:
-                    raise OSError(f"moto cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
+            try:  # a clear error instead of a server that never answers
+                check_free(self.host, self.port)
+            except OSError as exc:
+                raise OSError(f"moto cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
         self._process = subprocess.Popen(  # noqa: S603 - our own interpreter running moto
             [sys.executable, "-m", "devstack.moto_server", "-H", self.host, "-p", str(self.port)],
             stdout=subprocess.DEVNULL,

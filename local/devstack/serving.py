@@ -3,17 +3,27 @@
 The local API Gateway, the Flux emulator, the moderation stand-in and the web console each answer HTTP on a port
 of their own, from a ``socketserver`` server run by a daemon thread. ``ServerThread`` is that part: serve, stop
 promptly (the loop looks for a stop every ``POLL_INTERVAL_S``, not ``serve_forever``'s default 0.5 s, which a test
-teardown would wait out), the bound port. ``http_url`` writes a host and port as a URL.
+teardown would wait out), the bound port. ``http_url`` writes a host and port as a URL. ``check_free`` tries a port
+before anything is started on it.
 
 Not here: what each server answers, and what else its stop ends (the emulator's held connections).
 """
 
 from __future__ import annotations
 
+import socket
 import socketserver
 import threading
 
 POLL_INTERVAL_S = 0.05
+
+
+def check_free(host: str, port: int) -> None:
+    """Raise the ``OSError`` a server binding ``host:port`` would meet, without keeping the port. With
+    ``SO_REUSEADDR``, as the servers bind: a port left in TIME_WAIT has no owner."""
+    with socket.socket() as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        probe.bind((host, port))
 
 
 class ServerThread:

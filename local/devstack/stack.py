@@ -23,7 +23,6 @@ import ipaddress
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -56,6 +55,7 @@ from devstack.gateway import (
     load_template,
 )
 from devstack.moderation_standin import ModerationStandIn
+from devstack.serving import check_free
 
 if TYPE_CHECKING:
     from devstack.runtime import LocalRuntime
@@ -104,12 +104,10 @@ def _refuse_taken_ports(host: str, wanted: list[tuple[str, str, int]]) -> None:
     for what, variable, port in wanted:
         if not port:
             continue
-        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do (TIME_WAIT is no owner)
-            try:
-                probe.bind((host, port))
-            except OSError as exc:
-                raise _port_taken(what, variable, host, port, exc) from exc
+        try:
+            check_free(host, port)
+        except OSError as exc:
+            raise _port_taken(what, variable, host, port, exc) from exc
 
 
 def _listen(what: str, variable: str, host: str, port: int, start: Callable[[], object]) -> None:
