@@ -6,8 +6,21 @@ Tiers: every test that needs a running stack (the session's local stack, ``make 
 CLI and template tools, the built artefact, Chromium) is marked ``stack``, by its folder or by the ``stack``
 fixture; ``make unit`` runs the rest (``pytest tests/unit -m "not stack"``), ``make test`` runs everything."""
 
+# ruff: noqa: E402 - the imports after POWERTOOLS_IDENTITY below may reach the functions' modules
+
 import functools
+import os
 from pathlib import Path
+
+from devstack.aws import POWERTOOLS_IDENTITY
+
+# The functions' modules build their Powertools Logger and Metrics at import, reading the service name and the
+# metrics namespace from the environment, which Lambda sets (from the template) before the first import. A test
+# process imports those modules earlier than the session's stack sets its environment: through the imports below
+# and in the unit tests. A Metrics built then has no namespace and fails when it publishes by itself (a metric at
+# 100 values): in one ordering of the suite, items of a 150-item job failed after paying and were paid again.
+for _name, _value in POWERTOOLS_IDENTITY.items():
+    os.environ.setdefault(_name, _value)
 
 import pytest
 from support import leak_watch

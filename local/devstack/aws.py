@@ -274,6 +274,9 @@ LOOPBACK_RELAXATIONS = {
     "WEBHOOK_ALLOW_HTTP": "true",
     "WEBHOOK_ALLOWED_PRIVATE_NETWORKS": LOOPBACK_NETWORKS,
 }
+# Who the functions say they are in logs and metrics (template.yaml's Globals): Powertools reads both when a
+# module builds its Logger and Metrics, at import.
+POWERTOOLS_IDENTITY = {"POWERTOOLS_SERVICE_NAME": "image-api", "POWERTOOLS_METRICS_NAMESPACE": "FluxImageService"}
 STRICT = {
     "IMAGE_ALLOW_HTTP": "false",
     "IMAGE_ALLOWED_PRIVATE_NETWORKS": "",
@@ -317,8 +320,7 @@ def service_environment(
     env = {
         **FAKE_CREDENTIALS,
         "AWS_ENDPOINT_URL": aws.endpoint_url,
-        "POWERTOOLS_SERVICE_NAME": "image-api",
-        "POWERTOOLS_METRICS_NAMESPACE": "FluxImageService",
+        **POWERTOOLS_IDENTITY,
         "POWERTOOLS_TRACE_DISABLED": "true",
         "POWERTOOLS_LOG_LEVEL": "INFO",
         "POWERTOOLS_METRICS_DISABLED": "true",

@@ -8,12 +8,14 @@ bucket left public) fails here.
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from devstack.aws import LocalAws, Resources, Seeded
+from aws_lambda_powertools import Metrics
+from devstack.aws import POWERTOOLS_IDENTITY, LocalAws, Resources, Seeded
 from devstack.template import Intrinsics, load_template
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "template.yaml"
@@ -139,3 +141,26 @@ def test_seeded_bus_and_image_requested_rule_are_the_template_ones(seeded, templ
     assert resources.event_bus == bus_name
     assert json.loads(rules["image-requested"]["EventPattern"]) == template_props["ImageRequestedRule"]["EventPattern"]
     assert [target["Arn"] for target in targets] == [_attributes(aws, queues.jobs_queue_url)["QueueArn"]]
+
+
+def test_the_functions_say_who_they_are_as_the_template_names_them(stack) -> None:
+    # Given the template's Powertools service name and metrics namespace (its Globals), and the session's stack
+    template = load_template(TEMPLATE)
+    variables = template["Globals"]["Function"]["Environment"]["Variables"]
+    identity = {name: variables[name] for name in POWERTOOLS_IDENTITY}
+    # Then the stack gives the functions those values
+    assert identity == POWERTOOLS_IDENTITY
+    assert {name: stack.env[name] for name in identity} == identity
+    # And every metrics object of the functions' modules has the namespace, whenever its module was imported in
+    # this process (a unit test, or the suite's own imports, may import one before the stack set its environment;
+    # without a namespace a Metrics fails when it publishes by itself, at 100 values of one metric)
+    loaded = {
+        name: module.metrics
+        for name, module in sys.modules.items()
+        if (name.startswith("imagegen.") or name in {"api_support", "worker_handler"})
+        and isinstance(getattr(module, "metrics", None), Metrics)
+    }
+    assert {"imagegen.service", "imagegen.jobs", "api_support", "worker_handler"} <= loaded.keys()
+    assert {name: metrics.namespace for name, metrics in loaded.items()} == dict.fromkeys(
+        loaded, identity["POWERTOOLS_METRICS_NAMESPACE"]
+    )
