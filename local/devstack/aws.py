@@ -24,7 +24,7 @@ from typing import Any
 import boto3
 
 from devstack.moderation_standin import GUARDRAIL_ID
-from devstack.serving import check_free
+from devstack.serving import PARENT_PID_VARIABLE, check_free
 
 from .template_resources import TableSpec, seed_spec
 
@@ -101,7 +101,11 @@ class LocalAws:
             # Its own session: Ctrl-C in a terminal reaches the whole foreground group, and moto would die while
             # the pollers still poll it (a false "ReceiveMessage failed"); stop() ends it after them instead.
             start_new_session=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [LOCAL_DIR, os.environ.get("PYTHONPATH")]))},
+            env={
+                **os.environ,
+                "PYTHONPATH": os.pathsep.join(filter(None, [LOCAL_DIR, os.environ.get("PYTHONPATH")])),
+                PARENT_PID_VARIABLE: str(os.getpid()),  # it exits if this process dies without stop()
+            },
         )
         deadline = time.monotonic() + self._start_timeout_s
         while time.monotonic() < deadline:

@@ -61,6 +61,9 @@ expressions (nine by default) with a new parser per expression, every time (py-s
 moto process's CPU). The parsed expressions do not change and are not changed by ``find``: each is parsed once
 here (``parse_jsonpath``).
 
+Started by the local stack (``LocalAws``), it exits when that process dies without stopping it
+(``devstack.serving.exit_with_parent``).
+
 Development tooling only: ``python -m devstack.moto_server -H 127.0.0.1 -p 5001``.
 """
 
@@ -72,6 +75,7 @@ import functools
 import inspect
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -88,6 +92,8 @@ from moto.dynamodb.models import __name__ as models_module_name
 from moto.dynamodb.models.table import Table
 from moto.dynamodb.responses import DynamoHandler, DynamoResult
 from moto.sqs.models import Queue, SQSBackend
+
+from devstack.serving import PARENT_PID_VARIABLE, exit_with_parent
 
 _real_deepcopy = copy.deepcopy
 _original_transact = DynamoDBBackend.transact_write_items
@@ -387,6 +393,8 @@ def install() -> None:
 
 def main() -> None:
     install()
+    if parent := os.environ.get(PARENT_PID_VARIABLE, "").strip():  # started by the local stack: end with it
+        exit_with_parent(int(parent))
     from moto.server import main as moto_main
 
     moto_main(sys.argv[1:])

@@ -4,16 +4,19 @@ The local API Gateway, the Flux emulator, the moderation stand-in and the web co
 of their own, from a ``socketserver`` server run by a daemon thread. ``ServerThread`` is that part: serve, stop
 promptly (the loop looks for a stop every ``POLL_INTERVAL_S``, not ``serve_forever``'s default 0.5 s, which a test
 teardown would wait out), the bound port. ``http_url`` writes a host and port as a URL. ``check_free`` tries a port
-before anything is started on it.
+before anything is started on it. ``exit_with_parent`` ends a stand-in run in a child process with the process that
+started it.
 
 Not here: what each server answers, and what else its stop ends (the emulator's held connections).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import socketserver
 import threading
+import time
 
 POLL_INTERVAL_S = 0.05
 
@@ -61,3 +64,22 @@ class ServerThread:
 def http_url(host: str, port: int) -> str:
     """``http://host:port``, with an IPv6 address in brackets."""
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+# Names the process that started a stand-in in a child process (LocalAws, for moto). moto runs in a session of its
+# own, so a stack killed without its stop() (SIGKILL, a test runner's timeout) would leave it listening, and the next
+# `make run` would find MOTO_PORT taken.
+PARENT_PID_VARIABLE = "DEVSTACK_PARENT_PID"
+
+
+def exit_with_parent(parent_pid: int, interval_s: float = 0.5) -> threading.Thread:
+    """Exit this process once ``parent_pid`` is no longer its parent (the parent died and it was re-parented)."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval_s)
+        os._exit(0)
+
+    watcher = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    watcher.start()
+    return watcher

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
+import signal
 import socket
 import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -249,6 +253,22 @@ def test_make_events_reads_the_bus_copy_with_the_projects_own_boto3(stack, api, 
     assert make_events() == []
 
 
+def run_as_a_group(args: list[str], *, timeout: float, **kwargs: Any) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run`` capturing text, with the command in a process group of its own, ended whole (SIGTERM) when
+    it outlasts ``timeout`` or the test is interrupted: ``subprocess.run`` kills only the script, whose EXIT trap then
+    never stops the stack it started in the background."""
+    with subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
+    ) as process:
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+            raise
+    return subprocess.CompletedProcess(args, process.returncode, stdout, stderr)
+
+
 def test_make_demo_leaves_nothing_in_tmp(tmp_path):
     # Given make demo's script with its own temporary folder watched, on free ports, the emulator without latency
     watched = tmp_path / "tmp"
@@ -266,14 +286,7 @@ def test_make_demo_leaves_nothing_in_tmp(tmp_path):
         "DEMO_LOG_DIR": str(tmp_path / "logs"),
     }
     # When it runs to the end
-    done = subprocess.run(
-        ["bash", "scripts/demo.sh"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    done = run_as_a_group(["bash", "scripts/demo.sh"], cwd=ROOT, env=env, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # Then every prompt became an image, the stack's logs are where it said, and the temporary folder is empty
     prompts = [line for line in (ROOT / "examples/prompts.jsonl").read_text().splitlines() if line.strip()]
@@ -310,3 +323,43 @@ def test_readme_try_it_pastes_as_is_with_no_placeholder_to_fill(tmp_path):
     assert '"code":"validation_error"' in done.stdout.replace(" ", "")
     assert '"code":"invalid_api_key"' in done.stdout.replace(" ", "")
     assert '"items_upload_id"' not in done.stdout  # the upload job was accepted, not refused
+
+
+# A stack's process that starts moto as `make run` does (LocalAws) and prints moto's pid, then waits to be killed.
+STARTS_MOTO = """
+import time
+from devstack.aws import LocalAws
+aws = LocalAws().start()
+print(aws._process.pid, aws.endpoint_url, flush=True)
+time.sleep(120)
+"""
+
+
+def test_moto_ends_with_a_stack_killed_without_stopping_it():
+    # Given moto started by a stack's process (in a session of its own, so Ctrl-C in a terminal does not reach it)
+    stack = subprocess.Popen(
+        [sys.executable, "-c", STARTS_MOTO],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "local")},
+    )
+    assert stack.stdout is not None
+    pid, url = stack.stdout.readline().split()
+    try:
+        assert requests.get(url, timeout=5).status_code < 500
+        # When that process is killed (kill -9, a test runner's timeout): its stop() never runs
+        stack.kill()
+        stack.wait(timeout=10)
+        # Then moto exits too, and its port is free for the next `make run`
+        eventually(lambda: not _running(int(pid)), 10, "moto to exit after the stack's process")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

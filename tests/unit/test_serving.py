@@ -1,13 +1,23 @@
-"""The lifecycle the local servers share (devstack.serving): serve on a free port, stop promptly, close the port."""
+"""The lifecycle the local servers share (devstack.serving): serve on a free port, stop promptly, close the port,
+and end a stand-in in a child process with the process that started it."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import socket
+import subprocess
+import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
 from devstack.serving import ServerThread, http_url
+from support.polling import eventually
+
+LOCAL_DIR = Path(__file__).resolve().parents[2] / "local"
 
 
 class Hello(BaseHTTPRequestHandler):
@@ -52,3 +62,48 @@ def test_a_server_bound_but_never_started_is_closed_by_stop():
 )
 def test_http_url_brackets_an_ipv6_host(host, url):
     assert http_url(host, 3000) == url
+
+
+# A parent that starts a child in a session of its own (as LocalAws starts moto), prints the child's pid, then
+# waits to be killed; the child watches it with exit_with_parent and would otherwise sleep for a minute.
+PARENT = """
+import os, subprocess, sys, time
+child = subprocess.Popen(
+    [sys.executable, "-c", "import time; from devstack.serving import exit_with_parent; "
+     f"exit_with_parent({os.getpid()}, interval_s=0.05); time.sleep(60)"],
+    start_new_session=True,
+)
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_child_started_with_exit_with_parent_ends_when_its_parent_is_killed():
+    # Given a parent whose child, in a session of its own, watches it
+    parent = subprocess.Popen(
+        [sys.executable, "-c", PARENT],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(LOCAL_DIR)},
+    )
+    assert parent.stdout is not None
+    child = int(parent.stdout.readline())
+    try:
+        assert _alive(child)
+        # When the parent is killed without a chance to stop it
+        parent.kill()
+        parent.wait(timeout=10)
+        # Then the child exits too (it would sleep on for a minute)
+        eventually(lambda: not _alive(child), 10, "the child to exit after its parent")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped by init, counts as ended)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
