@@ -9,7 +9,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from devstack.flux_emulator import FluxEmulator
 from devstack.loadgen import free_port, stack_process
 from devstack.stack import PORT_OFFSETS
 from support.polling import eventually
+from support.processes import parent_process, running
 from support.secrets_under_test import API_KEY, ORIGIN
 from support.stack_fixtures import drain, wait_for_job
 
@@ -337,29 +337,10 @@ time.sleep(120)
 
 def test_moto_ends_with_a_stack_killed_without_stopping_it():
     # Given moto started by a stack's process (in a session of its own, so Ctrl-C in a terminal does not reach it)
-    stack = subprocess.Popen(
-        [sys.executable, "-c", STARTS_MOTO],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(ROOT / "local")},
-    )
-    assert stack.stdout is not None
-    pid, url = stack.stdout.readline().split()
-    try:
+    with parent_process(STARTS_MOTO, ROOT / "local") as (stack, (pid, url)):
         assert requests.get(url, timeout=5).status_code < 500
         # When that process is killed (kill -9, a test runner's timeout): its stop() never runs
         stack.kill()
         stack.wait(timeout=10)
         # Then moto exits too, and its port is free for the next `make run`
-        eventually(lambda: not _running(int(pid)), 10, "moto to exit after the stack's process")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(int(pid), signal.SIGKILL)
-
-
-def _running(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, exited but not yet reaped, counts as ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+        eventually(lambda: not running(int(pid)), 10, "moto to exit after the stack's process")

@@ -3,12 +3,7 @@ and end a stand-in in a child process with the process that started it."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
-import subprocess
-import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -16,6 +11,7 @@ import pytest
 import requests
 from devstack.serving import ServerThread, http_url
 from support.polling import eventually
+from support.processes import parent_process, running
 
 LOCAL_DIR = Path(__file__).resolve().parents[2] / "local"
 
@@ -80,30 +76,10 @@ time.sleep(60)
 
 def test_a_child_started_with_exit_with_parent_ends_when_its_parent_is_killed():
     # Given a parent whose child, in a session of its own, watches it
-    parent = subprocess.Popen(
-        [sys.executable, "-c", PARENT],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": str(LOCAL_DIR)},
-    )
-    assert parent.stdout is not None
-    child = int(parent.stdout.readline())
-    try:
-        assert _alive(child)
+    with parent_process(PARENT, LOCAL_DIR) as (parent, (child, *_)):
+        assert running(int(child))
         # When the parent is killed without a chance to stop it
         parent.kill()
         parent.wait(timeout=10)
         # Then the child exits too (it would sleep on for a minute)
-        eventually(lambda: not _alive(child), 10, "the child to exit after its parent")
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie, exited but not yet reaped by init, counts as ended)."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+        eventually(lambda: not running(int(child)), 10, "the child to exit after its parent")
