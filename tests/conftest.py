@@ -4,7 +4,10 @@ answer, event and webhook for secrets (``support/leak_watch``).
 
 Tiers: every test that needs a running stack (the session's local stack, ``make run``'s in a child process, the SAM
 CLI and template tools, the built artefact, Chromium) is marked ``stack``, by its folder or by the ``stack``
-fixture; ``make unit`` runs the rest (``pytest tests/unit -m "not stack"``), ``make test`` runs everything."""
+fixture; ``make unit`` runs the rest (``pytest tests/unit -m "not stack"``), ``make test`` runs everything.
+
+And the test process itself: the template's Powertools service name and namespace before any import, and a garbage
+collector tuned for a long-lived process (both explained where they are set)."""
 
 # ruff: noqa: E402 - the imports after POWERTOOLS_IDENTITY below may reach the functions' modules
 
