@@ -314,6 +314,25 @@ def test_latency_and_per_request_override(flux):
     assert "output" in json_of(response)
 
 
+def test_a_generation_is_drawn_within_its_latency(flux, monkeypatch):
+    # Given an emulator with 5 s of latency whose drawing takes 0.2 s, and whose waits are recorded, not slept
+    flux.set_latency(5)
+    draw = flux_emulator.render_png
+
+    def slow_draw(**params: Any) -> bytes:
+        time.sleep(0.2)
+        return draw(**params)
+
+    monkeypatch.setattr(flux_emulator, "render_png", slow_draw)
+    waits: list[float] = []
+    monkeypatch.setattr(flux, "_sleep", lambda seconds: waits.append(seconds) or True)
+    # When a generation is requested
+    assert post(flux).status_code == 200
+    # Then it waits the latency less the drawing: the answer leaves 5 s after the request arrived, not 5.2 s
+    assert len(waits) == 1
+    assert 4.0 < waits[0] <= 4.8
+
+
 def test_concurrency_limit_gives_429_when_exceeded():
     # Given an emulator accepting 2 generations in flight, each taking 3 s (long enough for all five requests to
     # overlap even on a loaded machine)
