@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -148,6 +149,37 @@ def test_secrets_real_secrets_provider_caches_until_forced() -> None:
         assert keys() == KEY
         assert keys(force_refresh=True) == "sk-rotated"
         assert keys() == "sk-rotated"
+
+
+def test_secrets_threads_starting_together_read_the_secret_once() -> None:
+    # Given a real secret read through Powertools' SecretsProvider, whose first read lasts until a second read
+    # starts (or half a second), and eight threads asking for the key at once on a cold cache
+    with mock_aws():
+        client = boto3.client("secretsmanager", region_name="us-east-1")
+        client.create_secret(Name=SECRET_ID, SecretString=KEY)
+        read = client.get_secret_value
+        reads: list[str] = []
+        second_read = threading.Event()
+
+        def slow_read(**kwargs: Any) -> Any:
+            reads.append(kwargs["SecretId"])
+            if len(reads) > 1:
+                second_read.set()
+            else:
+                second_read.wait(0.5)
+            return read(**kwargs)
+
+        client.get_secret_value = slow_read  # type: ignore[method-assign]
+        keys = SubscriptionKeyProvider(SECRET_ID, max_age_s=300, provider=SecretsProvider(boto3_client=client))
+        answers: list[str] = []
+        threads = [threading.Thread(target=lambda: answers.append(keys())) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10)
+    # Then every thread has the key, and Secrets Manager was read once: the others found it in the cache
+    assert answers == [KEY] * 8
+    assert reads == [SECRET_ID]
 
 
 def test_secrets_real_missing_secret_is_a_configuration_error() -> None:

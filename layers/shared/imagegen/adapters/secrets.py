@@ -1,13 +1,16 @@
 """The Flux Schnell subscription key, read from Secrets Manager through Powertools Parameters.
 
 Powertools caches the value across warm invocations (``max_age``); ``force_refresh=True`` bypasses the cache,
-which is how a rotated key is picked up after the upstream answers 401/403 — no redeploy needed.
+which is how a rotated key is picked up after the upstream answers 401/403 — no redeploy needed. Its cache has no
+single flight: items starting together in a cold invocation (``WorkerThreads`` > 1) would each miss it and each
+read the secret, so reads go one at a time here and the others find the first one's value in the cache.
 The key is never logged, and no error message here contains it.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 
 from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
@@ -50,10 +53,12 @@ class SubscriptionKeyProvider:
         self._secret_id = secret_id
         self._max_age_s = max_age_s
         self._provider = provider or SecretsProvider()
+        self._reading = threading.Lock()  # one read at a time: a cold cache is filled once, not once per thread
 
     def __call__(self, force_refresh: bool = False) -> str:
         try:
-            raw = self._provider.get(self._secret_id, max_age=self._max_age_s, force_fetch=force_refresh)
+            with self._reading:
+                raw = self._provider.get(self._secret_id, max_age=self._max_age_s, force_fetch=force_refresh)
         except GetParameterError as exc:
             # The boto error names the secret and the reason, never the value; keep it out of the answer anyway.
             raise ConfigurationError("could not read the subscription key from Secrets Manager") from exc
