@@ -302,9 +302,11 @@ def test_an_invocation_killed_mid_batch_is_redelivered_without_paying_twice_for_
         raise killed(repository, job_id, index)
 
     patch_generation(monkeypatch, queue_path.worker, job_id, killed_on_3_and_7)
-    queue_path.start()
-    # When the batch is delivered, its invocation dies, and the whole batch comes back (visibility timeout)
+    # When the batch is delivered, its invocation dies, and the whole batch comes back (visibility timeout). The ten
+    # are on the queue before the pollers start: a poll while the send is under way could split them (one run
+    # delivered nine, then one, and the assertion on the dead batch below failed)
     queue_path.send(messages(job_id, 10))
+    queue_path.start()
     queue_path.wait_settled(repository, job_id)
     # Then all ten succeeded; the finished items were not generated again, only the two killed ones (when the
     # kill came after the call); one object each (the replay overwrote its own key)
