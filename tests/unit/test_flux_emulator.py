@@ -328,9 +328,10 @@ def test_a_generation_is_drawn_within_its_latency(flux, monkeypatch):
     monkeypatch.setattr(flux, "_sleep", lambda seconds: waits.append(seconds) or True)
     # When a generation is requested
     assert post(flux).status_code == 200
-    # Then it waits the latency less the drawing: the answer leaves 5 s after the request arrived, not 5.2 s
+    # Then it waits the latency less the drawing: the answer leaves 5 s after the request arrived, not 5.2 s (the
+    # lower bound only says it did wait: a busy machine may add to the drawing's 0.2 s, never take from it)
     assert len(waits) == 1
-    assert 4.0 < waits[0] <= 4.8
+    assert 2.5 < waits[0] <= 4.8
 
 
 def test_concurrency_limit_gives_429_when_exceeded():
