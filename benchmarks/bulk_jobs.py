@@ -8,7 +8,8 @@ answers, and each invocation refills itself from the queue while its slots would
 16 x 1 slot, batches of 2. For 2,000 items: ``--invocations 8 --slots 2 --batch-size 10 --job-items 100``.
 Besides the wall time it prints how the upstream was used: the mean generations in flight from the first call
 seen to the last (sampled every 20 ms) and the time after the last call (mirror, record, completion, results
-file, the client's next poll).
+file, the client's next poll); and, from every call timed at the emulator, how long the calls took there, when
+the 1st, 8th and 16th began (the slots' ramp), and how long a freed slot waited for its next call.
 
 ``--aws-calls`` also times every AWS call the stack's process makes (botocore's HTTP send): per operation, the
 calls, their mean latency and that mean in each tenth of the run. The local moto answers all of them from one
@@ -120,6 +121,43 @@ class AwsCallTimer:
         return summary
 
 
+def upstream_call_figures(calls: list[tuple[float, float]]) -> dict[str, Any]:
+    """Where a run's upstream time went, from every generation's (arrived, answered), in s after the submit: how long
+    a call took at the emulator (its latency is the ideal's), when the 1st, 8th and 16th calls began (the slots'
+    ramp: with 200 items, eight slots make 13 calls and the rest 12, so the eighth start bounds the run), and how
+    long a freed slot waited for its next call (each call's start against the latest answer before it not yet
+    followed by a call)."""
+    if not calls:
+        return {}
+    calls = sorted(calls)
+    took = sorted(answered - arrived for arrived, answered in calls)
+    ends = sorted(answered for _, answered in calls)
+    freed: list[float] = []  # answers not yet followed by a call, latest last
+    waits: list[float] = []
+    next_end = 0
+    for arrived, _ in calls:
+        while next_end < len(ends) and ends[next_end] <= arrived:
+            freed.append(ends[next_end])
+            next_end += 1
+        if freed:
+            waits.append(arrived - freed.pop())
+    waits.sort()
+    starts = [arrived for arrived, _ in calls]
+    return {
+        "upstream_call_s": {
+            "mean": round(sum(took) / len(took), 4),
+            "median": round(took[len(took) // 2], 4),
+            "max": round(took[-1], 4),
+        },
+        "call_starts_s": {f"#{n}": round(starts[n - 1], 2) for n in (1, 8, 16) if n <= len(starts)},
+        "slot_wait_ms": (
+            {"median": round(waits[len(waits) // 2] * 1000, 1), "p90": round(waits[int(len(waits) * 0.9)] * 1000, 1)}
+            if waits
+            else None
+        ),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--items", type=int, default=200)
@@ -177,6 +215,8 @@ def main() -> int:
         prompts = [{"prompt": f"bulk {i}", "seed": i, "width": 512, "height": 512} for i in range(args.items)]
         chunks = [prompts[start : start + args.job_items] for start in range(0, len(prompts), args.job_items)]
         samples: list[tuple[float, int]] = []  # (s after submit, generations in flight), every 20 ms
+        upstream_calls: list[tuple[float, float]] = []  # each generation: arrived, answered (perf_counter)
+        stack.emulator.on_generation = lambda arrived, answered: upstream_calls.append((arrived, answered))
         sampling = threading.Event()
 
         def sample() -> None:
@@ -258,6 +298,7 @@ def main() -> int:
             "floor_s": round(first_s + math.ceil(args.items / CONCURRENCY_LIMIT) * args.latency, 2),
             "target_ratio": args.target,
         }
+        result.update(upstream_call_figures([(a - started, b - started) for a, b in upstream_calls]))
         result["meets_target"] = (
             result["succeeded"] == args.items
             and result["none_generated_twice"]
