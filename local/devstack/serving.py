@@ -23,8 +23,8 @@ POLL_INTERVAL_S = 0.05
 
 def check_free(host: str, port: int) -> None:
     """Raise the ``OSError`` a server binding ``host:port`` would meet, without keeping the port. With
-    ``SO_REUSEADDR``, as the servers bind: a port left in TIME_WAIT has no owner."""
-    with socket.socket() as probe:
+    ``SO_REUSEADDR``, as the servers bind: a port left in TIME_WAIT has no owner. An IPv6 host is tried as IPv6."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind((host, port))
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import requests
-from devstack.serving import ServerThread, http_url
+from devstack.serving import ServerThread, check_free, http_url
 from support.polling import eventually
 from support.processes import parent_process, running
 
@@ -58,6 +58,24 @@ def test_a_server_bound_but_never_started_is_closed_by_stop():
 )
 def test_http_url_brackets_an_ipv6_host(host, url):
     assert http_url(host, 3000) == url
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_check_free_refuses_a_port_with_a_listener_and_tries_the_hosts_own_family(host):
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family) as listener:
+        try:
+            listener.bind((host, 0))
+        except OSError:
+            pytest.skip(f"{host} cannot be bound on this machine")
+        listener.listen()
+        port = listener.getsockname()[1]
+        # Given a port something listens on: it is refused, as a server binding it would be
+        with pytest.raises(OSError) as refused:
+            check_free(host, port)
+        assert not isinstance(refused.value, socket.gaierror)  # the port is taken, not the address misread
+    # And once it is closed, the same host and port are free
+    check_free(host, port)
 
 
 # A parent that starts a child in a session of its own (as LocalAws starts moto), prints the child's pid, then
