@@ -61,6 +61,15 @@ expressions (nine by default) with a new parser per expression, every time (py-s
 moto process's CPU). The parsed expressions do not change and are not changed by ``find``: each is parsed once
 here (``parse_jsonpath``).
 
+Every update of an item (UpdateItem, and each Update of a transaction) had moto parse its update expression twice
+and lex its condition expression once, then run ten validators over a deep copy of the tree, each a depth-first walk
+that rebuilt its map of node types (a dict of bound methods) at every node and asked ``isinstance`` of abstract
+classes there: three quarters of a transaction's time in the moto process (py-spy, a bulk job). A worker's
+expressions are a few fixed texts: each is parsed and lexed once here (the tree is only read, or deep-copied
+before it changes; the tokens are immutable), and the walk keeps its per-class answers. Measured with
+``benchmarks/counter_contention.py --items 400 --runs 1`` (1,665 transactions from 32 threads): the moto process's
+CPU 25.7 and 25.0 s before, 19.2 and 17.3 s after.
+
 Started by the local stack (``LocalAws``), it exits when that process dies without stopping it
 (``devstack.serving.exit_with_parent``).
 
@@ -80,6 +89,7 @@ import sys
 import threading
 import time
 import types
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -87,9 +97,12 @@ import jsonpath_ng.ext
 from moto.core import serialize as moto_serialize
 from moto.core.responses import ActionResult
 from moto.core.utils import camelcase_to_underscores, unix_time_millis
+from moto.dynamodb.comparisons import ConditionExpressionParser
 from moto.dynamodb.models import DynamoDBBackend
 from moto.dynamodb.models import __name__ as models_module_name
 from moto.dynamodb.models.table import Table
+from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, Node  # type: ignore[attr-defined]
+from moto.dynamodb.parsing.expressions import UpdateExpressionParser  # type: ignore[attr-defined]
 from moto.dynamodb.responses import DynamoHandler, DynamoResult
 from moto.sqs.models import Queue, SQSBackend
 
@@ -362,6 +375,69 @@ def parse_jsonpath(expression: str) -> Any:
     return _original_parse_jsonpath(expression)
 
 
+_original_update_make = UpdateExpressionParser.make.__func__
+_original_lex_condition = ConditionExpressionParser._lex_condition_expression
+
+
+@functools.lru_cache(maxsize=512)
+def _update_expression_tree(expression: str) -> Any:
+    return _original_update_make(UpdateExpressionParser, expression)
+
+
+def update_expression_tree(cls: type, expression: str) -> Any:
+    """``UpdateExpressionParser.make``, once per expression text. Its tree is only read (the clauses it names)
+    or deep-copied by the validator before it is changed, so one tree serves every call; a text that fails to
+    parse raises each time, as before."""
+    if cls is not UpdateExpressionParser:
+        return _original_update_make(cls, expression)
+    return _update_expression_tree(expression)
+
+
+@functools.lru_cache(maxsize=512)
+def _condition_tokens(expression: str) -> tuple[Any, ...]:
+    return tuple(_original_lex_condition(ConditionExpressionParser(expression, None, None)))
+
+
+def lex_condition_expression(self: ConditionExpressionParser) -> Any:
+    """``ConditionExpressionParser._lex_condition_expression``, once per expression text: its tokens depend on
+    the text alone (names and values are read by the later steps) and are immutable tuples, each with an empty
+    list of children that nothing appends to. The parser consumes the deque it is given: each call gets a new
+    one."""
+    return deque(_condition_tokens(self.condition_expression))
+
+
+_is_node: dict[type, bool] = {}
+_processes: dict[tuple[type, type], bool] = {}
+
+
+def traverse_node_recursively(self: DepthFirstTraverser, node: Any, child_id: int = -1) -> Any:
+    """moto's ``DepthFirstTraverser.traverse_node_recursively``: the same walk (children first, in order, each
+    processed node put in its parent's place), without rebuilding the walker's map of node types (a dict of bound
+    methods) at every node, nor asking ``isinstance`` of abstract classes at every node of every walk: both answers
+    depend on the classes alone, and are kept per class."""
+    kind = type(node)
+    is_node = _is_node.get(kind)
+    if is_node is None:
+        is_node = _is_node[kind] = isinstance(node, Node)
+    if not is_node:
+        return node
+    parent_node = node.parent
+    if node.children is not None:
+        for i, child_node in enumerate(node.children):
+            self.pre_processing_of_child(node, i)
+            self.traverse_node_recursively(child_node, i)
+    pair = (type(self), kind)
+    processes = _processes.get(pair)
+    if processes is None:
+        processes = _processes[pair] = isinstance(node, tuple(self.nodes_to_be_processed()))
+    if processes:
+        node = self.process(node)
+        node.parent = parent_node
+        if parent_node:
+            parent_node.children[child_id] = node
+    return node
+
+
 def install() -> None:
     from moto import backends
     from moto.core.base_backend import BackendDict
@@ -378,6 +454,9 @@ def install() -> None:
     DynamoDBBackend.transact_write_items = transact_write_items  # type: ignore[method-assign]
     DynamoHandler.serialized = serialized  # type: ignore[method-assign, assignment]
     Table.query = query  # type: ignore[method-assign]
+    UpdateExpressionParser.make = classmethod(update_expression_tree)  # type: ignore[method-assign, assignment]
+    ConditionExpressionParser._lex_condition_expression = lex_condition_expression  # type: ignore[method-assign]
+    DepthFirstTraverser.traverse_node_recursively = traverse_node_recursively  # type: ignore[method-assign]
     Queue.delete_message = queue_delete_message  # type: ignore[method-assign]
     Queue.attributes = property(queue_attributes)  # type: ignore[method-assign, assignment]
     Queue.messages = property(queue_messages)  # type: ignore[method-assign, assignment]

@@ -103,6 +103,17 @@ def test_routing_lists_moto_services_once(monkeypatch: pytest.MonkeyPatch) -> No
     monkeypatch.setattr(backends, "list_of_moto_modules", counting)
     monkeypatch.setattr(moto_server.DynamoHandler, "serialized", moto_server.DynamoHandler.serialized)
     monkeypatch.setattr(moto_server.Table, "query", moto_server.Table.query)
+    monkeypatch.setattr(moto_server.UpdateExpressionParser, "make", moto_server.UpdateExpressionParser.__dict__["make"])
+    monkeypatch.setattr(
+        moto_server.ConditionExpressionParser,
+        "_lex_condition_expression",
+        moto_server.ConditionExpressionParser._lex_condition_expression,
+    )
+    monkeypatch.setattr(
+        moto_server.DepthFirstTraverser,
+        "traverse_node_recursively",
+        moto_server.DepthFirstTraverser.traverse_node_recursively,
+    )
     from moto.core.base_backend import BackendDict
 
     monkeypatch.setattr(BackendDict, "__getitem__", BackendDict.__getitem__)
@@ -498,3 +509,119 @@ def test_event_templates_parse_each_jsonpath_once_and_answer_as_moto_does(monkey
     assert first == expected
     assert second["id"] == "e-2" and second["detail"] == {"image_id": "img_2"}
     assert parsed and len(parsed) == len(set(parsed)) == len(EventTemplateParser.DEFAULT_EVENT_INPUT_PATHS_MAP)
+
+
+def _update_scenario() -> list[Any]:
+    """Updates, conditions and a transaction a worker makes, each expression used more than once with other
+    values: what every call answered (an item, or the error's code)."""
+    import boto3
+    from botocore.exceptions import ClientError
+    from moto import mock_aws
+
+    answers: list[Any] = []
+    with mock_aws():
+        client = boto3.client("dynamodb", region_name="us-east-1")
+        client.create_table(
+            TableName="jobs",
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk")],
+            BillingMode="PAY_PER_REQUEST",
+        )
+
+        def call(operation: str, **request: Any) -> None:
+            try:
+                answers.append(getattr(client, operation)(**request).get("Attributes"))
+            except ClientError as error:
+                answers.append(error.response["Error"]["Code"])
+
+        move = {
+            "UpdateExpression": "SET #s = :to, n = if_not_exists(n, :zero) + :one, seen = list_append("
+            "if_not_exists(seen, :empty), :at) REMOVE gone ADD tags :tag",
+            "ConditionExpression": "attribute_not_exists(pk) OR #s = :from",
+            "ExpressionAttributeNames": {"#s": "status"},
+            "ReturnValues": "ALL_NEW",
+        }
+        for index, (before, after) in enumerate([("queued", "running"), ("running", "succeeded"), ("queued", "x")]):
+            values = {
+                ":to": {"S": after},
+                ":from": {"S": before},
+                ":zero": {"N": "0"},
+                ":one": {"N": str(index + 1)},
+                ":empty": {"L": []},
+                ":at": {"L": [{"N": str(index)}]},
+                ":tag": {"SS": [f"t{index}"]},
+            }
+            call("update_item", TableName="jobs", Key={"pk": {"S": "J"}, "sk": {"S": "I#1"}}, **move,
+                 ExpressionAttributeValues=values)  # fmt: skip
+        for value in ("1", "2"):
+            call(
+                "transact_write_items",
+                TransactItems=[
+                    {
+                        "Update": {
+                            "TableName": "jobs",
+                            "Key": {"pk": {"S": "J"}, "sk": {"S": f"C#{value}"}},
+                            "UpdateExpression": "ADD done :n SET #u = :u",
+                            "ExpressionAttributeNames": {"#u": "updated"},
+                            "ExpressionAttributeValues": {":n": {"N": value}, ":u": {"S": f"at {value}"}},
+                        }
+                    },
+                    {
+                        "ConditionCheck": {
+                            "TableName": "jobs",
+                            "Key": {"pk": {"S": "J"}, "sk": {"S": "I#1"}},
+                            "ConditionExpression": "#s = :s",
+                            "ExpressionAttributeNames": {"#s": "status"},
+                            "ExpressionAttributeValues": {":s": {"S": "succeeded" if value == "1" else "queued"}},
+                        }
+                    },
+                ],
+            )
+        for _ in range(2):  # a text that does not parse is refused every time, not once
+            call("update_item", TableName="jobs", Key={"pk": {"S": "J"}, "sk": {"S": "I#2"}},
+                 UpdateExpression="SET = :v", ExpressionAttributeValues={":v": {"S": "v"}})  # fmt: skip
+        answers.append(client.scan(TableName="jobs")["Items"])
+    return answers
+
+
+def test_update_expressions_are_parsed_once_and_answer_as_moto_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given what moto answers to a worker's updates, conditions and transactions, each expression used again
+    expected = _update_scenario()
+    # When the launcher's parsing serves them, with moto's parsers made to count what they parse
+    from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser
+
+    updates: list[str] = []
+    conditions: list[str] = []
+    original_make, original_lex = moto_server._original_update_make, moto_server._original_lex_condition
+
+    def counting_make(cls: type, expression: str) -> Any:
+        updates.append(expression)
+        return original_make(cls, expression)
+
+    def counting_lex(parser: Any) -> Any:
+        conditions.append(parser.condition_expression)
+        return original_lex(parser)
+
+    moto_server._update_expression_tree.cache_clear()
+    moto_server._condition_tokens.cache_clear()
+    monkeypatch.setattr(moto_server, "_original_update_make", counting_make)
+    monkeypatch.setattr(moto_server, "_original_lex_condition", counting_lex)
+    monkeypatch.setattr(moto_server.UpdateExpressionParser, "make", classmethod(moto_server.update_expression_tree))
+    monkeypatch.setattr(
+        moto_server.ConditionExpressionParser, "_lex_condition_expression", moto_server.lex_condition_expression
+    )
+    monkeypatch.setattr(DepthFirstTraverser, "traverse_node_recursively", moto_server.traverse_node_recursively)
+    answered = _update_scenario()
+    moto_server._update_expression_tree.cache_clear()
+    moto_server._condition_tokens.cache_clear()
+
+    # Then every answer is moto's (items, refusals, the table at the end)
+    assert answered == expected
+    assert "ConditionalCheckFailedException" in answered and "TransactionCanceledException" in answered
+    assert answered.count("ValidationException") == 2
+    # And each text that parses was parsed once, the one that does not at every call
+    assert len([text for text in updates if text != "SET = :v"]) == len(
+        {text for text in updates if text != "SET = :v"}
+    )
+    assert updates.count("SET = :v") == 2
+    assert len(conditions) == len(set(conditions)) == 2
