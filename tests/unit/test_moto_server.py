@@ -114,6 +114,9 @@ def test_routing_lists_moto_services_once(monkeypatch: pytest.MonkeyPatch) -> No
         "traverse_node_recursively",
         moto_server.DepthFirstTraverser.traverse_node_recursively,
     )
+    from moto.dynamodb.parsing import validators
+
+    monkeypatch.setattr(validators, "deepcopy", validators.deepcopy)
     from moto.core.base_backend import BackendDict
 
     monkeypatch.setattr(BackendDict, "__getitem__", BackendDict.__getitem__)
@@ -260,6 +263,9 @@ def test_a_queue_lists_the_messages_moto_lists() -> None:
 def test_an_existing_account_s_backend_is_found_without_the_shared_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given moto's backend dictionary, whose look-up takes a lock shared by every service
     from moto.core import base_backend
+    from moto.dynamodb.parsing import validators
+
+    monkeypatch.setattr(validators, "deepcopy", validators.deepcopy)
     from moto.core.base_backend import BackendDict
 
     monkeypatch.setattr(BackendDict, "__getitem__", BackendDict.__getitem__)
@@ -588,6 +594,7 @@ def test_update_expressions_are_parsed_once_and_answer_as_moto_does(monkeypatch:
     # Given what moto answers to a worker's updates, conditions and transactions, each expression used again
     expected = _update_scenario()
     # When the launcher's parsing serves them, with moto's parsers made to count what they parse
+    from moto.dynamodb.parsing import validators
     from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser
 
     updates: list[str] = []
@@ -611,6 +618,7 @@ def test_update_expressions_are_parsed_once_and_answer_as_moto_does(monkeypatch:
         moto_server.ConditionExpressionParser, "_lex_condition_expression", moto_server.lex_condition_expression
     )
     monkeypatch.setattr(DepthFirstTraverser, "traverse_node_recursively", moto_server.traverse_node_recursively)
+    monkeypatch.setattr(validators, "deepcopy", moto_server.copy_for_validation)
     answered = _update_scenario()
     moto_server._update_expression_tree.cache_clear()
     moto_server._condition_tokens.cache_clear()
@@ -625,3 +633,25 @@ def test_update_expressions_are_parsed_once_and_answer_as_moto_does(monkeypatch:
     )
     assert updates.count("SET = :v") == 2
     assert len(conditions) == len(set(conditions)) == 2
+
+
+def test_a_parsed_update_is_copied_whole_for_each_validation() -> None:
+    # Given a parsed update, as the launcher keeps it for every call of its text
+    moto_server._update_expression_tree.cache_clear()
+    tree = moto_server._update_expression_tree("SET a = :a, b = if_not_exists(b, :z) + :one REMOVE c")
+
+    # When the validators copy it
+    copied = moto_server.copy_for_validation(tree)
+
+    # Then the copy is a new tree with the same shape, and it does not carry the pickle the next copy is made from
+    def shape(node: Any) -> list[Any]:
+        children = node.children if isinstance(getattr(node, "children", None), list) else []
+        return [type(node).__name__, [shape(child) for child in children]]
+
+    assert copied is not tree and shape(copied) == shape(tree) == shape(copy.deepcopy(tree))
+    assert all(child.parent is copied for child in copied.children)
+    assert not hasattr(copied, "local_copy_source")
+    # And anything else is deep-copied as before
+    other = {"list": [1, {"a": 2}]}
+    assert moto_server.copy_for_validation(other) == other and moto_server.copy_for_validation(other) is not other
+    moto_server._update_expression_tree.cache_clear()
