@@ -61,6 +61,42 @@ def test_direct_json_equals_moto_serializer(action: str, result: dict[str, Any])
     assert "null" not in fast[2]
 
 
+WIRE_ITEM = {
+    "pk": {"S": "JOB#job_1"},
+    "text": {"S": "null"},
+    "nested": {"M": {"note": {"S": "a:null,[null"}, "none": {"NULL": True}, "list": {"L": [{"N": "2"}]}}},
+}
+
+
+@pytest.mark.parametrize(
+    ("action", "result"),
+    [
+        ("Query", {"Items": [WIRE_ITEM], "Count": 1, "ScannedCount": 1}),
+        ("Query", {"Items": [WIRE_ITEM], "Count": 1, "ScannedCount": 1, "LastEvaluatedKey": None}),
+        ("UpdateItem", {"Attributes": {"pk": {"S": "a"}}, "ConsumedCapacity": {"TableName": "t", "Table": None}}),
+    ],
+)
+def test_a_wire_format_answer_is_written_directly_without_moto_s_none_fields(
+    action: str, result: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given an answer as moto hands it over (items already in the wire format), some with the text "null" in
+    # values and some with fields moto left None
+    expected = moto_server._original_serialized(_handler(action), DynamoResult(result))
+    monkeypatch.setattr(moto_server, "_original_serialized", lambda *_: pytest.fail("not written directly"))
+
+    # When it is answered
+    status, _, body = moto_server.serialized(_handler(action), DynamoResult(result))
+
+    # Then it is written directly, as moto's serializer writes it: the texts kept, the None fields left out
+    assert status == 200
+    assert json.loads(body) == json.loads(expected[2])
+    assert json.loads(body)["Items" if action == "Query" else "Attributes"] == result.get(
+        "Items", result.get("Attributes")
+    )
+    assert "LastEvaluatedKey" not in json.loads(body)
+    assert json.loads(body).get("ConsumedCapacity", {}) in ({}, {"TableName": "t"})
+
+
 def test_answer_that_is_not_plain_json_goes_through_moto_serializer(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given an answer carrying a timestamp (which only the shape says how to write)
     calls: list[str] = []
