@@ -5,11 +5,16 @@ that). The worker is configured like a deployment sized for that limit: ``Worker
 ``WorkerThreads`` upstream slots each = 16 calls in flight at most. An item holds its slot only while the upstream
 answers, and each invocation refills itself from the queue while its slots would wait (``WorkerRefill``,
 ``imagegen.refill``; ``--no-refill`` for the batches the mapping delivers only). Defaults, for 200 items:
-16 x 1 slot, batches of 2. For 2,000 items: ``--invocations 8 --slots 2 --batch-size 10 --job-items 100``.
+16 x 1 slot, batches of 2, for 200 and 2,000 items (``--invocations 8 --slots 2 --batch-size 10``: the same 16 slots, fewer invocations).
 Besides the wall time it prints how the upstream was used: the mean generations in flight from the first call
 seen to the last (sampled every 20 ms) and the time after the last call (mirror, record, completion, results
 file, the client's next poll); and, from every call timed at the emulator, how long the calls took there, when
 the 1st, 8th and 16th began (the slots' ramp), and how long a freed slot waited for its next call.
+
+How the items are submitted matters at 2,000: as jobs of ``--job-items`` (POSTs one after another, as an app
+submitting many small jobs does) each later job's fan-out message waits in the jobs queue behind the items
+already queued, so the fan-outs come in a burst as the first job's items run out; ``--upload`` submits every item
+as one job from an uploaded JSONL file, as ``flux-images submit`` does above 1,000 prompts.
 
 ``--aws-calls`` also times every AWS call the stack's process makes (botocore's HTTP send): per operation, the
 calls, their mean latency and that mean in each tenth of the run. The local moto answers all of them from one
@@ -24,7 +29,7 @@ Side by side: the vendor's sample code (urllib.request, one request after anothe
 downloading each image as a client of the vendor must.
 
     PYTHONPATH=layers/shared:functions/api:functions/worker:local .venv/bin/python benchmarks/bulk_jobs.py \
-        --vendor-items 0 [--items 2000 --invocations 8 --slots 2 --batch-size 10 --job-items 100]
+        --vendor-items 0 [--items 2000 --job-items 100 | --items 2000 --upload]
 """
 
 from __future__ import annotations
@@ -173,6 +178,12 @@ def main() -> int:
         help="items per job (the API takes up to 1,000, but a 1,000-item POST outlasts the local API's 29 s "
         "budget on a loaded 2-core machine: moto writes the items and the messages)",
     )
+    parser.add_argument(
+        "--upload",
+        action="store_true",
+        help="all items as one job from an uploaded JSONL file (POST /v1/uploads, PUT, POST /v1/jobs), as the CLI "
+        "submits more than 1,000 prompts; --job-items is then not used",
+    )
     parser.add_argument("--target", type=float, default=1.10, help="the ratio to the ideal to stay under")
     parser.add_argument("--latency", type=float, default=LATENCY_S, help="the emulator's seconds per generation")
     parser.add_argument(
@@ -227,9 +238,17 @@ def main() -> int:
         started = time.perf_counter()
         sampler.start()
         pending = []
+        if args.upload:  # one job from a JSONL file, as `flux-images submit` sends more than 1,000 prompts
+            upload = requests.post(f"{stack.url}/v1/uploads", headers=headers, timeout=60)
+            assert upload.status_code == 201, upload.text
+            lines = "".join(json.dumps(prompt) + "\n" for prompt in prompts).encode()
+            put = requests.put(upload.json()["upload_url"], data=lines, timeout=60)
+            assert put.status_code == 200, put.text
+            chunks = [[{"items_upload_id": upload.json()["id"]}]]
         for chunk in chunks:  # more items than --job-items: more jobs, submitted one after another
+            body = chunk[0] if args.upload else {"items": chunk}
             while True:  # as a client must: the usage plan's throttle (5 rps, burst 10) answers 429 past its burst
-                submitted = requests.post(f"{stack.url}/v1/jobs", json={"items": chunk}, headers=headers, timeout=120)
+                submitted = requests.post(f"{stack.url}/v1/jobs", json=body, headers=headers, timeout=120)
                 if submitted.status_code != 429:
                     break
                 time.sleep(float(submitted.headers.get("Retry-After") or 1))
@@ -265,6 +284,7 @@ def main() -> int:
             "items": args.items,
             "worker": f"{args.invocations} invocations x {args.slots} upstream slots, batches of {args.batch_size}"
             + (", no refill" if args.no_refill else ", refill"),
+            "submitted_as": "one upload job" if args.upload else f"jobs of up to {args.job_items} items",
             "invocations": mapping["invocations"],
             "jobs": len(jobs),
             "submit_s": round(submit_s, 2),
