@@ -4,8 +4,8 @@ The emulator answers after 1 s (``--latency``) and allows 16 concurrent generati
 that). The worker is configured like a deployment sized for that limit: ``WorkerMaxConcurrency`` invocations x
 ``WorkerThreads`` upstream slots each = 16 calls in flight at most. An item holds its slot only while the upstream
 answers, and each invocation refills itself from the queue while its slots would wait (``WorkerRefill``,
-``imagegen.refill``; ``--no-refill`` for the batches the mapping delivers only). Defaults, for 200 items:
-16 x 1 slot, batches of 2, for 200 and 2,000 items (``--invocations 8 --slots 2 --batch-size 10``: the same 16 slots, fewer invocations).
+``imagegen.refill``; ``--no-refill`` for the batches the mapping delivers only). Defaults, for 200 and 2,000 items:
+16 x 1 slot, batches of 2 (``--invocations 8 --slots 2 --batch-size 10``: the same 16 slots, fewer invocations).
 Besides the wall time it prints how the upstream was used: the mean generations in flight from the first call
 seen to the last (sampled every 20 ms) and the time after the last call (mirror, record, completion, results
 file, the client's next poll); and, from every call timed at the emulator, how long the calls took there, when

@@ -67,13 +67,12 @@ Every update of an item (UpdateItem, and each Update of a transaction) had moto 
 and lex its condition expression once, then run ten validators over a deep copy of the tree, each a depth-first walk
 that rebuilt its map of node types (a dict of bound methods) at every node and asked ``isinstance`` of abstract
 classes there: three quarters of a transaction's time in the moto process (py-spy, a bulk job). A worker's
-expressions are a few fixed texts: each is parsed and lexed once here (the tree is only read, or deep-copied
-before it changes; the tokens are immutable), and the walk keeps its per-class answers. The validators' deep copy of a tree is made from its pickle (C instead
-of ``copy``'s Python walk). Measured with
-``benchmarks/counter_contention.py --items 400 --runs 1`` (1,665 transactions from 32 threads): the moto process's
-CPU 25.7 and 25.0 s before, 19.2 and 17.3 s after (without the pickled copies); a 200-item bulk run
-(``benchmarks/bulk_jobs.py --vendor-items 0``, three runs each, back to back with the code before): 12.2-13.1 s
-before, 10.4 s after, 1.2 s of it starting and seeding.
+expressions are a few fixed texts: each is parsed and lexed once here (the tree is only read, or deep-copied before
+it changes; the tokens are immutable), and the walk keeps its per-class answers. The validators' deep copy of a tree
+is made from its pickle (C instead of ``copy``'s Python walk). Measured with ``benchmarks/counter_contention.py
+--items 400 --runs 1`` (1,665 transactions from 32 threads): the moto process's CPU 25.7 and 25.0 s before, 19.2 and
+17.3 s after (without the pickled copies); a 200-item bulk run (``benchmarks/bulk_jobs.py --vendor-items 0``, three
+runs each, back to back with the code before): 12.2-13.1 s before, 10.4 s after, 1.2 s of it starting and seeding.
 
 Started by the local stack (``LocalAws``), it exits when that process dies without stopping it
 (``devstack.serving.exit_with_parent``).
