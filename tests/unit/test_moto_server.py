@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import types
 from datetime import UTC, datetime
 from typing import Any
 
@@ -299,9 +300,6 @@ def test_a_queue_lists_the_messages_moto_lists() -> None:
 def test_an_existing_account_s_backend_is_found_without_the_shared_lock(monkeypatch: pytest.MonkeyPatch) -> None:
     # Given moto's backend dictionary, whose look-up takes a lock shared by every service
     from moto.core import base_backend
-    from moto.dynamodb.parsing import validators
-
-    monkeypatch.setattr(validators, "deepcopy", validators.deepcopy)
     from moto.core.base_backend import BackendDict
 
     monkeypatch.setattr(BackendDict, "__getitem__", BackendDict.__getitem__)
@@ -691,3 +689,33 @@ def test_a_parsed_update_is_copied_whole_for_each_validation() -> None:
     other = {"list": [1, {"a": 2}]}
     assert moto_server.copy_for_validation(other) == other and moto_server.copy_for_validation(other) is not other
     moto_server._update_expression_tree.cache_clear()
+
+
+def test_a_validated_update_tree_keeps_every_node_s_parent_as_moto_s_walk_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given an update whose validation replaces nodes (values, paths, functions, arithmetic) in their parents
+    from moto.dynamodb.models.dynamo_type import Item
+    from moto.dynamodb.parsing.ast_nodes import DepthFirstTraverser, Node
+    from moto.dynamodb.parsing.expressions import UpdateExpressionParser
+    from moto.dynamodb.parsing.validators import UpdateExpressionValidator
+
+    table = types.SimpleNamespace(table_key_attrs=["pk"], attr=[], attribute_keys=["pk"])
+    expression = "SET a = :a, b = if_not_exists(b, :z) + :one, c = list_append(c, :l) REMOVE d ADD e :one"
+    values = {":a": {"S": "x"}, ":z": {"N": "0"}, ":one": {"N": "1"}, ":l": {"L": [{"S": "y"}]}}
+
+    def validated() -> Any:
+        item = Item(DynamoType({"S": "p"}), None, {"pk": {"S": "p"}, "c": {"L": []}})
+        tree = UpdateExpressionParser.make(expression)
+        return UpdateExpressionValidator(tree, {}, values, item, table).validate()  # type: ignore[arg-type]
+
+    def parents(node: Any, parent: Any = None) -> list[Any]:
+        children = node.children if isinstance(node, Node) and isinstance(node.children, list) else []
+        here = [(type(node).__name__, node.parent is parent)] if isinstance(node, Node) else []
+        return here + [pair for child in children for pair in parents(child, node)]
+
+    expected = parents(validated())
+    # When the launcher's walk validates it
+    monkeypatch.setattr(DepthFirstTraverser, "traverse_node_recursively", moto_server.traverse_node_recursively)
+    answered = parents(validated())
+    # Then the tree has the same nodes, each under the parent it names, as after moto's own walk
+    assert answered == expected
+    assert all(named for _, named in answered[1:])
