@@ -211,6 +211,16 @@ QUERIES: list[dict[str, Any]] = [
 ]
 
 
+def _create_jobs_table(client: Any) -> None:
+    """A table keyed as the service's (pk, sk), in the moto that ``client`` reaches."""
+    client.create_table(
+        TableName="jobs",
+        KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk")],
+        BillingMode="PAY_PER_REQUEST",
+    )
+
+
 @pytest.mark.parametrize("request_", QUERIES)
 def test_partition_query_answers_as_moto_does(request_: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     # Given a table of three partitions, one of them with item, job and counter rows
@@ -220,12 +230,7 @@ def test_partition_query_answers_as_moto_does(request_: dict[str, Any], monkeypa
 
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName="jobs",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk")],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        _create_jobs_table(client)
         for job in ("a", "b", "c"):
             rows = [f"ITEM#{index:06d}" for index in range(40)] + ["JOB", "JOB#COUNT#0", "JOB#COUNT#1"]
             for number, sort_key in enumerate(rows):
@@ -561,12 +566,7 @@ def _update_scenario() -> list[Any]:
     answers: list[Any] = []
     with mock_aws():
         client = boto3.client("dynamodb", region_name="us-east-1")
-        client.create_table(
-            TableName="jobs",
-            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
-            AttributeDefinitions=[{"AttributeName": n, "AttributeType": "S"} for n in ("pk", "sk")],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        _create_jobs_table(client)
 
         def call(operation: str, **request: Any) -> None:
             try:
