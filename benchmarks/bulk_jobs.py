@@ -224,7 +224,10 @@ def main() -> int:
             aws_calls.install()
         headers = {"x-api-key": stack.api_key}
         prompts = [{"prompt": f"bulk {i}", "seed": i, "width": 512, "height": 512} for i in range(args.items)]
-        chunks = [prompts[start : start + args.job_items] for start in range(0, len(prompts), args.job_items)]
+        # more items than --job-items: more jobs, submitted one after another
+        bodies = [
+            {"items": prompts[start : start + args.job_items]} for start in range(0, len(prompts), args.job_items)
+        ]
         samples: list[tuple[float, int]] = []  # (s after submit, generations in flight), every 20 ms
         upstream_calls: list[tuple[float, float]] = []  # each generation: arrived, answered (perf_counter)
         stack.emulator.on_generation = lambda arrived, answered: upstream_calls.append((arrived, answered))
@@ -244,9 +247,8 @@ def main() -> int:
             lines = "".join(json.dumps(prompt) + "\n" for prompt in prompts).encode()
             put = requests.put(upload.json()["upload_url"], data=lines, timeout=60)
             assert put.status_code == 200, put.text
-            chunks = [[{"items_upload_id": upload.json()["id"]}]]
-        for chunk in chunks:  # more items than --job-items: more jobs, submitted one after another
-            body = chunk[0] if args.upload else {"items": chunk}
+            bodies = [{"items_upload_id": upload.json()["id"]}]
+        for body in bodies:
             while True:  # as a client must: the usage plan's throttle (5 rps, burst 10) answers 429 past its burst
                 submitted = requests.post(f"{stack.url}/v1/jobs", json=body, headers=headers, timeout=120)
                 if submitted.status_code != 429:
