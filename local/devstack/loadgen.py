@@ -60,14 +60,19 @@ def stack_process(
     timeout_s: float = 90,
     built: bool = False,
     env_overrides: dict[str, str] | None = None,
+    sigint_ignored: bool = False,
 ) -> Iterator[StackProcess]:
     """``python -m devstack`` (what ``make run`` runs; ``built``: ``make run-built``) on free loopback ports, with
     the template's usage plan. ``output`` holds every line it writes to the terminal, also after the start; the
     full log goes to a temporary file, read into ``log_text`` and deleted at the end. The program runs in its own
-    process group and is stopped like Ctrl-C in a terminal stops it: SIGINT to the whole group (moto included)."""
+    process group and is stopped like Ctrl-C in a terminal stops it: SIGINT to the whole group (moto included).
+    ``sigint_ignored``: started as a non-interactive shell starts a background job (``make run &`` in a script),
+    with SIGINT ignored, which a program inherits."""
     with tempfile.TemporaryDirectory(prefix="devstack-test-") as folder:
         log_file = Path(folder) / "devstack.log"
-        with _stack_process(emulator_latency_s, api_key, timeout_s, built, log_file, env_overrides or {}) as stack:
+        with _stack_process(
+            emulator_latency_s, api_key, timeout_s, built, log_file, env_overrides or {}, sigint_ignored
+        ) as stack:
             yield stack
 
 
@@ -79,6 +84,7 @@ def _stack_process(
     built: bool,
     log_file: Path,
     env_overrides: dict[str, str],
+    sigint_ignored: bool,
 ) -> Iterator[StackProcess]:
     port, moto_port = free_port(), free_port()
     inherited = ("PATH", "HOME", "LANG", "SYSTEMROOT", "TMPDIR")  # not a test session's service variables
@@ -98,8 +104,11 @@ def _stack_process(
     }
     if built:  # the functions run from the artefact: the stack's own process needs none of their code
         env["PYTHONPATH"] = str(ROOT / "local")
+    command = [sys.executable, "-m", "devstack", *(["--built"] if built else [])]
+    if sigint_ignored:  # `trap '' INT`: what sh does to a background job; exec keeps the disposition
+        command = ["/bin/sh", "-c", 'trap "" INT; exec "$@"', "sh", *command]
     process = subprocess.Popen(  # noqa: S603 - this interpreter, a fixed module
-        [sys.executable, "-m", "devstack", *(["--built"] if built else [])],
+        command,
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -667,6 +667,9 @@ def _run(args: argparse.Namespace, environ: Mapping[str, str], log_file: Path, t
     stack = stack_from_environment(args, environ)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    # Ctrl-C (SIGINT) stops it even when it was started with SIGINT ignored, as a non-interactive shell starts a
+    # background job (`make run &` in a script, nohup): Python leaves an ignored SIGINT ignored otherwise.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if args.built:
             ensure_built()  # `make build` when .aws-sam/build is missing or older than the sources

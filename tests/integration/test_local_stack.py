@@ -116,8 +116,9 @@ def test_stack_lets_browsers_read_the_replay_header(stack, emulator):
 
 
 def test_make_run_entry_point_starts_prints_a_curl_and_stops_on_ctrl_c():
-    # Given the command `make run` executes (`python -m devstack`), on free ports, in a child process
-    with stack_process(emulator_latency_s=0, api_key="entry-point-key") as child:
+    # Given the command `make run` executes (`python -m devstack`), on free ports, in a child process started as a
+    # script's background job is, with SIGINT ignored (the other tests start theirs as a terminal does)
+    with stack_process(emulator_latency_s=0, api_key="entry-point-key", sigint_ignored=True) as child:
         # When it is up (its banner printed)
         text = "".join(child.output)
         # Then it printed a ready-to-paste curl with the key, and the API answers
