@@ -63,7 +63,13 @@ def test_job_webhook_is_signed_and_verifies(api, emulator, stack, webhook_receiv
     verified = Webhook(base64.b64encode(secret.encode()).decode()).verify(body, headers)
     assert verified["id"] == job["id"] and verified["status"] == "succeeded"
     assert {"webhook-id", "webhook-timestamp", "webhook-signature"} <= {name.lower() for name in headers}
-    assert api("GET", f"/v1/jobs/{job['id']}").json()["webhook"]["status"] == "delivered"
+    # the worker records the delivery once the receiver has answered: a moment after the receiver has it
+    eventually(
+        lambda: api("GET", f"/v1/jobs/{job['id']}").json()["webhook"]["status"] == "delivered",
+        10,
+        "the job's webhook recorded as delivered",
+        interval_s=0.1,
+    )
     # a forged body does not verify
     with pytest.raises(Exception, match="No matching signature"):
         Webhook(base64.b64encode(secret.encode()).decode()).verify(body.replace(b"succeeded", b"failed"), headers)
