@@ -4,6 +4,7 @@ no poller reads, and feed the worker by hand: every message is seen, none is gen
 
 from __future__ import annotations
 
+import itertools
 import json
 import threading
 import uuid
@@ -206,26 +207,40 @@ def test_upload_job_with_a_bad_line_3_fails_that_item_only_and_writes_the_result
     assert completed[0]["detail"]["job"]["results"]["items"] == 4
 
 
-def test_upload_job_of_150_lines_completes_with_its_results_file(api, emulator):
-    # Given an uploaded file of 150 requests (2 chunks of the fan-out): the CI-sized run of
+def test_upload_job_of_3_chunks_completes_with_its_results_file(api, emulator, monkeypatch):
+    # Given chunks of 10 items and an uploaded file of 30 requests (3 chunks of the fan-out): the CI-sized run of
     # benchmarks/large_upload_job.py (10,000 lines through make run's program)
-    lines = [json.dumps({"prompt": f"upload {i}", "seed": i, "width": 256, "height": 256}) for i in range(150)]
+    from imagegen import jobs, wiring
+
+    fan_out = wiring.fan_out()
+    monkeypatch.setattr(jobs, "CHUNK_ITEMS", 10)
+    monkeypatch.setattr(fan_out, "_chunk_items", 10)
+    chunks: list[tuple[int, int]] = []
+    run_chunk = fan_out.run_chunk
+    monkeypatch.setattr(
+        fan_out, "run_chunk", lambda job_id, chunk: chunks.append((chunk.offset, chunk.end)) or run_chunk(job_id, chunk)
+    )
+    lines = [json.dumps({"prompt": f"upload {i}", "seed": i, "width": 256, "height": 256}) for i in range(30)]
     upload_id = put_upload(api, lines)
     # When a job names it and the worker fans it out and generates it
     submitted = api("POST", "/v1/jobs", json={"items_upload_id": upload_id})
     assert submitted.status_code == 202, submitted.text
-    assert submitted.json()["total"] == 150
+    assert submitted.json()["total"] == 30
     job = wait_for_job(api, submitted.json()["id"], timeout_s=120)
     # Then every item succeeded, generated once, and the results file has one line per item, in index order
-    assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 150, job["counts"]
-    assert emulator.calls == 150
+    assert job["status"] == "succeeded" and job["counts"]["succeeded"] == 30, job["counts"]
+    assert emulator.calls == 30
     results = eventually(
         lambda: api("GET", f"/v1/jobs/{job['id']}?limit=1").json()["results"], 10, "the job's results file", 0.2
     )
-    assert results["items"] == 150
+    assert results["items"] == 30
     rows = [json.loads(line) for line in requests.get(results["url"], timeout=10).text.splitlines()]
-    assert [row["index"] for row in rows] == list(range(150))
-    assert Counter(row["status"] for row in rows) == {"succeeded": 150}
+    assert [row["index"] for row in rows] == list(range(30))
+    assert Counter(row["status"] for row in rows) == {"succeeded": 30}
+    # and the fan-out ran it as 3 chunks (byte ranges of the file, one after another)
+    ranges = sorted(set(chunks))
+    assert len(ranges) == 3 and ranges[0][0] == 0, ranges
+    assert all(this[1] == following[0] for this, following in itertools.pairwise(ranges)), ranges
 
 
 def test_upload_refusals_name_items_upload_id(api, emulator, monkeypatch):
