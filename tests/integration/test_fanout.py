@@ -217,9 +217,12 @@ def test_upload_job_of_3_chunks_completes_with_its_results_file(api, emulator, m
     monkeypatch.setattr(fan_out, "_chunk_items", 10)
     chunks: list[tuple[int, int]] = []
     run_chunk = fan_out.run_chunk
-    monkeypatch.setattr(
-        fan_out, "run_chunk", lambda job_id, chunk: chunks.append((chunk.offset, chunk.end)) or run_chunk(job_id, chunk)
-    )
+
+    def recorded_run_chunk(job_id: str, chunk: Any) -> None:
+        chunks.append((chunk.offset, chunk.end))
+        run_chunk(job_id, chunk)
+
+    monkeypatch.setattr(fan_out, "run_chunk", recorded_run_chunk)
     lines = [json.dumps({"prompt": f"upload {i}", "seed": i, "width": 256, "height": 256}) for i in range(30)]
     upload_id = put_upload(api, lines)
     # When a job names it and the worker fans it out and generates it
