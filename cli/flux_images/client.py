@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -36,7 +36,7 @@ PAGE_LIMIT = 100
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 NOT_RETRYABLE_CODES = frozenset({"quota_exceeded"})  # the usage plan's quota is used up for its period
 URL_RENEW_MARGIN_S = 60.0
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp"}
 RESULT_STATUSES = frozenset({"succeeded", "failed", "canceled"})
 
 Progress = Callable[[JobState], None]
@@ -344,19 +344,23 @@ class Client:
             raise ValueError("refusing to fetch a URL that carries credentials")
         return url
 
-    def fetch_file(self, url: str, write: Callable[[bytes], object]) -> int:
-        """GET a presigned URL (no API key, no redirects) and hand its body to ``write`` chunk by chunk; 429/5xx
-        and connection errors retried within the policy. Returns the HTTP status: 200, or the refusal (403 when
-        the URL expired, 404) for the caller to act on; ``NetworkError`` when the retries run out."""
+    def fetch_file(self, url: str, sink: BinaryIO) -> int:
+        """GET a presigned URL (no API key, no redirects) and stream its body into ``sink``; 429/5xx and connection
+        errors retried within the policy. Each attempt writes the body from its start: ``sink`` is rewound and
+        truncated first, so a body cut short by a broken connection is replaced by the retry's, never followed by
+        it. Returns the HTTP status: 200, or the refusal (403 when the URL expired, 404) for the caller to act on;
+        ``NetworkError`` when the retries run out."""
         self.check_file_url(url)
         attempts = Attempts(self.retry, sleep=self.sleep, clock=self.clock)
         for attempt in attempts:
+            sink.seek(0)
+            sink.truncate()
             try:
                 with self._files.get(url, stream=True, timeout=self.timeout, allow_redirects=False) as response:
                     status = response.status_code
                     if status == 200:
                         for chunk in response.iter_content(64 * 1024):
-                            write(chunk)
+                            sink.write(chunk)
                         return status
                     if status != 429 and status < 500:
                         return status
@@ -509,7 +513,7 @@ class Job:
                 continue
             index, expected = record["index"], str(record.get("sha256") or "").lower()
             found = [directory / f"{index:04d}.{extension}" for extension in sorted(set(EXTENSIONS.values()))]
-            present = [path for path in found if expected and path.is_file() and _sha256_of(path) == expected]
+            present = [path for path in found if expected and path.is_file() and sha256_file(path) == expected]
             if present:
                 saved[index] = present[0]
             else:
@@ -526,7 +530,7 @@ class Job:
                 return None
             body = io.BytesIO()
             try:
-                status = self.client.fetch_file(results.url, body.write)
+                status = self.client.fetch_file(results.url, body)
             except (ValueError, NetworkError):
                 return None
             if status == 200:
@@ -541,23 +545,17 @@ class Job:
 
     def _save(self, index: int, page: _Page, directory: Path) -> Path:
         image = page.image(index)
-        extension = EXTENSIONS.get(image.file.content_type, "png")
+        extension = extension_for(image.file.content_type)
         path = directory / f"{index:04d}.{extension}"
         expected = image.sha256
-        if expected and path.is_file() and _sha256_of(path) == expected:
+        if expected and path.is_file() and sha256_file(path) == expected:
             return path
         if _expiring(image):
             image = page.renew(index)
         partial = path.with_name(path.name + ".part")
         for renewed in (False, True):
-            digest = hashlib.sha256()
             with partial.open("wb") as out:
-
-                def write(chunk: bytes, out: Any = out, digest: Any = digest) -> None:
-                    digest.update(chunk)
-                    out.write(chunk)
-
-                status = self.client.fetch_file(image.url, write)
+                status = self.client.fetch_file(image.url, out)
             if status == 200:
                 break
             if status in {400, 401, 403} and not renewed:  # S3's answer to an expired presigned URL
@@ -565,9 +563,10 @@ class Job:
                 continue
             partial.unlink(missing_ok=True)
             raise ValueError(f"the image URL answered HTTP {status}")
-        if expected and digest.hexdigest() != expected:
+        got = sha256_file(partial) if expected else None  # of the file as written: the attempt that completed
+        if expected and got != expected:
             partial.unlink(missing_ok=True)
-            raise ValueError(f"sha256 mismatch: got {digest.hexdigest()[:12]}…, the API says {expected[:12]}…")
+            raise ValueError(f"sha256 mismatch: got {str(got)[:12]}…, the API says {expected[:12]}…")
         partial.replace(path)
         return path
 
@@ -624,7 +623,13 @@ def _expiring(image: Image) -> bool:
     return expires is not None and expires.timestamp() - URL_RENEW_MARGIN_S <= time.time()
 
 
-def _sha256_of(path: Path) -> str:
+def extension_for(content_type: str | None) -> str:
+    """The file extension of an image's content type (parameters and case ignored); ``png`` when unknown."""
+    return EXTENSIONS.get((content_type or "image/png").split(";")[0].strip().lower(), "png")
+
+
+def sha256_file(path: Path) -> str:
+    """The hex sha256 of a file, read 1 MB at a time."""
     digest = hashlib.sha256()
     with path.open("rb") as file:
         for chunk in iter(lambda: file.read(1 << 20), b""):

@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import requests
-from flux_images.client import parse_results
+from flux_images.client import extension_for, parse_results, sha256_file
 
 from flux_images_cli import api, manifest
 from flux_images_cli.api import ApiClient, ApiError, RetryPolicy, describe_exception
@@ -44,7 +44,6 @@ from flux_images_cli.inputs import MAX_SEED
 from flux_images_cli.progress import ProgressLine
 
 CHUNK_BYTES = 1 << 20
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/jpg": "jpg", "image/webp": "webp"}
 SLUG_CHARS = 48
 MAX_URL_REFRESHES = 2
 EXPIRY_MARGIN_S = 30
@@ -62,16 +61,7 @@ def slugify(text: str, limit: int = SLUG_CHARS) -> str:
 
 
 def file_name(index: int, prompt: str, content_type: str | None) -> str:
-    extension = EXTENSIONS.get((content_type or "image/png").split(";")[0].strip().lower(), "png")
-    return f"{index:04d}-{slugify(prompt)}.{extension}"
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return f"{index:04d}-{slugify(prompt)}.{extension_for(content_type)}"
 
 
 def copy_body(response: requests.Response, handle: BinaryIO) -> tuple[str, int]:
@@ -218,7 +208,11 @@ class Downloader:
         if not url.startswith(("https://", "http://")):
             raise _ItemFailed("download_error", "the job document has no usable results URL")
         lines: list[bytes] = []
-        status = self._get(url, lambda response: lines.extend(response.iter_lines()))
+
+        def read(response: requests.Response) -> None:
+            lines[:] = list(response.iter_lines())  # whole or not at all: a retry never follows a broken read's lines
+
+        status = self._get(url, read)
         if status is not None:
             raise _ItemFailed("download_error", status)
         return lines

@@ -12,7 +12,9 @@
   ``image``, ``upload_create``, ``upload_put``, ``image_doc``); ``expire_image_fetches = n`` answers the next n
   image fetches with S3's expired-URL 403; ``stale_signatures`` answers that 403 to every image URL signed
   ``sig<n>`` for the ``n`` in it (each read of a job page or image document signs its URLs with the job's next
-  ``url_generation``), to expire the URLs of one particular read.
+  ``url_generation``), to expire the URLs of one particular read. ``cut_file_fetches = n`` answers the next n
+  image or results fetches with a 200 whose body stops halfway: its full ``Content-Length`` is sent, half the
+  body, then the connection is closed (a connection broken mid-body).
 - Uploads (issue 9): ``POST /v1/uploads`` hands out an upload URL on this server (``PUT /upload/{id}``, no API key,
   a ``Content-Length`` required as S3 requires it); ``POST /v1/jobs {"items_upload_id"}`` makes a job of the file's
   non-blank lines, a line that is not a valid item becoming a failed item (``invalid_request``, its line number in
@@ -47,6 +49,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from devstack.serving import ServerThread, http_url
 
+CUT_HEADER = "x-fake-cut-body"  # internal: never sent, tells the handler to cut the body short
 ROUTES = ("create", "get", "delete", "image", "upload_create", "upload_put", "results", "image_doc", "generate")
 UPLOAD_MAX_LINES = 100_000
 UPLOAD_MAX_BYTES = 64 * 1024 * 1024
@@ -108,6 +111,8 @@ class FakeJobsApi:
     items_per_tick: int | None = None  # None: a third of the job per tick
     max_page: int = 100
     expire_image_fetches: int = 0
+    cut_file_fetches: int = 0
+    image_padding: int = 0  # bytes after each PNG: bodies longer than one read of the client (64 KB), to cut midway
     uploads_enabled: bool = True
     results_enabled: bool = True
     generate_async: bool = False  # POST /v1/images answers 202 with a one-item job (as respond-async does)
@@ -172,7 +177,7 @@ class FakeJobsApi:
             return [seen for seen in self.seen if _strip_stage(seen.path).startswith("/v1/")]
 
     def image_bytes(self, job_id: str, index: int) -> bytes:
-        return tiny_png(2, 2, (index % 256, (index // 256) % 256, len(job_id) % 256))
+        return tiny_png(2, 2, (index % 256, (index // 256) % 256, len(job_id) % 256)) + b"\0" * self.image_padding
 
     # ------------------------------------------------------------------------------------------- the model
     def _outcome(self, job: FakeJob, index: int) -> str:
@@ -500,7 +505,7 @@ class FakeJobsApi:
         if job is None:
             return 404, {"Content-Type": "application/xml"}, b"<Error><Code>NoSuchKey</Code></Error>"
         text = "".join(json.dumps(line) + "\n" for line in self.results_lines(job))
-        return 200, {"Content-Type": "application/x-ndjson"}, text.encode("utf-8")
+        return 200, self._maybe_cut({"Content-Type": "application/x-ndjson"}), text.encode("utf-8")
 
     def _image_document(self, image_id: str) -> Any:
         job_id, index = self._images.get(image_id, ("", -1))
@@ -541,7 +546,14 @@ class FakeJobsApi:
         index = int(name.removesuffix(".png"))
         if job_id not in self.jobs:
             return 404, {"Content-Type": "application/xml"}, b"<Error><Code>NoSuchKey</Code></Error>"
-        return 200, {"Content-Type": "image/png"}, self.image_bytes(job_id, index)
+        return 200, self._maybe_cut({"Content-Type": "image/png"}), self.image_bytes(job_id, index)
+
+    def _maybe_cut(self, headers: dict[str, str]) -> dict[str, str]:
+        """The headers of a file's 200, marked for the handler to cut its body short while ``cut_file_fetches``."""
+        if self.cut_file_fetches > 0:
+            self.cut_file_fetches -= 1
+            return headers | {CUT_HEADER: "half"}
+        return headers
 
 
 def page_offset(seen: Seen) -> int | None:
@@ -607,11 +619,16 @@ def _handler(api: FakeJobsApi) -> type[BaseHTTPRequestHandler]:
             query = {name: values[-1] for name, values in parse_qs(parts.query).items()}
             headers = {name.lower(): value for name, value in self.headers.items()}
             status, answer_headers, answer = api.handle(self.command, parts.path, query, headers, body)
+            cut = answer_headers.pop(CUT_HEADER, None) is not None
             self.send_response(status)
             for name, value in answer_headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(answer)))
             self.end_headers()
+            if cut:  # the promised length, half the bytes, then the connection closed
+                self.wfile.write(answer[: len(answer) // 2])
+                self.close_connection = True
+                return
             self.wfile.write(answer)
 
         do_GET = do_POST = do_DELETE = do_PUT = _serve

@@ -815,6 +815,25 @@ def test_an_expired_results_url_is_renewed_by_reading_the_job_again(
     assert len(manifest.read_jsonl(tmp_path / "again" / "manifest.jsonl")) == 2
 
 
+def test_a_results_file_cut_short_is_read_again_whole_not_appended_to(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    # Given a finished job whose results file breaks halfway through its body on the first fetch (after the CLI
+    # has read some of its lines), and whose images download intact
+    job_id = finished_job(run, tmp_path, 30)
+    fake.cut_file_fetches = 1
+    gets = len(fake.requests_to("get"))
+    # When it is downloaded
+    result = run("download", job_id, "--out", "out")
+    # Then the results file was fetched again, once, and used: its lines replaced the broken read's (appended to
+    # them it would be refused and every page read instead); the job was read once, its first page
+    assert result.code == 0, result.err
+    assert len(fake.requests_to("results")) == 2
+    assert "could not be used" not in result.err
+    assert len(fake.requests_to("get")) == gets + 1
+    assert len(manifest.read_jsonl(tmp_path / "out" / "manifest.jsonl")) == 30
+
+
 def test_status_shows_the_results_file(run: Runner, fake: FakeJobsApi) -> None:
     fake.items_per_tick = 1
     job_id = submit_no_wait(run, "--prompt", "a", "--prompt", "b")

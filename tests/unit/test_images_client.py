@@ -6,6 +6,7 @@ injected ``clock``, so nothing here depends on the machine's speed.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import socket
@@ -245,6 +246,46 @@ def test_download_reports_a_sha256_mismatch_and_keeps_the_good_files(
     assert [path.name for path in caught.value.files] == ["0000.png"]
     assert list(caught.value.failures) == [1] and "sha256 mismatch" in caught.value.failures[1]
     assert not (tmp_path / "0001.png").exists() and not (tmp_path / "0001.png.part").exists()
+
+
+def test_a_file_body_cut_short_is_fetched_again_from_its_start_never_appended_to(
+    fake: FakeJobsApi, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Given a finished job of two images of 200 KB, and its first image's fetch broken halfway through the body
+    # (after the client has written its first 64 KB)
+    fake.items_per_tick = 10
+    fake.results_enabled = False  # the image fetches only
+    fake.image_padding = 200_000
+    with client_for(fake.url, clock) as client:
+        job = client.submit(["one", "two"])
+        job.wait()
+        fake.cut_file_fetches = 1
+        # When it is downloaded
+        files = job.download(tmp_path)
+    # Then the broken fetch was retried once, after a backoff, and every file is whole: the retry's body replaced the
+    # half the broken one had written (appended to it, the file would fail its sha256 check)
+    assert [path.read_bytes() for path in files] == [fake.image_bytes(job.id, 0), fake.image_bytes(job.id, 1)]
+    assert [seen.path.rsplit("/", 1)[1] for seen in fake.requests_to("image")] == ["0.png", "0.png", "1.png"]
+    assert len(clock.sleeps) == 1 and not list(tmp_path.glob("*.part"))
+
+
+def test_a_results_file_cut_short_is_read_whole_on_the_retry(fake: FakeJobsApi, clock: FakeClock) -> None:
+    # Given a finished job whose results file is longer than one read of the client's, and a sink holding old bytes
+    fake.items_per_tick = 1000
+    with client_for(fake.url, clock) as client:
+        job = client.submit([f"prompt {n}" for n in range(800)])
+        job.wait()
+        results = client.get_job(job.id, limit=1).results
+        assert results is not None and results.url
+        # When it is fetched and the first fetch breaks halfway through the body
+        fake.cut_file_fetches = 1
+        body = io.BytesIO(b"left from an earlier use")
+        assert client.fetch_file(results.url, body) == 200
+    assert len(fake.requests_to("results")) == 2
+    expected = "".join(json.dumps(line) + "\n" for line in fake.results_lines(fake.jobs[job.id])).encode()
+    assert len(expected) > 2 * 64 * 1024  # cut after the client's first read
+    # Then the retry's body replaced what was there and what the broken fetch wrote
+    assert body.getvalue() == expected and len(clock.sleeps) == 1
 
 
 def test_an_expired_image_url_is_renewed_once_by_reading_its_page_again(
