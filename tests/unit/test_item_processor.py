@@ -21,6 +21,7 @@ from imagegen.errors import (
 )
 from imagegen.item_processor import ItemProcessor, Outcome, OutcomeKind
 from imagegen.models import ImageRequest, JobMessage
+from imagegen.retry import MAX_QUEUE_DELAY_S
 from support.job_fakes import FakeEvents, FakeImages, FakeQueue, FakeWebhooks, MemoryItemStore
 
 JOB_ID = "job_" + "a" * 32
@@ -180,6 +181,19 @@ def test_retryable_failure_puts_the_item_back_to_queued_until_its_retry_at(world
     assert (job.counts.queued, job.counts.running, job.counts.waiting) == (1, 0, 1)
     assert job.status == "queued"
     assert world.events.types() == []  # no "Image Failed" on a retry
+
+
+def test_a_retry_after_beyond_the_queues_longest_delay_waits_that_long_and_says_so(world):
+    # Given an upstream whose quota is replenished in a day (its Retry-After, as the Flux client clamps it)
+    world.images.fail_next(UpstreamUnavailableError("quota", retry_after=86_400))
+    # When the item is delivered
+    outcome = world.deliver()
+    # Then its message is put back for the longest the queue allows (SQS: 12 h less a margin), and the item's
+    # retry_at says that time, not a day: it is when the message comes back and the item is tried again
+    assert outcome == Outcome.retry(MAX_QUEUE_DELAY_S, "upstream_unavailable")
+    item = world.store.item(JOB_ID)
+    assert item.status == "queued" and item.retry_at is not None
+    assert MAX_QUEUE_DELAY_S - 10 < (item.retry_at - datetime.now(UTC)).total_seconds() <= MAX_QUEUE_DELAY_S
 
 
 def test_a_waiting_item_is_claimed_from_queued_by_the_next_delivery(world):

@@ -59,7 +59,7 @@ from imagegen.models import (
     JobMessage,
 )
 from imagegen.observability import shared_metrics
-from imagegen.retry import RetryPolicy
+from imagegen.retry import MAX_QUEUE_DELAY_S, RetryPolicy
 from imagegen.service import BLOCKED_EVENT, blocked_event, item_image_id
 
 logger = Logger(child=True)
@@ -409,7 +409,10 @@ class ItemProcessor:
                 self._settle(item, "failed", ItemError(code=exc.code, message=message), correlation_id)
                 return Outcome.ack()
             if exc.retryable and not last_receive:
-                delay = exc.retry_after if exc.retry_after is not None else self._backoff(receive_count)
+                # The upstream's Retry-After as given, up to the longest the queue holds a message back: the item's
+                # retry_at is then when its message really comes back.
+                delay = min(exc.retry_after, MAX_QUEUE_DELAY_S) if exc.retry_after is not None else None
+                delay = delay if delay is not None else self._backoff(receive_count)
                 self._defer(item, delay, bad_output=bad_output)
                 logger.info("item will be retried", job_id=item.job_id, index=item.index, code=exc.code, delay_s=delay)
                 return Outcome.retry(delay, exc.code)

@@ -41,6 +41,12 @@ Sleep = Callable[[float], None]
 Clock = Callable[[], float]
 
 
+# The longest a retry can wait outside the process: an SQS message is put back for at most 12 h from its receive
+# (its visibility timeout), less a margin for the time the receive has already spent. A longer wait (an upstream's
+# Retry-After of a day) is cut to this: the message comes back then and the item tries again.
+MAX_QUEUE_DELAY_S = 12 * 3600 - 900
+
+
 class Uniform(Protocol):
     """What the policy draws its jitter from: ``random`` itself or a (seeded) ``random.Random``."""
 

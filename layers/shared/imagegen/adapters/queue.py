@@ -13,15 +13,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from imagegen.models import ControlMessage
-from imagegen.retry import Retrying, RetryPolicy
+from imagegen.retry import MAX_QUEUE_DELAY_S, Retrying, RetryPolicy
 
 SEND_BATCH = 10  # SendMessageBatch's limit
 # SendMessageBatch calls in flight at once when a send needs several (a fan-out chunk's 100 items: 10 calls). One
 # after another, a chunk's last message reached the queue ten round trips after its first, and its items' slots
 # waited for them.
 SEND_THREADS = 10
-# SQS counts its 12 h maximum from the receive, and refuses more: keep a margin for the time already spent.
-MAX_VISIBILITY_S = 12 * 3600 - 900
+# SQS counts its 12 h maximum from the receive, and refuses more (imagegen.retry).
+MAX_VISIBILITY_S = MAX_QUEUE_DELAY_S
 
 
 def message_body(message: BaseModel) -> str:
