@@ -18,6 +18,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagegen.batch import ConcurrentBatchProcessor, QueueRecord
 from imagegen.budget import Deadline
 from imagegen.observability import shared_metrics, tracer_from_env
+from imagegen.retry import queue_backoff
 from imagegen.settings import get_settings
 from imagegen.slots import UpstreamSlots, bound_upstream, no_upstream_call
 from imagegen.snapstart import register_hooks
@@ -92,11 +93,11 @@ def _fan_out(record: QueueRecord, body: dict[str, Any]) -> None:
         if last_receive and message is not None and fan_out().give_up(message, receive_count) is not None:
             logger.exception("fan-out failed on its last receive; given up", message_id=record.messageId)
             return
+        # Back after the same jittered backoff as an item's (imagegen.retry.QUEUE_RETRY), growing with the receives
+        job_queue().delay(record.receiptHandle, queue_backoff(receive_count))
         if isinstance(exc, FanoutIncomplete):
-            job_queue().delay(record.receiptHandle, 5)
             raise RetryLater(str(exc)) from None
         logger.exception("fan-out failed; the message will be redelivered", message_id=record.messageId)
-        job_queue().delay(record.receiptHandle, 10)
         raise
 
 

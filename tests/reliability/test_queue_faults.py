@@ -36,6 +36,7 @@ import pytest
 from devstack.sqs_poller import EventSourceMapping
 from imagegen.adapters.netguard import UrlGuard
 from imagegen.adapters.queue import JobQueue
+from imagegen.retry import QUEUE_RETRY
 from imagegen.service import item_image_id
 from support.polling import eventually
 from support.stack_fixtures import expire_lease, make_job, messages, s3_keys
@@ -855,6 +856,11 @@ def test_a_fan_out_message_failing_on_every_receive_fails_its_items_and_complete
     assert queue_path.dead_letters() == []
     stats = queue_path.stats()
     assert stats["records_failed"] >= MAX_RECEIVES - 1, stats
+    # And each failed receive put the message back after the queue's backoff for that receive (an item's policy:
+    # full jitter, 5 s doubling), not after a fixed delay; the last receive gave up instead
+    delays = queue_path.queue.requested_delays
+    assert len(delays) == MAX_RECEIVES - 1, delays
+    assert all(1 <= delay <= QUEUE_RETRY.ceiling(receive) for receive, delay in enumerate(delays, start=1)), delays
     reliability.record(
         "Queue faults",
         f"fan-out fails on every receive: {fault} (real queue)",

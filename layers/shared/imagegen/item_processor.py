@@ -59,17 +59,13 @@ from imagegen.models import (
     JobMessage,
 )
 from imagegen.observability import shared_metrics
-from imagegen.retry import MAX_QUEUE_DELAY_S, RetryPolicy
+from imagegen.retry import MAX_QUEUE_DELAY_S, queue_backoff
 from imagegen.service import BLOCKED_EVENT, blocked_event, item_image_id
 
 logger = Logger(child=True)
 metrics = shared_metrics()
 
 MIN_ITEM_TIME_S = 15.0  # an item does not start with less time left in the invocation than this
-MAX_BACKOFF_S = 900
-# 5 s doubling to 15 min, full jitter, at least 1 s (a 0 would bring the message straight back). ``attempts`` is
-# not used here: the queue's maxReceiveCount bounds the receives (``last_receive``).
-ITEM_RETRY = RetryPolicy(attempts=1, base_s=5, cap_s=MAX_BACKOFF_S, floor_s=1)
 # A paid 200 without a usable output may be a passing fault: retried once per item, never more (each try is paid).
 MAX_BAD_OUTPUT_RETRIES = 1
 MIN_CANCEL_PAGE_TIME_S = 5.0  # a page of cancelations (100 items, two transactions) does not start with less
@@ -567,6 +563,6 @@ class ItemProcessor:
 
     @staticmethod
     def _backoff(receive_count: int) -> int:
-        """Seconds until the item's message comes back: the policy's full jitter, waited out by SQS (its
-        visibility), not by a sleep; the queue's maxReceiveCount bounds the receives."""
-        return int(ITEM_RETRY.backoff(receive_count))
+        """Seconds until the item's message comes back: ``imagegen.retry.QUEUE_RETRY``'s full jitter, waited out by
+        SQS (its visibility), not by a sleep; the queue's maxReceiveCount bounds the receives."""
+        return queue_backoff(receive_count)

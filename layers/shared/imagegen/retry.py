@@ -45,6 +45,7 @@ Clock = Callable[[], float]
 # (its visibility timeout), less a margin for the time the receive has already spent. A longer wait (an upstream's
 # Retry-After of a day) is cut to this: the message comes back then and the item tries again.
 MAX_QUEUE_DELAY_S = 12 * 3600 - 900
+MAX_QUEUE_BACKOFF_S = 900
 
 
 class Uniform(Protocol):
@@ -94,6 +95,17 @@ class RetryPolicy:
         if self.retry_after_jitter_s:
             wait += rng.uniform(0, self.retry_after_jitter_s)
         return wait
+
+
+# Retries the queue waits out (a message made invisible until then): a job item's, a fan-out message's. 5 s
+# doubling to 15 min, full jitter, at least 1 s (a 0 would bring the message straight back). ``attempts`` is not
+# used: the queue's maxReceiveCount bounds the receives.
+QUEUE_RETRY = RetryPolicy(attempts=1, base_s=5, cap_s=MAX_QUEUE_BACKOFF_S, floor_s=1)
+
+
+def queue_backoff(receive_count: int) -> int:
+    """Whole seconds until a failed message comes back, after its ``receive_count``-th receive (``QUEUE_RETRY``)."""
+    return int(QUEUE_RETRY.backoff(receive_count))
 
 
 class Retrying:
