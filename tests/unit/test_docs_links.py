@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import subprocess
 from pathlib import Path
@@ -37,3 +38,20 @@ def test_the_upstream_contract_is_described_in_the_repository() -> None:
     text = (ROOT / "docs/upstream.md").read_text(encoding="utf-8")
     assert "Ocp-Apim-Subscription-Key" in text and "num_steps" in text
     assert "(docs/upstream.md)" in (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def test_every_top_level_folder_and_module_says_what_lives_there() -> None:
+    # Each top-level folder of the repository opens with a README.md, each Python module with a docstring:
+    # a reader landing anywhere learns what is there (and what is not) before reading code.
+    files = [path.relative_to(ROOT) for path in tracked("*")]
+    folders = sorted({path.parts[0] for path in files if len(path.parts) > 1 and not path.parts[0].startswith(".")})
+    assert folders, "no tracked folder: not a git checkout?"
+    assert [folder for folder in folders if not (ROOT / folder / "README.md").is_file()] == []
+    without = [
+        str(path)
+        for path in files
+        if path.suffix == ".py"
+        and (ROOT / path).stat().st_size
+        and not ast.get_docstring(ast.parse((ROOT / path).read_text()))
+    ]
+    assert without == [], f"modules without a docstring: {without}"

@@ -4,7 +4,9 @@ Powertools processes a batch one record after another; an image takes seconds of
 batch of ten would take ten times as long as it needs. Records are independent (each is its own item, with its
 own conditional state transitions), so they run side by side; Powertools still builds the partial batch
 response (``batchItemFailures``) from the successes and failures, which it collects in lists (appends are
-atomic in CPython).
+atomic in CPython). The records run through the inherited ``_process_record``: despite its underscore, it is the
+extension point Powertools documents for custom processors ("Create your own partial processor" in its batch
+utility's documentation); ``tests/unit/test_upstream_slots.py`` and the worker's tests fail if it changes.
 
 ``QueueRecord`` is the part of an SQS record the worker reads, validated at the edge (``model=QueueRecord``).
 Powertools' ``SqsRecordModel`` would do, but importing it imports every one of Powertools' ~40 parser models

@@ -21,6 +21,10 @@ What lives here: ``CountedWrites``, the lowest layer of the job repository (``It
 the counter row's update), running them as one transaction with the conflict retries botocore does not make, the
 job's rows read together, and the completion. What does not: the rows' shapes (``job_rows.py``), which transitions
 exist (``job_items.py``), creating and canceling jobs (``jobs_table.py``).
+
+Slightly over ~300 lines: a transition's two halves, the transaction that runs them with its conflict retries, and
+the completion check that follows a shard's last item are read together when reasoning about exact counts; the
+pre-shard fallback adds its branch to each.
 """
 
 from __future__ import annotations

@@ -10,6 +10,9 @@ Why layered classes (``CountedWrites`` -> ``ItemTable`` -> ``JobRepository``) ra
 another: the layers share one client, table and retry state (``conflict_retries`` counts the retries of all of
 them), and every caller, the unit fakes and the contention benchmark (which swaps ``_counted``) keep the single
 ``JobRepository`` they had.
+
+Slightly over ~300 lines: every move an item makes (claim, reclaim, defer, settle, cancel) is here with the replay
+path of the write that makes it, so one file answers "what can happen to an item row".
 """
 
 from __future__ import annotations
