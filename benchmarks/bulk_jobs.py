@@ -8,8 +8,9 @@ answers, and each invocation refills itself from the queue while its slots would
 16 x 1 slot, batches of 2 (``--invocations 8 --slots 2 --batch-size 10``: the same 16 slots, fewer invocations).
 Besides the wall time it prints how the upstream was used: the mean generations in flight from the first call
 seen to the last (sampled every 20 ms) and the time after the last call (mirror, record, completion, results
-file, the client's next poll); and, from every call timed at the emulator, how long the calls took there, when
-the 1st, 8th and 16th began (the slots' ramp), and how long a freed slot waited for its next call.
+file, the client's next poll: ``completed_s`` is the last job's own ``completed_at``, before that poll); and, from
+every call timed at the emulator, how long the calls took there, when the 1st, 8th and 16th began (the slots'
+ramp), and how long a freed slot waited for its next call.
 
 How the items are submitted matters at 2,000: as jobs of ``--job-items`` (POSTs one after another, as an app
 submitting many small jobs does) each later job's fan-out message waits in the jobs queue behind the items
@@ -42,6 +43,7 @@ import sys
 import threading
 import time
 import urllib.request
+from datetime import datetime
 from typing import Any
 
 import requests
@@ -195,6 +197,9 @@ def main() -> int:
         help="time every AWS call the stack's process makes: count and mean latency per operation, by tenth of the run",
     )
     args = parser.parse_args()
+    # The built artefact ships bytecode (docs/build.md): cache the project's too, even under PYTHONDONTWRITEBYTECODE,
+    # so a run measures the stack and not the compiling of its modules inside the first requests.
+    sys.dont_write_bytecode = False
     if args.invocations * args.slots > CONCURRENCY_LIMIT:
         parser.error(f"{args.invocations} x {args.slots} slots exceed the emulator's limit of {CONCURRENCY_LIMIT}")
     os.environ.setdefault("POWERTOOLS_LOG_LEVEL", "WARNING")
@@ -239,6 +244,7 @@ def main() -> int:
 
         sampler = threading.Thread(target=sample, daemon=True)
         started = time.perf_counter()
+        started_at = time.time()  # the same moment on the wall clock the jobs' completed_at is written with
         sampler.start()
         pending = []
         if args.upload:  # one job from a JSONL file, as `flux-images submit` sends more than 1,000 prompts
@@ -282,6 +288,7 @@ def main() -> int:
         ideal_s = args.items / CONCURRENCY_LIMIT * args.latency
         mapping = stack.pollers[0].stats()
         first_s = min(start for start, _, _ in timeline)
+        completed_s = max(datetime.fromisoformat(job["completed_at"]).timestamp() for job in jobs) - started_at
         result = {
             "items": args.items,
             "worker": f"{args.invocations} invocations x {args.slots} upstream slots, batches of {args.batch_size}"
@@ -315,6 +322,10 @@ def main() -> int:
             "wall_s": round(wall_s, 2),
             "ideal_s": ideal_s,
             "ratio_to_ideal": round(wall_s / ideal_s, 3),
+            # The service's own end: the last job's completed_at (written when its last item settled), without the
+            # client's poll interval (at 4 rps, 0-0.25 s later). The target stays on wall_s, what the client saw.
+            "completed_s": round(completed_s, 2),
+            "completed_ratio": round(completed_s / ideal_s, 3),
             # No schedule beats this: the first message reached the worker then, and some slot makes
             # ceil(items / 16) calls one after another (13 for 200 items, where the ideal counts 12.5).
             "floor_s": round(first_s + math.ceil(args.items / CONCURRENCY_LIMIT) * args.latency, 2),
