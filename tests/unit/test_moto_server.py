@@ -465,20 +465,28 @@ def test_a_long_poll_gets_a_message_sent_while_it_waits(monkeypatch: pytest.Monk
 
     import boto3
     from moto import mock_aws
-    from moto.sqs.models import SQSBackend
+    from moto.sqs.models import Queue, SQSBackend
 
     monkeypatch.setattr(SQSBackend, "receive_message", moto_server.receive_message)
+    waiting = threading.Event()  # set once the long poll found nothing and waits for a send
+    wait_for_messages = Queue.wait_for_messages
+
+    def waits(self: Any, timeout: float) -> Any:
+        waiting.set()
+        return wait_for_messages(self, timeout)
+
+    monkeypatch.setattr(Queue, "wait_for_messages", waits)
     with mock_aws():
         sqs = boto3.client("sqs", region_name="us-east-1")
         url = sqs.create_queue(QueueName="q")["QueueUrl"]
         answers: list[list[dict[str, Any]]] = []
-        # Given a long poll of an empty queue
+        # Given a long poll of an empty queue, waiting
         poll = threading.Thread(
             target=lambda: answers.append(sqs.receive_message(QueueUrl=url, WaitTimeSeconds=10).get("Messages", []))
         )
         poll.start()
+        assert waiting.wait(10), "the long poll never waited"
         # When a message is sent while it waits
-        threading.Event().wait(0.3)
         sqs.send_message(QueueUrl=url, MessageBody="late")
         poll.join(15)
     # Then the long poll answers it

@@ -439,8 +439,16 @@ def test_stop_makes_batches_received_for_others_visible_at_once(sqs: Any) -> Non
     assert len(again) == 4
 
 
-def test_stop_is_prompt_when_idle(aws: LocalAws, sqs: Any) -> None:
-    # Given a running mapping (its own clients, from the endpoint URL) on an empty queue
+def test_stop_is_prompt_when_idle(aws: LocalAws, sqs: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given a running mapping (its own clients, from the endpoint URL) on an empty queue, its pollers polling
+    polling = threading.Event()
+    receive_batch = EventSourceMapping._receive_batch
+
+    def receives(self: EventSourceMapping, sqs: Any) -> list[dict[str, Any]]:
+        polling.set()
+        return receive_batch(self, sqs)
+
+    monkeypatch.setattr(EventSourceMapping, "_receive_batch", receives)
     url = new_queue(sqs, visibility_timeout_s=5)
     esm = EventSourceMapping(
         url,
@@ -450,7 +458,7 @@ def test_stop_is_prompt_when_idle(aws: LocalAws, sqs: Any) -> None:
         function_timeout_s=1,
         log_stream=io.StringIO(),
     ).start()
-    time.sleep(0.1)
+    assert polling.wait(10), "no poller started polling"
 
     # When it is stopped
     started = time.monotonic()
