@@ -412,8 +412,10 @@ class Downloader:
                         if last:
                             return f"HTTP {status} (gave up after {attempt} attempts)"
                         retry_after = api.parse_retry_after(response.headers.get("Retry-After"))
-                        delay = min(retry_after if retry_after is not None else attempts.backoff(), policy.max_wait_s)
-                        if not attempts.wait_before_next(delay):  # the deadline
+                        delay = retry_after if retry_after is not None else attempts.backoff()
+                        # As every call of the CLI and the client: a Retry-After past the longest wait ends the
+                        # fetch at once ("try again later"), as does the deadline
+                        if not attempts.wait_before_next(delay):
                             return f"HTTP {status} ({attempts.why_not})"
                         continue
                     if status != 200:

@@ -834,6 +834,25 @@ def test_a_results_file_cut_short_is_read_again_whole_not_appended_to(
     assert len(manifest.read_jsonl(tmp_path / "out" / "manifest.jsonl")) == 30
 
 
+def test_an_image_url_asking_to_retry_later_than_the_longest_wait_fails_that_image_at_once(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    # Given a finished job whose first image fetch is answered 503 with a Retry-After of an hour
+    job_id = finished_job(run, tmp_path, 2)
+    fake.fail("image", 503, headers={"Retry-After": "3600"})
+    # When it is downloaded
+    result = run("download", job_id, "--out", "out")
+    # Then that image fails at once, saying to try again later, without waiting (as every call of the CLI treats
+    # a Retry-After past its longest wait); the other one downloads
+    assert result.code == 3 and result.sleeps == []
+    assert "try again later" in result.err
+    rows = manifest.read_jsonl(tmp_path / "out" / "manifest.jsonl")
+    assert [(row["status"], row["error_message"]) for row in rows] == [
+        ("download_failed", "HTTP 503 (the server asks to retry in 3600 s; try again later)"),
+        ("succeeded", None),
+    ]
+
+
 def test_status_shows_the_results_file(run: Runner, fake: FakeJobsApi) -> None:
     fake.items_per_tick = 1
     job_id = submit_no_wait(run, "--prompt", "a", "--prompt", "b")
