@@ -344,14 +344,15 @@ class Client:
             raise ValueError("refusing to fetch a URL that carries credentials")
         return url
 
-    def fetch_file(self, url: str, sink: BinaryIO) -> int:
-        """GET a presigned URL (no API key, no redirects) and stream its body into ``sink``; 429/5xx and connection
-        errors retried within the policy. Each attempt writes the body from its start: ``sink`` is rewound and
-        truncated first, so a body cut short by a broken connection is replaced by the retry's, never followed by
-        it. Returns the HTTP status: 200, or the refusal (403 when the URL expired, 404) for the caller to act on;
-        ``NetworkError`` when the retries run out."""
+    def fetch_file(self, url: str, sink: BinaryIO, *, what: str = "image", retry: RetryPolicy | None = None) -> int:
+        """GET a presigned URL (checked: ``check_file_url``; no API key, no redirects) and stream its body into
+        ``sink``; 429/5xx and connection errors retried within ``retry`` (the client's policy by default). Each
+        attempt writes the body from its start: ``sink`` is rewound and truncated first, so a body cut short by a
+        broken connection is replaced by the retry's, never followed by it. Returns the HTTP status: 200, or the
+        refusal (403 when the URL expired, 404) for the caller to act on; ``NetworkError`` (``GET <what>: …``) when
+        the retries run out, ``ValueError`` for a URL it refuses to fetch."""
         self.check_file_url(url)
-        attempts = Attempts(self.retry, sleep=self.sleep, clock=self.clock)
+        attempts = Attempts(retry or self.retry, sleep=self.sleep, clock=self.clock)
         for attempt in attempts:
             sink.seek(0)
             sink.truncate()
@@ -367,11 +368,11 @@ class Client:
                     retry_after = parse_retry_after(response.headers.get("Retry-After"))
                     delay = retry_after if retry_after is not None else attempts.backoff()
                     if not attempts.wait_before_next(delay):
-                        raise NetworkError(f"GET image: HTTP {status} ({attempts.why_not})", attempts=attempt)
+                        raise NetworkError(f"GET {what}: HTTP {status} ({attempts.why_not})", attempts=attempt)
             except requests.RequestException as exc:
                 reason = describe_exception(exc)  # never the URL: its query string is a credential
                 if not attempts.wait_before_next(attempts.backoff()):
-                    raise NetworkError(f"GET image: {reason} ({attempts.why_not})", reason=reason) from None
+                    raise NetworkError(f"GET {what}: {reason} ({attempts.why_not})", reason=reason) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
 
@@ -530,7 +531,7 @@ class Job:
                 return None
             body = io.BytesIO()
             try:
-                status = self.client.fetch_file(results.url, body)
+                status = self.client.fetch_file(results.url, body, what="results file")
             except (ValueError, NetworkError):
                 return None
             if status == 200:

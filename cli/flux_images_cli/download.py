@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import functools
-import hashlib
+import io
 import itertools
 import math
 import os
@@ -35,11 +35,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-import requests
+import flux_images
 from flux_images.client import extension_for, parse_results, sha256_file
 
 from flux_images_cli import api, manifest
-from flux_images_cli.api import ApiClient, ApiError, RetryPolicy, describe_exception
+from flux_images_cli.api import ApiClient, ApiError, RetryPolicy
 from flux_images_cli.inputs import MAX_SEED
 from flux_images_cli.progress import ProgressLine
 
@@ -62,17 +62,6 @@ def slugify(text: str, limit: int = SLUG_CHARS) -> str:
 
 def file_name(index: int, prompt: str, content_type: str | None) -> str:
     return f"{index:04d}-{slugify(prompt)}.{extension_for(content_type)}"
-
-
-def copy_body(response: requests.Response, handle: BinaryIO) -> tuple[str, int]:
-    """Stream the body into ``handle``: ``(sha256 hex, bytes)``."""
-    digest = hashlib.sha256()
-    size = 0
-    for chunk in response.iter_content(CHUNK_BYTES):
-        handle.write(chunk)
-        digest.update(chunk)
-        size += len(chunk)
-    return digest.hexdigest(), size
 
 
 class _UrlExpired(Exception):
@@ -137,8 +126,6 @@ class Downloader:
         self.progress = progress
         self.notify = notify or (lambda message: None)
         self.policy = policy or RetryPolicy(max_attempts=4)
-        self.images = requests.Session()  # no x-api-key: a presigned URL carries its own authorization
-        self.images.headers["User-Agent"] = api.user_agent()
 
     def run(self, job_id: str, *, known_requests: Sequence[dict[str, Any]] | None = None) -> DownloadReport:
         """Download the job's images and write the manifests. ``known_requests`` (the job's item requests in index
@@ -156,7 +143,6 @@ class Downloader:
                 report = self._from_pages(job_id, job, pages)
         finally:
             listing.close()
-            self.images.close()
         report.manifests = manifest.write(self.directory, report.rows)
         return report
 
@@ -205,17 +191,9 @@ class Downloader:
         return None
 
     def _get_results(self, url: str) -> list[bytes]:
-        if not url.startswith(("https://", "http://")):
-            raise _ItemFailed("download_error", "the job document has no usable results URL")
-        lines: list[bytes] = []
-
-        def read(response: requests.Response) -> None:
-            lines[:] = list(response.iter_lines())  # whole or not at all: a retry never follows a broken read's lines
-
-        status = self._get(url, read)
-        if status is not None:
-            raise _ItemFailed("download_error", status)
-        return lines
+        body = io.BytesIO()  # a retry rewrites it from the start: never a broken read's lines followed by another's
+        self._get_file(url, body, "results file")
+        return body.getvalue().splitlines()
 
     def _from_results(
         self,
@@ -379,56 +357,28 @@ class Downloader:
         return digest, size
 
     def _fetch(self, url: str, part: Path) -> tuple[str, int]:
-        if not url.startswith(("https://", "http://")):
-            raise _ItemFailed("download_error", "the job document has no usable image URL")
-        result: list[tuple[str, int]] = []
+        """The image at ``url`` into ``part``: its sha256 and size as written."""
+        with open(part, "wb") as handle:
+            self._get_file(url, handle, "image")
+        return sha256_file(part), part.stat().st_size
 
-        def save(response: requests.Response) -> None:
-            with open(part, "wb") as handle:
-                result.append(copy_body(response, handle))
-
-        problem = self._get(url, save)
-        if problem is not None:
-            raise _ItemFailed("download_error", problem)
-        return result[0]
-
-    def _get(self, url: str, consume: Callable[[requests.Response], None]) -> str | None:
-        """GET a presigned URL (no API key) and hand a 200's response to ``consume``; 429/5xx and connection errors
-        retried (bounded). None when done, else why not; ``_UrlExpired`` on 401/403 or S3's expired 400."""
-        policy = self.policy
-        attempts = api.attempts(policy)
-        for attempt in attempts:
-            last = attempts.last
-            try:
-                with self.images.get(url, stream=True, timeout=self.client.timeout) as response:
-                    status = response.status_code
-                    if status in {401, 403}:
-                        raise _UrlExpired
-                    if status == 400 and b"expired" in response.content.lower():
-                        raise _UrlExpired
-                    if status == 404:
-                        raise _ItemFailed("not_found", "the URL answered 404 (the object is gone?)")
-                    if status == 429 or status >= 500:
-                        if last:
-                            return f"HTTP {status} (gave up after {attempt} attempts)"
-                        retry_after = api.parse_retry_after(response.headers.get("Retry-After"))
-                        delay = retry_after if retry_after is not None else attempts.backoff()
-                        # As every call of the CLI and the client: a Retry-After past the longest wait ends the
-                        # fetch at once ("try again later"), as does the deadline
-                        if not attempts.wait_before_next(delay):
-                            return f"HTTP {status} ({attempts.why_not})"
-                        continue
-                    if status != 200:
-                        return f"the URL answered HTTP {status}"
-                    consume(response)
-                    return None
-            except requests.RequestException as exc:
-                reason = describe_exception(exc)  # never the URL: its query string is a credential
-                if last:
-                    return f"{reason} (gave up after {attempt} attempts)"
-                if not attempts.wait_before_next(attempts.backoff()):
-                    return f"{reason} ({attempts.why_not})"
-        raise AssertionError("unreachable")  # pragma: no cover
+    def _get_file(self, url: str, sink: BinaryIO, what: str) -> None:
+        """A presigned URL's body into ``sink``, through the client's one checked, retried fetch
+        (``flux_images.Client.fetch_file``: https, or http from a local stack's API; never a redirect followed;
+        429/5xx and broken connections retried within this download's policy, each attempt from the body's start).
+        ``_UrlExpired`` on S3's answers to an expired URL (400, 401, 403), ``_ItemFailed`` on any other failure."""
+        try:
+            status = self.client.flux.fetch_file(url, sink, what=what, retry=self.policy)
+        except ValueError as exc:  # a URL the client refuses to fetch: not https, credentials in it
+            raise _ItemFailed("download_error", f"the job document has no usable {what} URL: {exc}") from None
+        except flux_images.NetworkError as exc:
+            raise _ItemFailed("download_error", exc.message) from None
+        if status in {400, 401, 403}:
+            raise _UrlExpired
+        if status == 404:
+            raise _ItemFailed("not_found", "the URL answered 404 (the object is gone?)")
+        if status != 200:
+            raise _ItemFailed("download_error", f"the URL answered HTTP {status}")
 
 
 class _Pages:

@@ -95,8 +95,8 @@ def test_a_download_costs_one_api_call_per_page_of_100_images_and_a_resume_fetch
     fetches.clear()
     api_client = ApiClient(stack.url, API_KEY)
     api_client.flux.session.hooks["response"].append(recorder(calls))
+    api_client.flux._files.hooks["response"].append(recorder(fetches))  # the presigned URLs: the client's fetch
     downloader = Downloader(api_client, tmp_path / "cli", progress=False)
-    downloader.images.hooks["response"].append(recorder(fetches))
     try:
         report = downloader.run(job.id)
     finally:

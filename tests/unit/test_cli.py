@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import flux_images
 import pytest
 import requests
 from cli_fake_server import FakeJobsApi, page_offset, tiny_png
@@ -296,17 +297,18 @@ def test_an_interrupted_download_resumes_without_fetching_files_again(
     assert run("wait", job_id).code == 0
     out = tmp_path / "images"
 
-    original = download.copy_body
+    original = flux_images.Client.fetch_file
     calls: list[int] = []
 
-    def interrupted(response: Any, handle: Any) -> tuple[str, int]:
-        calls.append(1)
-        if len(calls) == 2:  # part of the second file is written, then Ctrl-C
-            handle.write(next(response.iter_content(10)))
+    def interrupted(client: Any, url: str, sink: Any, **options: Any) -> int:
+        if options.get("what") == "image":
+            calls.append(1)
+        if len(calls) == 2:  # part of the second image is written, then Ctrl-C
+            sink.write(b"\x89PNG\r\n")
             raise KeyboardInterrupt
-        return original(response, handle)
+        return original(client, url, sink, **options)
 
-    monkeypatch.setattr(download, "copy_body", interrupted)
+    monkeypatch.setattr(flux_images.Client, "fetch_file", interrupted)
     first = run("download", job_id, "--out", str(out))
     assert first.code == 130
     assert f"flux-images download {job_id} --out {out}" in first.err
@@ -315,7 +317,7 @@ def test_an_interrupted_download_resumes_without_fetching_files_again(
     assert (out / "0001-two.png.part").exists()
     assert not (out / "manifest.jsonl").exists()
 
-    monkeypatch.setattr(download, "copy_body", original)
+    monkeypatch.setattr(flux_images.Client, "fetch_file", original)
     before = len(fake.requests_to("image"))
     second = run("download", job_id, "--out", str(out))
     assert second.code == 0, second.err
@@ -848,9 +850,28 @@ def test_an_image_url_asking_to_retry_later_than_the_longest_wait_fails_that_ima
     assert "try again later" in result.err
     rows = manifest.read_jsonl(tmp_path / "out" / "manifest.jsonl")
     assert [(row["status"], row["error_message"]) for row in rows] == [
-        ("download_failed", "HTTP 503 (the server asks to retry in 3600 s; try again later)"),
+        ("download_failed", "GET image: HTTP 503 (the server asks to retry in 3600 s; try again later)"),
         ("succeeded", None),
     ]
+
+
+def test_a_presigned_url_answering_with_a_redirect_is_not_followed(
+    run: Runner, fake: FakeJobsApi, tmp_path: Path
+) -> None:
+    # Given a finished job whose first image URL answers with a redirect (to an address the CLI never checked)
+    job_id = finished_job(run, tmp_path, 2)
+    fake.fail("image", 302, headers={"Location": "http://169.254.169.254/latest/meta-data/"})
+    before = len(fake.requests_to("image"))
+    # When it is downloaded
+    result = run("download", job_id, "--out", "out")
+    # Then the redirect was not followed: that image failed saying why, the other downloaded, nothing else fetched
+    assert result.code == 3
+    rows = manifest.read_jsonl(tmp_path / "out" / "manifest.jsonl")
+    assert [(row["status"], row["error_message"]) for row in rows] == [
+        ("download_failed", "the URL answered HTTP 302"),
+        ("succeeded", None),
+    ]
+    assert len(fake.requests_to("image")) == before + 2
 
 
 def test_status_shows_the_results_file(run: Runner, fake: FakeJobsApi) -> None:
