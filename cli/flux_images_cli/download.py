@@ -12,9 +12,10 @@ Each succeeded item's image is saved as ``<index:04d>-<slug of the prompt>.<ext>
 type). The body goes to ``<name>.part`` while it streams, and is renamed to its final name only once complete and
 matching the sha256 of the results file or job document, so a file under its final name is always whole and
 verified. A re-run skips the files already there with the right sha256 (on the results path, those named by the
-manifest of the earlier run need no API call at all) and fetches the rest. An expired URL (403, or S3's 400
-``ExpiredToken``) is renewed by reading the item's page again (one call, which renews the URLs of the page's other
-items too), or its image document when that is how its URL came.
+manifest of the earlier run need no API call at all) and fetches the rest. A URL the bucket refuses (403 when it
+expired, 400 when the credentials that signed it did, 401) is renewed, at most twice, by reading the item's page
+again (one call, which renews the URLs of the page's other items too), or its image document when that is how its
+URL came.
 
 Image and results URLs are fetched with their own session: the API key is never sent to the bucket.
 """
@@ -366,7 +367,9 @@ class Downloader:
         """A presigned URL's body into ``sink``, through the client's one checked, retried fetch
         (``flux_images.Client.fetch_file``: https, or http from a local stack's API; never a redirect followed;
         429/5xx and broken connections retried within this download's policy, each attempt from the body's start).
-        ``_UrlExpired`` on S3's answers to an expired URL (400, 401, 403), ``_ItemFailed`` on any other failure."""
+        ``_UrlExpired`` on 400, 401 and 403 (S3's answers to an expired URL, or to one signed with credentials that
+        have since expired: renewed, at most ``MAX_URL_REFRESHES`` times, as the Python client renews them),
+        ``_ItemFailed`` on any other failure."""
         try:
             status = self.client.flux.fetch_file(url, sink, what=what, retry=self.policy)
         except ValueError as exc:  # a URL the client refuses to fetch: not https, credentials in it

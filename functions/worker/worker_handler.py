@@ -93,11 +93,12 @@ def _fan_out(record: QueueRecord, body: dict[str, Any]) -> None:
         if last_receive and message is not None and fan_out().give_up(message, receive_count) is not None:
             logger.exception("fan-out failed on its last receive; given up", message_id=record.messageId)
             return
+        if not isinstance(exc, FanoutIncomplete):  # logged before anything else can fail
+            logger.exception("fan-out failed; the message will be redelivered", message_id=record.messageId)
         # Back after the same jittered backoff as an item's (imagegen.retry.QUEUE_RETRY), growing with the receives
         job_queue().delay(record.receiptHandle, queue_backoff(receive_count))
         if isinstance(exc, FanoutIncomplete):
             raise RetryLater(str(exc)) from None
-        logger.exception("fan-out failed; the message will be redelivered", message_id=record.messageId)
         raise
 
 

@@ -52,6 +52,6 @@ def test_every_top_level_folder_and_module_says_what_lives_there() -> None:
         for path in files
         if path.suffix == ".py"
         and (ROOT / path).stat().st_size
-        and not ast.get_docstring(ast.parse((ROOT / path).read_text()))
+        and not ast.get_docstring(ast.parse((ROOT / path).read_text(encoding="utf-8")))
     ]
     assert without == [], f"modules without a docstring: {without}"
