@@ -369,3 +369,30 @@ def test_worker_a_batch_redelivered_after_a_failed_announcement_announces_it_onc
     with pytest.raises(AssertionError, match="1 events on the bus, 0 came"):
         events(1, timeout_s=2)
     assert emulator.calls == 3
+
+
+def test_between_tests_a_message_left_put_back_is_dropped_not_waited_for(stack):
+    from support.stack_fixtures import settle_worker
+
+    # Given a message an earlier test left hidden on the session's queue for a long time (as a duplicate delivery
+    # that found its item running is put back for the item's lease), and no invocation running
+    sqs = stack.aws.client("sqs")
+    url = stack.seeded.jobs_queue_url
+    stack.pollers[0].stop()
+    try:
+        sqs.send_message(QueueUrl=url, MessageBody=json.dumps({"left": "by an earlier test"}))
+        received = sqs.receive_message(QueueUrl=url, VisibilityTimeout=900, WaitTimeSeconds=1).get("Messages", [])
+        assert len(received) == 1
+
+        # When a test only settles the worker (as the moderation fixture does mid-test), the message stays
+        settle_worker(stack, timeout_s=0.5)
+        hidden = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+        assert hidden["Attributes"]["ApproximateNumberOfMessagesNotVisible"] == "1"
+
+        # Then between tests (the emulator fixture) it is purged: no later test waits out its 15 minutes
+        settle_worker(stack, drop_put_back=True)
+        attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+        assert attributes["ApproximateNumberOfMessagesNotVisible"] == "0"
+        assert attributes["ApproximateNumberOfMessages"] == "0"
+    finally:
+        stack.pollers[0].start()
