@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -655,7 +656,14 @@ def test_a_paid_200_with_a_useless_output_is_never_paid_for_more_than_twice(
 
 
 # ------------------------------------------------------------------------------------------------ the fan-out
-@pytest.mark.parametrize("fault", ["every chunk message delivered twice", "a chunk killed after writing 2 rows"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "every chunk message delivered twice",
+        "a chunk killed after writing 2 rows",
+        "a chunk's item messages partly refused by the queue",
+    ],
+)
 def test_a_fan_out_chunk_delivered_twice_or_killed_midway_loses_and_duplicates_nothing(
     stack, repository, emulator, queue_path, monkeypatch, reliability, fault
 ):
@@ -680,6 +688,19 @@ def test_a_fan_out_chunk_delivered_twice_or_killed_midway_loses_and_duplicates_n
             return real_send(bodies)
 
         monkeypatch.setattr(queue_path.queue, "send", send_chunks_twice)
+    elif fault.startswith("a chunk's item messages"):
+        # the queue refuses one of the second chunk's item messages on every try of its first run (FanoutIncomplete)
+        real_send = queue_path.queue.send
+        refusals: list[int] = []
+
+        def refuses_one(bodies: list[Any]) -> list[int]:
+            if not refusals and bodies and getattr(bodies[0], "index", None) == 5:
+                refusals.append(5)
+                return [0] + [position + 1 for position in real_send(bodies[1:])]  # the first one not sent
+            return real_send(bodies)
+
+        monkeypatch.setattr(queue_path.queue, "send", refuses_one)
+        monkeypatch.setattr(random, "uniform", lambda low, high: low)  # every full-jitter draw at its floor
     else:
         # the runtime kills the invocation of the second chunk after 2 of its 5 rows were written (none sent)
         real_put = repository.put_queued_items
@@ -704,6 +725,12 @@ def test_a_fan_out_chunk_delivered_twice_or_killed_midway_loses_and_duplicates_n
     assert all(per_item[index] == 1 for index in range(20)), per_item
     if fault.startswith("a chunk killed"):
         assert kills == [5] and queue_path.stats()["errors"] >= 1  # the invocation did die
+    if fault.startswith("a chunk's item messages"):
+        # the chunk came back after the queue's backoff for a first receive (imagegen.retry.QUEUE_RETRY: its draw at
+        # the floor here, 1 s), and its replay sent the refused message (and the others again: their claims
+        # refused the duplicates)
+        assert refusals == [5]
+        assert QUEUE_RETRY.floor_s == 1 and 1 in queue_path.queue.requested_delays, queue_path.queue.requested_delays
     assert queue_path.dead_letters() == []
     reliability.record(
         "Queue faults",
