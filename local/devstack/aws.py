@@ -33,7 +33,6 @@ REGION = "us-east-1"
 # What the local stack lets the service fetch from besides public addresses: its own loopback services (the
 # emulator's images, webhook receivers). Link-local (cloud metadata) and private networks stay refused.
 LOOPBACK_NETWORKS = "127.0.0.0/8,::1/128"
-EVENT_SOURCE = "flux-image-service"
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "local",
     "AWS_SECRET_ACCESS_KEY": "local",
@@ -218,7 +217,9 @@ class LocalAws:
         events = self.client("events")
         events.create_event_bus(Name=resources.event_bus)
         events.put_rule(
-            Name="capture-all", EventBusName=resources.event_bus, EventPattern=json.dumps({"source": [EVENT_SOURCE]})
+            Name="capture-all",
+            EventBusName=resources.event_bus,
+            EventPattern=json.dumps({"source": [spec.service_event_source]}),
         )
         events.put_targets(
             Rule="capture-all", EventBusName=resources.event_bus, Targets=[{"Id": "capture", "Arn": events_queue_arn}]

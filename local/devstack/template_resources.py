@@ -80,6 +80,16 @@ class SeedSpec:
     event_bus_name: str
     image_requested_pattern: Mapping[str, Any]
 
+    @property
+    def service_event_source(self) -> str:
+        """The ``source`` of the service's own events: the one the Image Requested rule refuses to route back
+        (``source: [{anything-but: [<it>]}]``), so the template says it once."""
+        for entry in self.image_requested_pattern.get("source") or []:
+            if isinstance(entry, Mapping) and entry.get("anything-but"):
+                excluded = entry["anything-but"]
+                return str(excluded[0] if isinstance(excluded, list) else excluded)
+        raise ValueError("ImageRequestedRule no longer names the service's own source (anything-but)")
+
 
 def _properties(template: Mapping[str, Any], intrinsics: Intrinsics, logical_id: str, type_name: str) -> Any:
     resource = (template.get("Resources") or {}).get(logical_id)

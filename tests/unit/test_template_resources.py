@@ -29,6 +29,10 @@ def test_seed_spec_of_the_service_template() -> None:
     assert spec.bucket.sse_algorithm == "AES256"  # no KmsKeyArn: the HasKmsKey condition is false
     assert all(spec.bucket.public_access_block.values())
     assert spec.event_bus_name == "flux-image-service"
+    # The source the local bus captures for `make events` is the one the service publishes with
+    from imagegen.adapters.events import SOURCE
+
+    assert spec.service_event_source == SOURCE == "flux-image-service"
 
 
 def test_seed_spec_follows_a_template_change(tmp_path: Path) -> None:
