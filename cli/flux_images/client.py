@@ -564,10 +564,10 @@ class Job:
                 continue
             partial.unlink(missing_ok=True)
             raise ValueError(f"the image URL answered HTTP {status}")
-        got = sha256_file(partial) if expected else None  # of the file as written: the attempt that completed
-        if expected and got != expected:
+        # of the file as written: the attempt that completed
+        if expected and (got := sha256_file(partial)) != expected:
             partial.unlink(missing_ok=True)
-            raise ValueError(f"sha256 mismatch: got {str(got)[:12]}…, the API says {expected[:12]}…")
+            raise ValueError(f"sha256 mismatch: got {got[:12]}…, the API says {expected[:12]}…")
         partial.replace(path)
         return path
 

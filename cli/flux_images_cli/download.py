@@ -44,7 +44,6 @@ from flux_images_cli.api import ApiClient, ApiError, RetryPolicy
 from flux_images_cli.inputs import MAX_SEED
 from flux_images_cli.progress import ProgressLine
 
-CHUNK_BYTES = 1 << 20
 SLUG_CHARS = 48
 MAX_URL_REFRESHES = 2
 EXPIRY_MARGIN_S = 30

@@ -18,7 +18,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from imagegen.batch import ConcurrentBatchProcessor, QueueRecord
 from imagegen.budget import Deadline
 from imagegen.observability import shared_metrics, tracer_from_env
-from imagegen.retry import queue_backoff
+from imagegen.retry import queue_delay
 from imagegen.settings import get_settings
 from imagegen.slots import UpstreamSlots, bound_upstream, no_upstream_call
 from imagegen.snapstart import register_hooks
@@ -96,7 +96,7 @@ def _fan_out(record: QueueRecord, body: dict[str, Any]) -> None:
         if not isinstance(exc, FanoutIncomplete):  # logged before anything else can fail
             logger.exception("fan-out failed; the message will be redelivered", message_id=record.messageId)
         # Back after the same jittered backoff as an item's (imagegen.retry.QUEUE_RETRY), growing with the receives
-        job_queue().delay(record.receiptHandle, queue_backoff(receive_count))
+        job_queue().delay(record.receiptHandle, queue_delay(receive_count))
         if isinstance(exc, FanoutIncomplete):
             raise RetryLater(str(exc)) from None
         raise

@@ -59,7 +59,7 @@ from imagegen.models import (
     JobMessage,
 )
 from imagegen.observability import shared_metrics
-from imagegen.retry import MAX_QUEUE_DELAY_S, queue_backoff
+from imagegen.retry import queue_delay
 from imagegen.service import BLOCKED_EVENT, blocked_event, item_image_id
 
 logger = Logger(child=True)
@@ -282,7 +282,7 @@ class ItemProcessor:
         except Exception:
             logger.exception("a message of several images could not be made a job", message_id=message_id)
             if receive_count < self._max_receive_count:
-                return Outcome.retry(self._backoff(receive_count), "the job of several images is not fanned out yet")
+                return Outcome.retry(queue_delay(receive_count), "the job of several images is not fanned out yet")
             job_id = direct_job_id(message_id)
             if expander.give_up(FanoutMessage(job_id=job_id), receive_count) is None:
                 self._queue.dead_letter(
@@ -405,10 +405,9 @@ class ItemProcessor:
                 self._settle(item, "failed", ItemError(code=exc.code, message=message), correlation_id)
                 return Outcome.ack()
             if exc.retryable and not last_receive:
-                # The upstream's Retry-After as given, up to the longest the queue holds a message back: the item's
-                # retry_at is then when its message really comes back.
-                delay = min(exc.retry_after, MAX_QUEUE_DELAY_S) if exc.retry_after is not None else None
-                delay = delay if delay is not None else self._backoff(receive_count)
+                # The upstream's Retry-After up to the longest the queue holds a message back: the item's retry_at
+                # is then when its message really comes back.
+                delay = queue_delay(receive_count, exc.retry_after)
                 self._defer(item, delay, bad_output=bad_output)
                 logger.info("item will be retried", job_id=item.job_id, index=item.index, code=exc.code, delay_s=delay)
                 return Outcome.retry(delay, exc.code)
@@ -427,7 +426,7 @@ class ItemProcessor:
         except Exception:
             logger.exception("unexpected error while generating an item", job_id=item.job_id, index=item.index)
             if receive_count < self._max_receive_count:
-                delay = self._backoff(receive_count)
+                delay = queue_delay(receive_count)
                 self._defer(item, delay)
                 return Outcome.retry(delay, "internal_error")
             error = ItemError(code="internal_error", message="an unexpected error occurred; the item was not generated")
@@ -560,9 +559,3 @@ class ItemProcessor:
             self._repository.defer(item, datetime.now(UTC) + timedelta(seconds=delay_s), bad_output=bad_output)
         except Exception:  # noqa: BLE001 - the item stays running and its lease simply expires
             logger.warning("could not defer the item", job_id=item.job_id, index=item.index)
-
-    @staticmethod
-    def _backoff(receive_count: int) -> int:
-        """Seconds until the item's message comes back: ``imagegen.retry.QUEUE_RETRY``'s full jitter, waited out by
-        SQS (its visibility), not by a sleep; the queue's maxReceiveCount bounds the receives."""
-        return queue_backoff(receive_count)

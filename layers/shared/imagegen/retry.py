@@ -98,14 +98,18 @@ class RetryPolicy:
 
 
 # Retries the queue waits out (a message made invisible until then): a job item's, a fan-out message's. 5 s
-# doubling to 15 min, full jitter, at least 1 s (a 0 would bring the message straight back). ``attempts`` is not
-# used: the queue's maxReceiveCount bounds the receives.
-QUEUE_RETRY = RetryPolicy(attempts=1, base_s=5, cap_s=MAX_QUEUE_BACKOFF_S, floor_s=1)
+# doubling to 15 min, full jitter, at least 1 s (a 0 would bring the message straight back); a server's
+# Retry-After as given, up to the longest the queue can hold a message back. ``attempts`` is not used: the
+# queue's maxReceiveCount bounds the receives.
+QUEUE_RETRY = RetryPolicy(
+    attempts=1, base_s=5, cap_s=MAX_QUEUE_BACKOFF_S, floor_s=1, retry_after_cap_s=MAX_QUEUE_DELAY_S
+)
 
 
-def queue_backoff(receive_count: int) -> int:
-    """Whole seconds until a failed message comes back, after its ``receive_count``-th receive (``QUEUE_RETRY``)."""
-    return int(QUEUE_RETRY.backoff(receive_count))
+def queue_delay(receive_count: int, retry_after: float | None = None) -> int:
+    """Whole seconds until a failed message comes back, after its ``receive_count``-th receive (``QUEUE_RETRY``):
+    ``retry_after`` (clamped) when the server gave one, else the jittered backoff."""
+    return int(QUEUE_RETRY.delay(receive_count, retry_after))
 
 
 class Retrying:

@@ -20,8 +20,6 @@ SEND_BATCH = 10  # SendMessageBatch's limit
 # after another, a chunk's last message reached the queue ten round trips after its first, and its items' slots
 # waited for them.
 SEND_THREADS = 10
-# SQS counts its 12 h maximum from the receive, and refuses more (imagegen.retry).
-MAX_VISIBILITY_S = MAX_QUEUE_DELAY_S
 
 
 def message_body(message: BaseModel) -> str:
@@ -103,7 +101,7 @@ class JobQueue:
     def delay(self, receipt_handle: str, seconds: int) -> None:
         """Make a failed message reappear after ``seconds`` (its own backoff) instead of the queue default."""
         self._client.change_message_visibility(
-            QueueUrl=self._url, ReceiptHandle=receipt_handle, VisibilityTimeout=max(0, min(seconds, MAX_VISIBILITY_S))
+            QueueUrl=self._url, ReceiptHandle=receipt_handle, VisibilityTimeout=max(0, min(seconds, MAX_QUEUE_DELAY_S))
         )
 
     def dead_letter(self, body: str, reason: str, message_id: str) -> None:
