@@ -27,7 +27,7 @@ import zipfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from .template import load_template
 
@@ -161,10 +161,11 @@ def is_stale(build_dir: Path = BUILD_DIR) -> bool:
     return not template.is_file() or template.stat().st_mtime < _newest_source_mtime()
 
 
-def ensure_built(build_dir: Path = BUILD_DIR) -> Path:
-    """``make build`` when ``.aws-sam/build`` is missing or older than any source; the build directory."""
+def ensure_built(build_dir: Path = BUILD_DIR, *, stdout: TextIO | None = None) -> Path:
+    """``make build`` when ``.aws-sam/build`` is missing or older than any source; the build directory. ``stdout``:
+    where the build's own output goes (a benchmark whose standard output is its JSON result sends it to stderr)."""
     if Path(build_dir).resolve() == BUILD_DIR.resolve() and is_stale(build_dir):
-        subprocess.run(["make", "--no-print-directory", "build"], cwd=ROOT, check=True)  # noqa: S607
+        subprocess.run(["make", "--no-print-directory", "build"], cwd=ROOT, check=True, stdout=stdout)  # noqa: S607
     load_artefact(build_dir)  # a clear error when it is still not there
     return Path(build_dir)
 

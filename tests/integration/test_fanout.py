@@ -154,6 +154,51 @@ def test_submit_answers_503_and_leaves_nothing_alive_when_the_queue_refuses(invo
     assert job.counts.queued == 0 and job.counts.failed == 3
 
 
+class TakenButTimedOut:
+    """A jobs queue that takes every message and reports it not sent, as JobQueue reports a batch whose every
+    attempt raised (the answers lost, the messages on the queue)."""
+
+    def __init__(self) -> None:
+        self.taken: list[str] = []
+
+    def send(self, messages: Any) -> list[int]:
+        from imagegen.adapters.queue import message_body
+
+        self.taken.extend(message_body(message) for message in messages)
+        return list(range(len(messages)))
+
+
+def test_a_job_abandoned_after_a_send_that_timed_out_yet_arrived_fans_out_nothing(
+    invoke, worker, repository, side_queue, emulator, monkeypatch
+):
+    """SendMessageBatch can time out on every attempt after SQS took the message: the API abandons the job (503, no
+    id), and the message still comes. Its items must never get rows, messages or upstream calls."""
+    from imagegen import jobs, wiring
+
+    for size in (3, 150):  # one chunk (the API sends it), two (the API sends the control message: the split)
+        job_id = f"job_{uuid.uuid4().hex}"
+        monkeypatch.setattr(jobs, "new_job_id", lambda job_id=job_id: job_id)
+        queue = TakenButTimedOut()
+        monkeypatch.setattr(wiring.job_service(), "_queue", queue)
+        response = invoke(job_event({"items": items(size)}))
+        assert response["statusCode"] == 503, response["body"]
+        monkeypatch.undo()
+        calls = emulator.calls
+
+        # When the message that did reach the queue is delivered, and delivered again
+        context = make_context("WorkerFunction", 120)
+        for receive_count in (1, 2):
+            assert worker.lambda_handler(sqs_event(queue.taken, receive_count=receive_count), context) == {
+                "batchItemFailures": []
+            }
+        # Then nothing was fanned out: no chunk, no item message, no item row, no upstream call
+        assert side_queue.take() == []
+        assert list(repository.iter_items(job_id)) == []
+        assert emulator.calls == calls
+        job = repository.get_job(job_id)
+        assert job.status == "failed" and job.counts.failed == size and job.counts.succeeded == 0
+
+
 # ------------------------------------------------------------------------------------------ uploads and results
 def put_upload(api, lines: list[str]) -> str:
     created = api("POST", "/v1/uploads")
