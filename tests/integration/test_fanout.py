@@ -211,31 +211,37 @@ def put_upload(api, lines: list[str]) -> str:
 
 
 def test_upload_job_with_a_bad_line_3_fails_that_item_only_and_writes_the_results_file(api, emulator, events):
-    # Given an uploaded file of four requests (and blank lines) whose third line is invalid
-    good = [json.dumps({"prompt": f"upload {i}", "seed": i, "width": 256, "height": 256}) for i in range(4)]
-    lines = [good[0], good[1], json.dumps({"prompt": "bad", "width": 500}), good[3], "", "  "]
+    # Given an uploaded file of five requests (and blank lines) whose third line is invalid, and an upstream that
+    # refuses one generation for good (a 400: whichever good item draws it fails, with its request)
+    good = [json.dumps({"prompt": f"upload {i}", "seed": i, "width": 256, "height": 256}) for i in range(5)]
+    lines = [good[0], good[1], json.dumps({"prompt": "bad", "width": 500}), good[3], "", good[4], "  "]
     upload_id = put_upload(api, lines)
+    emulator.inject("bad_request", count=1)
     # When a job names it
     submitted = api("POST", "/v1/jobs", json={"items_upload_id": upload_id, "metadata": {"batch": "b-1"}})
-    # Then its total is the non-blank lines, and it ends with item 2 failed (line 3), the rest succeeded
+    # Then its total is the non-blank lines, and it ends with item 2 failed (line 3), one good item refused upstream,
+    # the rest succeeded
     assert submitted.status_code == 202, submitted.text
-    assert submitted.json()["total"] == 4 and submitted.json()["results"] is None
+    assert submitted.json()["total"] == 5 and submitted.json()["results"] is None
     job = wait_for_job(api, submitted.json()["id"])
     assert job["status"] == "partially_failed"
-    assert [item["status"] for item in job["items"]] == ["succeeded", "succeeded", "failed", "succeeded"]
+    statuses = [item["status"] for item in job["items"]]
+    assert statuses[2] == "failed" and sorted(statuses) == ["failed", "failed", "succeeded", "succeeded", "succeeded"]
     failed = job["items"][2]
     assert failed["error"]["code"] == "invalid_request" and "line 3" in failed["error"]["message"]
     assert "width" in failed["error"]["message"] and failed["request"] is None
-    assert emulator.calls == 3
+    (refused,) = [item for item in job["items"] if item["status"] == "failed" and item["index"] != 2]
+    assert refused["request"]["seed"] is not None and refused["error"]["code"] != "invalid_request"
+    assert emulator.calls == 4
 
     # And the results file (written right after completed_at, before "Job Completed") lists every item in index
     # order, as the job shows them
     results = eventually(
         lambda: api("GET", f"/v1/jobs/{submitted.json()['id']}").json()["results"], 10, "the job's results file", 0.2
     )
-    assert results["items"] == 4 and results["s3_uri"].endswith(f"jobs/{job['id']}/results.jsonl")
+    assert results["items"] == 5 and results["s3_uri"].endswith(f"jobs/{job['id']}/results.jsonl")
     rows = [json.loads(line) for line in requests.get(results["url"], timeout=10).text.splitlines()]
-    assert [row["index"] for row in rows] == [0, 1, 2, 3]
+    assert [row["index"] for row in rows] == [0, 1, 2, 3, 4]
     for row, item in zip(rows, job["items"], strict=True):
         assert row["status"] == item["status"]
         if item["status"] == "succeeded":
@@ -244,12 +250,14 @@ def test_upload_job_with_a_bad_line_3_fails_that_item_only_and_writes_the_result
             assert row["s3_uri"] == image["image"]["s3_uri"] and row["bytes"] == image["image"]["bytes"]
             assert (row["width"], row["height"]) == (256, 256) and row["seed"] == item["request"]["seed"]
             assert row["error"] is None
-        else:
-            assert row["image_id"] is None and row["s3_uri"] is None and row["seed"] is None
-            assert row["error"] == item["error"]
+        else:  # the bad line has no request, so no seed; the refused item has its request's
+            assert row["image_id"] is None and row["s3_uri"] is None and row["bytes"] is None
+            assert row["seed"] == (item["request"]["seed"] if item["request"] else None)
+            assert row["error"] == item["error"] and row["error"] is not None
     # and "Job Completed" carried it
-    completed = [event for event in events(4) if event["detail-type"] == "Job Completed"]  # 3 generated + 1
-    assert completed[0]["detail"]["job"]["results"]["items"] == 4
+    seen = events(5)  # 3 generated, 1 refused ("Image Failed"), "Job Completed"
+    completed = [event for event in seen if event["detail-type"] == "Job Completed"]
+    assert completed[0]["detail"]["job"]["results"]["items"] == 5
 
 
 def test_upload_job_of_3_chunks_completes_with_its_results_file(api, emulator, monkeypatch):

@@ -727,3 +727,59 @@ def test_a_validated_update_tree_keeps_every_node_s_parent_as_moto_s_walk_does(m
     # Then the tree has the same nodes, each under the parent it names, as after moto's own walk
     assert answered == expected
     assert all(named for _, named in answered[1:])
+
+
+def _row() -> Any:
+    from moto.dynamodb.models.dynamo_type import Item
+
+    attrs = {
+        "pk": {"S": "JOB#job_1"},
+        "sk": {"S": "ITEM#000001"},
+        "index": {"N": "1"},
+        "status": {"S": "succeeded"},
+        "request": {"M": {"prompt": {"S": "a fox"}, "seed": {"N": "7"}}},
+        "record": {
+            "M": {
+                "id": {"S": "img_1"},
+                "parameters": {"M": {"seed": {"N": "7"}, "prompt": {"S": "a fox"}}},
+                "stored": {"M": {"bucket": {"S": "b"}, "key": {"S": "k"}, "bytes": {"N": "10"}}},
+                "tags": {"L": [{"S": "x"}, {"S": "y"}, {"M": {"deep": {"S": "z"}}}]},
+            }
+        },
+    }
+    return Item(hash_key=DynamoType(attrs["pk"]), range_key=DynamoType(attrs["sk"]), attrs=attrs)
+
+
+# the results file's projection (imagegen.adapters.job_rows.RESULT_PROJECTION)
+RESULT_PATHS = [["index"], ["status"], ["error"], ["request_index"], ["record", "id"], ["record", "stored"]]
+RESULT_PATHS += [["record", "parameters", "seed"], ["request", "seed"]]
+
+
+@pytest.mark.parametrize(
+    "paths",
+    [
+        # the results file's projection (imagegen.adapters.job_rows.RESULT_PROJECTION): the fast path
+        RESULT_PATHS,
+        [["record", "tags[1]"], ["record", "tags[2]", "deep"], ["missing", "path"]],
+        # one path within another, or twice: moto's own walk
+        [["record"], ["record", "tags[0]"], ["record", "stored", "bytes"]],
+        [["record", "stored", "bytes"], ["record", "stored"]],
+        [["status"], ["status"]],
+    ],
+)
+def test_a_projection_answers_as_moto_s_own(paths: list[list[str]]) -> None:
+    ours, theirs = moto_server.project(_row(), paths), moto_server._original_project(_row(), paths)
+    assert ours.to_json() == theirs.to_json()
+    assert (ours.hash_key, ours.range_key) == (theirs.hash_key, theirs.range_key)
+
+
+def test_a_projection_of_paths_side_by_side_turns_the_item_into_json_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    from moto.dynamodb.models.dynamo_type import Item
+
+    turned = []
+    to_json = Item.to_regular_json
+    monkeypatch.setattr(Item, "to_regular_json", lambda self: turned.append(1) or to_json(self))
+    moto_server.project(_row(), [["index"], ["status"], ["record", "id"], ["record", "stored"], ["request", "seed"]])
+    assert len(turned) == 1
+    moto_server._original_project(_row(), [["index"], ["status"], ["record", "id"]])
+    assert len(turned) == 1 + 3  # moto's: once per path

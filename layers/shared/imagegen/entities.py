@@ -77,6 +77,25 @@ class Item:
         return {"request_index": self.request_index, "image_index": self.image_index}
 
 
+@dataclass(frozen=True)
+class ItemResult:
+    """One item as its job's results file states it. Read with a projection of the item's row, these fields only, and
+    not as a whole ``Item``: a results file reads every row of the job, and parsing each row's request and record
+    whole cost ~0.5 ms an item (a second per 2,000 items between a job's completion and its announcement)."""
+
+    index: int
+    status: ItemStatus
+    origin: dict[str, int]  # ``Item.origin``: request_index and image_index, in a job with requests of several images
+    image_id: str | None = None
+    s3_uri: str | None = None
+    sha256: str | None = None
+    bytes: int | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int | None = None
+    error: ItemError | None = None
+
+
 class TransitionConflict(Exception):
     """The item was no longer in the expected status (someone else moved it)."""
 

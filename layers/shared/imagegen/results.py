@@ -16,7 +16,8 @@ from aws_lambda_powertools import Logger
 from aws_lambda_powertools.metrics import MetricUnit
 
 from imagegen.adapters.job_objects import JobObjects
-from imagegen.adapters.jobs_table import Item, Job, JobExtras, JobRepository
+from imagegen.adapters.jobs_table import Job, JobExtras, JobRepository
+from imagegen.entities import ItemResult
 from imagegen.item_processor import ItemProcessor
 from imagegen.jobs import job_document, results_info
 from imagegen.models import ResultsInfo
@@ -26,25 +27,19 @@ logger = Logger(child=True)
 metrics = shared_metrics()
 
 
-def result_line(item: Item) -> dict[str, Any]:
-    record = item.record
-    stored = record.stored if record is not None else None
-    if record is not None:
-        seed: int | None = record.parameters.seed
-    else:
-        seed = item.request.seed if item.request is not None else None
+def result_line(result: ItemResult) -> dict[str, Any]:
     return {
-        "index": item.index,
-        **item.origin,  # only in a job with requests of several images
-        "status": item.status,
-        "image_id": record.id if record is not None else None,
-        "s3_uri": stored.s3_uri if stored is not None else None,
-        "sha256": stored.sha256 if stored is not None else None,
-        "bytes": stored.bytes if stored is not None else None,
-        "width": stored.width if stored is not None else None,
-        "height": stored.height if stored is not None else None,
-        "seed": seed,
-        "error": item.error.model_dump(mode="json") if item.error is not None else None,
+        "index": result.index,
+        **result.origin,  # only in a job with requests of several images
+        "status": result.status,
+        "image_id": result.image_id,
+        "s3_uri": result.s3_uri,
+        "sha256": result.sha256,
+        "bytes": result.bytes,
+        "width": result.width,
+        "height": result.height,
+        "seed": result.seed,
+        "error": result.error.model_dump(mode="json") if result.error is not None else None,
     }
 
 
@@ -55,7 +50,9 @@ class JobResults:
 
     def write(self, job: Job) -> ResultsInfo:
         """Write the results file of a completed job and record it on the job row."""
-        lines = [json.dumps(result_line(item), separators=(",", ":")) for item in self._repository.iter_items(job.id)]
+        lines = [
+            json.dumps(result_line(result), separators=(",", ":")) for result in self._repository.iter_results(job.id)
+        ]
         key = self._objects.put_results(job.id, lines)
         self._repository.record_results(job.id, key, len(lines))
         info = results_info(self._objects, JobExtras(results_key=key, results_items=len(lines)))

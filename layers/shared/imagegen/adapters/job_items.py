@@ -27,6 +27,8 @@ from botocore.exceptions import ClientError
 
 from imagegen.adapters.job_counters import CountedWrites, JobGuardFailed, error_code
 from imagegen.adapters.job_rows import (
+    RESULT_NAMES,
+    RESULT_PROJECTION,
     TRANSACTION_ITEMS,
     chunks,
     decode_cursor,
@@ -40,10 +42,11 @@ from imagegen.adapters.job_rows import (
     job_key,
     new_item_row,
     origin_attributes,
+    result_from_row,
     shard_key,
     utc_now,
 )
-from imagegen.entities import Item, Job, JobUnavailable, LeaseHeld, TransitionConflict
+from imagegen.entities import Item, ItemResult, Job, JobUnavailable, LeaseHeld, TransitionConflict
 from imagegen.models import TERMINAL_ITEM_STATUSES, ImageRecord, ImageRequest, ItemError, ItemStatus
 from imagegen.retry import RetryPolicy, Uniform
 
@@ -171,6 +174,25 @@ class ItemTable(CountedWrites):
             yield from items
             if cursor is None:
                 return
+
+    def iter_results(self, job_id: str) -> Iterator[ItemResult]:
+        """Every item of the job as its results file states it, in index order: the rows' projection only, in pages
+        of ``WHOLE_JOB_PAGE`` (a 1 MB page holds more of these than of whole rows)."""
+        query: dict[str, Any] = {
+            "TableName": self._table,
+            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :items)",
+            "ExpressionAttributeValues": {":pk": {"S": f"JOB#{job_id}"}, ":items": {"S": "ITEM#"}},
+            "ProjectionExpression": RESULT_PROJECTION,
+            "ExpressionAttributeNames": RESULT_NAMES,
+            "Limit": WHOLE_JOB_PAGE,
+            "ConsistentRead": True,
+        }
+        while True:
+            answer = self._client.query(**query)
+            yield from (result_from_row(raw) for raw in answer.get("Items", []))
+            if not answer.get("LastEvaluatedKey"):
+                return
+            query["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
 
     # ------------------------------------------------------------------------------------------ transitions
     def transition(

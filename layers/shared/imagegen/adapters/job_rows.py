@@ -21,7 +21,7 @@ from typing import Any
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from imagegen.adapters.images_table import plain, storable
-from imagegen.entities import Item, Job
+from imagegen.entities import Item, ItemResult, Job
 from imagegen.errors import InvalidRequestError
 from imagegen.models import MAX_UPLOAD_LINES, ImageRecord, ImageRequest, ItemError, ItemStatus, JobCounts, WebhookInfo
 
@@ -233,6 +233,37 @@ def item_from_row(raw: dict[str, Any]) -> Item:
         retry_at=datetime.fromisoformat(data["retry_at"]) if data.get("retry_at") else None,
         request_index=data.get("request_index"),
         image_index=data.get("image_index"),
+    )
+
+
+# What a results file reads of an item row (``ItemResult``): not the request's prompt, nor the record's parameters
+# and timings. Names for every attribute: index, status, error and request are reserved words or may become some.
+RESULT_PROJECTION = "#index, #status, #error, request_index, image_index, #record.id, #record.stored, "
+RESULT_PROJECTION += "#record.parameters.seed, #request.seed"
+RESULT_NAMES = {"#index": "index", "#status": "status", "#error": "error", "#record": "record", "#request": "request"}
+
+
+def result_from_row(raw: dict[str, Any]) -> ItemResult:
+    """An item row read with ``RESULT_PROJECTION``."""
+    data = plain({key: _deserializer.deserialize(value) for key, value in raw.items()})
+    record = data.get("record") or {}
+    stored = record.get("stored") or {}
+    seed = (record.get("parameters") or {}).get("seed") if record else (data.get("request") or {}).get("seed")
+    origin = {}
+    if data.get("request_index") is not None and data.get("image_index") is not None:
+        origin = {"request_index": data["request_index"], "image_index": data["image_index"]}
+    return ItemResult(
+        index=data["index"],
+        status=data["status"],
+        origin=origin,
+        image_id=record.get("id"),
+        s3_uri=f"s3://{stored['bucket']}/{stored['key']}" if stored else None,
+        sha256=stored.get("sha256"),
+        bytes=stored.get("bytes"),
+        width=stored.get("width"),
+        height=stored.get("height"),
+        seed=seed,
+        error=ItemError.model_validate(data["error"]) if data.get("error") else None,
     )
 
 
