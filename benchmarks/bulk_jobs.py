@@ -398,7 +398,7 @@ def main() -> int:
             "succeeded": sum(job["counts"]["succeeded"] for job in jobs),
             "failed": sum(job["counts"]["failed"] for job in jobs),
             "first_invocation_s": round(first_s, 2),
-            "batches": [f"{size} items {start:.1f}-{end:.1f} s" for start, end, size in sorted(timeline)],
+            "batches": [f"{size} items {start:.2f}-{end:.2f} s" for start, end, size in sorted(timeline)],
             # How the upstream's 16 slots were used: from the first generation seen to the last one, the mean
             # number in flight (sampled every 20 ms), then what followed the last call (mirror, record,
             # completion, results.jsonl and the client's next poll).

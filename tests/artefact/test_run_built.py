@@ -18,12 +18,14 @@ import requests
 from devstack import artefact
 from devstack.loadgen import stack_process
 from support import stack_fixtures
+from support.bulk_benchmark import run_bulk_benchmark
 
 pytestmark = [pytest.mark.artefact, pytest.mark.timeout(600)]
 
 ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "run-built-key"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ITEMS = 12  # of the bulk benchmark's job
 INIT_LINE = re.compile(r"^\[(?P<function>\w+)#\d+\] INIT (?P<handler>\S+) in \d+ ms \(pid \d+\): (?P<loaded>.*)$")
 
 
@@ -98,3 +100,17 @@ def test_run_built_serves_images_and_jobs_from_the_artefact(built_artefact: Path
         for source in (ROOT / "functions", ROOT / "layers", ROOT / ".venv"):
             assert not any(path.is_relative_to(source) for path in modules.values()), modules
     assert stack.exit_code == 0, "".join(stack.output[-20:])
+
+
+def test_the_bulk_benchmark_runs_the_artefact_with_warm_environments(built_artefact: Path) -> None:
+    """``benchmarks/bulk_jobs.py --built``: every execution environment a process of the artefact, started by a
+    warm-up job first, and the measured job counted from zero after it. Counts only, never the benchmark's timings."""
+    # Given the artefact, two worker environments of one slot, batches of one, and a warm-up job of 4 items
+    result = run_bulk_benchmark(ITEMS, "--built", "--warm-up", "4", timeout_s=420)
+    # Then the measured job ran in the artefact, every item generated once (the warm-up's calls not counted), the
+    # webhook verified, and the warm-up's invocations left out of the count
+    assert result["functions"].startswith("the built artefact") and result["warm_up_items"] == 4
+    assert result["succeeded"] == ITEMS and result["upstream_calls"] == ITEMS and result["s3_objects"] == ITEMS
+    assert result["none_generated_twice"] and result["upstream_429"] == 0 and result["upstream_max_in_flight"] <= 2
+    assert result["webhooks_verified"] and result["webhook_s"] >= result["completed_s"]
+    assert result["invocations"] < ITEMS  # the refill took messages itself, as in the source tree's run

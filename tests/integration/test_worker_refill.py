@@ -5,48 +5,16 @@ timings: the benchmark's wall-clock figures are not asserted here."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
+from support.bulk_benchmark import run_bulk_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
 ITEMS = 24
 
 
 def bulk_run(*extra: str) -> dict[str, Any]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join(
-            str(ROOT / part) for part in ("layers/shared", "functions/api", "functions/worker", "local")
-        ),
-    }
-    command = [
-        sys.executable,
-        str(ROOT / "benchmarks" / "bulk_jobs.py"),
-        "--vendor-items",
-        "0",
-        "--items",
-        str(ITEMS),
-        "--job-items",
-        str(ITEMS),
-        "--invocations",
-        "2",
-        "--slots",
-        "1",
-        "--batch-size",
-        "1",
-        "--latency",
-        "0.1",
-        *extra,
-    ]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240, check=False)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout[done.stdout.index("{\n") :])
+    return run_bulk_benchmark(ITEMS, *extra)
 
 
 @pytest.mark.parametrize("refill", [True, False], ids=["refill", "no-refill"])
@@ -59,6 +27,8 @@ def test_every_item_generated_once_within_the_slots_and_refill_takes_messages(re
     assert result["upstream_calls"] == ITEMS and result["upstream_429"] == 0
     assert result["s3_objects"] == ITEMS and result["none_generated_twice"]
     assert result["upstream_max_in_flight"] <= 2
+    # and the job's signed webhook reached the benchmark's receiver, verified, after the job's completion
+    assert result["webhooks_verified"] and result["webhook_s"] >= result["completed_s"]
     # and the benchmark timed every call at the emulator: none answered sooner than its 0.1 s latency
     assert result["upstream_call_s"]["median"] >= 0.1 and "#16" in result["call_starts_s"]
     # ... and with the refill, invocations took messages themselves: fewer invocations than messages delivered
