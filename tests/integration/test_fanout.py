@@ -135,6 +135,34 @@ def test_submit_of_1000_items_makes_as_many_aws_calls_as_one_item_and_the_worker
     assert sum(1 for _ in repository.iter_items(job_id)) == 1000
 
 
+def test_a_chunk_sends_its_first_items_messages_before_writing_the_rest_s_rows(
+    invoke, worker, repository, side_queue, monkeypatch
+):
+    from imagegen import fanout
+
+    # Given a job of one chunk (100 items), submitted
+    response = invoke(job_event({"items": items(100)}))
+    assert response["statusCode"] == 202, response["body"]
+    job_id = body_of(response)["id"]
+    (chunk,) = [body for body in side_queue.take() if job_id in body]
+    # When the worker runs the chunk, each write of item rows noting the messages already sent
+    writes: list[tuple[list[int], int]] = []
+    put_queued_items = type(repository).put_queued_items
+
+    def noted(self: Any, job: Any, requests: Any, *args: Any, **kwargs: Any) -> list[int]:
+        writes.append(([index for index, _ in requests], len(side_queue.bodies)))
+        return put_queued_items(self, job, requests, *args, **kwargs)
+
+    monkeypatch.setattr(type(repository), "put_queued_items", noted)
+    assert worker.lambda_handler(sqs_event([chunk]), make_context("WorkerFunction", 120)) == {"batchItemFailures": []}
+    # Then the first items' rows were written, their messages sent, and only then the rest's rows: workers start
+    # while the chunk is still being written, each message after its own item's row
+    first = fanout.FIRST_SENT
+    assert writes == [(list(range(first)), 0), (list(range(first, 100)), first)]
+    sent = [JobMessage.model_validate_json(body).index for body in side_queue.take()]
+    assert sent[:first] == list(range(first)) and sorted(sent) == list(range(100))
+
+
 def test_submit_answers_503_and_leaves_nothing_alive_when_the_queue_refuses(invoke, repository, monkeypatch):
     from imagegen import jobs, wiring
 

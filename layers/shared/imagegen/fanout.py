@@ -2,8 +2,10 @@
 
 The API records the job (its row) and its items (one object) and sends ONE control message. The worker splits the
 object into chunk messages (``split``); each chunk (``run_chunk``) conditionally writes its item rows (never over
-an item that already moved) and sends the messages of its items still ``queued``. A duplicated or half-done chunk
-therefore loses nothing and duplicates no upstream call: a second message for an item is refused by its claim.
+an item that already moved) and sends the messages of its items still ``queued``: its first ``FIRST_SENT`` items'
+rows and messages before the rest's rows, so workers start on a job while its chunks are still being written. A
+duplicated or half-done chunk therefore loses nothing and duplicates no upstream call: a second message for an item
+is refused by its claim.
 Seeds of items without one derive from job id + index, so a replay generates the same image.
 
 A request of ``num_images`` N makes N items here (one image, one paid call, one result line each; seeds ``seed``,
@@ -56,6 +58,7 @@ logger = Logger(child=True)
 metrics = shared_metrics()
 
 IMAGE_REQUESTED = "Image Requested"
+FIRST_SENT = 20  # a chunk's first items: their rows written and messages sent before the rest's rows
 FANOUT_FAILED = "fanout_failed"
 
 
@@ -175,30 +178,36 @@ class FanOut:
                 failed += 1
         # The origins only when there are any: a job of single images writes its rows exactly as before.
         tagged = {"origins": origins} if origins else {}
-        queued = set(self._repository.put_queued_items(job, valid, extras.correlation_id, **tagged))
         if job.canceled:
             # Canceled before this chunk ran: none of its items may start, so none gets a message (one each, only
             # to be canceled on arrival); they are canceled here, a transaction per 99, and the job may complete.
             # (A cancel after the read above is settled the usual way: each message finds the job canceled.)
+            self._repository.put_queued_items(job, valid, extras.correlation_id, **tagged)
             cursor = encode_cursor(chunk.index - 1) if chunk.index else None
             self._repository.cancel_queued_page(job_id, cursor, limit=max(1, index - chunk.index))
             if self._repository.complete_if_done(job_id) is not None:
                 self._on_complete(job_id)
             return
-        messages = [
-            JobMessage(
-                request=request,
-                job_id=job_id,
-                index=item_index,
-                correlation_id=extras.correlation_id,
-                request_index=origins[item_index][0] if item_index in origins else None,
-                image_index=origins[item_index][1] if item_index in origins else None,
-            )
-            for item_index, request in valid
-            if item_index in queued
-        ]
-        if not_sent := self._queue.send(messages):
-            metrics.add_metric(name="ItemsNotEnqueued", unit=MetricUnit.Count, value=len(not_sent))
+        # The first items' rows, then their messages, then the rest's: workers start on the job while the rest of
+        # the chunk is written. Each message still follows its own item's row.
+        not_sent = 0
+        for part in (valid[:FIRST_SENT], valid[FIRST_SENT:]):
+            queued = set(self._repository.put_queued_items(job, part, extras.correlation_id, **tagged))
+            messages = [
+                JobMessage(
+                    request=request,
+                    job_id=job_id,
+                    index=item_index,
+                    correlation_id=extras.correlation_id,
+                    request_index=origins[item_index][0] if item_index in origins else None,
+                    image_index=origins[item_index][1] if item_index in origins else None,
+                )
+                for item_index, request in part
+                if item_index in queued
+            ]
+            not_sent += len(self._queue.send(messages))
+        if not_sent:
+            metrics.add_metric(name="ItemsNotEnqueued", unit=MetricUnit.Count, value=not_sent)
             raise FanoutIncomplete(f"not every item of {job_id} from {chunk.index} reached the queue")
         if failed:
             metrics.add_metric(name="ItemsFailed", unit=MetricUnit.Count, value=failed)
