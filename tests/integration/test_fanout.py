@@ -121,6 +121,12 @@ def test_submit_of_1000_items_makes_as_many_aws_calls_as_one_item_and_the_worker
     with aws_calls_of_this_thread(repository._client) as calls:
         assert [row.index for row in repository.iter_items(job_id)] == list(range(1000))
     assert calls["Query"] == 4
+    # and so does the results file's read of the rows' projection, each row with its request's seed
+    with aws_calls_of_this_thread(repository._client) as calls:
+        results = list(repository.iter_results(job_id))
+    assert [result.index for result in results] == list(range(1000)) and calls["Query"] == 4
+    assert all(result.status == "queued" and result.seed == result.index for result in results)
+    assert all(result.image_id is None and result.s3_uri is None and result.error is None for result in results)
     monkeypatch.undo()
 
     # When the first chunk comes again (at-least-once delivery) after item 0 started

@@ -148,14 +148,18 @@ class ItemTable(CountedWrites):
         answer = self._client.get_item(TableName=self._table, Key=item_key(job_id, index), ConsistentRead=True)
         return item_from_row(answer["Item"]) if "Item" in answer else None
 
-    def items_page(self, job_id: str, limit: int, cursor: str | None) -> tuple[list[Item], str | None]:
-        query: dict[str, Any] = {
+    def _items_query(self, job_id: str, limit: int) -> dict[str, Any]:
+        """A Query of the job's item rows, in index order, ``limit`` a page."""
+        return {
             "TableName": self._table,
             "KeyConditionExpression": "pk = :pk AND begins_with(sk, :items)",
             "ExpressionAttributeValues": {":pk": {"S": f"JOB#{job_id}"}, ":items": {"S": "ITEM#"}},
             "Limit": limit,
             "ConsistentRead": True,
         }
+
+    def items_page(self, job_id: str, limit: int, cursor: str | None) -> tuple[list[Item], str | None]:
+        query = self._items_query(job_id, limit)
         if cursor:
             query["ExclusiveStartKey"] = {**item_key(job_id, decode_cursor(cursor))}
         answer = self._client.query(**query)
@@ -178,14 +182,10 @@ class ItemTable(CountedWrites):
     def iter_results(self, job_id: str) -> Iterator[ItemResult]:
         """Every item of the job as its results file states it, in index order: the rows' projection only, in pages
         of ``WHOLE_JOB_PAGE`` (a 1 MB page holds more of these than of whole rows)."""
-        query: dict[str, Any] = {
-            "TableName": self._table,
-            "KeyConditionExpression": "pk = :pk AND begins_with(sk, :items)",
-            "ExpressionAttributeValues": {":pk": {"S": f"JOB#{job_id}"}, ":items": {"S": "ITEM#"}},
+        query = {
+            **self._items_query(job_id, WHOLE_JOB_PAGE),
             "ProjectionExpression": RESULT_PROJECTION,
             "ExpressionAttributeNames": RESULT_NAMES,
-            "Limit": WHOLE_JOB_PAGE,
-            "ConsistentRead": True,
         }
         while True:
             answer = self._client.query(**query)
