@@ -15,7 +15,10 @@ BENCHMARKS = [
     ("Memory (mirroring a 64 MB image)", ["mirror_memory.py", "--runs", "3"]),
     ("Overhead on the local stack (emulator at 1 s)", ["local_overhead.py", "--requests", "20"]),
     ("Bulk: 200 items, emulator at 1 s and 16 concurrent; vendor sample serial", ["bulk_jobs.py"]),
-    ("Bulk: 200 items on the built artefact, an execution environment per process", ["bulk_jobs.py", "--built"]),
+    (
+        "Bulk: 200 items on the built artefact, an execution environment per process",
+        ["bulk_jobs.py", "--vendor-items", "0", "--built"],
+    ),
     (
         "Bulk: 2,000 items in 20 jobs, 16 x 1 slot, batches of 2",
         ["bulk_jobs.py", "--vendor-items", "0", "--items", "2000", "--job-items", "100"],

@@ -465,11 +465,21 @@ def traverse_node_recursively(self: DepthFirstTraverser, node: Any, child_id: in
 _original_project = DynamoItem.project
 
 
+def _json_types_only(value: Any) -> bool:
+    """Whether a stored value holds only strings, numbers, booleans, nulls, maps and lists."""
+    if value.type == "M":
+        return all(_json_types_only(nested) for nested in value.value.values())
+    if value.type == "L":
+        return all(_json_types_only(nested) for nested in value.value)
+    return value.type in ("S", "N", "BOOL", "NULL")
+
+
 def project(self: DynamoItem, projection_expressions: list[list[str]]) -> DynamoItem:
     """moto's projection, for paths of map keys only, none within another: each path's value is copied in DynamoDB's
     wire format from the item as stored. moto's own turns the whole item into plain JSON once per path (a results
     file projects nine paths of every item row), then the projection back into the wire format. A path with a list
-    index, or one path within another, still goes through moto's own walk."""
+    index, one path within another, or a value holding a set or a binary still goes through moto's own walk; a path
+    through a value that is not a map adds nothing, as in DynamoDB's answer (moto's own raises there)."""
     paths = [tuple(path) for path in projection_expressions]
     if any("[" in key for path in paths for key in path) or any(
         a == b[: len(a)] for i, a in enumerate(paths) for j, b in enumerate(paths) if i != j
@@ -481,7 +491,9 @@ def project(self: DynamoItem, projection_expressions: list[list[str]]) -> Dynamo
         for key in path[1:]:
             value = value.value.get(key) if value is not None and value.type == "M" else None
         if value is None:
-            continue  # nothing there: the path adds nothing, as in moto's (and DynamoDB's) answer
+            continue  # nothing there (or a path through a value that is not a map): the path adds nothing
+        if not _json_types_only(value):  # moto's answer re-encodes sets and binaries: let it give its own
+            return cast(DynamoItem, _original_project(self, projection_expressions))
         into = projected
         for key in path[:-1]:
             into = into.setdefault(key, {"M": {}})["M"]

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from devstack import moto_server
+from imagegen.adapters.job_rows import RESULT_NAMES, RESULT_PROJECTION
 from moto.core.responses import ActionResult
 from moto.dynamodb.models.dynamo_type import DynamoType
 from moto.dynamodb.responses import DynamoHandler, DynamoResult
@@ -737,6 +738,10 @@ def _row() -> Any:
         "sk": {"S": "ITEM#000001"},
         "index": {"N": "1"},
         "status": {"S": "succeeded"},
+        "request_index": {"N": "0"},
+        "image_index": {"N": "1"},
+        "labels": {"SS": ["b", "a", "c"]},
+        "blob": {"M": {"data": {"B": "eHk="}}},
         "request": {"M": {"prompt": {"S": "a fox"}, "seed": {"N": "7"}}},
         "record": {
             "M": {
@@ -750,9 +755,8 @@ def _row() -> Any:
     return Item(hash_key=DynamoType(attrs["pk"]), range_key=DynamoType(attrs["sk"]), attrs=attrs)
 
 
-# the results file's projection (imagegen.adapters.job_rows.RESULT_PROJECTION)
-RESULT_PATHS = [["index"], ["status"], ["error"], ["request_index"], ["record", "id"], ["record", "stored"]]
-RESULT_PATHS += [["record", "parameters", "seed"], ["request", "seed"]]
+# the results file's projection, as moto's parser turns it into paths
+RESULT_PATHS = [[RESULT_NAMES[name] for name in path.split(".")] for path in RESULT_PROJECTION.split(", ")]
 
 
 @pytest.mark.parametrize(
@@ -764,6 +768,9 @@ RESULT_PATHS += [["record", "parameters", "seed"], ["request", "seed"]]
         # absent, through a value that is not a map, and a whole map
         [["record", "absent"], ["status", "not_a_map"], ["record", "parameters"], ["request"], ["sk"]],
         [["record", "stored", "bytes"], ["record", "stored", "key"], ["record", "id"]],
+        # a set, a binary: moto's own walk
+        [["labels"], ["index"]],
+        [["blob"], ["status"]],
         # one path within another, or twice: moto's own walk
         [["record"], ["record", "tags[0]"], ["record", "stored", "bytes"]],
         [["record", "stored", "bytes"], ["record", "stored"]],

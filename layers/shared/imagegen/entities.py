@@ -80,8 +80,8 @@ class Item:
 @dataclass(frozen=True)
 class ItemResult:
     """One item as its job's results file states it. Read with a projection of the item's row, these fields only, and
-    not as a whole ``Item``: a results file reads every row of the job, and parsing each row's request and record
-    whole cost ~0.5 ms an item (a second per 2,000 items between a job's completion and its announcement)."""
+    not as a whole ``Item``: a results file reads every row of the job between its completion and its announcement,
+    and parsing whole rows (request, record) took 210-318 ms of CPU per 1,000 rows against 90-111 ms for these."""
 
     index: int
     status: ItemStatus

@@ -180,7 +180,7 @@ class FanOut:
         tagged = {"origins": origins} if origins else {}
         if job.canceled:
             # Canceled before this chunk ran: none of its items may start, so none gets a message (one each, only
-            # to be canceled on arrival); they are canceled here, a transaction per 99, and the job may complete.
+            # to be canceled on arrival); they are canceled here, a transaction per 50, and the job may complete.
             # (A cancel after the read above is settled the usual way: each message finds the job canceled.)
             self._repository.put_queued_items(job, valid, extras.correlation_id, **tagged)
             cursor = encode_cursor(chunk.index - 1) if chunk.index else None

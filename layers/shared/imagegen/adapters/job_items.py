@@ -54,7 +54,7 @@ from imagegen.retry import RetryPolicy, Uniform
 # items that conflicted reads them again at once (its transaction already backed off).
 BATCH_WRITE_RETRY = RetryPolicy(attempts=8, base_s=0.05, cap_s=2.0)
 CANCEL_REREAD_RETRY = RetryPolicy(attempts=5, base_s=0.0, cap_s=0.0)  # no wait: a fresh read, then at once
-WHOLE_JOB_PAGE = 1000  # rows per Query when every item of a job is read (``iter_items``)
+WHOLE_JOB_PAGE = 1000  # rows per Query when every item of a job is read (``iter_items``, ``iter_results``)
 
 
 class ItemTable(CountedWrites):
@@ -170,8 +170,8 @@ class ItemTable(CountedWrites):
 
     def iter_items(self, job_id: str) -> Iterator[Item]:
         """Every item of the job, in index order: pages of ``WHOLE_JOB_PAGE`` rows (DynamoDB stops a page at 1 MB
-        anyway), so a whole-job read (the results file, a replayed fan-out) costs a round trip per thousand
-        items, not per hundred as a client's page does."""
+        anyway), so a whole-job read (a fan-out given up, the tests) costs a round trip per thousand items, not per
+        hundred as a client's page does. The results file reads less of each row: ``iter_results``."""
         cursor: str | None = None
         while True:
             items, cursor = self.items_page(job_id, WHOLE_JOB_PAGE, cursor)

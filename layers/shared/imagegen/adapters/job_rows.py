@@ -237,10 +237,14 @@ def item_from_row(raw: dict[str, Any]) -> Item:
 
 
 # What a results file reads of an item row (``ItemResult``): not the request's prompt, nor the record's parameters
-# and timings. Names for every attribute: index, status, error and request are reserved words or may become some.
-RESULT_PROJECTION = "#index, #status, #error, request_index, image_index, #record.id, #record.stored, "
-RESULT_PROJECTION += "#record.parameters.seed, #request.seed"
-RESULT_NAMES = {"#index": "index", "#status": "status", "#error": "error", "#record": "record", "#request": "request"}
+# and timings. Every name of every path is aliased: DynamoDB refuses a reserved word anywhere in a path (index,
+# status, error, record, request, stored and parameters are reserved), and moto does not check nested names.
+_RESULT_ATTRIBUTES = ("index", "status", "error", "request_index", "image_index", "record", "request")
+RESULT_NAMES = {f"#{name}": name for name in (*_RESULT_ATTRIBUTES, "id", "stored", "parameters", "seed")}
+RESULT_PROJECTION = ", ".join(
+    [f"#{name}" for name in _RESULT_ATTRIBUTES[:5]]
+    + ["#record.#id", "#record.#stored", "#record.#parameters.#seed", "#request.#seed"]
+)
 
 
 def result_from_row(raw: dict[str, Any]) -> ItemResult:
