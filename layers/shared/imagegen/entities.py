@@ -81,7 +81,7 @@ class Item:
 class ItemResult:
     """One item as its job's results file states it. Read with a projection of the item's row, these fields only, and
     not as a whole ``Item``: a results file reads every row of the job between its completion and its announcement,
-    and parsing whole rows (request, record) took 210-318 ms of CPU per 1,000 rows against 90-111 ms for these."""
+    and parsing whole rows (request, record) took 210-318 ms of CPU per 1,000 rows against 93-111 ms for these."""
 
     index: int
     status: ItemStatus
