@@ -77,7 +77,7 @@ runs each, back to back with the code before): 12.2-13.1 s before, 10.4 s after,
 A Query or GetItem with a ``ProjectionExpression`` turned the whole item into plain JSON once per projected path,
 then the projection back into DynamoDB's format: the results file's read of a job's rows (nine paths each) took
 twice as long as reading the rows whole. Paths of map keys are copied from the stored item as they are now (one
-with a list index, or within another path, still goes through moto's own walk).
+with a list index, within another path, or reaching a set or a binary still goes through moto's own walk).
 
 Started by the local stack (``LocalAws``), it exits when that process dies without stopping it
 (``devstack.serving.exit_with_parent``).

@@ -51,6 +51,13 @@ class Job:
         return "queued" if counts.queued == self.total else "running"
 
 
+def origin_of(request_index: int | None, image_index: int | None) -> dict[str, int]:
+    """An item's ``request_index`` and ``image_index`` (a request of several images), or nothing when unset."""
+    if request_index is None or image_index is None:
+        return {}
+    return {"request_index": request_index, "image_index": image_index}
+
+
 @dataclass
 class Item:
     job_id: str
@@ -72,9 +79,7 @@ class Item:
     @property
     def origin(self) -> dict[str, int]:
         """``request_index`` and ``image_index`` for a document, an event or a results line; empty when unset."""
-        if self.request_index is None or self.image_index is None:
-            return {}
-        return {"request_index": self.request_index, "image_index": self.image_index}
+        return origin_of(self.request_index, self.image_index)
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,8 @@ class ItemResult:
 
     index: int
     status: ItemStatus
-    origin: dict[str, int]  # ``Item.origin``: request_index and image_index, in a job with requests of several images
+    request_index: int | None = None  # as ``Item``'s: in a job with requests of several images
+    image_index: int | None = None
     image_id: str | None = None
     s3_uri: str | None = None
     sha256: str | None = None
@@ -94,6 +100,10 @@ class ItemResult:
     height: int | None = None
     seed: int | None = None
     error: ItemError | None = None
+
+    @property
+    def origin(self) -> dict[str, int]:
+        return origin_of(self.request_index, self.image_index)
 
 
 class TransitionConflict(Exception):

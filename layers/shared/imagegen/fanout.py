@@ -83,14 +83,6 @@ def item_seed_entropy(job_id: str, index: int) -> str:
     return f"{job_id}#{index}"
 
 
-def _settled(job: Job) -> bool:
-    """A complete job has nothing left to fan out: every item it counts is settled. A fan-out message can still come
-    for one: that of a job the API abandoned because its send reported failed (every attempt timed out) while SQS had
-    taken the message, delivered after the abandon. That job answered 503 without its id and ended failed: its items
-    get no row, no message and no paid call (the client's retry is a new job)."""
-    return job.completed_at is not None
-
-
 def first_error(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first.get("loc", ()))
@@ -125,7 +117,7 @@ class FanOut:
     def split(self, job_id: str) -> None:
         """The control message: one chunk message per ``CHUNK_ITEMS`` items of the job's items object."""
         job, extras = self._repository.get_job_extras(job_id)
-        if job is None or extras.items_key is None or _settled(job):
+        if job is None or extras.items_key is None or job.completed_at is not None:  # complete: see run_chunk
             logger.info("nothing to fan out", job_id=job_id)
             return
         plan = self._objects.plan(extras.items_key, self._chunk_items)
@@ -139,7 +131,11 @@ class FanOut:
         job, extras = self._repository.get_job_extras(job_id)
         if job is None or extras.items_key is None:
             return  # expired (TTL): nothing to record the items on
-        if _settled(job):
+        if job.completed_at is not None:
+            # Every item it counts is settled. Such a message can still come: that of a job the API abandoned
+            # because its send reported failed (every attempt timed out) while SQS had taken the message, delivered
+            # after the abandon. That job answered 503 without its id and ended failed: its items get no row, no
+            # message and no paid call (the client's retry is a new job).
             logger.info("the job is already complete: nothing to fan out", job_id=job_id, index=chunk.index)
             return
         data = self._objects.read_range(extras.items_key, chunk.offset, chunk.end)

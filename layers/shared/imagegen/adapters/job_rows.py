@@ -186,9 +186,14 @@ def chunks(values: list[Any], size: int) -> Iterable[list[Any]]:
 
 
 # ---------------------------------------------------------------------------------------------------- rows read
+def plain_row(raw: dict[str, Any]) -> dict[str, Any]:
+    """A row as DynamoDB answers it (``{"S": …}`` values), as plain Python values (whole numbers as ``int``)."""
+    return plain({key: _deserializer.deserialize(value) for key, value in raw.items()})
+
+
 def job_from_rows(raw: dict[str, Any], shards: list[dict[str, Any]] | None = None) -> Job:
     """The job from its row and its counter shards (summed); a job from before the shards counts on its row."""
-    data = plain({key: _deserializer.deserialize(value) for key, value in raw.items()})
+    data = plain_row(raw)
     webhook = None
     if data.get("webhook_url"):
         webhook = WebhookInfo(
@@ -198,7 +203,7 @@ def job_from_rows(raw: dict[str, Any], shards: list[dict[str, Any]] | None = Non
         )
     counters = [data]
     if shards:
-        counters = [plain({key: _deserializer.deserialize(value) for key, value in row.items()}) for row in shards]
+        counters = [plain_row(row) for row in shards]
     totals = {counter: sum(row.get(f"c_{counter}", 0) for row in counters) for counter in COUNTERS}
     return Job(
         id=data["id"],
@@ -217,7 +222,7 @@ def job_from_rows(raw: dict[str, Any], shards: list[dict[str, Any]] | None = Non
 
 
 def item_from_row(raw: dict[str, Any]) -> Item:
-    data = plain({key: _deserializer.deserialize(value) for key, value in raw.items()})
+    data = plain_row(raw)
     return Item(
         job_id=data["job_id"],
         index=data["index"],
@@ -249,17 +254,15 @@ RESULT_PROJECTION = ", ".join(
 
 def result_from_row(raw: dict[str, Any]) -> ItemResult:
     """An item row read with ``RESULT_PROJECTION``."""
-    data = plain({key: _deserializer.deserialize(value) for key, value in raw.items()})
+    data = plain_row(raw)
     record = data.get("record") or {}
     stored = record.get("stored") or {}
     seed = (record.get("parameters") or {}).get("seed") if record else (data.get("request") or {}).get("seed")
-    origin = {}
-    if data.get("request_index") is not None and data.get("image_index") is not None:
-        origin = {"request_index": data["request_index"], "image_index": data["image_index"]}
     return ItemResult(
         index=data["index"],
         status=data["status"],
-        origin=origin,
+        request_index=data.get("request_index"),
+        image_index=data.get("image_index"),
         image_id=record.get("id"),
         s3_uri=f"s3://{stored['bucket']}/{stored['key']}" if stored else None,
         sha256=stored.get("sha256"),
