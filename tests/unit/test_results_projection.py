@@ -45,6 +45,11 @@ STORED = {
 }
 
 
+# A line's image fields, in the file's order: none (an item without an image), or STORED's
+NO_IMAGE = {"image_id": None, "s3_uri": None, "sha256": None, "bytes": None, "width": None, "height": None}
+STORED_URI = "s3://b/images/jobs/job_1/0001.png"
+
+
 @pytest.mark.parametrize(
     ("raw", "line"),
     [
@@ -55,18 +60,8 @@ STORED = {
                 record={"id": "img_1", "stored": STORED, "parameters": {"seed": 7}},
                 request={"seed": 5},
             ),
-            {
-                "index": 1,
-                "status": "succeeded",
-                "image_id": "img_1",
-                "s3_uri": "s3://b/images/jobs/job_1/0001.png",
-                "sha256": "ab" * 32,
-                "bytes": 10,
-                "width": 64,
-                "height": 32,
-                "seed": 7,
-                "error": None,
-            },
+            {"index": 1, "status": "succeeded", "image_id": "img_1", "s3_uri": STORED_URI, "sha256": "ab" * 32}
+            | {"bytes": 10, "width": 64, "height": 32, "seed": 7, "error": None},
             id="succeeded",
         ),
         pytest.param(  # failed after validation: its request's seed and its error
@@ -74,12 +69,7 @@ STORED = {
             {
                 "index": 2,
                 "status": "failed",
-                "image_id": None,
-                "s3_uri": None,
-                "sha256": None,
-                "bytes": None,
-                "width": None,
-                "height": None,
+                **NO_IMAGE,
                 "seed": 9,
                 "error": {"code": "upstream_error", "message": "no"},
             },
@@ -87,18 +77,8 @@ STORED = {
         ),
         pytest.param(  # a bad line: no request, no seed
             row(index=3, status="failed", error={"code": "invalid_request", "message": "line 4: prompt: missing"}),
-            {
-                "index": 3,
-                "status": "failed",
-                "image_id": None,
-                "s3_uri": None,
-                "sha256": None,
-                "bytes": None,
-                "width": None,
-                "height": None,
-                "seed": None,
-                "error": {"code": "invalid_request", "message": "line 4: prompt: missing"},
-            },
+            {"index": 3, "status": "failed", **NO_IMAGE, "seed": None}
+            | {"error": {"code": "invalid_request", "message": "line 4: prompt: missing"}},
             id="bad-line",
         ),
         pytest.param(  # a request of several images: its origin after the index
@@ -108,12 +88,7 @@ STORED = {
                 "request_index": 1,
                 "image_index": 2,
                 "status": "queued",
-                "image_id": None,
-                "s3_uri": None,
-                "sha256": None,
-                "bytes": None,
-                "width": None,
-                "height": None,
+                **NO_IMAGE,
                 "seed": 12,
                 "error": None,
             },
@@ -126,18 +101,8 @@ STORED = {
                 error=None,
                 record={"id": "img_5", "stored": {**STORED, "width": None, "height": None}, "parameters": {"seed": 0}},
             ),
-            {
-                "index": 5,
-                "status": "succeeded",
-                "image_id": "img_5",
-                "s3_uri": "s3://b/images/jobs/job_1/0001.png",
-                "sha256": "ab" * 32,
-                "bytes": 10,
-                "width": None,
-                "height": None,
-                "seed": 0,
-                "error": None,
-            },
+            {"index": 5, "status": "succeeded", "image_id": "img_5", "s3_uri": STORED_URI, "sha256": "ab" * 32}
+            | {"bytes": 10, "width": None, "height": None, "seed": 0, "error": None},
             id="no-dimensions",
         ),
     ],
